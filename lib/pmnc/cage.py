@@ -1,0 +1,103 @@
+"""One cage: boot, maintenance and shutdown, in the original's order.
+
+Boot:      log level → loader (watching files) → worker pool → event loop →
+           intake opens → interfaces start, in the configured order.
+Every 1 s: re-read the log level; start, stop or restart interfaces whose
+           configuration changed.
+Shutdown:  interfaces cease (no new requests) → intake closes → requests in
+           flight get up to `request_timeout` → interfaces stop → pool, loop
+           and loader stop → "the cage has been properly shut down".
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pmnc import log
+from pmnc.config import Config
+from pmnc.errors import exc_string
+from pmnc.interfaces import Intake, InterfaceManager
+from pmnc.loader import Loader
+from pmnc.loop import EventLoopThread
+from pmnc.workers import WorkerPool
+
+MAINTENANCE_PERIOD = 1.0
+
+
+class Cage:
+    def __init__(self, cages_dir: str, name: str, node: str, *, self_test: str | None = None) -> None:
+        self.name, self.node = name, node
+        self.loader = Loader(cages_dir, name, node, self_test=self_test)
+        self.config = Config(self.loader, "interfaces")
+        self.intake = Intake()
+        self.interfaces = InterfaceManager(self)
+        self.pool: WorkerPool | None = None
+        self.loop: EventLoopThread | None = None
+        self.request_timeout = 10.0
+
+    def setting(self, key: str, default: Any) -> Any:
+        """A key of config_interfaces, falling back to `default` if it cannot be read."""
+        try:
+            return self.config.get(key, default)
+        except Exception as e:
+            log.error(f"config_interfaces.py: {key} cannot be read, using {default!r}: {e}")
+            return default
+
+    def start(self) -> None:
+        self._apply_log_level()
+        self.loader.start()
+        self.request_timeout = float(self.setting("request_timeout", 10.0))
+        self.pool = WorkerPool("worker", int(self.setting("thread_count", 10)))
+        self.loader.swap_timeout = self.request_timeout
+        self.loop = EventLoopThread()
+        self.loop.start()
+        self.intake.open()
+        log.message("as of this moment requests can be created")
+        if self.loader.self_test is None:
+            self.interfaces.start_all()
+        log.message(f"the cage is ready, {len(self.interfaces.live)} interface(s) serving")
+
+    def maintenance(self) -> None:
+        self._apply_log_level()
+        if self.loader.self_test is None:
+            self.interfaces.reload()
+        log.flush()
+
+    def _apply_log_level(self) -> None:
+        try:
+            log.set_level(self.setting("log_level", "LOG"))
+        except ValueError as e:
+            log.error(f"config_interfaces.py: {e}")
+
+    def stop(self) -> None:
+        log.message("the cage is shutting down")
+        self.interfaces.cease_all()
+        active = self.intake.close()
+        log.message(f"request intake is closed, {active} request(s) in flight")
+        left = self.intake.drain(self.request_timeout)
+        if left:
+            log.warning(f"{left} request(s) did not finish within {self.request_timeout:.1f}s")
+        self.interfaces.stop_all()
+        if self.pool is not None:
+            self.pool.stop()
+        if self.loop is not None:
+            self.loop.stop()
+        self.loader.stop()
+
+    def run(self, stopping: threading.Event) -> None:
+        """Serve until `stopping` is set, with maintenance every second."""
+        self.start()
+        try:
+            while not stopping.wait(MAINTENANCE_PERIOD):
+                try:
+                    self.maintenance()
+                except Exception as e:
+                    log.error(f"cage maintenance failed: {exc_string(e)}")
+        finally:
+            self.stop()
+        log.message("the cage has been properly shut down")
+        log.flush()
+
+    def __repr__(self) -> str:
+        return f"<Cage {self.node}.{self.name} interfaces={len(self.interfaces.live)} active={self.intake.active}>"

@@ -1,0 +1,130 @@
+"""The one error hierarchy of pmnc: one family per kind of failure.
+
+Names and messages follow the original framework where it had them, so
+operators grepping logs and tests comparing texts see the same words.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sys
+import traceback
+from types import TracebackType
+
+
+class PmncError(Exception):
+    """Base of every error the framework raises on purpose."""
+
+
+# --- deadlines ---------------------------------------------------------------
+
+
+class DeadlineError(PmncError, TimeoutError):
+    """The request's deadline passed while something waited for it."""
+
+
+class RequestExpiredError(DeadlineError):
+    """Queued work whose request expired before a worker could start it."""
+
+
+class ModuleAccessTimedOutError(DeadlineError):
+    """A call waited for a module being reloaded past its deadline."""
+
+
+class ModuleReloadTimedOutError(DeadlineError):
+    """A reload waited for calls in flight past its deadline."""
+
+
+# --- module loading ----------------------------------------------------------
+
+
+class ModuleError(PmncError):
+    """A cage module could not be located, loaded or reached."""
+
+
+class InvalidModuleNameError(ModuleError):
+    pass
+
+
+class ModuleNotFoundError(ModuleError, builtins.ModuleNotFoundError):
+    """No file for the module in the cage folder nor in .shared."""
+
+
+class ModuleFileIncompleteError(ModuleError):
+    """The file lacks its `# EOF` line: probably still being written."""
+
+
+class ModuleFileBrokenError(ModuleError):
+    """The file raised (SyntaxError included) while its body ran."""
+
+
+class InvalidMethodAccessError(ModuleError, AttributeError):
+    """A private name, a name not in __all__, or not a function/class."""
+
+
+# --- call-time type checks ---------------------------------------------------
+
+
+class TypeCheckError(PmncError, TypeError):
+    pass
+
+
+class TypeCheckSpecificationError(TypeCheckError):
+    """An annotation that cannot be checked, or a default that fails it."""
+
+
+class InputParameterError(TypeCheckError):
+    pass
+
+
+class ReturnValueError(TypeCheckError):
+    pass
+
+
+# --- configuration and lifecycle ---------------------------------------------
+
+
+class ConfigError(PmncError):
+    """A config file is missing a required key or holds a bad value."""
+
+
+class IntakeClosedError(PmncError):
+    """The cage is shutting down and accepts no new requests."""
+
+
+class InterfaceError(PmncError):
+    """An interface could not be built or started."""
+
+
+# --- protocols ---------------------------------------------------------------
+
+
+class ProtocolError(PmncError):
+    """A peer broke the rules of a wire protocol."""
+
+
+def exc_string(exc: BaseException | None = None, *, stack: bool = True) -> str:
+    """One line: `Type("msg") in inner() (file.py:N) <- outer() (file.py:M)`.
+
+    Innermost frame first, base file names only, as the original's logs read.
+    Without `stack`, only `Type("msg")` - what a client may be shown.
+    """
+    if exc is None:
+        exc = sys.exc_info()[1]
+        if exc is None:
+            return ""
+    try:
+        message = str(exc)
+    except Exception:
+        message = ""
+    head = f'{type(exc).__name__}("{message}")'
+    if not stack:
+        return head
+    frames = _frames(exc.__traceback__)
+    return " in ".join([head, " <- ".join(frames)]) if frames else head
+
+
+def _frames(tb: TracebackType | None) -> list[str]:
+    summary = traceback.extract_tb(tb)
+    return [f"{f.name}() ({os.path.basename(f.filename)}:{f.lineno})" for f in reversed(summary)]

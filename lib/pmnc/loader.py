@@ -1,0 +1,433 @@
+"""Cage modules: locate, load, hot-reload, and the `pmnc` object they call through.
+
+Rules a cage module lives by:
+- `name.py` in the cage folder overrides `name.py` in `cages/.shared`, per file.
+- The file must hold a line `# EOF`; without it (a half-written file) it is
+  not loaded. Only names in `__all__` not starting with `_` are reachable,
+  and only functions (annotations enforced at call time) and classes.
+- Other modules reach it as `pmnc.name.func(...)`, resolved at each call, so
+  circular calls work and every call sees the current version.
+
+Reloading: watchdog reports a changed file; after a short settle time the
+reloader thread builds the new version *outside* any lock, then takes the
+module's writer-priority lock to swap it in once calls in flight on the old
+code have finished. A broken new version is logged and the old one keeps
+serving; `__reloadable__ = False` opts a module out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from pmnc import log
+from pmnc import request as _request
+from pmnc.errors import (
+    InvalidMethodAccessError,
+    InvalidModuleNameError,
+    ModuleAccessTimedOutError,
+    ModuleError,
+    ModuleFileBrokenError,
+    ModuleFileIncompleteError,
+    ModuleNotFoundError,
+    TypeCheckError,
+    exc_string,
+)
+from pmnc.rwlock import SharedLock
+from pmnc.typecheck import typecheck
+
+MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_EOF = b"# EOF"
+
+# Names the `pmnc` object answers itself; modules by these names are unreachable.
+RESERVED = frozenset({"log", "request", "config"})
+
+Signature = tuple[str, int, int, int]  # path, mtime_ns, size, inode
+
+
+@dataclass
+class ModuleVersion:
+    """One loaded version of a module and its reachable attributes."""
+
+    name: str
+    number: int
+    path: str
+    signature: Signature
+    module: types.ModuleType
+    attrs: dict[str, Any]  # exported name → class or type-checked function
+    reloadable: bool
+
+
+@dataclass
+class CageModule:
+    """Everything the loader keeps about one module name across versions."""
+
+    name: str
+    lock: SharedLock = field(default_factory=SharedLock)
+    load_lock: threading.Lock = field(default_factory=threading.Lock)
+    version: ModuleVersion | None = None
+    # The signature of a file that failed to load, and why: not retried until it changes.
+    refused: tuple[Signature, ModuleError] | None = None
+
+
+class Loader:
+    """Finds, loads and reloads the modules of one cage."""
+
+    def __init__(self, cages_dir: str, cage: str, node: str, *, self_test: str | None = None,
+                 settle: float = 0.1, settle_max: float = 1.0, swap_timeout: float = 10.0) -> None:
+        self.cage, self.node = cage, node
+        self.cage_dir = os.path.join(cages_dir, cage)
+        self.shared_dir = os.path.join(cages_dir, ".shared")
+        self.self_test = self_test
+        self.settle, self.settle_max = settle, settle_max
+        self.swap_timeout = swap_timeout  # how long a reload waits for calls in flight
+        self._modules: dict[str, CageModule] = {}
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[float, float]] = {}  # name → (first, last) event time
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
+        self._observer: Any = None
+        self._reloader: threading.Thread | None = None
+        self.root = Pmnc(self, "__framework__")
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin watching the cage and .shared folders for changed files."""
+        self._observer = Observer()
+        handler = _FileEvents(self)
+        for folder in (self.cage_dir, self.shared_dir):
+            if os.path.isdir(folder):
+                self._observer.schedule(handler, folder, recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        self._reloader = threading.Thread(target=self._reload_loop, name="reloader", daemon=True)
+        self._reloader.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=3.0)
+        if self._reloader is not None:
+            self._reloader.join(timeout=3.0)
+
+    # --- location ------------------------------------------------------------
+
+    def locate(self, name: str) -> str | None:
+        """The file of module `name`: the cage's own copy, else the shared one."""
+        for folder in (self.cage_dir, self.shared_dir):
+            path = os.path.join(folder, name + ".py")
+            if os.path.isfile(path):
+                return path
+        return None
+
+    # --- access --------------------------------------------------------------
+
+    def current(self, name: str) -> ModuleVersion:
+        """The version now serving, loading the module on first use."""
+        mod = self._modules.get(name)
+        if mod is not None and mod.version is not None:
+            return mod.version
+        return self._first_load(name)
+
+    def call(self, name: str, attr: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """`pmnc.name.attr(*args, **kwargs)`, holding the module's lock shared
+        so that a reload waits for this call to finish."""
+        self.current(name)
+        mod = self._modules[name]
+        request = _request.current()
+        if not mod.lock.acquire_shared(None if request.deadline is None else request.remain):
+            raise ModuleAccessTimedOutError(f"request deadline waiting for module {name} being reloaded")
+        try:
+            version = mod.version
+            assert version is not None
+            return version_attr(version, attr)(*args, **kwargs)
+        finally:
+            mod.lock.release_shared()
+
+    def version_number(self, name: str) -> int:
+        return self.current(name).number
+
+    def pmnc(self, source: str) -> Pmnc:
+        return Pmnc(self, source)
+
+    # --- loading -------------------------------------------------------------
+
+    def _first_load(self, name: str) -> ModuleVersion:
+        if not MODULE_NAME.fullmatch(name) or name.startswith("_"):
+            raise InvalidModuleNameError(f"module name {name!r} is invalid")
+        with self._lock:
+            mod = self._modules.setdefault(name, CageModule(name))
+        if not _request.current().acquire(mod.load_lock):
+            raise ModuleAccessTimedOutError(f"request deadline waiting for module {name} to load")
+        try:
+            if mod.version is not None:
+                return mod.version
+            path = self.locate(name)
+            if path is None:
+                raise ModuleNotFoundError(f"file {name}.py was not found")
+            signature = _signature(path)
+            if mod.refused is not None and mod.refused[0] == signature:
+                error = mod.refused[1]
+                raise type(error)(*error.args)
+            try:
+                mod.version = self._load(name, path, signature, 1)
+            except ModuleError as e:
+                mod.refused = (signature, e)
+                raise
+            log.message(f"module {name} has been loaded from {path}")
+            return mod.version
+        finally:
+            mod.load_lock.release()
+
+    def _load(self, name: str, path: str, signature: Signature, number: int) -> ModuleVersion:
+        """Build a version from the file; raises ModuleError if it cannot serve."""
+        base = os.path.basename(path)
+        try:
+            with open(path, "rb") as f:
+                source = f.read()
+        except OSError as e:
+            raise ModuleNotFoundError(f"file {base} cannot be read: {e}") from None
+        if not any(line.rstrip() == _EOF for line in source.splitlines()):
+            raise ModuleFileIncompleteError(f"file {base} is incomplete: it has no # EOF line")
+        module = self._new_module(name, path)
+        try:
+            exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
+        except Exception as e:
+            raise ModuleFileBrokenError(f"file {base} is broken: {exc_string(e)}") from None
+        return ModuleVersion(name, number, path, signature, module, self._exports(name, module),
+                             bool(module.__dict__.get("__reloadable__", True)))
+
+    def _new_module(self, name: str, path: str) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        module.__dict__.update(pmnc=Pmnc(self, name), __node__=self.node, __cage__=self.cage,
+                               __cage_dir__=self.cage_dir, __module__=name)
+        return module
+
+    def _exports(self, name: str, module: types.ModuleType) -> dict[str, Any]:
+        base = os.path.basename(module.__file__ or name)
+        names = module.__dict__.get("__all__")
+        if names is None:
+            names = []
+            if not name.startswith("config_"):
+                log.warning(f"file {base} has no __all__: nothing in it can be called")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ModuleFileBrokenError(f"file {base} is broken: __all__ must be a list of strings")
+        names = list(names)
+        if self.self_test == name and "self_test" not in names:
+            names.append("self_test")
+        attrs = {}
+        for attr in names:
+            if attr.startswith("_"):
+                continue
+            if attr not in module.__dict__:
+                raise ModuleFileBrokenError(f"file {base} is broken: {attr} is in __all__ but not defined")
+            attrs[attr] = self._exported(base, attr, module.__dict__[attr])
+        return attrs
+
+    @staticmethod
+    def _exported(base: str, attr: str, value: Any) -> Any:
+        if isinstance(value, type):
+            return value
+        if not callable(value):
+            raise ModuleFileBrokenError(f"file {base} is broken: {attr} in __all__ is neither a class nor a function")
+        try:
+            return typecheck(value)
+        except TypeCheckError as e:
+            raise ModuleFileBrokenError(f"file {base} is broken: {e}") from None
+
+    # --- reloading -----------------------------------------------------------
+
+    def file_changed(self, name: str) -> None:
+        """A file event for `name.py`: reload it after the settle time."""
+        with self._lock:
+            mod = self._modules.get(name)
+            if mod is None or mod.version is None:
+                return  # not in use: it loads fresh on first access
+            now = time.monotonic()
+            first, _ = self._pending.get(name, (now, now))
+            self._pending[name] = (first, now)
+            self._wake.notify()
+
+    def _due(self) -> list[str]:
+        """Wait for names whose files have settled (quiet, or waited long enough)."""
+        with self._lock:
+            while not self._stopping:
+                now = time.monotonic()
+                due = [n for n, (first, last) in self._pending.items()
+                       if now - last >= self.settle or now - first >= self.settle_max]
+                if due:
+                    for n in due:
+                        del self._pending[n]
+                    return due
+                wait = min((min(last + self.settle, first + self.settle_max) - now
+                            for first, last in self._pending.values()), default=None)
+                self._wake.wait(wait)
+            return []
+
+    def _reload_loop(self) -> None:
+        while not self._stopping:
+            for name in self._due():
+                try:
+                    self._reload(name)
+                except Exception as e:  # the reloader must outlive any one module
+                    log.error(f"reloading module {name} failed: {exc_string(e)}")
+
+    def _reload(self, name: str) -> None:
+        mod = self._modules[name]
+        old = mod.version
+        assert old is not None
+        path = self.locate(name)
+        if path is None:
+            log.warning(f"file {name}.py has been removed, version {old.number} keeps serving")
+            return
+        signature = _signature(path)
+        if signature == old.signature or (mod.refused is not None and mod.refused[0] == signature):
+            return
+        if not old.reloadable:
+            log.warning(f"module {name} is not reloadable, restart the cage to use the changed file")
+            return
+        log.message(f"reloading module {name} from {path}")
+        try:
+            new = self._load(name, path, signature, old.number + 1)
+        except ModuleError as e:
+            mod.refused = (signature, e)
+            log.error(f"module {name} version {old.number + 1} refused, version {old.number} keeps serving: {e}")
+            return
+        self._swap(mod, new)
+
+    def _swap(self, mod: CageModule, new: ModuleVersion) -> None:
+        if not mod.lock.acquire_exclusive(self.swap_timeout):
+            log.warning(f"module {mod.name} not reloaded: calls in flight did not finish within "
+                        f"{self.swap_timeout:.1f}s, will retry")
+            self.file_changed(mod.name)
+            return
+        try:
+            mod.version, mod.refused = new, None
+        finally:
+            mod.lock.release_exclusive()
+        log.message(f"module {mod.name} has been reloaded (version {new.number})")
+
+
+def version_attr(version: ModuleVersion, attr: str) -> Any:
+    """An exported attribute of a version, or a clear error saying why not."""
+    try:
+        return version.attrs[attr]
+    except KeyError:
+        pass
+    if attr.startswith("_"):
+        raise InvalidMethodAccessError(f"attribute {attr} of module {version.name} is private") from None
+    raise InvalidMethodAccessError(f"attribute {attr} is not declared in __all__ of module {version.name}") from None
+
+
+def _signature(path: str) -> Signature:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, 0, 0, 0)
+    return (path, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class _FileEvents(FileSystemEventHandler):
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write") or event.is_directory:
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            base = os.path.basename(os.fsdecode(path))
+            if base.endswith(".py") and MODULE_NAME.fullmatch(base[:-3]):
+                self.loader.file_changed(base[:-3])
+
+
+# --- the `pmnc` object ---------------------------------------------------------
+
+
+class Pmnc:
+    """The `pmnc` global of a cage module, bound to that module's name.
+
+    `pmnc.name` is another module, `pmnc.log` this module's logger,
+    `pmnc.request` the current request, `pmnc.config` this module's config.
+    """
+
+    def __init__(self, loader: Loader, source: str) -> None:
+        self._loader = loader
+        self._source = source
+        self.log = log.ModuleLog(source)
+
+    @property
+    def request(self) -> _request.Request:
+        return _request.current()
+
+    @property
+    def config(self) -> Any:
+        from pmnc.config import Config  # config builds on the loader, not the other way round
+
+        config = Config(self._loader, self._source)
+        object.__setattr__(self, "config", config)
+        return config
+
+    def __getattr__(self, name: str) -> ModuleRef:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name.startswith("_") or not MODULE_NAME.fullmatch(name):
+            raise InvalidModuleNameError(f"module name {name!r} is invalid")
+        ref = ModuleRef(self._loader, name)
+        self.__dict__[name] = ref  # refs resolve at each call, so they can be kept
+        return ref
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise ModuleError("cage-to-cage calls pmnc(\"cage\") are not available in this version yet")
+
+    def __repr__(self) -> str:
+        return f"<pmnc of {self._source} in cage {self._loader.cage}>"
+
+
+class ModuleRef:
+    """`pmnc.name`: a late-bound reference to a module, whatever its version."""
+
+    def __init__(self, loader: Loader, name: str) -> None:
+        self._loader, self._name = loader, name
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        value = version_attr(self._loader.current(self._name), attr)
+        if isinstance(value, type):
+            return value
+        call = BoundCall(self._loader, self._name, attr)
+        self.__dict__[attr] = call
+        return call
+
+    def __repr__(self) -> str:
+        return f"<module {self._name}>"
+
+
+class BoundCall:
+    """`pmnc.name.func`: calls whatever version of `func` is current then."""
+
+    __slots__ = ("_loader", "_name", "_attr")
+
+    def __init__(self, loader: Loader, name: str, attr: str) -> None:
+        self._loader, self._name, self._attr = loader, name, attr
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._loader.call(self._name, self._attr, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<function {self._name}.{self._attr}>"

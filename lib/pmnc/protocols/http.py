@@ -1,0 +1,354 @@
+"""The HTTP(S) interface: an asyncio listener feeding the worker pool.
+
+Path of one request: bytes arrive on the cage's event loop → `RequestParser`
+→ a `Request` whose clock started at the connection's accept (or at the
+first byte of a later keep-alive request) → the worker pool (earliest
+deadline first) → `interface_<name>.process_request(request, response)` →
+the response is checked and rendered on the worker → back on the loop and
+written. If the deadline comes first, the client gets 504 at once and the
+worker's late result is dropped. One request per connection is processed at
+a time, so answers never cross between requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from pmnc import interfaces, log
+from pmnc.errors import ConfigError, IntakeClosedError, exc_string
+from pmnc.protocols.httpwire import (
+    Continue,
+    HttpError,
+    HttpRequest,
+    Limits,
+    RequestParser,
+    error_response,
+    finish_response,
+    new_response,
+)
+from pmnc.request import Request
+
+if TYPE_CHECKING:
+    from pmnc.cage import Cage
+
+MAX_PIPELINED = 16  # parsed requests a connection may hold before we stop reading
+
+
+class Interface(interfaces.Interface):
+    protocol = "http"
+
+    def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
+        super().__init__(name, cage, config)
+        take = config.pop
+        address = take("listener_address", None)
+        if not (isinstance(address, (tuple, list)) and len(address) == 2):
+            raise ConfigError(f"config_interface_{name}.py: listener_address must be (host, port)")
+        self.host, self.port = str(address[0]), int(address[1])
+        self.max_connections = int(take("max_connections", 100))
+        self.ssl_key_cert_file = take("ssl_key_cert_file", None)
+        self.ssl_ca_cert_file = take("ssl_ca_cert_file", None)
+        self.ssl_ciphers = take("ssl_ciphers", None)
+        self.response_encoding = str(take("response_encoding", "utf-8"))
+        self.original_ip_header_fields = tuple(take("original_ip_header_fields", ()))
+        self.keep_alive_support = bool(take("keep_alive_support", True))
+        self.keep_alive_idle_timeout = float(take("keep_alive_idle_timeout", 120.0))
+        self.keep_alive_max_requests = int(take("keep_alive_max_requests", 1000))
+        self.error_tracebacks = bool(take("error_tracebacks", False))
+        self.limits = Limits(
+            max_url_size=int(take("max_url_size", 8192)),
+            max_header_size=int(take("max_header_size", 65536)),
+            max_body_size=int(take("max_body_size", 1048576)),
+            allowed_methods=frozenset(m.upper() for m in take("allowed_methods", ("GET", "POST"))),
+        )
+        self.handler = f"interface_{name}"
+        self.connections: set[Connection] = set()
+        self.idle: dict[Connection, None] = {}  # idle keep-alive connections, oldest first
+        self.ceasing = False
+        self._server: asyncio.base_events.Server | None = None
+
+    # --- lifecycle (called from the cage thread) --------------------------------
+
+    def start(self) -> None:
+        assert self.cage.loop is not None
+        self.loop = self.cage.loop.loop
+        self._server = self.cage.loop.run(self._listen(), timeout=3.0)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self.address = (host, port)
+        scheme = "https" if self._server_ssl else "http"
+        log.message(f"interface {self.name} listens on {scheme}://{host}:{port}/")
+
+    async def _listen(self) -> asyncio.base_events.Server:
+        self._server_ssl = self._ssl_context()
+        return await self.loop.create_server(
+            lambda: Connection(self), self.host, self.port, backlog=256, reuse_address=True,
+            ssl=self._server_ssl, ssl_handshake_timeout=self.request_timeout if self._server_ssl else None)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not (self.ssl_key_cert_file and self.ssl_ca_cert_file):
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.ssl_key_cert_file)
+        context.load_verify_locations(self.ssl_ca_cert_file)
+        context.verify_mode = ssl.CERT_OPTIONAL
+        if self.ssl_ciphers:
+            context.set_ciphers(self.ssl_ciphers)
+        return context
+
+    def cease(self) -> None:
+        self._on_loop(self._cease())
+
+    async def _cease(self) -> None:
+        self.ceasing = True
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.idle):
+            connection.close()
+
+    def stop(self) -> None:
+        self._on_loop(self._stop())
+
+    async def _stop(self) -> None:
+        for connection in list(self.connections):
+            connection.close()
+
+    def _on_loop(self, coro: Any) -> None:
+        assert self.cage.loop is not None
+        self.cage.loop.run(coro, timeout=3.0)
+
+    # --- bookkeeping (on the loop) -----------------------------------------------
+
+    def admit(self, connection: Connection) -> bool:
+        """Room for one more connection: evict the oldest idle one if need be."""
+        if len(self.connections) >= self.max_connections and self.idle:
+            next(iter(self.idle)).close()
+        if len(self.connections) >= self.max_connections:
+            return False
+        self.connections.add(connection)
+        return True
+
+    # --- the request, on a worker thread ---------------------------------------------
+
+    def handle(self, http: HttpRequest, keep_alive: bool) -> tuple[bytes, bool]:
+        """Run the handler and render its response (or a 500) to bytes."""
+        request = {"method": http.method, "url": http.url, "headers": http.headers, "content": http.content}
+        http.headers["connection"] = "keep-alive" if keep_alive else "close"
+        response = new_response(keep_alive)
+        try:
+            self.cage.loader.call(self.handler, "process_request", (request, response), {})
+            return finish_response(response, keep_alive, self.response_encoding)
+        except Exception as e:
+            log.error(f"request {http.method} {http.url[:200]} failed: {exc_string(e, stack=False)}")
+            log.debug(f"request failed: {exc_string(e)}")
+            return error_response(500, exc_string(e, stack=self.error_tracebacks)), False
+
+
+class Connection(asyncio.Protocol):
+    """One client connection; lives on the event loop only."""
+
+    def __init__(self, interface: Interface) -> None:
+        self.iface = interface
+        self.loop = interface.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = RequestParser(interface.limits)
+        self.queue: collections.deque[HttpRequest] = collections.deque()
+        self.current: _InFlight | None = None
+        self.served = 0
+        self.closing = False
+        self.paused = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.auth_tokens: dict[str, Any] = {}
+
+    # --- asyncio callbacks ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.iface.admit(self):
+            transport.write(error_response(503, "too many connections"))
+            transport.close()
+            self.closing = True
+            return
+        self.auth_tokens = self._auth_tokens(transport)
+        self.first_byte = time.monotonic()  # the first request's clock starts at accept
+        self._expect_request(self.first_byte)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        now = time.monotonic()
+        if self.iface.idle.pop(self, False) is None:  # it was idle: a new request begins
+            self._expect_request(now)
+        try:
+            events = self.parser.feed(data, now)
+        except HttpError as e:
+            log.info(f"interface {self.iface.name}: bad request from {self.auth_tokens.get('peer_ip')}: "
+                     f"{e.status} {e}")
+            self._refuse(e.status, str(e))
+            return
+        for event in events:
+            if isinstance(event, Continue):
+                self._write(event.data)
+            else:
+                self.queue.append(event)
+        if len(self.queue) >= MAX_PIPELINED and not self.paused:
+            self.paused = True
+            self._transport().pause_reading()
+        self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._cancel_timer()
+        self.iface.connections.discard(self)
+        self.iface.idle.pop(self, None)
+        if self.current is not None:
+            self.current.abandon()
+            self.current = None
+
+    # --- requests ----------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Start the next parsed request if none is in flight."""
+        if self.current is not None or not self.queue or self.closing:
+            return
+        http = self.queue.popleft()
+        if self.paused and len(self.queue) < MAX_PIPELINED // 2:
+            self.paused = False
+            self._transport().resume_reading()
+        self._cancel_timer()
+        started = self.first_byte if self.served == 0 else http.started
+        try:
+            request = self.iface.cage.intake.begin(
+                timeout=self.iface.request_timeout, interface=self.iface.name, protocol="http",
+                parameters={"auth_tokens": dict(self.auth_tokens)}, start=started)
+        except IntakeClosedError:
+            self._refuse(503, "the cage is shutting down")
+            return
+        keep_alive = self._may_keep_alive(http)
+        self.current = _InFlight(self, request, http, keep_alive)
+
+    def _may_keep_alive(self, http: HttpRequest) -> bool:
+        iface = self.iface
+        return (http.keep_alive and iface.keep_alive_support and not iface.ceasing
+                and self.served + 1 < iface.keep_alive_max_requests)
+
+    def finished(self, data: bytes, keep_alive: bool) -> None:
+        """The answer to the current request is ready (on the loop)."""
+        self.current = None
+        self.served += 1
+        self._write(data)
+        if not keep_alive or self.iface.ceasing:
+            self.close()
+        elif self.queue:
+            self._next()
+        elif self.parser.receiving:
+            self._expect_request(time.monotonic())
+        else:
+            self.iface.idle[self] = None
+            self._set_timer(self.iface.keep_alive_idle_timeout, self.close)
+
+    def _expect_request(self, started: float) -> None:
+        """A request is (about to be) read: its deadline bounds the reading too."""
+        self._set_timer(started + self.iface.request_timeout - time.monotonic(), self._read_timed_out)
+
+    def _read_timed_out(self) -> None:
+        self.timer = None
+        if self.current is None and (self.parser.receiving or self.served == 0):
+            self._refuse(408, "request was not received in time")
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _refuse(self, status: int, text: str) -> None:
+        self._write(error_response(status, text))
+        self.close()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.closing = True
+        self._cancel_timer()
+        self.iface.idle.pop(self, None)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _transport(self) -> asyncio.Transport:
+        assert self.transport is not None
+        return self.transport
+
+    def _set_timer(self, delay: float, callback: Any) -> None:
+        self._cancel_timer()
+        self.timer = self.loop.call_later(max(delay, 0.0), callback)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _auth_tokens(self, transport: asyncio.Transport) -> dict[str, Any]:
+        peer = transport.get_extra_info("peername")
+        tokens: dict[str, Any] = {"peer_ip": peer[0] if peer else None,
+                                  "encrypted": transport.get_extra_info("sslcontext") is not None}
+        cert = transport.get_extra_info("peercert")
+        if cert:
+            for rdn in cert.get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        tokens["peer_cn"] = value
+        return tokens
+
+
+class _InFlight:
+    """One request between the loop and a worker: whoever comes first answers.
+
+    The worker's result and the deadline race; the first wins, the loser is
+    dropped. `abandon` is the client going away.
+    """
+
+    def __init__(self, connection: Connection, request: Request, http: HttpRequest, keep_alive: bool) -> None:
+        self.connection, self.request = connection, request
+        self.answered = False
+        loop = connection.loop
+        iface = connection.iface
+        self.deadline = loop.call_later(request.remain, self._deadline)
+        assert iface.cage.pool is not None
+        self.future = iface.cage.pool.submit(request, iface.handle, http, keep_alive)
+        self.future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._done, f))
+
+    def _done(self, future: Future[tuple[bytes, bool]]) -> None:
+        if self.answered:
+            if not future.cancelled() and self.request.expired:
+                log.warning(f"request {self.request.unique_id} finished "
+                            f"{self.request.expired_for:.1f}s after its deadline, the result is discarded")
+            return
+        self._end()
+        try:
+            data, keep_alive = future.result()
+        except Exception as e:  # expired in the queue, or the pool stopped
+            data, keep_alive = error_response(504 if self.request.expired else 503, exc_string(e, stack=False)), False
+        self.connection.finished(data, keep_alive)
+
+    def _deadline(self) -> None:
+        if self.answered:
+            return
+        self._end()
+        self.future.cancel()  # never started if it is still queued
+        log.warning(f"request {self.request.unique_id} has not been answered in "
+                    f"{self.connection.iface.request_timeout:.1f}s, the client gets 504")
+        self.connection.finished(error_response(504, "request deadline has expired"), False)
+
+    def abandon(self) -> None:
+        if not self.answered:
+            self._end()
+            self.future.cancel()
+
+    def _end(self) -> None:
+        self.answered = True
+        self.deadline.cancel()
+        self.connection.iface.cage.intake.end()

@@ -1,0 +1,252 @@
+"""HTTP/1.x on the wire, without sockets: bytes in → requests out, response dicts → bytes.
+
+`RequestParser` wraps httptools and enforces our limits and the original's
+rules; it knows no socket, clock or config (the caller passes `now` and
+`Limits`). Rules, as the original's unless noted:
+- header names lower-cased, the last duplicate wins; the method upper-case
+- 405 for a method not allowed, 505 for a version other than 1.0/1.1,
+  415 for a Content-Encoding other than identity
+- limits: URL (414), header block (431), body (413); anything unparsable 400
+- chunked request bodies are accepted (the original refused them)
+- keep-alive follows HTTP/1.1 defaults (the original wanted it explicit)
+Every error response closes the connection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+from pmnc.errors import ProtocolError
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+class HttpError(ProtocolError):
+    """A request that must be refused with `status` and the connection closed."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        super().__init__(message or _REASONS.get(status, ""))
+        self.status = status
+
+
+class ResponseError(ProtocolError):
+    """The handler's response breaks a rule; the client gets a 500."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_url_size: int = 8192
+    max_header_size: int = 65536
+    max_body_size: int = 1048576
+    allowed_methods: frozenset[str] = frozenset({"GET", "POST"})
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    url: str
+    version: str
+    headers: dict[str, str]
+    content: bytes
+    keep_alive: bool
+    started: float  # when its first byte arrived, in the caller's clock
+
+
+@dataclass
+class Continue:
+    """The client awaits `100 Continue` before it sends the body."""
+
+    data: bytes = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass
+class _Message:
+    started: float
+    head_size: int = 0
+    url: bytearray = field(default_factory=bytearray)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytearray = field(default_factory=bytearray)
+
+
+class RequestParser:
+    """Feed it bytes with `feed(data, now)`; it returns complete requests."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._message: _Message | None = None
+        self._unfinished_head = 0  # bytes fed while a header block stays incomplete
+        self._in_head = False
+        self._events: list[HttpRequest | Continue] = []
+        self._now = 0.0
+
+    @property
+    def receiving(self) -> bool:
+        """A request has begun and is not yet complete."""
+        return self._message is not None
+
+    def feed(self, data: bytes, now: float) -> list[HttpRequest | Continue]:
+        self._now = now
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, HttpError):
+                raise e.__context__ from None
+            raise HttpError(400) from None
+        except httptools.HttpParserUpgrade:
+            raise HttpError(400, "protocol upgrades are not supported") from None
+        except httptools.HttpParserError as e:
+            raise HttpError(400, str(e)) from None
+        if self._in_head:
+            # httptools buffers a header line until it ends: bound what it may hold
+            self._unfinished_head += len(data)
+            if self._unfinished_head > self.limits.max_header_size + self.limits.max_url_size:
+                raise HttpError(431)
+        events, self._events = self._events, []
+        return events
+
+    # --- httptools callbacks ---------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._message = _Message(self._now)
+        self._in_head = True
+        self._unfinished_head = 0
+
+    def on_url(self, url: bytes) -> None:
+        assert self._message is not None
+        self._message.url += url
+        if len(self._message.url) > self.limits.max_url_size:
+            raise HttpError(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self._message is not None
+        headers = self._message.headers
+        self._message.head_size += len(name) + len(value) + 4
+        if self._message.head_size > self.limits.max_header_size:
+            raise HttpError(431)
+        headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        message = self._message
+        assert message is not None
+        self._in_head = False
+        method = self._parser.get_method().decode("ascii", "replace").upper()
+        if method not in self.limits.allowed_methods:
+            raise HttpError(405)
+        if self._parser.get_http_version() not in ("1.0", "1.1"):
+            raise HttpError(505)
+        if message.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            raise HttpError(415, "request content encodings are not supported")
+        length = message.headers.get("content-length", "0")
+        if not length.isdigit():
+            raise HttpError(400, "invalid content-length")
+        if int(length) > self.limits.max_body_size:
+            raise HttpError(413)
+        if message.headers.get("expect", "").lower() == "100-continue":
+            self._events.append(Continue())
+
+    def on_body(self, body: bytes) -> None:
+        assert self._message is not None
+        self._message.body += body
+        if len(self._message.body) > self.limits.max_body_size:
+            raise HttpError(413)
+
+    def on_message_complete(self) -> None:
+        message, self._message = self._message, None
+        assert message is not None
+        headers = message.headers
+        headers.pop("transfer-encoding", None)
+        headers["content-length"] = str(len(message.body))
+        self._events.append(HttpRequest(
+            method=self._parser.get_method().decode("ascii").upper(),
+            url=message.url.decode("latin-1"),
+            version=self._parser.get_http_version(),
+            headers=headers,
+            content=bytes(message.body),
+            keep_alive=self._parser.should_keep_alive(),
+            started=message.started,
+        ))
+
+
+# --- responses -------------------------------------------------------------------
+
+
+def new_response(keep_alive: bool) -> dict[str, Any]:
+    """The response dict a handler starts with, as the original's."""
+    return {"status_code": 200, "content": b"",
+            "headers": {"content-type": "application/octet-stream",
+                        "connection": "keep-alive" if keep_alive else "close"}}
+
+
+def finish_response(response: dict[str, Any], keep_alive: bool, encoding: str) -> tuple[bytes, bool]:
+    """Check the handler's response against the rules; return (wire bytes, keep-alive)."""
+    status = response.get("status_code")
+    if not isinstance(status, int) or isinstance(status, bool) or status not in _REASONS:
+        raise ResponseError(f"response status code {status!r} is not a known HTTP status")
+    headers = _checked_headers(response.get("headers"))
+    body = _encoded_content(response.get("content"), headers, encoding)
+    if "content-length" in headers and headers["content-length"] != str(len(body)):
+        raise ResponseError(f"response content-length {headers['content-length']} does not match "
+                            f"the content of {len(body)} bytes")
+    if not body:
+        headers.pop("content-type", None)
+    wanted = headers.pop("connection", "keep-alive" if keep_alive else "close").lower()
+    if wanted == "keep-alive" and not keep_alive:
+        raise ResponseError("response cannot keep alive a connection the server is closing")
+    keep_alive = wanted == "keep-alive" and status < 400
+    headers.setdefault("cache-control", "no-cache")
+    if headers["cache-control"] == "no-cache":
+        headers.setdefault("pragma", "no-cache")
+    return render(status, headers.items(), body, keep_alive), keep_alive
+
+
+def _checked_headers(headers: Any) -> dict[str, str]:
+    if not isinstance(headers, dict):
+        raise ResponseError("response headers must be a dict")
+    checked = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ResponseError(f"response header name {name!r} is invalid")
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise ResponseError(f"response header {name} must be a one-line str")
+        checked[name.lower()] = value
+    return checked
+
+
+def _encoded_content(content: Any, headers: dict[str, str], encoding: str) -> bytes:
+    if isinstance(content, str):
+        content_type = headers.get("content-type", "")
+        if not content_type.lower().startswith("text/"):
+            raise ResponseError(f"response content is str, but its content-type {content_type!r} is not text/*")
+        if "charset=" not in content_type.lower():
+            headers["content-type"] = f"{content_type}; charset={encoding}"
+        return content.encode(encoding, "replace")
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        return bytes(content)
+    raise ResponseError(f"response content must be bytes or str, not {type(content).__name__}")
+
+
+def render(status: int, headers: Iterable[tuple[str, str]], body: bytes, keep_alive: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
+    lines.extend(f"{_title(name)}: {value}" for name, value in headers)
+    lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+
+
+def error_response(status: int, text: str = "") -> bytes:
+    """A short text/plain answer that closes the connection."""
+    body = (text or _REASONS.get(status, "")).encode("utf-8", "replace")
+    headers = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-cache")]
+    return render(status, headers, body, keep_alive=False)
+
+
+def _title(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))

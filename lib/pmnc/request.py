@@ -1,0 +1,223 @@
+"""Requests: the unit of work, its absolute deadline, and the current request.
+
+The deadline lives here and nowhere else. Every layer that waits derives its
+own timeout from `request.remain`; `wait`, `acquire` and `pop` below are the
+one way to wait on a thread-level primitive within a request's time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from pmnc.errors import DeadlineError
+
+# The clock seam: tests may replace it to move time without sleeping.
+monotonic = time.monotonic
+
+_current = threading.local()
+
+
+class _Lock(Protocol):
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+
+def new_unique_id(prefix: str = "RQ") -> str:
+    """`RQ-YYYYMMDDhhmmss-<12 upper hex>`, local time as in the original."""
+    return f"{prefix}-{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(6).hex().upper()}"
+
+
+class Request:
+    """One request: who asked, through which interface, and until when.
+
+    A finite request has an interface and a protocol; an infinite one (the
+    framework's own long-running threads) has neither and never expires.
+    """
+
+    _sequence = itertools.count()
+
+    def __init__(
+        self,
+        *,
+        timeout: float | None,
+        interface: str | None = None,
+        protocol: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        description: str | None = None,
+        log_levels: list[int] | None = None,
+        unique_id: str | None = None,
+        start: float | None = None,
+    ) -> None:
+        if (timeout is None) != (interface is None and protocol is None):
+            raise ValueError("a finite request needs an interface and a protocol, an infinite one neither")
+        self.unique_id = unique_id or new_unique_id()
+        self.interface = interface
+        self._protocol = protocol
+        self.parameters: dict[str, Any] = parameters if parameters is not None else {}
+        self._description = description
+        self.log_levels: list[int] = list(log_levels or ())
+        self.start = monotonic() if start is None else start
+        self.deadline: float | None = None if timeout is None else self.start + timeout
+        self.self_test: str | None = None
+        # A tie-breaker so equal deadlines keep arrival order in the EDF queue.
+        self.sequence = next(self._sequence)
+
+    # --- timing --------------------------------------------------------------
+
+    @property
+    def infinite(self) -> bool:
+        return self.deadline is None
+
+    @property
+    def remain(self) -> float:
+        """Seconds left, never negative. Setting it moves the deadline."""
+        if self.deadline is None:
+            raise DeadlineError("infinite request has no time remaining to tell")
+        return max(self.deadline - monotonic(), 0.0)
+
+    @remain.setter
+    def remain(self, value: float) -> None:
+        self.deadline = monotonic() + value
+
+    def expires_in(self, timeout: float) -> None:
+        self.remain = timeout
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and monotonic() >= self.deadline
+
+    @property
+    def elapsed(self) -> float:
+        return monotonic() - self.start
+
+    @property
+    def expired_for(self) -> float:
+        if self.deadline is None:
+            raise DeadlineError("infinite request cannot expire")
+        return max(monotonic() - self.deadline, 0.0)
+
+    @property
+    def epoch_deadline(self) -> float | None:
+        """The deadline as wall-clock seconds, the form that travels the wire."""
+        if self.deadline is None:
+            return None
+        return time.time() + (self.deadline - monotonic())
+
+    def sort_key(self) -> tuple[float, int]:
+        """Earliest deadline first; infinite requests sort last."""
+        return (float("inf") if self.deadline is None else self.deadline, self.sequence)
+
+    # --- identity ------------------------------------------------------------
+
+    @property
+    def protocol(self) -> str | None:
+        return self._protocol
+
+    @protocol.setter
+    def protocol(self, value: str) -> None:
+        if self._protocol is None:
+            raise AttributeError("protocol of an infinite request cannot be set")
+        self._protocol = value
+
+    def describe(self, description: str) -> None:
+        self._description = description
+
+    @property
+    def description(self) -> str | None:
+        """`RQ-ABCD (desc) via http +1.2s` - what log records say of it."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - monotonic()
+        sign = "+" if left >= 0 else "-"
+        what = f" ({self._description})" if self._description else ""
+        return f"{self.unique_id[-4:]}{what} via {self.interface} {sign}{abs(left):.1f}s"
+
+    @property
+    def log_level(self) -> int | None:
+        return self.log_levels[-1] if self.log_levels else None
+
+    # --- waits bounded by the deadline ---------------------------------------
+
+    def _timeout(self) -> float | None:
+        return None if self.deadline is None else self.remain
+
+    def wait(self, event: threading.Event) -> bool:
+        return event.wait(self._timeout())
+
+    def acquire(self, lock: _Lock) -> bool:
+        timeout = self._timeout()
+        return lock.acquire(True, -1 if timeout is None else timeout)
+
+    # --- serialisation -------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form, with an absolute epoch deadline, as the original's."""
+        if self.deadline is None:
+            raise DeadlineError("infinite request cannot be serialised")
+        parameters = {k: v for k, v in self.parameters.items() if isinstance(k, str) and not k.startswith("_")}
+        return {
+            "id": self.unique_id,
+            "deadline": self.epoch_deadline,
+            "interface": self.interface,
+            "protocol": self.protocol,
+            "description": self._description,
+            "log_levels": list(self.log_levels),
+            "parameters": parameters,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], timeout: float | None = None) -> Request:
+        """Rebuild with the same id; deadline = min(timeout, time left on `d`)."""
+        left = max(float(d["deadline"]) - time.time(), 0.0)
+        if timeout:
+            left = min(left, timeout)
+        return cls(
+            timeout=left,
+            interface=d["interface"],
+            protocol=d["protocol"],
+            parameters=dict(d.get("parameters") or {}),
+            description=d.get("description"),
+            log_levels=list(d.get("log_levels") or ()),
+            unique_id=d["id"],
+        )
+
+    def __repr__(self) -> str:
+        if self.deadline is None:
+            return f"<Request {self.unique_id} infinite>"
+        return f"<Request {self.unique_id} via {self.interface} remain={self.remain:.2f}s>"
+
+
+def current() -> Request:
+    """The request of this thread; a fresh infinite one where none is attached."""
+    request: Request | None = getattr(_current, "request", None)
+    if request is None:
+        request = _current.request = Request(timeout=None)
+    return request
+
+
+def attach(request: Request | None) -> Request | None:
+    """Make `request` this thread's current request; returns the previous one."""
+    previous: Request | None = getattr(_current, "request", None)
+    _current.request = request
+    return previous
+
+
+@contextmanager
+def attached(request: Request) -> Iterator[Request]:
+    previous = attach(request)
+    try:
+        yield request
+    finally:
+        attach(previous)
+
+
+def fake_request(timeout: float | None = None, interface: str = "__fake__") -> Request:
+    """Attach a test request to the current thread, as the original's helper."""
+    request = Request(timeout=timeout, interface=interface, protocol=interface) if timeout is not None else Request(timeout=None)
+    attach(request)
+    return request

@@ -1,0 +1,181 @@
+"""`startup.py`: the supervisor (primary) process and the cage (secondary) process.
+
+The primary writes `logs/<cage>.pid`, runs the cage as a child process and
+restarts it with a growing back-off when it dies abnormally. SIGTERM or
+SIGINT to the primary closes the child's stdin: that is the child's signal
+to shut down gracefully (and, should the primary die, it is the same
+signal, so a cage never outlives its supervisor). Both are portable: no
+fork, no signals sent to the child.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from pmnc import log
+from pmnc.errors import exc_string
+
+TARGET = re.compile(r"(?:([A-Za-z0-9_-]{1,32})\.)?([A-Za-z0-9_-]{1,32})")
+USAGE = "usage: python3 startup.py [node.]cage | --self-test cage module"
+CHILD_FLAG = "--cage-process"
+
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+STABLE_AFTER = 60.0  # a cage that ran this long before dying restarts without delay
+STOP_GRACE = 120.0  # how long the primary waits for a stopping cage before killing it
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(root: str, argv: list[str]) -> int:
+    try:
+        if argv[:1] == [CHILD_FLAG]:
+            return run_cage(root, *argv[1:4])
+        if argv[:1] == ["--self-test"]:
+            from pmnc.selftest import run_self_test
+
+            if len(argv) != 3:
+                raise UsageError(USAGE)
+            return run_self_test(root, check_cage(root, argv[1]), argv[2])
+        if len(argv) != 1:
+            raise UsageError(USAGE)
+        node, cage = parse_target(argv[0])
+        return Supervisor(root, node, check_cage(root, cage)).run()
+    except UsageError as e:
+        print(f"startup.py: {e}", file=sys.stderr)
+        return 2
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    match = TARGET.fullmatch(target)
+    if match is None:
+        raise UsageError(f"invalid cage name {target!r}; {USAGE}")
+    return match.group(1) or default_node(), match.group(2)
+
+
+def default_node() -> str:
+    return platform.node().split(".")[0] or "localhost"
+
+
+def check_cage(root: str, cage: str) -> str:
+    if not TARGET.fullmatch(cage) or "." in cage:
+        raise UsageError(f"invalid cage name {cage!r}")
+    if not os.path.isdir(os.path.join(root, "cages", cage)):
+        raise UsageError(f"cage directory {os.path.join(root, 'cages', cage)} does not exist")
+    return cage
+
+
+def logs_dir(root: str, cage: str) -> str:
+    path = os.path.join(root, "cages", cage, "logs")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def open_log(root: str, cage: str) -> None:
+    echo = sys.stderr if sys.stderr.isatty() else None
+    log.configure(log.LogFile(logs_dir(root, cage), cage), echo=echo, echo_level=log.WARNING)
+
+
+class Supervisor:
+    def __init__(self, root: str, node: str, cage: str) -> None:
+        self.root, self.node, self.cage = root, node, cage
+        self.stopping = threading.Event()
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def run(self) -> int:
+        threading.current_thread().name = "supervisor"
+        open_log(self.root, self.cage)
+        pid_file = os.path.join(logs_dir(self.root, self.cage), f"{self.cage}.pid")
+        with open(pid_file, "w") as f:
+            f.write(str(os.getpid()))
+        self._install_signals()
+        print(f"pmnc: cage {self.cage} is starting, supervisor pid {os.getpid()}, "
+              f"log in {logs_dir(self.root, self.cage)}", file=sys.stderr)
+        failures, mode = 0, "NORMAL"
+        while not self.stopping.is_set():
+            began = time.monotonic()
+            code = self._run_child(mode)
+            if code == 0 or self.stopping.is_set():
+                return 0
+            failures = 1 if time.monotonic() - began >= STABLE_AFTER else failures + 1
+            delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+            log.error(f"the cage process has exited with code {code}, restarting in {delay:.1f}s")
+            mode = "FAILURE"
+            self.stopping.wait(delay)
+        return 0
+
+    def _run_child(self, mode: str) -> int:
+        command = [sys.executable, os.path.join(self.root, "startup.py"), CHILD_FLAG, self.node, self.cage, mode]
+        self.child = subprocess.Popen(command, stdin=subprocess.PIPE, cwd=self.root)
+        log.message(f"the cage process has started, pid {self.child.pid}")
+        return self.child.wait()  # signal handlers run meanwhile (PEP 475)
+
+    def _install_signals(self) -> None:
+        for name in ("SIGTERM", "SIGINT", "SIGBREAK"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stopping.is_set():
+            log.warning("stop requested again, the cage process is killed")
+            if self.child is not None:
+                self.child.kill()
+            return
+        self.stopping.set()
+        log.message(f"signal {signal.Signals(signum).name} received, the cage is stopping")
+        threading.Thread(target=self._stop_child, name="stopper", daemon=True).start()
+
+    def _stop_child(self) -> None:
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        try:
+            assert child.stdin is not None
+            child.stdin.close()  # the cage's cue to shut down gracefully
+        except OSError:
+            pass
+        try:
+            child.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            log.error(f"the cage process did not stop in {STOP_GRACE:.0f}s and is killed")
+            child.kill()
+
+
+def run_cage(root: str, node: str, cage: str, mode: str) -> int:
+    """The secondary: run the cage until stdin closes or SIGTERM arrives."""
+    from pmnc.cage import Cage
+
+    threading.current_thread().name = "cage"
+    sys.path.insert(0, os.path.join(root, "cages", cage, "lib"))
+    open_log(root, cage)
+    stopping = threading.Event()
+    if hasattr(signal, "SIGINT"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the supervisor
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    threading.Thread(target=_watch_stdin, args=(stopping,), name="stdin", daemon=True).start()
+    log.message(f"the cage is {'restarting after a failure' if mode == 'FAILURE' else 'starting up'}, "
+                f"pid {os.getpid()}")
+    try:
+        Cage(os.path.join(root, "cages"), cage, node).run(stopping)
+    except Exception as e:
+        log.error(f"the cage has failed: {exc_string(e)}")
+        return 1
+    return 0
+
+
+def _watch_stdin(stopping: threading.Event) -> None:
+    try:
+        while sys.stdin.buffer.read(1):
+            pass
+    except (OSError, ValueError):
+        pass
+    stopping.set()

@@ -1,0 +1,214 @@
+"""Annotations on exported functions, enforced at call time.
+
+An annotation may be a class (isinstance, no int→float promotion), a tuple
+or list literal (same type and length, each element checked), any callable
+(a predicate), one of the helpers below, or a modern typing form:
+`X | None`, `Optional[X]`, `list[int]`, `dict[str, int]`, `tuple[int, ...]`,
+`Literal[...]`, `Any`. Positional parameters are checked however they are
+passed; defaults are checked once, when the function is wrapped.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from pmnc.errors import InputParameterError, ReturnValueError, TypeCheckSpecificationError
+
+Check = Callable[[Any], bool]
+
+__all__ = ["typecheck", "optional", "by_regex", "one_of", "either", "anything", "nothing",
+           "tuple_of", "list_of", "set_of", "dict_of", "with_attr"]
+
+
+class _Predicate:
+    """A helper-made check; carries a name so error messages stay readable."""
+
+    def __init__(self, check: Check, name: str) -> None:
+        self.check, self.name = check, name
+
+    def __call__(self, value: Any) -> bool:
+        return self.check(value)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def optional(spec: Any) -> _Predicate:
+    check = compile_spec(spec)
+    return _Predicate(lambda v: v is None or check(v), f"optional({spec!r})")
+
+
+def by_regex(pattern: str | bytes) -> _Predicate:
+    # fullmatch, so a pattern ending in `$` does not accept a trailing newline
+    regex = re.compile(pattern)
+    kind = type(pattern)
+    return _Predicate(lambda v: isinstance(v, kind) and regex.fullmatch(v) is not None, f"by_regex({pattern!r})")
+
+
+def one_of(*values: Any) -> _Predicate:
+    return _Predicate(lambda v: v in values, f"one_of{values!r}")
+
+
+def either(*specs: Any) -> _Predicate:
+    checks = [compile_spec(s) for s in specs]
+    return _Predicate(lambda v: any(c(v) for c in checks), f"either{specs!r}")
+
+
+anything = _Predicate(lambda v: True, "anything")
+nothing = _Predicate(lambda v: False, "nothing")
+
+
+def _container_of(kind: type, spec: Any) -> _Predicate:
+    check = compile_spec(spec)
+    return _Predicate(lambda v: isinstance(v, kind) and all(check(x) for x in v), f"{kind.__name__}_of({spec!r})")
+
+
+def tuple_of(spec: Any) -> _Predicate:
+    return _container_of(tuple, spec)
+
+
+def list_of(spec: Any) -> _Predicate:
+    return _container_of(list, spec)
+
+
+def set_of(spec: Any) -> _Predicate:
+    return _container_of(set, spec)
+
+
+def dict_of(key_spec: Any, value_spec: Any) -> _Predicate:
+    kc, vc = compile_spec(key_spec), compile_spec(value_spec)
+    return _Predicate(lambda v: isinstance(v, dict) and all(kc(k) and vc(x) for k, x in v.items()),
+                      f"dict_of({key_spec!r}, {value_spec!r})")
+
+
+def with_attr(*names: str) -> _Predicate:
+    return _Predicate(lambda v: all(hasattr(v, n) for n in names), f"with_attr{names!r}")
+
+
+def compile_spec(spec: Any) -> Check:
+    """Turn one annotation into a check, or refuse it with a clear error."""
+    if spec is None or spec is type(None):
+        return lambda v: v is None
+    if spec is Any:
+        return anything
+    if isinstance(spec, type) and not isinstance(spec, types.GenericAlias):
+        return lambda v: isinstance(v, spec)
+    origin = typing.get_origin(spec)
+    if origin is not None:
+        return _compile_typing(spec, origin, typing.get_args(spec))
+    if isinstance(spec, (tuple, list)):
+        kind, checks = type(spec), [compile_spec(s) for s in spec]
+        return lambda v: type(v) is kind and len(v) == len(checks) and all(c(x) for c, x in zip(checks, v))
+    if callable(spec):
+        return spec  # type: ignore[no-any-return]
+    raise TypeCheckSpecificationError(f"cannot check annotation {spec!r}")
+
+
+def _compile_typing(spec: Any, origin: Any, args: tuple[Any, ...]) -> Check:
+    if origin in (typing.Union, types.UnionType):
+        checks = [compile_spec(a) for a in args]
+        return lambda v: any(c(v) for c in checks)
+    if origin is typing.Literal:
+        return lambda v: v in args
+    if origin in (list, set, frozenset) and len(args) == 1:
+        return _container_of(origin, args[0])
+    if origin is dict and len(args) == 2:
+        return dict_of(*args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return tuple_of(args[0])
+    if origin is tuple and args and Ellipsis not in args:
+        checks = [compile_spec(a) for a in args]
+        return lambda v: isinstance(v, tuple) and len(v) == len(checks) and all(c(x) for c, x in zip(checks, v))
+    if isinstance(origin, type):
+        return lambda v: isinstance(v, origin)  # other generics: check the container only
+    if callable(origin):
+        return anything  # e.g. typing.Callable[...] without a runtime form
+    raise TypeCheckSpecificationError(f"cannot check annotation {spec!r}")
+
+
+class _Signature:
+    """What to check for one function, computed once when it is wrapped."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        hints = _annotations(func)
+        sig = inspect.signature(func)
+        self.positional: list[tuple[str, Check | None]] = []
+        self.by_name: dict[str, Check] = {}
+        self.var_positional: Check | None = None
+        self.var_keyword: Check | None = None
+        for name, param in sig.parameters.items():
+            check = compile_spec(hints[name]) if name in hints else None
+            self._check_default(func, name, param, check)
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                self.positional.append((name, check))
+            if param.kind == param.VAR_POSITIONAL:
+                self.var_positional = check
+            elif param.kind == param.VAR_KEYWORD:
+                self.var_keyword = check
+            elif check is not None and param.kind != param.POSITIONAL_ONLY:
+                self.by_name[name] = check
+        self.result = compile_spec(hints["return"]) if "return" in hints else None
+
+    @staticmethod
+    def _check_default(func: Callable[..., Any], name: str, param: inspect.Parameter, check: Check | None) -> None:
+        if check is not None and param.default is not param.empty and not check(param.default):
+            raise TypeCheckSpecificationError(
+                f"default value for {name} of {func.__qualname__}() fails its own check: {param.default!r}")
+
+    @property
+    def empty(self) -> bool:
+        return (self.result is None and self.var_positional is None and self.var_keyword is None
+                and not self.by_name and all(c is None for _, c in self.positional))
+
+
+def _annotations(func: Callable[..., Any]) -> dict[str, Any]:
+    """Resolved annotations; string ones (PEP 563) are evaluated in the module."""
+    try:
+        return typing.get_type_hints(func)
+    except Exception as e:
+        raise TypeCheckSpecificationError(f"annotations of {func.__qualname__}() cannot be resolved: {e}") from None
+
+
+def typecheck(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap `func` to check its annotated parameters and result; unannotated
+    functions come back unchanged."""
+    sig = _Signature(func)
+    if sig.empty:
+        return func
+    name = func.__name__
+
+    def bad_input(param: str, value: Any) -> InputParameterError:
+        return InputParameterError(f"{name}() has got an incompatible value for {param}: {_short(value)}")
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        positional = sig.positional
+        for i, value in enumerate(args):
+            if i < len(positional):
+                param, check = positional[i]
+                if check is not None and not check(value):
+                    raise bad_input(param, value)
+            elif sig.var_positional is not None and not sig.var_positional(value):
+                raise bad_input("*args", value)
+        for param, value in kwargs.items():
+            check = sig.by_name.get(param, sig.var_keyword)
+            if check is not None and not check(value):
+                raise bad_input(param, value)
+        result = func(*args, **kwargs)
+        if sig.result is not None and not sig.result(result):
+            raise ReturnValueError(f"{name}() has returned an incompatible value: {_short(result)}")
+        return result
+
+    checked.__pmnc_checked__ = True  # type: ignore[attr-defined]
+    return checked
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."

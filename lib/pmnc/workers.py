@@ -1,0 +1,133 @@
+"""The cage's worker pool: `thread_count` threads, earliest deadline first.
+
+Interfaces submit (request, function) pairs; the result comes back as a
+`concurrent.futures.Future`. A unit whose request has expired by the time a
+worker takes it is never started (its future fails with RequestExpiredError),
+and a unit whose future was cancelled (the interface gave up at the
+deadline) is skipped. Threads start lazily and retire after being idle.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from pmnc import log
+from pmnc import request as _request
+from pmnc.errors import RequestExpiredError
+from pmnc.request import Request
+
+_Unit = tuple[float, int, Request, Callable[..., Any], tuple[Any, ...], "Future[Any]"]
+
+
+class WorkerPool:
+    def __init__(self, name: str, size: int, *, idle_timeout: float = 60.0) -> None:
+        if size < 1:
+            raise ValueError("a worker pool needs at least one thread")
+        self.name, self.size, self.idle_timeout = name, size, idle_timeout
+        self._queue: list[_Unit] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._threads = 0
+        self._idle = 0  # threads waiting for work
+        self._signalled = 0  # of those, already woken for a unit they have yet to take
+        self._busy = 0
+        self._stopped = False
+        self._serial = 0
+        self.processed = 0
+
+    def submit(self, request: Request, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queue `fn(*args)` to run on a worker thread with `request` attached."""
+        future: Future[Any] = Future()
+        key = request.sort_key()
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError(f"worker pool {self.name} has been stopped")
+            heapq.heappush(self._queue, (key[0], key[1], request, fn, args, future))
+            if self._idle > self._signalled:
+                self._signalled += 1
+                self._cond.notify()
+            elif self._threads < self.size:
+                self._start_thread()
+            depth = len(self._queue)
+        if depth > 1 and log.enabled(log.DEBUG):
+            log.debug(f"{self!r}: queued {request.unique_id}")
+        return future
+
+    def _start_thread(self) -> None:
+        self._threads += 1
+        self._serial += 1
+        thread = threading.Thread(target=self._work, name=f"{self.name}/{self._serial}", daemon=True)
+        thread.start()
+
+    def _take(self) -> _Unit | None:
+        """The next unit, or None when this thread should retire."""
+        with self._cond:
+            while not self._queue:
+                if self._stopped:
+                    self._threads -= 1
+                    return None
+                self._idle += 1
+                woke = self._cond.wait(self.idle_timeout)
+                self._idle -= 1
+                if woke:
+                    self._signalled = max(self._signalled - 1, 0)
+                if not woke and not self._queue:
+                    self._threads -= 1
+                    return None
+            self._busy += 1
+            return heapq.heappop(self._queue)
+
+    def _work(self) -> None:
+        while (unit := self._take()) is not None:
+            try:
+                self._run(unit)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self.processed += 1
+
+    @staticmethod
+    def _run(unit: _Unit) -> None:
+        _, _, request, fn, args, future = unit
+        if not future.set_running_or_notify_cancel():
+            return  # the interface gave up on it
+        if request.expired:
+            future.set_exception(RequestExpiredError("request has expired and will not be processed"))
+            return
+        previous = _request.attach(request)
+        try:
+            result = fn(*args)
+        except BaseException as e:
+            future.set_exception(e)
+        else:
+            future.set_result(result)
+        finally:
+            _request.attach(previous)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Refuse new work, cancel what is queued, and let the threads go."""
+        with self._cond:
+            self._stopped = True
+            queued, self._queue = self._queue, []
+            self._cond.notify_all()
+        for unit in queued:
+            unit[5].cancel()
+        end = time.monotonic() + timeout
+        while self._threads and time.monotonic() < end:
+            with self._cond:
+                self._cond.wait(0.05)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def __repr__(self) -> str:
+        return f"<WorkerPool {self.name} busy={self._busy}/{self.size} queued={len(self._queue)}>"
