@@ -1,0 +1,243 @@
+"""Shared test helpers: temporary cage trees, real cage processes, in-process cages.
+
+Nothing here sleeps to wait: every wait polls a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "lib"))
+
+from pmnc import log  # noqa: E402
+from pmnc.cage import Cage  # noqa: E402
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail at the deadline."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise AssertionError(f"{message} not reached within {timeout}s")
+        time.sleep(interval)
+
+
+def module_source(body: str, exports: list[str] | None = None, eof: bool = True) -> str:
+    """A cage module file: `__all__`, the dedented body, and the `# EOF` line."""
+    text = textwrap.dedent(body).strip("\n") + "\n"
+    if exports is not None:
+        text = f"__all__ = {exports!r}\n" + text
+    return text + ("# EOF\n" if eof else "")
+
+
+def config_source(config: dict[str, Any], self_test_config: dict[str, Any] | None = None) -> str:
+    text = f"config = {config!r}\n"
+    if self_test_config is not None:
+        text += f"self_test_config = {self_test_config!r}\n"
+    return text + "# EOF\n"
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write a module the way an editor saves: a new file renamed into place."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def http_config(port: int = 0, **overrides: Any) -> dict[str, Any]:
+    config = {"protocol": "http", "listener_address": ("127.0.0.1", port), "max_connections": 100}
+    config.update(overrides)
+    return config
+
+
+HELLO_HANDLER = module_source("""
+    def process_request(request, response):
+        response["content"] = "Hello, world !"
+        response["headers"]["content-type"] = "text/plain"
+""", ["process_request"])
+
+
+def make_tree(base: Path, cage: str = "sample", files: dict[str, str] | None = None,
+              interfaces: dict[str, dict[str, Any]] | None = None, request_timeout: float = 10.0,
+              thread_count: int = 10, log_level: str = "LOG") -> Path:
+    """A runnable install tree under `base`: startup.py, lib, cages/.shared and one cage.
+
+    `interfaces` maps interface names to their config dicts; a handler that
+    answers "Hello, world !" is written for each unless `files` has one.
+    """
+    root = base / "tree"
+    (root / "cages").mkdir(parents=True)
+    shutil.copy(ROOT / "startup.py", root / "startup.py")
+    os.symlink(ROOT / "lib", root / "lib")
+    shutil.copytree(ROOT / "cages" / ".shared", root / "cages" / ".shared")
+    cage_dir = root / "cages" / cage
+    cage_dir.mkdir()
+    interfaces = interfaces or {}
+    (cage_dir / "config_interfaces.py").write_text(config_source({
+        "interfaces": tuple(interfaces), "request_timeout": request_timeout,
+        "thread_count": thread_count, "sweep_period": 15.0, "log_level": log_level}))
+    for name, config in interfaces.items():
+        (cage_dir / f"config_interface_{name}.py").write_text(config_source(config))
+        (cage_dir / f"interface_{name}.py").write_text(HELLO_HANDLER)
+    for name, text in (files or {}).items():
+        (cage_dir / name).write_text(text)
+    return root
+
+
+class CageProcess:
+    """A real `python startup.py cage` process in a temporary tree."""
+
+    LISTENS = re.compile(r"interface (\w+) listens on https?://[\d.]+:(\d+)/")
+
+    def __init__(self, root: Path, cage: str = "sample") -> None:
+        self.root, self.cage = root, cage
+        self.cage_dir = root / "cages" / cage
+        self.logs = self.cage_dir / "logs"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready: bool = True) -> CageProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen([sys.executable, str(self.root / "startup.py"), self.cage],
+                                        cwd=self.root, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if ready:
+            self.wait_for_log("the cage is ready")
+        return self
+
+    def log_text(self) -> str:
+        if not self.logs.is_dir():
+            return ""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+
+    def wait_for_log(self, pattern: str, timeout: float = 15.0, count: int = 1) -> re.Match[str]:
+        """The `count`-th match of the regex `pattern` in the log, when it appears."""
+        def found() -> re.Match[str] | None:
+            matches = list(re.finditer(pattern, self.log_text()))
+            return matches[count - 1] if len(matches) >= count else None
+        return wait_until(found, timeout, interval=0.05, message=f"log line /{pattern}/ (#{count})")  # type: ignore[no-any-return]
+
+    def port(self, interface: str = "http", count: int = 1) -> int:
+        match = self.wait_for_log(rf"interface {interface} listens on https?://[\d.]+:(\d+)/", count=count)
+        return int(match.group(1))
+
+    def child_pids(self) -> list[int]:
+        return [int(m) for m in re.findall(r"the cage process has started, pid (\d+)", self.log_text())]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM to the supervisor; returns its exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """Kill the supervisor and its cage without ceremony (test cleanup)."""
+        if self.process is None:
+            return
+        for pid in self.child_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def cage_process(tmp_path: Path) -> Iterator[Callable[..., CageProcess]]:
+    """`cage_process(**make_tree_kwargs)` starts a real cage; all are killed afterwards."""
+    started: list[CageProcess] = []
+
+    def start(cage: str = "sample", ready: bool = True, **kwargs: Any) -> CageProcess:
+        root = make_tree(tmp_path / f"p{len(started)}", cage=cage, **kwargs)
+        process = CageProcess(root, cage)
+        started.append(process)
+        return process.start(ready=ready)
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+class InProcessCage:
+    """A cage running in this test process, its log going to a file in the tree."""
+
+    def __init__(self, root: Path, cage: str = "sample") -> None:
+        self.root, self.cage_name = root, cage
+        self.cage_dir = root / "cages" / cage
+        logs = self.cage_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        self.log_file = log.LogFile(str(logs), cage)
+        log.configure(self.log_file, echo=None)
+        self.cage = Cage(str(root / "cages"), cage, "test")
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.cage.run, args=(self.stopping,), name="cage", daemon=True)
+
+    def start(self) -> InProcessCage:
+        self.thread.start()
+        wait_until(lambda: "the cage is ready" in self.log_text(), 15.0, message="cage ready")
+        return self
+
+    def log_text(self) -> str:
+        logs = self.cage_dir / "logs"
+        return "".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log")))
+
+    def address(self, interface: str = "http") -> tuple[str, int]:
+        live = self.cage.interfaces.live[interface][0]
+        return live.address  # type: ignore[attr-defined,no-any-return]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(30.0)
+        log.configure(None, echo=sys.stderr)
+
+
+@pytest.fixture
+def in_process_cage(tmp_path: Path) -> Iterator[Callable[..., InProcessCage]]:
+    """`in_process_cage(**make_tree_kwargs)`: a started cage in this process, stopped afterwards."""
+    cages: list[InProcessCage] = []
+
+    def start(cage: str = "sample", **kwargs: Any) -> InProcessCage:
+        root = make_tree(tmp_path / f"c{len(cages)}", cage=cage, **kwargs)
+        running = InProcessCage(root, cage)
+        cages.append(running)
+        return running.start()
+
+    yield start
+    for running in cages:
+        running.stop()
+
+
+def http_request(port: int, path: str = "/", method: str = "GET", body: bytes | None = None,
+                 headers: dict[str, str] | None = None, timeout: float = 15.0,
+                 host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+    """One request on a new connection: (status, lower-cased headers, body)."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
