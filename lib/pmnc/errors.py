@@ -104,11 +104,12 @@ class ProtocolError(PmncError):
     """A peer broke the rules of a wire protocol."""
 
 
-def exc_string(exc: BaseException | None = None, *, stack: bool = True) -> str:
+def exc_string(exc: BaseException | None = None, *, stack: bool = True, skip: int = 0) -> str:
     """One line: `Type("msg") in inner() (file.py:N) <- outer() (file.py:M)`.
 
     Innermost frame first, base file names only, as the original's logs read.
-    Without `stack`, only `Type("msg")` - what a client may be shown.
+    Without `stack`, only `Type("msg")` - what a client may be shown; `skip`
+    drops that many outermost frames (the framework's own).
     """
     if exc is None:
         exc = sys.exc_info()[1]
@@ -121,7 +122,7 @@ def exc_string(exc: BaseException | None = None, *, stack: bool = True) -> str:
     head = f'{type(exc).__name__}("{message}")'
     if not stack:
         return head
-    frames = _frames(exc.__traceback__)
+    frames = _frames(exc.__traceback__)[: -skip or None]
     return " in ".join([head, " <- ".join(frames)]) if frames else head
 
 

@@ -206,7 +206,7 @@ class Loader:
         try:
             exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
         except Exception as e:
-            raise ModuleFileBrokenError(f"file {base} is broken: {exc_string(e)}") from None
+            raise ModuleFileBrokenError(f"file {base} is broken: {exc_string(e, skip=1)}") from None
         return ModuleVersion(name, number, path, signature, module, self._exports(name, module),
                              bool(module.__dict__.get("__reloadable__", True)))
 
@@ -421,7 +421,7 @@ class ModuleRef:
 class BoundCall:
     """`pmnc.name.func`: calls whatever version of `func` is current then."""
 
-    __slots__ = ("_loader", "_name", "_attr")
+    __slots__ = ("_attr", "_loader", "_name")
 
     def __init__(self, loader: Loader, name: str, attr: str) -> None:
         self._loader, self._name, self._attr = loader, name, attr

@@ -218,6 +218,9 @@ def attached(request: Request) -> Iterator[Request]:
 
 def fake_request(timeout: float | None = None, interface: str = "__fake__") -> Request:
     """Attach a test request to the current thread, as the original's helper."""
-    request = Request(timeout=timeout, interface=interface, protocol=interface) if timeout is not None else Request(timeout=None)
+    if timeout is None:
+        request = Request(timeout=None)
+    else:
+        request = Request(timeout=timeout, interface=interface, protocol=interface)
     attach(request)
     return request

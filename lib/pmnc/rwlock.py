@@ -80,4 +80,5 @@ class SharedLock:
         return len(self._readers)
 
     def __repr__(self) -> str:
-        return f"<SharedLock readers={len(self._readers)} writer={self._writer is not None} waiting={self._writers_waiting}>"
+        return (f"<SharedLock readers={len(self._readers)} writer={self._writer is not None} "
+                f"waiting={self._writers_waiting}>")

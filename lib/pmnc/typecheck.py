@@ -22,8 +22,20 @@ from pmnc.errors import InputParameterError, ReturnValueError, TypeCheckSpecific
 
 Check = Callable[[Any], bool]
 
-__all__ = ["typecheck", "optional", "by_regex", "one_of", "either", "anything", "nothing",
-           "tuple_of", "list_of", "set_of", "dict_of", "with_attr"]
+__all__ = [
+    "anything",
+    "by_regex",
+    "dict_of",
+    "either",
+    "list_of",
+    "nothing",
+    "one_of",
+    "optional",
+    "set_of",
+    "tuple_of",
+    "typecheck",
+    "with_attr",
+]
 
 
 class _Predicate:
@@ -46,7 +58,7 @@ def optional(spec: Any) -> _Predicate:
 
 def by_regex(pattern: str | bytes) -> _Predicate:
     # fullmatch, so a pattern ending in `$` does not accept a trailing newline
-    regex = re.compile(pattern)
+    regex: re.Pattern[Any] = re.compile(pattern)
     kind = type(pattern)
     return _Predicate(lambda v: isinstance(v, kind) and regex.fullmatch(v) is not None, f"by_regex({pattern!r})")
 
@@ -64,7 +76,7 @@ anything = _Predicate(lambda v: True, "anything")
 nothing = _Predicate(lambda v: False, "nothing")
 
 
-def _container_of(kind: type, spec: Any) -> _Predicate:
+def _container_of(kind: type[Any], spec: Any) -> _Predicate:
     check = compile_spec(spec)
     return _Predicate(lambda v: isinstance(v, kind) and all(check(x) for x in v), f"{kind.__name__}_of({spec!r})")
 
@@ -104,7 +116,7 @@ def compile_spec(spec: Any) -> Check:
         return _compile_typing(spec, origin, typing.get_args(spec))
     if isinstance(spec, (tuple, list)):
         kind, checks = type(spec), [compile_spec(s) for s in spec]
-        return lambda v: type(v) is kind and len(v) == len(checks) and all(c(x) for c, x in zip(checks, v))
+        return lambda v: type(v) is kind and len(v) == len(checks) and all(c(x) for c, x in zip(checks, v, strict=True))
     if callable(spec):
         return spec  # type: ignore[no-any-return]
     raise TypeCheckSpecificationError(f"cannot check annotation {spec!r}")
@@ -124,7 +136,8 @@ def _compile_typing(spec: Any, origin: Any, args: tuple[Any, ...]) -> Check:
         return tuple_of(args[0])
     if origin is tuple and args and Ellipsis not in args:
         checks = [compile_spec(a) for a in args]
-        return lambda v: isinstance(v, tuple) and len(v) == len(checks) and all(c(x) for c, x in zip(checks, v))
+        return lambda v: (isinstance(v, tuple) and len(v) == len(checks)
+                          and all(c(x) for c, x in zip(checks, v, strict=True)))
     if isinstance(origin, type):
         return lambda v: isinstance(v, origin)  # other generics: check the container only
     if callable(origin):
