@@ -7,8 +7,9 @@ the worker pool and results come back with `call_soon_threadsafe`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -18,6 +19,30 @@ class EventLoopThread:
     def __init__(self, name: str = "asyncio") -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._posted: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
+        self._wakeup_pending = False
+
+    def post(self, callback: Callable[[Any], None], arg: Any) -> None:
+        """Run `callback(arg)` on the loop soon; callable from any thread.
+
+        Under load many results arrive between two loop iterations; they share
+        one wake-up of the loop instead of paying a self-pipe write each.
+        """
+        self._posted.append((callback, arg))
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._run_posted)
+            except RuntimeError:  # the loop is closed: the cage is stopping
+                pass
+
+    def _run_posted(self) -> None:
+        # Clear the flag first: a callback posted from now on schedules its own wake-up.
+        self._wakeup_pending = False
+        posted = self._posted
+        while posted:
+            callback, arg = posted.popleft()
+            callback(arg)
 
     def start(self) -> None:
         self._thread.start()

@@ -24,6 +24,15 @@ from pmnc.request import Request
 _Unit = tuple[float, int, Request, Callable[..., Any], tuple[Any, ...], "Future[Any]"]
 
 
+# Waking a thread per request makes threads fight over the GIL and starves the
+# event loop. So a submit wakes a thread only when none is running or coming;
+# otherwise one idle thread, the lookout, polls every LOOKOUT_PERIOD and takes
+# work that a busy thread has left waiting (a long call must not hold up the
+# queue). The lookout stands down after LOOKOUT_QUIET without activity.
+LOOKOUT_PERIOD = 0.002
+LOOKOUT_QUIET = 0.1
+
+
 class WorkerPool:
     def __init__(self, name: str, size: int, *, idle_timeout: float = 60.0) -> None:
         if size < 1:
@@ -35,6 +44,8 @@ class WorkerPool:
         self._idle = 0  # threads waiting for work
         self._signalled = 0  # of those, already woken for a unit they have yet to take
         self._busy = 0
+        self._lookout: int | None = None  # the thread id of the lookout, if any
+        self._active_at = 0.0  # when the lookout last saw work
         self._stopped = False
         self._serial = 0
         self.processed = 0
@@ -47,15 +58,19 @@ class WorkerPool:
             if self._stopped:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
             heapq.heappush(self._queue, (key[0], key[1], request, fn, args, future))
-            if self._idle > self._signalled:
-                self._signalled += 1
-                self._cond.notify()
-            elif self._threads < self.size:
-                self._start_thread()
+            if self._busy + self._signalled == 0 or self._lookout is None:
+                self._wake_one()
             depth = len(self._queue)
         if depth > 1 and log.enabled(log.DEBUG):
             log.debug(f"{self!r}: queued {request.unique_id}")
         return future
+
+    def _wake_one(self) -> None:
+        if self._idle > self._signalled:
+            self._signalled += 1
+            self._cond.notify()
+        elif self._threads < self.size:
+            self._start_thread()
 
     def _start_thread(self) -> None:
         self._threads += 1
@@ -65,21 +80,45 @@ class WorkerPool:
 
     def _take(self) -> _Unit | None:
         """The next unit, or None when this thread should retire."""
+        me = threading.get_ident()
         with self._cond:
-            while not self._queue:
+            while True:
+                if self._queue:
+                    if self._lookout == me:
+                        self._lookout = None
+                    self._busy += 1
+                    self._active_at = time.monotonic()
+                    unit = heapq.heappop(self._queue)
+                    if self._queue and self._lookout is None:
+                        self._wake_one()  # someone must watch what is left
+                    return unit
                 if self._stopped:
-                    self._threads -= 1
+                    self._retire(me)
                     return None
+                timeout = self._wait_timeout(me)
                 self._idle += 1
-                woke = self._cond.wait(self.idle_timeout)
+                notified = self._cond.wait(timeout)
                 self._idle -= 1
-                if woke:
+                if notified:
                     self._signalled = max(self._signalled - 1, 0)
-                if not woke and not self._queue:
-                    self._threads -= 1
+                elif timeout == self.idle_timeout and not self._queue:
+                    self._retire(me)
                     return None
-            self._busy += 1
-            return heapq.heappop(self._queue)
+
+    def _wait_timeout(self, me: int) -> float:
+        """Become (or stay) the lookout while there is activity; else wait long."""
+        if self._lookout not in (None, me):
+            return self.idle_timeout
+        if self._busy or time.monotonic() - self._active_at < LOOKOUT_QUIET:
+            self._lookout = me
+            return LOOKOUT_PERIOD
+        self._lookout = None
+        return self.idle_timeout
+
+    def _retire(self, me: int) -> None:
+        if self._lookout == me:
+            self._lookout = None
+        self._threads -= 1
 
     def _work(self) -> None:
         while (unit := self._take()) is not None:

@@ -75,6 +75,7 @@ class Interface(interfaces.Interface):
 
     def start(self) -> None:
         assert self.cage.loop is not None
+        self.cage_loop = self.cage.loop
         self.loop = self.cage.loop.loop
         self._server = self.cage.loop.run(self._listen(), timeout=3.0)
         host, port = self._server.sockets[0].getsockname()[:2]
@@ -161,6 +162,7 @@ class Connection(asyncio.Protocol):
         self.served = 0
         self.closing = False
         self.paused = False
+        self.refusal: tuple[int, str] | None = None  # the error that ends this connection
         self.timer: asyncio.TimerHandle | None = None
         self.auth_tokens: dict[str, Any] = {}
 
@@ -179,7 +181,7 @@ class Connection(asyncio.Protocol):
         self._expect_request(self.first_byte)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.refusal is not None:
             return
         now = time.monotonic()
         if self.iface.idle.pop(self, False) is None:  # it was idle: a new request begins
@@ -189,8 +191,9 @@ class Connection(asyncio.Protocol):
         except HttpError as e:
             log.info(f"interface {self.iface.name}: bad request from {self.auth_tokens.get('peer_ip')}: "
                      f"{e.status} {e}")
-            self._refuse(e.status, str(e))
-            return
+            self.refusal = (e.status, str(e))  # answered once the good requests before it are
+            self._transport().pause_reading()
+            events = e.parsed
         for event in events:
             if isinstance(event, Continue):
                 self._write(event.data)
@@ -214,10 +217,14 @@ class Connection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Start the next parsed request if none is in flight."""
-        if self.current is not None or not self.queue or self.closing:
+        if self.current is not None or self.closing:
+            return
+        if not self.queue:
+            if self.refusal is not None:
+                self._refuse(*self.refusal)
             return
         http = self.queue.popleft()
-        if self.paused and len(self.queue) < MAX_PIPELINED // 2:
+        if self.paused and self.refusal is None and len(self.queue) < MAX_PIPELINED // 2:
             self.paused = False
             self._transport().resume_reading()
         self._cancel_timer()
@@ -225,7 +232,7 @@ class Connection(asyncio.Protocol):
         try:
             request = self.iface.cage.intake.begin(
                 timeout=self.iface.request_timeout, interface=self.iface.name, protocol="http",
-                parameters={"auth_tokens": dict(self.auth_tokens)}, start=started)
+                parameters={"auth_tokens": self._request_tokens(http)}, start=started)
         except IntakeClosedError:
             self._refuse(503, "the cage is shutting down")
             return
@@ -244,7 +251,7 @@ class Connection(asyncio.Protocol):
         self._write(data)
         if not keep_alive or self.iface.ceasing:
             self.close()
-        elif self.queue:
+        elif self.queue or self.refusal is not None:
             self._next()
         elif self.parser.receiving:
             self._expect_request(time.monotonic())
@@ -258,8 +265,12 @@ class Connection(asyncio.Protocol):
 
     def _read_timed_out(self) -> None:
         self.timer = None
-        if self.current is None and (self.parser.receiving or self.served == 0):
+        if self.current is not None or self.queue:
+            return
+        if self.parser.receiving or self.served == 0:
             self._refuse(408, "request was not received in time")
+        else:
+            self.close()  # bytes that never became a request
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -275,6 +286,7 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self._cancel_timer()
         self.iface.idle.pop(self, None)
+        self.iface.connections.discard(self)  # its slot is free now, not when the socket is gone
         if self.transport is not None:
             self.transport.close()
 
@@ -290,6 +302,16 @@ class Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def _request_tokens(self, http: HttpRequest) -> dict[str, Any]:
+        """The connection's tokens; behind a proxy, the client IP from its header."""
+        tokens = dict(self.auth_tokens)
+        for field in self.iface.original_ip_header_fields:
+            value = http.headers.get(field.lower(), "").strip()
+            if value:
+                tokens["peer_ip"] = value
+                break
+        return tokens
 
     def _auth_tokens(self, transport: asyncio.Transport) -> dict[str, Any]:
         peer = transport.get_extra_info("peername")
@@ -314,12 +336,11 @@ class _InFlight:
     def __init__(self, connection: Connection, request: Request, http: HttpRequest, keep_alive: bool) -> None:
         self.connection, self.request = connection, request
         self.answered = False
-        loop = connection.loop
         iface = connection.iface
-        self.deadline = loop.call_later(request.remain, self._deadline)
+        self.deadline = connection.loop.call_later(request.remain, self._deadline)
         assert iface.cage.pool is not None
         self.future = iface.cage.pool.submit(request, iface.handle, http, keep_alive)
-        self.future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._done, f))
+        self.future.add_done_callback(lambda f: iface.cage_loop.post(self._done, f))
 
     def _done(self, future: Future[tuple[bytes, bool]]) -> None:
         if self.answered:

@@ -9,6 +9,8 @@ rules; it knows no socket, clock or config (the caller passes `now` and
 - limits: URL (414), header block (431), body (413); anything unparsable 400
 - chunked request bodies are accepted (the original refused them)
 - keep-alive follows HTTP/1.1 defaults (the original wanted it explicit)
+- lines must end in CRLF (the original took bare LF too); a chunked body's
+  trailer never rewrites the headers
 Every error response closes the connection.
 """
 
@@ -34,6 +36,7 @@ class HttpError(ProtocolError):
     def __init__(self, status: int, message: str = "") -> None:
         super().__init__(message or _REASONS.get(status, ""))
         self.status = status
+        self.parsed: list[HttpRequest | Continue] = []  # complete requests read before the bad one
 
 
 class ResponseError(ProtocolError):
@@ -93,7 +96,24 @@ class RequestParser:
         return self._message is not None
 
     def feed(self, data: bytes, now: float) -> list[HttpRequest | Continue]:
+        """Complete requests in the order they came; HttpError for a bad one,
+        carrying in `.parsed` those that came before it."""
         self._now = now
+        head_was_open = self._in_head
+        try:
+            self._parse(data)
+            if self._in_head and head_was_open:
+                # httptools buffers an unfinished header line: bound what it may hold
+                self._unfinished_head += len(data)
+                if self._unfinished_head > self.limits.max_header_size + self.limits.max_url_size:
+                    raise HttpError(431)
+        except HttpError as e:
+            e.parsed, self._events = self._events, []
+            raise
+        events, self._events = self._events, []
+        return events
+
+    def _parse(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -104,13 +124,6 @@ class RequestParser:
             raise HttpError(400, "protocol upgrades are not supported") from None
         except httptools.HttpParserError as e:
             raise HttpError(400, str(e)) from None
-        if self._in_head:
-            # httptools buffers a header line until it ends: bound what it may hold
-            self._unfinished_head += len(data)
-            if self._unfinished_head > self.limits.max_header_size + self.limits.max_url_size:
-                raise HttpError(431)
-        events, self._events = self._events, []
-        return events
 
     # --- httptools callbacks ---------------------------------------------------
 
@@ -127,6 +140,8 @@ class RequestParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._message is not None
+        if not self._in_head:
+            return  # a chunked body's trailer: it must not rewrite the headers
         headers = self._message.headers
         self._message.head_size += len(name) + len(value) + 4
         if self._message.head_size > self.limits.max_header_size:
@@ -144,6 +159,8 @@ class RequestParser:
             raise HttpError(505)
         if message.headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise HttpError(415, "request content encodings are not supported")
+        if message.headers.get("transfer-encoding", "chunked").strip().lower() != "chunked":
+            raise HttpError(501, "transfer codings other than chunked are not supported")
         length = message.headers.get("content-length", "0")
         if not length.isdigit():
             raise HttpError(400, "invalid content-length")
@@ -188,13 +205,17 @@ def new_response(keep_alive: bool) -> dict[str, Any]:
 def finish_response(response: dict[str, Any], keep_alive: bool, encoding: str) -> tuple[bytes, bool]:
     """Check the handler's response against the rules; return (wire bytes, keep-alive)."""
     status = response.get("status_code")
-    if not isinstance(status, int) or isinstance(status, bool) or status not in _REASONS:
-        raise ResponseError(f"response status code {status!r} is not a known HTTP status")
+    if not isinstance(status, int) or isinstance(status, bool) or status not in _REASONS or status < 200:
+        raise ResponseError(f"response status code {status!r} is not a final HTTP status")
     headers = _checked_headers(response.get("headers"))
+    if "transfer-encoding" in headers:
+        raise ResponseError("response transfer-encoding is the server's business, not the handler's")
     body = _encoded_content(response.get("content"), headers, encoding)
-    if "content-length" in headers and headers["content-length"] != str(len(body)):
-        raise ResponseError(f"response content-length {headers['content-length']} does not match "
-                            f"the content of {len(body)} bytes")
+    if body and status in (204, 304):
+        raise ResponseError(f"response with status {status} cannot have content")
+    length = headers.pop("content-length", None)
+    if length is not None and length != str(len(body)):
+        raise ResponseError(f"response content-length {length} does not match the content of {len(body)} bytes")
     if not body:
         headers.pop("content-type", None)
     wanted = headers.pop("connection", "keep-alive" if keep_alive else "close").lower()
