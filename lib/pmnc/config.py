@@ -11,6 +11,7 @@ are expanded: `$name` from `config_config`'s `config` plus `__node__`,
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from string import Template
 from typing import Any
 
@@ -21,42 +22,43 @@ _NO_DEFAULT = object()
 
 
 class Config:
-    """The view of one config module, expanded and cached per version."""
+    """The view of one config module; values are expanded when first asked
+    for, and cached until the config file (or config_config) changes."""
 
     def __init__(self, loader: Loader, target: str) -> None:
         self._loader = loader
         self.module = "config_" + target
-        self._cache: tuple[tuple[int, int], dict[str, Any]] | None = None
+        self._cache: _Cache | None = None
 
     @property
     def version(self) -> int:
         return self._loader.version_number(self.module)
 
     def get(self, key: str, default: Any = _NO_DEFAULT) -> Any:
-        values = self._values()
-        if key in values:
-            return copy.deepcopy(values[key])
+        cache = self._current()
+        if key in cache.raw:
+            if key not in cache.expanded:
+                cache.expanded[key] = self._expand(cache.raw[key], cache.variables)
+            return copy.deepcopy(cache.expanded[key])
         if default is _NO_DEFAULT:
             raise ConfigError(f"{self.module}.py has no key {key!r}")
-        return self._expand(default, self._variables())
+        return self._expand(default, cache.variables)
 
     def copy(self) -> dict[str, Any]:
-        return copy.deepcopy(self._values())
+        return {key: self.get(key) for key in self._current().raw}
 
-    def _values(self) -> dict[str, Any]:
+    def _current(self) -> _Cache:
+        version = self._loader.current(self.module).number, self._variables_version()
+        if self._cache is None or self._cache.version != version:
+            self._cache = _Cache(version, self._raw(), self._variables())
+        return self._cache
+
+    def _raw(self) -> dict[str, Any]:
         version = self._loader.current(self.module)
-        variables_version = self._variables_version()
-        key = (version.number, variables_version)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._build(version))
-        return self._cache[1]
-
-    def _build(self, version: ModuleVersion) -> dict[str, Any]:
         values = _dict_attr(version, "config")
         if self._loader.self_test is not None:
             values = {**values, **_dict_attr(version, "self_test_config", required=False)}
-        variables = self._variables()
-        return {k: self._expand(v, variables) for k, v in values.items()}
+        return values
 
     def _variables_version(self) -> int:
         if self.module == "config_config" or self._loader.locate("config_config") is None:
@@ -85,6 +87,14 @@ class Config:
         if isinstance(value, (list, tuple, set, frozenset)):
             return type(value)(self._expand(v, variables) for v in value)
         return value
+
+
+@dataclass
+class _Cache:
+    version: tuple[int, int]  # of the config file and of config_config
+    raw: dict[str, Any]
+    variables: dict[str, Any]
+    expanded: dict[str, Any] = field(default_factory=dict)
 
 
 def _dict_attr(version: ModuleVersion, attr: str, *, required: bool = True) -> dict[str, Any]:

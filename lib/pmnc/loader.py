@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 import threading
 import time
 import types
@@ -45,6 +46,7 @@ from pmnc.errors import (
 from pmnc.rwlock import SharedLock
 from pmnc.typecheck import typecheck
 
+CAGE_MODULES = "pmnc.cage_modules"  # the sys.modules prefix of cage modules
 MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _EOF = b"# EOF"
 
@@ -202,20 +204,34 @@ class Loader:
             raise ModuleNotFoundError(f"file {base} cannot be read: {e}") from None
         if not any(line.rstrip() == _EOF for line in source.splitlines()):
             raise ModuleFileIncompleteError(f"file {base} is incomplete: it has no # EOF line")
-        module = self._new_module(name, path)
+        key = f"{CAGE_MODULES}.{name}"
+        serving = sys.modules.get(key)
+        module = self._new_module(key, name, path)
         try:
-            exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
-        except Exception as e:
-            raise ModuleFileBrokenError(f"file {base} is broken: {exc_string(e, skip=1)}") from None
-        return ModuleVersion(name, number, path, signature, module, self._exports(name, module),
+            try:
+                exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
+            except Exception as e:
+                raise ModuleFileBrokenError(f"file {base} is broken: {exc_string(e, skip=1)}") from None
+            exports = self._exports(name, module)
+        except ModuleError:
+            if serving is not None:
+                sys.modules[key] = serving  # the version that keeps serving stays findable
+            else:
+                sys.modules.pop(key, None)
+            raise
+        return ModuleVersion(name, number, path, signature, module, exports,
                              bool(module.__dict__.get("__reloadable__", True)))
 
-    def _new_module(self, name: str, path: str) -> types.ModuleType:
-        spec = importlib.util.spec_from_file_location(name, path)
+    def _new_module(self, key: str, name: str, path: str) -> types.ModuleType:
+        # Registered under a name no real module has: dataclasses, pickle and
+        # typing look classes' modules up in sys.modules, but `import name`
+        # must not find cage code.
+        spec = importlib.util.spec_from_file_location(key, path)
         assert spec is not None
         module = importlib.util.module_from_spec(spec)
         module.__dict__.update(pmnc=Pmnc(self, name), __node__=self.node, __cage__=self.cage,
                                __cage_dir__=self.cage_dir, __module__=name)
+        sys.modules[key] = module
         return module
 
     def _exports(self, name: str, module: types.ModuleType) -> dict[str, Any]:
@@ -376,10 +392,11 @@ class Pmnc:
 
     @property
     def config(self) -> Any:
-        from pmnc.config import Config  # config builds on the loader, not the other way round
+        config = self.__dict__.get("_config")
+        if config is None:
+            from pmnc.config import Config  # config builds on the loader, not the other way round
 
-        config = Config(self._loader, self._source)
-        object.__setattr__(self, "config", config)
+            config = self.__dict__["_config"] = Config(self._loader, self._source)
         return config
 
     def __getattr__(self, name: str) -> ModuleRef:

@@ -203,10 +203,10 @@ class _LevelLogger:
     def __bool__(self) -> bool:
         return enabled(self.level)
 
-    def __call__(self, *args: Any) -> None:
+    def __call__(self, *args: Any, _depth: int = 1) -> None:
         if not enabled(self.level):
             return
-        frame = sys._getframe(1)
+        frame = sys._getframe(_depth)
         write(self.level, join(args), f"{self.module}.py:{frame.f_lineno} in {frame.f_code.co_name}()")
 
 
@@ -223,7 +223,7 @@ class ModuleLog:
         self.noise = _LevelLogger(NOISE, module)
 
     def __call__(self, *args: Any) -> None:
-        self.log(*args)
+        self.log(*args, _depth=2)
 
     def level(self, name: str | int | None = None) -> _PushedLevel:
         """Push a level on the current request (usable as `with`); no name pops."""

@@ -56,7 +56,7 @@ class Request:
         unique_id: str | None = None,
         start: float | None = None,
     ) -> None:
-        if (timeout is None) != (interface is None and protocol is None):
+        if (timeout is None) != (interface is None) or (interface is None) != (protocol is None):
             raise ValueError("a finite request needs an interface and a protocol, an infinite one neither")
         self.unique_id = unique_id or new_unique_id()
         self.interface = interface

@@ -127,7 +127,7 @@ def _compile_typing(spec: Any, origin: Any, args: tuple[Any, ...]) -> Check:
         checks = [compile_spec(a) for a in args]
         return lambda v: any(c(v) for c in checks)
     if origin is typing.Literal:
-        return lambda v: v in args
+        return lambda v: any(type(v) is type(a) and v == a for a in args)  # True is not Literal[1]
     if origin in (list, set, frozenset) and len(args) == 1:
         return _container_of(origin, args[0])
     if origin is dict and len(args) == 2:
@@ -153,6 +153,7 @@ class _Signature:
         sig = inspect.signature(func)
         self.positional: list[tuple[str, Check | None]] = []
         self.by_name: dict[str, Check] = {}
+        self.named: set[str] = set()  # parameters that may be passed by name
         self.var_positional: Check | None = None
         self.var_keyword: Check | None = None
         for name, param in sig.parameters.items():
@@ -160,6 +161,8 @@ class _Signature:
             self._check_default(func, name, param, check)
             if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
                 self.positional.append((name, check))
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                self.named.add(name)
             if param.kind == param.VAR_POSITIONAL:
                 self.var_positional = check
             elif param.kind == param.VAR_KEYWORD:
@@ -210,7 +213,7 @@ def typecheck(func: Callable[..., Any]) -> Callable[..., Any]:
             elif sig.var_positional is not None and not sig.var_positional(value):
                 raise bad_input("*args", value)
         for param, value in kwargs.items():
-            check = sig.by_name.get(param, sig.var_keyword)
+            check = sig.by_name.get(param) if param in sig.named else sig.var_keyword
             if check is not None and not check(value):
                 raise bad_input(param, value)
         result = func(*args, **kwargs)

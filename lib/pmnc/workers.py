@@ -99,9 +99,10 @@ class WorkerPool:
                 self._idle += 1
                 notified = self._cond.wait(timeout)
                 self._idle -= 1
-                if notified:
-                    self._signalled = max(self._signalled - 1, 0)
-                elif timeout == self.idle_timeout and not self._queue:
+                # A notify that meets a timing-out wait is spent on it though wait()
+                # says False: count every return, at worst one wake-up is spurious.
+                self._signalled = max(self._signalled - 1, 0)
+                if not notified and timeout == self.idle_timeout and not self._queue:
                     self._retire(me)
                     return None
 

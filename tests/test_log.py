@@ -1,0 +1,386 @@
+"""The cage log: lib/pmnc/log.py."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pmnc import log
+from pmnc import request as rq
+from pmnc.log import ModuleLog
+
+RECORD = re.compile(r"^(\d{2}):(\d{2}):(\d{2})\.(\d{2}) (ERR|MSG|WRN|LOG|INF|DBG|NSE) \[([^\]]+)\] (.*)$")
+
+
+@pytest.fixture(autouse=True)
+def clean_log() -> Iterator[None]:
+    """log.py keeps process-global state: restore it around every test."""
+    rq.attach(None)
+    log.configure(None, echo=sys.stderr)
+    log.set_level("LOG")
+    yield
+    rq.attach(None)
+    log.configure(None, echo=sys.stderr)
+    log.set_level("LOG")
+
+
+@pytest.fixture
+def echo() -> io.StringIO:
+    """Records of every level that passes the threshold, captured in memory."""
+    buffer = io.StringIO()
+    log.configure(None, echo=buffer, echo_level=log.NOISE)
+    return buffer
+
+
+def lines(buffer: io.StringIO) -> list[str]:
+    return buffer.getvalue().splitlines()
+
+
+def messages(buffer: io.StringIO) -> list[str]:
+    """The message part of every record in `buffer`."""
+    result = []
+    for line in lines(buffer):
+        match = RECORD.match(line)
+        assert match, f"not a log record: {line!r}"
+        result.append(match.group(7))
+    return result
+
+
+def finite_request(timeout: float = 5.0, description: str | None = None) -> rq.Request:
+    return rq.Request(timeout=timeout, interface="http", protocol="http", description=description)
+
+
+# --- record format ---------------------------------------------------------------
+
+
+def test_record_format(echo: io.StringIO) -> None:
+    log.message("the cage is starting up")
+    now = time.localtime()
+    [line] = lines(echo)
+    match = RECORD.match(line)
+    assert match, line
+    hh, mm, ss, _cc, code, thread, text = match.groups()
+    assert code == "MSG"
+    assert thread == threading.current_thread().name
+    assert text == "the cage is starting up"
+    stamped = int(hh) * 3600 + int(mm) * 60 + int(ss)
+    local = now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec
+    assert (local - stamped) % 86400 <= 2  # local time of day, not UTC
+
+
+@pytest.mark.parametrize(("function", "code"), [
+    (log.error, "ERR"), (log.message, "MSG"), (log.warning, "WRN"), (log.log, "LOG"),
+    (log.info, "INF"), (log.debug, "DBG"), (log.noise, "NSE"),
+])
+def test_level_codes(echo: io.StringIO, function: object, code: str) -> None:
+    log.set_level("NOISE")
+    function("x")  # type: ignore[operator]
+    [line] = lines(echo)
+    assert line.split(" ")[1] == code
+
+
+def test_thread_name_in_record(echo: io.StringIO) -> None:
+    thread = threading.Thread(target=log.message, args=("from a worker",), name="worker/7")
+    thread.start()
+    thread.join()
+    [line] = lines(echo)
+    assert " MSG [worker/7] from a worker" in line
+
+
+def test_arguments_are_space_joined(echo: io.StringIO) -> None:
+    log.message("a", 1, None, 2.5)
+    assert messages(echo) == ["a 1 None 2.5"]
+
+
+def test_control_characters_are_scrubbed_to_one_line(echo: io.StringIO) -> None:
+    log.message("a\nb\r\nc\x00d\te\x1bf")
+    assert messages(echo) == ["a b  c d\te f"]  # TAB survives, the rest become spaces
+    assert echo.getvalue().count("\n") == 1
+
+
+def test_unknown_level_code_is_question_marks(echo: io.StringIO) -> None:
+    log.write(0, "odd")
+    [line] = lines(echo)
+    assert line.split(" ")[1] == "???"
+
+
+# --- threshold ----------------------------------------------------------------------
+
+
+def test_cage_level_threshold(echo: io.StringIO) -> None:
+    log.set_level("WARNING")
+    for function in (log.error, log.message, log.warning, log.log, log.info, log.debug, log.noise):
+        function(function.__name__)
+    assert messages(echo) == ["error", "message", "warning"]
+    assert log.get_level() == log.WARNING
+
+
+def test_message_level_passes_every_threshold_but_error(echo: io.StringIO) -> None:
+    log.set_level("ERROR")
+    log.message("hidden")
+    log.error("shown")
+    assert messages(echo) == ["shown"]
+
+
+def test_pushed_request_level_wins_over_cage_level(echo: io.StringIO) -> None:
+    pmnc_log = ModuleLog("mod")
+    with rq.attached(finite_request()):
+        pmnc_log.debug("before push")
+        with pmnc_log.level("DEBUG"):
+            pmnc_log.debug("pushed")
+            pmnc_log.noise("too verbose still")
+        pmnc_log.debug("after pop")
+    assert [m.split(" #")[0] for m in messages(echo)] == ["pushed"]
+
+
+def test_pushed_level_can_be_quieter_than_cage_level(echo: io.StringIO) -> None:
+    pmnc_log = ModuleLog("mod")
+    log.set_level("NOISE")
+    with rq.attached(finite_request()):
+        with pmnc_log.level("ERROR"):
+            pmnc_log.warning("quiet")
+            pmnc_log.error("loud")
+            log.message("framework also quiet")
+        pmnc_log.info("back to noise")
+    assert [m.split(" #")[0] for m in messages(echo)] == ["loud", "back to noise"]
+
+
+def test_level_without_name_pops(echo: io.StringIO) -> None:
+    pmnc_log = ModuleLog("mod")
+    request = finite_request()
+    with rq.attached(request):
+        pmnc_log.level("DEBUG")
+        pmnc_log.level("NOISE")
+        assert request.log_level == log.NOISE
+        pmnc_log.level()
+        assert request.log_level == log.DEBUG
+        pmnc_log.level()
+        assert request.log_level is None
+        pmnc_log.level()  # popping an empty stack is harmless
+        pmnc_log.debug("at cage level")
+    assert messages(echo) == []
+
+
+def test_pushed_level_is_per_request(echo: io.StringIO) -> None:
+    pmnc_log = ModuleLog("mod")
+    with rq.attached(finite_request()):
+        pmnc_log.level("DEBUG")
+        with rq.attached(finite_request()):
+            pmnc_log.debug("other request")
+        pmnc_log.debug("this request")
+    assert [m.split(" #")[0] for m in messages(echo)] == ["this request"]
+
+
+def test_bool_of_level_logger_is_a_cheap_test() -> None:
+    pmnc_log = ModuleLog("mod")
+    assert not pmnc_log.debug
+    assert pmnc_log.log
+    assert pmnc_log.error
+    log.set_level("DEBUG")
+    assert pmnc_log.debug
+    assert not pmnc_log.noise
+    log.set_level("LOG")
+    with rq.attached(finite_request()), pmnc_log.level("NOISE"):
+        assert pmnc_log.noise
+
+
+def test_set_level_accepts_names_and_numbers() -> None:
+    log.set_level("info")
+    assert log.get_level() == log.INFO
+    log.set_level(6)
+    assert log.get_level() == log.DEBUG
+
+
+# --- module suffix and request description -----------------------------------------
+
+
+def test_module_records_say_where(echo: io.StringIO) -> None:
+    pmnc_log = ModuleLog("mod")
+    pmnc_log.warning("careful"); line = inspect.currentframe().f_lineno  # type: ignore[union-attr] # noqa: E702
+    assert messages(echo) == [f"careful # mod.py:{line} in test_module_records_say_where()"]
+
+
+def test_calling_module_log_directly_logs_at_log_level_and_says_where(echo: io.StringIO) -> None:
+    """`pmnc.log(...)` is `pmnc.log.log(...)`: the suffix names the caller, not log.py."""
+    pmnc_log = ModuleLog("mod")
+
+    def handler() -> int:
+        pmnc_log("handled"); return inspect.currentframe().f_lineno  # type: ignore[union-attr] # noqa: E702
+
+    line = handler()
+    [record] = lines(echo)
+    assert record.split(" ")[1] == "LOG"
+    assert messages(echo) == [f"handled # mod.py:{line} in handler()"]
+
+
+def test_finite_request_description_appended(echo: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rq, "monotonic", lambda: 1000.0)
+    request = finite_request(5.0, description="GET /")
+    pmnc_log = ModuleLog("mod")
+
+    def handler() -> int:
+        pmnc_log.message("served"); return inspect.currentframe().f_lineno  # type: ignore[union-attr] # noqa: E702
+
+    with rq.attached(request):
+        line = handler()
+        log.message("framework")
+    tail = request.unique_id[-4:]
+    assert messages(echo) == [
+        f"served # mod.py:{line} in handler() by {tail} (GET /) via http +5.0s",
+        f"framework # by {tail} (GET /) via http +5.0s",
+    ]
+
+
+def test_infinite_request_adds_no_description(echo: io.StringIO) -> None:
+    with rq.attached(rq.Request(timeout=None)):
+        log.message("plain")
+    assert messages(echo) == ["plain"]
+
+
+# --- files ----------------------------------------------------------------------------
+
+
+def test_daily_file_name_and_content(tmp_path: Path) -> None:
+    day_before = time.strftime("%Y%m%d")
+    log.configure(log.LogFile(str(tmp_path), "sample"), echo=None)
+    log.message("first")
+    log.log("second")
+    log.info("not at LOG level")
+    day_after = time.strftime("%Y%m%d")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files in (["sample-" + day_before + ".log"], ["sample-" + day_after + ".log"])
+    text = (tmp_path / files[0]).read_text()
+    records = text.splitlines()
+    assert [RECORD.match(r).group(7) for r in records] == ["first", "second"]  # type: ignore[union-attr]
+    assert text.endswith("\n")
+
+
+def test_file_is_appended_not_truncated(tmp_path: Path) -> None:
+    log.configure(log.LogFile(str(tmp_path), "sample"), echo=None)
+    log.message("one")
+    log.configure(log.LogFile(str(tmp_path), "sample"), echo=None)
+    log.message("two")
+    text = "".join(p.read_text() for p in tmp_path.iterdir())
+    assert [RECORD.match(r).group(7) for r in text.splitlines()] == ["one", "two"]  # type: ignore[union-attr]
+
+
+def test_new_day_opens_a_new_file(tmp_path: Path) -> None:
+    file = log.LogFile(str(tmp_path), "sample")
+    file.write(b"a\n", "20240101", False)
+    file.write(b"b\n", "20240102", False)
+    file.close()
+    assert (tmp_path / "sample-20240101.log").read_bytes() == b"a\n"
+    assert (tmp_path / "sample-20240102.log").read_bytes() == b"b\n"
+
+
+def test_echo_only_at_or_below_echo_level(tmp_path: Path) -> None:
+    echo = io.StringIO()
+    log.configure(log.LogFile(str(tmp_path), "sample"), echo=echo, echo_level=log.MESSAGE)
+    log.message("to both")
+    log.log("to file only")
+    assert messages(echo) == ["to both"]
+    text = "".join(p.read_text() for p in tmp_path.iterdir())
+    assert "to both" in text and "to file only" in text
+
+
+def test_utf8_records(tmp_path: Path) -> None:
+    log.configure(log.LogFile(str(tmp_path), "sample"), echo=None)
+    log.message("привет ✓")
+    text = "".join(p.read_text(encoding="utf-8") for p in tmp_path.iterdir())
+    assert "привет ✓" in text
+
+
+def test_error_records_are_synced_and_flush_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    log.configure(log.LogFile(str(tmp_path), "sample"), echo=None)
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    log.message("not synced")
+    assert synced == []
+    log.error("synced")
+    assert len(synced) == 1
+    log.flush()
+    assert len(synced) == 2
+
+
+# --- level_of --------------------------------------------------------------------------
+
+
+def test_level_of_names_and_numbers() -> None:
+    assert log.level_of("ERROR") == 1
+    assert log.level_of("message") == 2
+    assert log.level_of("Debug") == 6
+    assert log.level_of("NOISE") == 7
+    assert log.level_of(4) == 4
+
+
+@pytest.mark.parametrize("bad", ["VERBOSE", "", 0, 8, -1, None])
+def test_level_of_refuses_unknown_levels(bad: object) -> None:
+    with pytest.raises(ValueError) as info:
+        log.level_of(bad)  # type: ignore[arg-type]
+    assert "unknown log level" in str(info.value)
+    assert "DEBUG" in str(info.value)
+
+
+def test_set_level_refuses_unknown_and_keeps_the_old_level() -> None:
+    log.set_level("INFO")
+    with pytest.raises(ValueError):
+        log.set_level("LOUD")
+    assert log.get_level() == log.INFO
+
+
+# --- never raises -------------------------------------------------------------------------
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+    __repr__ = __str__
+
+
+def test_unprintable_argument_logged_by_class_name(echo: io.StringIO) -> None:
+    log.message("value:", Unprintable())
+    ModuleLog("mod").warning(Unprintable(), "end")
+    result = messages(echo)
+    assert result[0] == "value: Unprintable"
+    assert result[1].startswith("Unprintable end # mod.py:")
+
+
+def test_broken_echo_stream_does_not_raise() -> None:
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError("disk full")
+
+    log.configure(None, echo=Broken(), echo_level=log.NOISE)
+    log.message("still fine")
+    ModuleLog("mod").error("still fine")
+
+
+def test_failing_echo_stream_of_any_kind_does_not_raise() -> None:
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise RuntimeError("surprise")
+
+    log.configure(None, echo=Broken(), echo_level=log.NOISE)
+    log.message("still fine")
+    ModuleLog("mod")("still fine")
+    # and the lock was released: the next record gets through
+    echo = io.StringIO()
+    log.configure(None, echo=echo, echo_level=log.NOISE)
+    log.message("after")
+    assert messages(echo) == ["after"]
+
+
+def test_unwritable_log_directory_does_not_raise(tmp_path: Path) -> None:
+    log.configure(log.LogFile(str(tmp_path / "missing"), "sample"), echo=None)
+    log.error("nowhere to go")
+    log.flush()
+    assert not (tmp_path / "missing").exists()
