@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
@@ -14,7 +14,7 @@ from conftest import wait_until
 from pmnc import request as rq
 from pmnc.errors import RequestExpiredError
 from pmnc.request import Request
-from pmnc.workers import WorkerPool
+from pmnc.workers import WorkerPool, WorkUnit
 
 
 @pytest.fixture
@@ -279,7 +279,7 @@ def test_stop_cancels_queued_work_and_refuses_new(make_pool: Callable[..., Worke
     running = pool.submit(infinite(), blocker)
     assert blocker.started.wait(5.0)
     ran = threading.Event()
-    queued: list[Future[Any]] = [pool.submit(infinite(), ran.set) for _ in range(3)]
+    queued: list[WorkUnit] = [pool.submit(infinite(), ran.set) for _ in range(3)]
     stopper = threading.Thread(target=pool.stop, args=(5.0,))
     stopper.start()
     for future in queued:

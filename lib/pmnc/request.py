@@ -28,11 +28,16 @@ class _Lock(Protocol):
 
 
 _ids = random.Random()  # seeded from os.urandom; far cheaper per id than os.urandom itself
+_stamp = (0, "")  # (second, its local YYYYMMDDhhmmss): one strftime a second, not one an id
 
 
 def new_unique_id(prefix: str = "RQ") -> str:
     """`RQ-YYYYMMDDhhmmss-<12 upper hex>`, local time as in the original."""
-    return f"{prefix}-{time.strftime('%Y%m%d%H%M%S')}-{_ids.getrandbits(48):012X}"
+    global _stamp
+    second = int(time.time())
+    if _stamp[0] != second:
+        _stamp = (second, time.strftime("%Y%m%d%H%M%S", time.localtime(second)))
+    return f"{prefix}-{_stamp[1]}-{_ids.getrandbits(48):012X}"
 
 
 class Request:

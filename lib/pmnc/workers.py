@@ -1,10 +1,11 @@
 """The cage's worker pool: `thread_count` threads, earliest deadline first.
 
-Interfaces submit (request, function) pairs; the result comes back as a
-`concurrent.futures.Future`. A unit whose request has expired by the time a
-worker takes it is never started (its future fails with RequestExpiredError),
-and a unit whose future was cancelled (the interface gave up at the
-deadline) is skipped. Threads start lazily and retire after being idle.
+Interfaces submit (request, function) pairs and get a `WorkUnit`: a small
+future whose result is waited for (`result(timeout)`) or handed to a
+callback (`when_done`). A unit whose request has expired by the time a
+worker takes it is never started (it fails with RequestExpiredError), and a
+cancelled unit (the interface gave up at the deadline) is skipped. Threads
+start lazily and retire after being idle.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import heapq
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError
 from typing import Any
 
 from pmnc import log
@@ -21,7 +22,91 @@ from pmnc import request as _request
 from pmnc.errors import RequestExpiredError
 from pmnc.request import Request
 
-_Unit = tuple[float, int, Request, Callable[..., Any], tuple[Any, ...], "Future[Any]"]
+_QUEUED, _RUNNING, _CANCELLED, _DONE = range(4)
+_states = threading.Lock()  # guards every unit's state change; held for a few instructions
+
+
+class WorkUnit:
+    """One submitted call: queued → running → done, or queued → cancelled.
+
+    Lighter than concurrent.futures.Future (no lock or condition of its own),
+    which matters at one unit per request.
+    """
+
+    __slots__ = ("_callback", "_done", "_error", "_result", "_state", "args", "fn", "request")
+
+    def __init__(self, request: Request, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.request, self.fn, self.args = request, fn, args
+        self._state = _QUEUED
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._callback: Callable[[WorkUnit], None] | None = None
+        self._done: threading.Event | None = None
+
+    def cancel(self) -> bool:
+        """Prevent a queued unit from running; False once it has started."""
+        with _states:
+            if self._state == _QUEUED:
+                self._state = _CANCELLED
+            elif self._state != _CANCELLED:
+                return False
+            callback, done = self._callback, self._done
+        self._notify(callback, done)
+        return True
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def done(self) -> bool:
+        return self._state in (_CANCELLED, _DONE)
+
+    def when_done(self, callback: Callable[[WorkUnit], None]) -> None:
+        """Call `callback(unit)` when it is done, at once if it is already done."""
+        with _states:
+            if self._state not in (_CANCELLED, _DONE):
+                self._callback = callback
+                return
+        callback(self)
+
+    def result(self, timeout: float | None = None) -> Any:
+        error = self.exception(timeout)
+        if error is not None:
+            raise error
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        with _states:
+            if self._state not in (_CANCELLED, _DONE) and self._done is None:
+                self._done = threading.Event()
+            done = self._done
+        if done is not None and not done.wait(timeout):
+            raise TimeoutError(f"work unit of {self.request.unique_id} not done in {timeout}s")
+        if self._state == _CANCELLED:
+            raise CancelledError()
+        return self._error
+
+    def _start(self) -> bool:
+        with _states:
+            if self._state != _QUEUED:
+                return False
+            self._state = _RUNNING
+            return True
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        with _states:
+            self._state = _DONE
+            callback, done = self._callback, self._done
+        self._notify(callback, done)
+
+    def _notify(self, callback: Callable[[WorkUnit], None] | None, done: threading.Event | None) -> None:
+        if done is not None:
+            done.set()
+        if callback is not None:
+            callback(self)
+
+
+_Unit = tuple[float, int, WorkUnit]
 
 
 # Waking a thread per request makes threads fight over the GIL and starves the
@@ -50,20 +135,20 @@ class WorkerPool:
         self._serial = 0
         self.processed = 0
 
-    def submit(self, request: Request, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def submit(self, request: Request, fn: Callable[..., Any], *args: Any) -> WorkUnit:
         """Queue `fn(*args)` to run on a worker thread with `request` attached."""
-        future: Future[Any] = Future()
+        unit = WorkUnit(request, fn, args)
         key = request.sort_key()
         with self._cond:
             if self._stopped:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
-            heapq.heappush(self._queue, (key[0], key[1], request, fn, args, future))
+            heapq.heappush(self._queue, (key[0], key[1], unit))
             if self._busy + self._signalled == 0 or self._lookout is None:
                 self._wake_one()
             depth = len(self._queue)
         if depth > 1 and log.enabled(log.DEBUG):
             log.debug(f"{self!r}: queued {request.unique_id}")
-        return future
+        return unit
 
     def _wake_one(self) -> None:
         if self._idle > self._signalled:
@@ -78,7 +163,7 @@ class WorkerPool:
         thread = threading.Thread(target=self._work, name=f"{self.name}/{self._serial}", daemon=True)
         thread.start()
 
-    def _take(self) -> _Unit | None:
+    def _take(self) -> WorkUnit | None:
         """The next unit, or None when this thread should retire."""
         me = threading.get_ident()
         with self._cond:
@@ -88,7 +173,7 @@ class WorkerPool:
                         self._lookout = None
                     self._busy += 1
                     self._active_at = time.monotonic()
-                    unit = heapq.heappop(self._queue)
+                    unit = heapq.heappop(self._queue)[2]
                     if self._queue and self._lookout is None:
                         self._wake_one()  # someone must watch what is left
                     return unit
@@ -131,20 +216,20 @@ class WorkerPool:
                     self.processed += 1
 
     @staticmethod
-    def _run(unit: _Unit) -> None:
-        _, _, request, fn, args, future = unit
-        if not future.set_running_or_notify_cancel():
+    def _run(unit: WorkUnit) -> None:
+        if not unit._start():
             return  # the interface gave up on it
+        request = unit.request
         if request.expired:
-            future.set_exception(RequestExpiredError("request has expired and will not be processed"))
+            unit._finish(None, RequestExpiredError("request has expired and will not be processed"))
             return
         previous = _request.attach(request)
         try:
-            result = fn(*args)
+            result = unit.fn(*unit.args)
         except BaseException as e:
-            future.set_exception(e)
+            unit._finish(None, e)
         else:
-            future.set_result(result)
+            unit._finish(result, None)
         finally:
             _request.attach(previous)
 
@@ -154,8 +239,8 @@ class WorkerPool:
             self._stopped = True
             queued, self._queue = self._queue, []
             self._cond.notify_all()
-        for unit in queued:
-            unit[5].cancel()
+        for _, _, unit in queued:
+            unit.cancel()
         end = time.monotonic() + timeout
         while self._threads and time.monotonic() < end:
             with self._cond:

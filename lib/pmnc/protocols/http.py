@@ -16,7 +16,6 @@ import asyncio
 import collections
 import ssl
 import time
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
@@ -32,6 +31,7 @@ from pmnc.protocols.httpwire import (
     new_response,
 )
 from pmnc.request import Request
+from pmnc.workers import WorkUnit
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
@@ -163,7 +163,9 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.refusal: tuple[int, str] | None = None  # the error that ends this connection
+        self.deadline = 0.0  # of whatever the connection waits for now, on the loop's clock
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
         self.auth_tokens: dict[str, Any] = {}
 
     # --- asyncio callbacks ---------------------------------------------------------
@@ -178,14 +180,14 @@ class Connection(asyncio.Protocol):
             return
         self.auth_tokens = self._auth_tokens(transport)
         self.first_byte = time.monotonic()  # the first request's clock starts at accept
-        self._expect_request(self.first_byte)
+        self._arm(self.first_byte + self.iface.request_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.refusal is not None:
             return
         now = time.monotonic()
         if self.iface.idle.pop(self, False) is None:  # it was idle: a new request begins
-            self._expect_request(now)
+            self._arm(now + self.iface.request_timeout)
         try:
             events = self.parser.feed(data, now)
         except HttpError as e:
@@ -227,7 +229,6 @@ class Connection(asyncio.Protocol):
         if self.paused and self.refusal is None and len(self.queue) < MAX_PIPELINED // 2:
             self.paused = False
             self._transport().resume_reading()
-        self._cancel_timer()
         started = self.first_byte if self.served == 0 else http.started
         try:
             request = self.iface.cage.intake.begin(
@@ -238,6 +239,8 @@ class Connection(asyncio.Protocol):
             return
         keep_alive = self._may_keep_alive(http)
         self.current = _InFlight(self, request, http, keep_alive)
+        assert request.deadline is not None
+        self._arm(request.deadline)
 
     def _may_keep_alive(self, http: HttpRequest) -> bool:
         iface = self.iface
@@ -254,20 +257,37 @@ class Connection(asyncio.Protocol):
         elif self.queue or self.refusal is not None:
             self._next()
         elif self.parser.receiving:
-            self._expect_request(time.monotonic())
+            self._arm(time.monotonic() + self.iface.request_timeout)
         else:
             self.iface.idle[self] = None
-            self._set_timer(self.iface.keep_alive_idle_timeout, self.close)
+            self._arm(time.monotonic() + self.iface.keep_alive_idle_timeout)
 
-    def _expect_request(self, started: float) -> None:
-        """A request is (about to be) read: its deadline bounds the reading too."""
-        self._set_timer(started + self.iface.request_timeout - time.monotonic(), self._read_timed_out)
+    # --- the one timer ------------------------------------------------------------------
 
-    def _read_timed_out(self) -> None:
+    def _arm(self, deadline: float) -> None:
+        """Set the deadline of what the connection waits for now.
+
+        One timer per connection, only ever moved earlier; when it fires before
+        the deadline then in force it is re-armed. So a keep-alive connection
+        serving quick requests schedules about one timer per request_timeout,
+        not several per request.
+        """
+        self.deadline = deadline
+        if self.timer is None or self.timer_at > deadline:
+            self._cancel_timer()
+            self.timer, self.timer_at = self.loop.call_at(deadline, self._on_timer), deadline
+
+    def _on_timer(self) -> None:
         self.timer = None
-        if self.current is not None or self.queue:
+        if self.closing:
             return
-        if self.parser.receiving or self.served == 0:
+        if self.loop.time() < self.deadline:
+            self.timer, self.timer_at = self.loop.call_at(self.deadline, self._on_timer), self.deadline
+        elif self.current is not None:
+            self.current.expire()
+        elif self.iface.idle.get(self, False) is None:
+            self.close()  # idle for keep_alive_idle_timeout
+        elif self.parser.receiving or self.served == 0:
             self._refuse(408, "request was not received in time")
         else:
             self.close()  # bytes that never became a request
@@ -293,10 +313,6 @@ class Connection(asyncio.Protocol):
     def _transport(self) -> asyncio.Transport:
         assert self.transport is not None
         return self.transport
-
-    def _set_timer(self, delay: float, callback: Any) -> None:
-        self._cancel_timer()
-        self.timer = self.loop.call_later(max(delay, 0.0), callback)
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -329,37 +345,37 @@ class Connection(asyncio.Protocol):
 class _InFlight:
     """One request between the loop and a worker: whoever comes first answers.
 
-    The worker's result and the deadline race; the first wins, the loser is
-    dropped. `abandon` is the client going away.
+    The worker's result and the connection's timer (`expire`) race; the first
+    wins, the loser is dropped. `abandon` is the client going away.
     """
 
     def __init__(self, connection: Connection, request: Request, http: HttpRequest, keep_alive: bool) -> None:
         self.connection, self.request = connection, request
         self.answered = False
         iface = connection.iface
-        self.deadline = connection.loop.call_later(request.remain, self._deadline)
         assert iface.cage.pool is not None
-        self.future = iface.cage.pool.submit(request, iface.handle, http, keep_alive)
-        self.future.add_done_callback(lambda f: iface.cage_loop.post(self._done, f))
+        self.unit = iface.cage.pool.submit(request, iface.handle, http, keep_alive)
+        self.unit.when_done(lambda unit: iface.cage_loop.post(self._done, unit))
 
-    def _done(self, future: Future[tuple[bytes, bool]]) -> None:
+    def _done(self, unit: WorkUnit) -> None:
         if self.answered:
-            if not future.cancelled() and self.request.expired:
+            if not unit.cancelled() and self.request.expired:
                 log.warning(f"request {self.request.unique_id} finished "
                             f"{self.request.expired_for:.1f}s after its deadline, the result is discarded")
             return
         self._end()
         try:
-            data, keep_alive = future.result()
+            data, keep_alive = unit.result()
         except Exception as e:  # expired in the queue, or the pool stopped
             data, keep_alive = error_response(504 if self.request.expired else 503, exc_string(e, stack=False)), False
         self.connection.finished(data, keep_alive)
 
-    def _deadline(self) -> None:
+    def expire(self) -> None:
+        """The deadline came first: the client gets 504 now."""
         if self.answered:
             return
         self._end()
-        self.future.cancel()  # never started if it is still queued
+        self.unit.cancel()  # never started if it is still queued
         log.warning(f"request {self.request.unique_id} has not been answered in "
                     f"{self.connection.iface.request_timeout:.1f}s, the client gets 504")
         self.connection.finished(error_response(504, "request deadline has expired"), False)
@@ -367,9 +383,8 @@ class _InFlight:
     def abandon(self) -> None:
         if not self.answered:
             self._end()
-            self.future.cancel()
+            self.unit.cancel()
 
     def _end(self) -> None:
         self.answered = True
-        self.deadline.cancel()
         self.connection.iface.cage.intake.end()
