@@ -47,44 +47,48 @@ class Interface:
 
 
 class Intake:
-    """Counts requests in flight; once closed, no request can begin."""
+    """Counts requests in flight, per interface; once closed, no request can begin."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._active = 0
+        self._active: dict[str, int] = {}  # interface → requests in flight
         self._open = False
 
     def open(self) -> None:
         with self._cond:
             self._open = True
 
-    def begin(self, **kwargs: Any) -> Request:
+    def begin(self, *, interface: str, **kwargs: Any) -> Request:
         with self._cond:
             if not self._open:
                 raise IntakeClosedError("request cannot begin, request factory has been shut down")
-            self._active += 1
-        return Request(**kwargs)
+            self._active[interface] = self._active.get(interface, 0) + 1
+        return Request(interface=interface, **kwargs)
 
-    def end(self) -> None:
+    def end(self, request: Request) -> None:
+        assert request.interface is not None
         with self._cond:
-            self._active -= 1
-            if not self._active:
-                self._cond.notify_all()
+            self._active[request.interface] -= 1
+            self._cond.notify_all()
 
     def close(self) -> int:
         with self._cond:
             self._open = False
-            return self._active
+            return self.active
 
-    def drain(self, timeout: float) -> int:
-        """Wait up to `timeout` for requests in flight; returns how many remain."""
+    def drain(self, timeout: float, interface: str | None = None) -> int:
+        """Wait up to `timeout` for requests in flight (of one interface, or all);
+        returns how many remain."""
+        def left() -> int:
+            return self._active.get(interface, 0) if interface is not None else self.active
+
         with self._cond:
-            self._cond.wait_for(lambda: not self._active, timeout)
-            return self._active
+            self._cond.wait_for(lambda: not left(), timeout)
+            return left()
 
     @property
     def active(self) -> int:
-        return self._active
+        return sum(self._active.values())
 
 
 class InterfaceManager:
@@ -117,11 +121,27 @@ class InterfaceManager:
             version = self._config_version(name)
             if name in self.live:
                 if version is not None and version != self.live[name][1]:
-                    log.message(f"restarting interface {name} due to configuration change")
-                    self._stop(name)
-                    self._start(name)
+                    self._restart(name, version)
             elif version is not None and self._failed.get(name) != version:
                 self._start(name)
+
+    def _restart(self, name: str, version: int) -> None:
+        """Swap in an interface built from its changed config. The old one
+        stops taking requests first (freeing its port), and is stopped only
+        after its requests in flight had their time."""
+        log.message(f"restarting interface {name} due to configuration change")
+        old, _ = self.live[name]
+        try:
+            new = self._create(name)
+        except Exception as e:
+            self.live[name] = (old, version)  # not retried until the file changes again
+            log.error(f"interface {name} keeps its old configuration, the new one is refused: "
+                      f"{exc_string(e, stack=False)}")
+            return
+        self._cease(old)
+        del self.live[name]
+        self._start(name, new)
+        self._finish(old)
 
     def _config_version(self, name: str) -> int | None:
         try:
@@ -129,10 +149,10 @@ class InterfaceManager:
         except ModuleError:
             return None
 
-    def _start(self, name: str) -> None:
+    def _start(self, name: str, interface: Interface | None = None) -> None:
         version = self._config_version(name) or 0
         try:
-            interface = self._create(name)
+            interface = interface or self._create(name)
             interface.start()
         except Exception as e:
             self._failed[name] = version
@@ -157,23 +177,32 @@ class InterfaceManager:
 
     def _stop(self, name: str) -> None:
         interface, _ = self.live.pop(name)
-        for step in (interface.cease, interface.stop):
-            try:
-                step()
-            except Exception as e:
-                log.error(f"interface {name} failed to {step.__name__}: {exc_string(e)}")
+        self._cease(interface)
+        self._finish(interface)
+
+    def _finish(self, interface: Interface) -> None:
+        """Give a ceased interface's requests in flight their time, then stop it."""
+        left = self.cage.intake.drain(interface.request_timeout, interface.name)
+        if left:
+            log.warning(f"interface {interface.name}: {left} request(s) did not finish "
+                        f"within {interface.request_timeout:.1f}s")
+        self._step(interface, "stop")
+
+    def _cease(self, interface: Interface) -> None:
+        self._step(interface, "cease")
+
+    @staticmethod
+    def _step(interface: Interface, step: str) -> None:
+        try:
+            getattr(interface, step)()
+        except Exception as e:
+            log.error(f"interface {interface.name} failed to {step}: {exc_string(e)}")
 
     def cease_all(self) -> None:
-        for name, (interface, _) in self.live.items():
-            try:
-                interface.cease()
-            except Exception as e:
-                log.error(f"interface {name} failed to cease: {exc_string(e)}")
+        for interface, _ in self.live.values():
+            self._cease(interface)
 
     def stop_all(self) -> None:
-        for name, (interface, _) in list(self.live.items()):
-            try:
-                interface.stop()
-            except Exception as e:
-                log.error(f"interface {name} failed to stop: {exc_string(e)}")
+        for interface, _ in self.live.values():
+            self._step(interface, "stop")
         self.live.clear()

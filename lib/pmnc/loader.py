@@ -190,6 +190,8 @@ class Loader:
                 mod.refused = (signature, e)
                 raise
             log.message(f"module {name} has been loaded from {path}")
+            if _signature(path) != signature:
+                self.file_changed(name)  # saved again while we were loading it
             return mod.version
         finally:
             mod.load_lock.release()

@@ -125,16 +125,19 @@ class Supervisor:
                 signal.signal(getattr(signal, name), self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        # No logging here: the handler may interrupt this thread inside the log's lock.
+        name = signal.Signals(signum).name
         if self.stopping.is_set():
-            log.warning("stop requested again, the cage process is killed")
             if self.child is not None:
                 self.child.kill()
+            threading.Thread(target=log.warning, args=(f"{name} again, the cage process is killed",),
+                             name="stopper", daemon=True).start()
             return
         self.stopping.set()
-        log.message(f"signal {signal.Signals(signum).name} received, the cage is stopping")
-        threading.Thread(target=self._stop_child, name="stopper", daemon=True).start()
+        threading.Thread(target=self._stop_child, args=(name,), name="stopper", daemon=True).start()
 
-    def _stop_child(self) -> None:
+    def _stop_child(self, signal_name: str) -> None:
+        log.message(f"signal {signal_name} received, the cage is stopping")
         child = self.child
         if child is None or child.poll() is not None:
             return
@@ -173,8 +176,10 @@ def run_cage(root: str, node: str, cage: str, mode: str) -> int:
 
 
 def _watch_stdin(stopping: threading.Event) -> None:
+    # os.read, not sys.stdin: a thread blocked in a buffered read holds its lock
+    # and makes the interpreter abort when the process exits another way.
     try:
-        while sys.stdin.buffer.read(1):
+        while os.read(sys.stdin.fileno(), 512):
             pass
     except (OSError, ValueError):
         pass

@@ -142,6 +142,9 @@ class Interface(interfaces.Interface):
         response = new_response(keep_alive)
         try:
             self.cage.loader.call(self.handler, "process_request", (request, response), {})
+            if self.ceasing:  # the connection closes after this answer: say so
+                keep_alive = False
+                response["headers"]["connection"] = "close"
             return finish_response(response, keep_alive, self.response_encoding)
         except Exception as e:
             log.error(f"request {http.method} {http.url[:200]} failed: {exc_string(e, stack=False)}")
@@ -387,4 +390,4 @@ class _InFlight:
 
     def _end(self) -> None:
         self.answered = True
-        self.connection.iface.cage.intake.end()
+        self.connection.iface.cage.intake.end(self.request)

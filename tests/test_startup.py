@@ -1,0 +1,350 @@
+"""The supervisor and cage processes, end to end: real processes, real sockets.
+
+Every cage here runs as `python startup.py <cage>` in a temporary tree (the
+`cage_process` fixture kills whatever is left); self-test and usage runs are
+plain subprocesses with a timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import config_source, http_config, http_request, make_tree, module_source, wait_until, write_file
+
+RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d\d (ERR|MSG|WRN|LOG|INF|DBG|NSE) \[[^\]]+\] ")
+
+SLOW_HANDLER = module_source("""
+    import time
+
+    def process_request(request, response):
+        if request["url"] == "/slow":
+            pmnc.log.message("slow request started")
+            time.sleep(1.0)
+            response["content"] = "slow done"
+            response["headers"]["content-type"] = "text/plain"
+        elif request["url"] == "/fail":
+            raise ValueError("first line\\nsecond line")
+        else:
+            response["content"] = "Hello, world !"
+            response["headers"]["content-type"] = "text/plain"
+""", ["process_request"])
+
+
+def named_handler(text: str) -> str:
+    return module_source(f"""
+        def process_request(request, response):
+            response["content"] = {text!r}
+            response["headers"]["content-type"] = "text/plain"
+    """, ["process_request"])
+
+
+def interfaces_config(names: tuple[str, ...]) -> str:
+    """config_interfaces.py as make_tree writes it, with other interface names."""
+    return config_source({"interfaces": names, "request_timeout": 10.0, "thread_count": 10,
+                          "sweep_period": 15.0, "log_level": "LOG"})
+
+
+def run_startup(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(root / "startup.py"), *args], cwd=root,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan may wait unreaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def served(port: int, path: str = "/") -> tuple[int, str] | None:
+    """(status, body) of one request, or None if the connection is refused or dropped."""
+    try:
+        status, _, body = http_request(port, path, timeout=5.0)
+    except (OSError, http.client.HTTPException):
+        return None
+    return status, body.decode()
+
+
+def hello(port: int) -> bool:
+    return served(port) == (200, "Hello, world !")
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, says", [
+    ((), "usage"),
+    (("bad name!",), "invalid cage name"),
+    (("nosuchcage",), "does not exist"),
+], ids=["no-argument", "invalid-name", "missing-folder"])
+def test_bad_command_line_is_a_one_line_error(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
+    root = make_tree(tmp_path)
+    result = run_startup(root, *args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert says in lines[0]
+    assert sorted(p.name for p in (root / "cages").iterdir()) == [".shared", "sample"]  # nothing created
+
+
+# --- pid file, log file, readiness ---------------------------------------------------------
+
+
+def test_pid_file_and_log_records(cage_process) -> None:
+    cage = cage_process(interfaces={"http": http_config()}, files={"interface_http.py": SLOW_HANDLER})
+    assert (cage.logs / "sample.pid").read_text().strip() == str(cage.process.pid)
+    port = cage.port()
+    assert hello(port)
+    assert served(port, "/fail")[0] == 500  # a multi-line exception text is still one record
+    cage.wait_for_log(r"request GET /fail failed: ValueError")
+
+    logs = sorted(p.name for p in cage.logs.glob("*.log"))
+    assert len(logs) == 1
+    day = re.fullmatch(r"sample-(\d{8})\.log", logs[0])
+    assert day is not None, logs
+    now = time.time()
+    assert day.group(1) in {time.strftime("%Y%m%d", time.localtime(now - d)) for d in (0, 120)}
+    lines = cage.log_text().splitlines()
+    bad = [line for line in lines if not RECORD.match(line)]
+    assert not bad, bad
+    assert any("[supervisor]" in line for line in lines) and any("[cage]" in line for line in lines)
+    assert f"interface http listens on http://127.0.0.1:{port}/" in cage.log_text()
+
+
+# --- restarts ------------------------------------------------------------------------------
+
+
+def test_killed_cage_is_restarted_and_serves_again(cage_process) -> None:
+    port = free_port()  # clients know a fixed port: the new cage must bind it again
+    cage = cage_process(interfaces={"http": http_config(port)})
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
+    client.request("GET", "/")
+    assert client.getresponse().read() == b"Hello, world !"  # and the connection stays open
+    (old,) = cage.child_pids()
+    os.kill(old, signal.SIGKILL)
+    started = cage.wait_for_log(r"the cage is restarting after a failure, pid (\d+)")
+    new = int(started.group(1))
+    assert new != old and cage.child_pids() == [old, new]
+    assert "the cage process has exited with code -9, restarting in" in cage.log_text()
+    cage.wait_for_log("the cage is ready", count=2)
+    assert cage.port(count=2) == port
+    assert hello(port)
+    assert cage.process.poll() is None  # the supervisor itself lives on
+    client.close()
+
+
+def test_cage_that_keeps_dying_restarts_with_growing_delays(cage_process) -> None:
+    cage = cage_process(interfaces={"http": http_config()})
+    gaps = []
+    for n in range(1, 4):
+        cage.wait_for_log("the cage is ready", count=n)
+        killed = time.monotonic()
+        os.kill(cage.child_pids()[-1], signal.SIGKILL)
+        wait_until(lambda n=n: len(cage.child_pids()) > n, timeout=10.0, message=f"restart #{n}")
+        gaps.append(time.monotonic() - killed)
+    delays = [float(d) for d in re.findall(r"exited with code -9, restarting in ([\d.]+)s", cage.log_text())]
+    assert len(delays) == 3 and delays[0] < delays[1] < delays[2], delays
+    for gap, delay in zip(gaps, delays, strict=True):
+        assert gap >= delay * 0.9, (gaps, delays)  # the delay was really waited
+    cage.wait_for_log("the cage is ready", count=4)
+    assert hello(cage.port(count=4))
+
+
+def test_cage_failing_at_boot_is_retried_and_stops_during_the_delay(cage_process) -> None:
+    cage = cage_process(ready=False, thread_count=0)  # no worker pool can be built
+    cage.wait_for_log(r"the cage has failed: ValueError")
+    second = cage.wait_for_log(r"the cage process has exited with code (-?\d+), restarting in 1\.0s")
+    stopped = time.monotonic()
+    cage.process.send_signal(signal.SIGTERM)
+    assert cage.process.wait(5.0) == 0
+    assert time.monotonic() - stopped < 0.9  # it did not sit out the delay
+    assert len(cage.child_pids()) == 2  # and started no third cage
+    assert second.group(1) == "1"  # the cage's own exit code, not a crash on the way out
+    assert "Fatal Python error" not in cage.process.stdout.read().decode(errors="replace")
+
+
+def test_sigterm_to_the_cage_process_is_a_clean_stop(cage_process) -> None:
+    cage = cage_process(interfaces={"http": http_config()})
+    (child,) = cage.child_pids()
+    os.kill(child, signal.SIGTERM)
+    cage.wait_for_log("the cage has been properly shut down")
+    wait_until(lambda: cage.process.poll() is not None or "exited with code" in cage.log_text(), timeout=10.0,
+               message="the supervisor exits or restarts the cage")
+    assert cage.process.wait(5.0) == 0  # an orderly exit (code 0) ends the supervisor too
+    assert "exited with code" not in cage.log_text()
+    assert len(cage.child_pids()) == 1
+
+
+# --- stopping ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_gracefully_after_requests_in_flight(cage_process, signum: int) -> None:
+    cage = cage_process(interfaces={"http": http_config()}, files={"interface_http.py": SLOW_HANDLER})
+    port = cage.port()
+    (child,) = cage.child_pids()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(served, port, "/slow")
+        cage.wait_for_log("slow request started")
+        cage.process.send_signal(signum)
+        cage.wait_for_log(r"request intake is closed, 1 request\(s\) in flight", timeout=5.0)
+        late = served(port)
+        assert late is None or late[0] != 200, late  # no new request is served once the stop began
+        assert slow.result(timeout=10.0) == (200, "slow done")
+    assert cage.process.wait(15.0) == 0
+    assert "the cage has been properly shut down" in cage.log_text()
+    wait_until(lambda: not alive(child), timeout=5.0, message="cage process gone")
+    assert len(cage.child_pids()) == 1  # a stop is not a failure: no restart
+
+
+def test_cage_shuts_down_when_supervisor_is_killed(cage_process) -> None:
+    cage = cage_process(interfaces={"http": http_config()})
+    port = cage.port()
+    (child,) = cage.child_pids()
+    cage.process.kill()
+    cage.process.wait(5.0)
+    wait_until(lambda: not alive(child), timeout=10.0, message="orphaned cage process gone")
+    cage.wait_for_log("the cage has been properly shut down", timeout=5.0)
+    assert served(port) is None
+
+
+# --- interfaces ----------------------------------------------------------------------------
+
+
+def test_interface_on_a_taken_port_fails_and_others_serve(cage_process) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        cage = cage_process(interfaces={"taken": http_config(taken), "http": http_config()})
+        cage.wait_for_log(r"interface taken failed to start: \w+")
+        assert "interface taken has started" not in cage.log_text()
+        assert "the cage is ready, 1 interface(s) serving" in cage.log_text()
+        assert hello(cage.port("http"))
+
+
+def test_changed_port_restarts_the_interface(cage_process) -> None:
+    cage = cage_process(interfaces={"http": http_config()})
+    old = cage.port()
+    assert hello(old)
+    new = free_port()
+    write_file(cage.cage_dir / "config_interface_http.py", config_source(http_config(new)))
+    cage.wait_for_log("restarting interface http due to configuration change", timeout=5.0)
+    assert cage.port(count=2) == new
+    assert hello(new)
+    assert served(old) is None
+
+
+def test_changed_key_restarts_the_interface_with_it(cage_process) -> None:
+    port = free_port()
+    cage = cage_process(interfaces={"http": http_config(port)})
+    assert hello(port)
+    write_file(cage.cage_dir / "config_interface_http.py", config_source(http_config(port, max_connections=1)))
+    cage.wait_for_log("restarting interface http due to configuration change", timeout=5.0)
+    assert cage.port(count=2) == port  # the same port is bound again
+    assert hello(port)
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0):  # takes the one connection
+        assert served(port) == (503, "too many connections")
+    wait_until(lambda: hello(port), timeout=5.0, message="served once the connection is gone")
+
+
+def test_config_change_lets_requests_in_flight_finish(cage_process) -> None:
+    cage = cage_process(interfaces={"http": http_config()}, files={"interface_http.py": SLOW_HANDLER})
+    port = cage.port()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(served, port, "/slow")
+        cage.wait_for_log("slow request started")
+        write_file(cage.cage_dir / "config_interface_http.py", config_source(http_config(max_connections=50)))
+        cage.wait_for_log("restarting interface http due to configuration change", timeout=5.0)
+        assert slow.result(timeout=10.0) == (200, "slow done")
+    assert hello(cage.port(count=2))
+
+
+def test_interface_added_and_removed_in_config_interfaces(cage_process) -> None:
+    cage = cage_process(interfaces={"http": http_config()},
+                        files={"config_interface_extra.py": config_source(http_config()),
+                               "interface_extra.py": named_handler("extra")})
+    config = cage.cage_dir / "config_interfaces.py"
+    write_file(config, interfaces_config(("http", "extra")))
+    cage.wait_for_log("interface extra has started", timeout=5.0)
+    extra = cage.port("extra")
+    assert served(extra) == (200, "extra")
+
+    write_file(config, interfaces_config(("http",)))
+    cage.wait_for_log("stopping interface extra, it is no longer configured", timeout=5.0)
+    assert served(extra) is None
+    assert hello(cage.port("http"))
+
+
+# --- self-test -----------------------------------------------------------------------------
+
+
+def self_test_tree(tmp_path: Path, body: str) -> Path:
+    module = module_source(body, [])
+    config = config_source({"greeting": "production", "other": "kept"},
+                           {"greeting": "self-test"})
+    return make_tree(tmp_path, interfaces={"http": http_config()},
+                     files={"mymod.py": module, "config_mymod.py": config})
+
+
+def test_self_test_success(tmp_path: Path) -> None:
+    root = self_test_tree(tmp_path, """
+        import os
+
+        def self_test():
+            assert pmnc.request.self_test == "mymod"
+            with open(os.path.join(__cage_dir__, "marker"), "w") as f:
+                f.write("written by the self-test")
+    """)
+    result = run_startup(root, "--self-test", "sample", "mymod")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout and "FAILURE" not in result.stdout
+    assert "listens on" not in result.stdout  # interfaces do not start in a self-test
+    assert not (root / "cages" / "sample" / "marker").exists()  # it ran on a copy
+
+
+def test_self_test_failure(tmp_path: Path) -> None:
+    root = self_test_tree(tmp_path, """
+        def self_test():
+            assert 1 + 1 == 3, "arithmetic is broken"
+    """)
+    result = run_startup(root, "--self-test", "sample", "mymod")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILURE" in result.stdout and "SUCCESS" not in result.stdout
+    assert "arithmetic is broken" in result.stdout
+
+
+def test_self_test_sees_self_test_config(tmp_path: Path) -> None:
+    root = self_test_tree(tmp_path, """
+        def self_test():
+            assert pmnc.config.get("greeting") == "self-test", pmnc.config.get("greeting")
+            assert pmnc.config.get("other") == "kept"
+    """)
+    result = run_startup(root, "--self-test", "sample", "mymod")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
