@@ -50,9 +50,10 @@ class Intake:
     """Counts requests in flight, per interface; once closed, no request can begin."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._active: dict[str, int] = {}  # interface → requests in flight
         self._open = False
+        self._draining = 0  # threads waiting in drain(): only then does end() notify
 
     def open(self) -> None:
         with self._cond:
@@ -69,7 +70,8 @@ class Intake:
         assert request.interface is not None
         with self._cond:
             self._active[request.interface] -= 1
-            self._cond.notify_all()
+            if self._draining:
+                self._cond.notify_all()
 
     def close(self) -> int:
         with self._cond:
@@ -83,7 +85,11 @@ class Intake:
             return self._active.get(interface, 0) if interface is not None else self.active
 
         with self._cond:
-            self._cond.wait_for(lambda: not left(), timeout)
+            self._draining += 1
+            try:
+                self._cond.wait_for(lambda: not left(), timeout)
+            finally:
+                self._draining -= 1
             return left()
 
     @property

@@ -2,7 +2,7 @@
 
 Interfaces submit (request, function) pairs and get a `WorkUnit`: a small
 future whose result is waited for (`result(timeout)`) or handed to a
-callback (`when_done`). A unit whose request has expired by the time a
+callback (`when_done`, given at submit). A unit whose request has expired by the time a
 worker takes it is never started (it fails with RequestExpiredError), and a
 cancelled unit (the interface gave up at the deadline) is skipped. Threads
 start lazily and retire after being idle.
@@ -35,12 +35,13 @@ class WorkUnit:
 
     __slots__ = ("_callback", "_done", "_error", "_result", "_state", "args", "fn", "request")
 
-    def __init__(self, request: Request, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(self, request: Request, fn: Callable[..., Any], args: tuple[Any, ...],
+                 when_done: Callable[[WorkUnit], None] | None) -> None:
         self.request, self.fn, self.args = request, fn, args
         self._state = _QUEUED
         self._result: Any = None
         self._error: BaseException | None = None
-        self._callback: Callable[[WorkUnit], None] | None = None
+        self._callback = when_done
         self._done: threading.Event | None = None
 
     def cancel(self) -> bool:
@@ -59,14 +60,6 @@ class WorkUnit:
 
     def done(self) -> bool:
         return self._state in (_CANCELLED, _DONE)
-
-    def when_done(self, callback: Callable[[WorkUnit], None]) -> None:
-        """Call `callback(unit)` when it is done, at once if it is already done."""
-        with _states:
-            if self._state not in (_CANCELLED, _DONE):
-                self._callback = callback
-                return
-        callback(self)
 
     def result(self, timeout: float | None = None) -> Any:
         error = self.exception(timeout)
@@ -135,9 +128,12 @@ class WorkerPool:
         self._serial = 0
         self.processed = 0
 
-    def submit(self, request: Request, fn: Callable[..., Any], *args: Any) -> WorkUnit:
-        """Queue `fn(*args)` to run on a worker thread with `request` attached."""
-        unit = WorkUnit(request, fn, args)
+    def submit(self, request: Request, fn: Callable[..., Any], *args: Any,
+               when_done: Callable[[WorkUnit], None] | None = None) -> WorkUnit:
+        """Queue `fn(*args)` to run on a worker thread with `request` attached;
+        `when_done(unit)` is called (on the worker's thread) once it is done or
+        cancelled. Or wait for it with `unit.result(timeout)`."""
+        unit = WorkUnit(request, fn, args, when_done)
         key = request.sort_key()
         with self._cond:
             if self._stopped:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
@@ -357,8 +358,8 @@ class _InFlight:
         self.answered = False
         iface = connection.iface
         assert iface.cage.pool is not None
-        self.unit = iface.cage.pool.submit(request, iface.handle, http, keep_alive)
-        self.unit.when_done(lambda unit: iface.cage_loop.post(self._done, unit))
+        self.unit = iface.cage.pool.submit(request, iface.handle, http, keep_alive,
+                                           when_done=functools.partial(iface.cage_loop.post, self._done))
 
     def _done(self, unit: WorkUnit) -> None:
         if self.answered:

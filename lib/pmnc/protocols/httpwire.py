@@ -51,7 +51,7 @@ class Limits:
     allowed_methods: frozenset[str] = frozenset({"GET", "POST"})
 
 
-@dataclass
+@dataclass(slots=True)
 class HttpRequest:
     method: str
     url: str
@@ -72,6 +72,7 @@ class Continue:
 @dataclass
 class _Message:
     started: float
+    method: str = ""
     head_size: int = 0
     url: bytearray = field(default_factory=bytearray)
     headers: dict[str, str] = field(default_factory=dict)
@@ -152,7 +153,7 @@ class RequestParser:
         message = self._message
         assert message is not None
         self._in_head = False
-        method = self._parser.get_method().decode("ascii", "replace").upper()
+        method = message.method = self._parser.get_method().decode("ascii", "replace").upper()
         if method not in self.limits.allowed_methods:
             raise HttpError(405)
         if self._parser.get_http_version() not in ("1.0", "1.1"):
@@ -182,7 +183,7 @@ class RequestParser:
         headers.pop("transfer-encoding", None)
         headers["content-length"] = str(len(message.body))
         self._events.append(HttpRequest(
-            method=self._parser.get_method().decode("ascii").upper(),
+            method=message.method,
             url=message.url.decode("latin-1"),
             version=self._parser.get_http_version(),
             headers=headers,
@@ -269,5 +270,13 @@ def error_response(status: int, text: str = "") -> bytes:
     return render(status, headers, body, keep_alive=False)
 
 
+_TITLES: dict[str, str] = {}  # header names recur: title-case each once
+
+
 def _title(name: str) -> str:
-    return "-".join(part.capitalize() for part in name.split("-"))
+    title = _TITLES.get(name)
+    if title is None:
+        title = "-".join(part.capitalize() for part in name.split("-"))
+        if len(_TITLES) < 1024:
+            _TITLES[name] = title
+    return title
