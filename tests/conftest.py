@@ -103,6 +103,32 @@ def make_tree(base: Path, cage: str = "sample", files: dict[str, str] | None = N
     return root
 
 
+class CageTree:
+    """cages/.shared and cages/sample under a temporary folder, for loaders in this process."""
+
+    def __init__(self, base: Path) -> None:
+        self.cages = base / "cages"
+        self.shared = self.cages / ".shared"
+        self.cage = self.cages / "sample"
+        self.shared.mkdir(parents=True)
+        self.cage.mkdir()
+
+    def module(self, name: str, body: str, exports: list[str] | None = None, *, folder: Path | None = None,
+               eof: bool = True) -> Path:
+        path = (folder or self.cage) / f"{name}.py"
+        write_file(path, module_source(body, exports, eof))
+        return path
+
+    def write(self, folder: Path, name: str, config: dict[str, Any],
+              self_test_config: dict[str, Any] | None = None) -> None:
+        write_file(folder / f"{name}.py", config_source(config, self_test_config))
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> CageTree:
+    return CageTree(tmp_path)
+
+
 class CageProcess:
     """A real `python startup.py cage` process in a temporary tree."""
 

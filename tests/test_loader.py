@@ -8,11 +8,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import module_source, wait_until, write_file
+from conftest import CageTree, wait_until
 from pmnc import errors, log
 from pmnc import request as rq
 from pmnc.errors import (
@@ -27,28 +26,6 @@ from pmnc.errors import (
 from pmnc.loader import Loader
 
 
-class Tree:
-    """cages/.shared and cages/sample under a temporary folder."""
-
-    def __init__(self, base: Path) -> None:
-        self.cages = base / "cages"
-        self.shared = self.cages / ".shared"
-        self.cage = self.cages / "sample"
-        self.shared.mkdir(parents=True)
-        self.cage.mkdir()
-
-    def module(self, name: str, body: str, exports: list[str] | None = None, *, folder: Path | None = None,
-               eof: bool = True) -> Path:
-        path = (folder or self.cage) / f"{name}.py"
-        write_file(path, module_source(body, exports, eof))
-        return path
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Tree:
-    return Tree(tmp_path)
-
-
 @pytest.fixture
 def records() -> Iterator[io.StringIO]:
     """Every log record written during the test."""
@@ -61,7 +38,7 @@ def records() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
-def make_loader(tree: Tree, records: io.StringIO) -> Iterator[Callable[..., Loader]]:
+def make_loader(tree: CageTree, records: io.StringIO) -> Iterator[Callable[..., Loader]]:
     loaders: list[Loader] = []
 
     def make(start: bool = False, **kwargs: Any) -> Loader:
@@ -91,7 +68,7 @@ def version_source(value: Any, extra: str = "") -> str:
 # --- calls --------------------------------------------------------------------------------
 
 
-def test_call_forms(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_call_forms(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("calc", """
         def add(a, b=0):
             return a + b
@@ -103,7 +80,7 @@ def test_call_forms(tree: Tree, make_loader: Callable[..., Loader]) -> None:
     assert loader.call("calc", "add", (3,), {"b": 4}) == 7
 
 
-def test_module_calls_another_module_through_pmnc(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_module_calls_another_module_through_pmnc(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("front", """
         def greet(name):
             return pmnc.back.title(name) + " !"
@@ -115,7 +92,7 @@ def test_module_calls_another_module_through_pmnc(tree: Tree, make_loader: Calla
     assert make_loader().root.front.greet("ann lee") == "Ann Lee !"
 
 
-def test_exceptions_pass_through_calls(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_exceptions_pass_through_calls(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("fails", """
         def fail():
             raise LookupError("nothing here")
@@ -124,7 +101,7 @@ def test_exceptions_pass_through_calls(tree: Tree, make_loader: Callable[..., Lo
         make_loader().root.fails.fail()
 
 
-def test_classes_are_returned_as_classes(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_classes_are_returned_as_classes(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("shapes", """
         class Square:
             def __init__(self, side):
@@ -143,7 +120,7 @@ def test_classes_are_returned_as_classes(tree: Tree, make_loader: Callable[..., 
 # --- location -----------------------------------------------------------------------------
 
 
-def test_cage_file_overrides_shared_per_file(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_cage_file_overrides_shared_per_file(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("a", version_source("shared a"), ["version"], folder=tree.shared)
     tree.module("b", version_source("shared b"), ["version"], folder=tree.shared)
     tree.module("a", version_source("cage a"), ["version"])
@@ -152,14 +129,14 @@ def test_cage_file_overrides_shared_per_file(tree: Tree, make_loader: Callable[.
     assert loader.root.b.version() == "shared b"
 
 
-def test_missing_module(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_missing_module(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     with pytest.raises(errors.ModuleNotFoundError) as info:
         make_loader().root.nowhere.f()
     assert str(info.value) == "file nowhere.py was not found"
     assert isinstance(info.value, builtins.ModuleNotFoundError)
 
 
-def test_invalid_module_names(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_invalid_module_names(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     loader = make_loader()
     with pytest.raises(InvalidModuleNameError):
         loader.root._private  # noqa: B018
@@ -169,7 +146,7 @@ def test_invalid_module_names(tree: Tree, make_loader: Callable[..., Loader]) ->
         loader.call("../escape", "f", (), {})
 
 
-def test_new_file_created_after_start_is_served_at_once(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_new_file_created_after_start_is_served_at_once(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     loader = make_loader(start=True)
     with pytest.raises(errors.ModuleNotFoundError):
         loader.root.late.version()
@@ -180,7 +157,7 @@ def test_new_file_created_after_start_is_served_at_once(tree: Tree, make_loader:
 # --- refusing files -----------------------------------------------------------------------
 
 
-def test_file_without_eof_is_refused(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_file_without_eof_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("half", version_source(1), ["version"], eof=False)
     loader = make_loader()
     with pytest.raises(ModuleFileIncompleteError) as info:
@@ -191,12 +168,12 @@ def test_file_without_eof_is_refused(tree: Tree, make_loader: Callable[..., Load
     assert loader.root.half.version() == 1
 
 
-def test_eof_line_may_have_trailing_whitespace(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_eof_line_may_have_trailing_whitespace(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     (tree.cage / "ws.py").write_text("__all__ = ['f']\ndef f():\n    return 1\n# EOF   \n")
     assert make_loader().root.ws.f() == 1
 
 
-def test_syntax_error_is_a_broken_file(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_syntax_error_is_a_broken_file(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("bad", """
         def f(:
             pass
@@ -209,7 +186,7 @@ def test_syntax_error_is_a_broken_file(tree: Tree, make_loader: Callable[..., Lo
         loader.root.bad.f()
 
 
-def test_error_in_module_body_is_a_broken_file(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_error_in_module_body_is_a_broken_file(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("bad", """
         RATIO = 1 / 0
         def f():
@@ -220,7 +197,7 @@ def test_error_in_module_body_is_a_broken_file(tree: Tree, make_loader: Callable
     assert str(info.value).startswith('file bad.py is broken: ZeroDivisionError("division by zero")')
 
 
-def test_non_callable_export_is_refused(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_non_callable_export_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("consts", """
         LIMIT = 5
         def f():
@@ -231,7 +208,7 @@ def test_non_callable_export_is_refused(tree: Tree, make_loader: Callable[..., L
     assert "LIMIT in __all__ is neither a class nor a function" in str(info.value)
 
 
-def test_export_not_defined_is_refused(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_export_not_defined_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("ghost", """
         def f():
             pass
@@ -241,7 +218,7 @@ def test_export_not_defined_is_refused(tree: Tree, make_loader: Callable[..., Lo
     assert "g is in __all__ but not defined" in str(info.value)
 
 
-def test_all_must_be_a_list_of_strings(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_all_must_be_a_list_of_strings(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("odd", """
         __all__ = "f"
         def f():
@@ -251,7 +228,7 @@ def test_all_must_be_a_list_of_strings(tree: Tree, make_loader: Callable[..., Lo
         make_loader().root.odd.f()
 
 
-def test_module_without_all_exports_nothing(tree: Tree, make_loader: Callable[..., Loader],
+def test_module_without_all_exports_nothing(tree: CageTree, make_loader: Callable[..., Loader],
                                             records: io.StringIO) -> None:
     tree.module("open", """
         def f():
@@ -265,7 +242,7 @@ def test_module_without_all_exports_nothing(tree: Tree, make_loader: Callable[..
 # --- attribute rules ------------------------------------------------------------------------
 
 
-def test_private_attribute_is_refused(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_private_attribute_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("mod", """
         def _hidden():
             return 1
@@ -277,7 +254,7 @@ def test_private_attribute_is_refused(tree: Tree, make_loader: Callable[..., Loa
     assert str(info.value) == "attribute _hidden of module mod is private"
 
 
-def test_attribute_not_in_all_is_refused(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_attribute_not_in_all_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("mod", """
         def helper():
             return 1
@@ -297,7 +274,7 @@ def test_attribute_not_in_all_is_refused(tree: Tree, make_loader: Callable[..., 
 # --- annotations ------------------------------------------------------------------------------
 
 
-def test_annotations_are_enforced(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_annotations_are_enforced(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("typed", """
         def double(x: int) -> int:
             return x * 2
@@ -315,7 +292,7 @@ def test_annotations_are_enforced(tree: Tree, make_loader: Callable[..., Loader]
         loader.root.typed.lie(1)
 
 
-def test_postponed_annotations_are_enforced(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_postponed_annotations_are_enforced(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("typed", """
         from __future__ import annotations
         __all__ = ["double"]
@@ -328,7 +305,7 @@ def test_postponed_annotations_are_enforced(tree: Tree, make_loader: Callable[..
         loader.root.typed.double("2")
 
 
-def test_module_with_postponed_annotations_may_use_dataclasses(tree: Tree,
+def test_module_with_postponed_annotations_may_use_dataclasses(tree: CageTree,
                                                                make_loader: Callable[..., Loader]) -> None:
     """`from __future__ import annotations` with @dataclass is everyday Python 3.11 code."""
     tree.module("points", """
@@ -347,7 +324,7 @@ def test_module_with_postponed_annotations_may_use_dataclasses(tree: Tree,
     assert (point.x, point.y) == (1, 0)
 
 
-def test_bad_default_makes_the_file_broken(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_bad_default_makes_the_file_broken(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("typed", """
         def f(x: int = "zero"):
             return x
@@ -360,7 +337,7 @@ def test_bad_default_makes_the_file_broken(tree: Tree, make_loader: Callable[...
 # --- circular calls ---------------------------------------------------------------------------
 
 
-def test_mutually_recursive_modules_50_deep(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_mutually_recursive_modules_50_deep(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("ping", """
         def ping(n, trail):
             trail.append("ping")
@@ -377,7 +354,7 @@ def test_mutually_recursive_modules_50_deep(tree: Tree, make_loader: Callable[..
     assert trail[:4] == ["ping", "pong", "ping", "pong"]
 
 
-def test_recursion_within_a_module(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_recursion_within_a_module(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("fact", """
         def fact(n):
             return 1 if n <= 1 else n * pmnc.fact.fact(n - 1)
@@ -388,7 +365,7 @@ def test_recursion_within_a_module(tree: Tree, make_loader: Callable[..., Loader
 # --- injected globals ----------------------------------------------------------------------------
 
 
-def test_injected_globals(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_injected_globals(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("whoami", """
         def info():
             return __cage__, __node__, __cage_dir__, __module__, repr(pmnc)
@@ -399,7 +376,7 @@ def test_injected_globals(tree: Tree, make_loader: Callable[..., Loader]) -> Non
     assert pmnc_repr == "<pmnc of whoami in cage sample>"
 
 
-def test_pmnc_request_is_the_current_request(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_pmnc_request_is_the_current_request(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("req", """
         def current():
             return pmnc.request
@@ -410,7 +387,7 @@ def test_pmnc_request_is_the_current_request(tree: Tree, make_loader: Callable[.
         assert loader.root.req.current() is request
 
 
-def test_module_log_names_the_module(tree: Tree, make_loader: Callable[..., Loader], records: io.StringIO) -> None:
+def test_module_log_names_the_module(tree: CageTree, make_loader: Callable[..., Loader], records: io.StringIO) -> None:
     tree.module("talk", """
         def hello():
             pmnc.log.message("hello from a module")
@@ -419,7 +396,7 @@ def test_module_log_names_the_module(tree: Tree, make_loader: Callable[..., Load
     assert logged(records, "hello from a module # talk.py:3 in hello()")
 
 
-def test_modules_are_not_importable(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_modules_are_not_importable(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("zz_cage_only", version_source(1), ["version"])
     make_loader().root.zz_cage_only.version()
     assert "zz_cage_only" not in sys.modules
@@ -428,7 +405,7 @@ def test_modules_are_not_importable(tree: Tree, make_loader: Callable[..., Loade
 # --- hot reload -------------------------------------------------------------------------------------
 
 
-def test_changed_file_is_reloaded(tree: Tree, make_loader: Callable[..., Loader], records: io.StringIO) -> None:
+def test_changed_file_is_reloaded(tree: CageTree, make_loader: Callable[..., Loader], records: io.StringIO) -> None:
     tree.module("mod", version_source(1), ["version"])
     loader = make_loader(start=True)
     bound = loader.root.mod.version  # a reference kept across the reload
@@ -440,7 +417,7 @@ def test_changed_file_is_reloaded(tree: Tree, make_loader: Callable[..., Loader]
     assert logged(records, "module mod has been reloaded (version 2)")
 
 
-def test_reload_runs_the_body_again(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_reload_runs_the_body_again(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     body = """
         VERSION = {}
         calls = []
@@ -456,7 +433,7 @@ def test_reload_runs_the_body_again(tree: Tree, make_loader: Callable[..., Loade
     assert loader.root.counter.count() == 1
 
 
-def test_broken_new_version_keeps_old_one_serving(tree: Tree, make_loader: Callable[..., Loader],
+def test_broken_new_version_keeps_old_one_serving(tree: CageTree, make_loader: Callable[..., Loader],
                                                   records: io.StringIO) -> None:
     tree.module("mod", version_source(1), ["version"])
     loader = make_loader(start=True)
@@ -470,7 +447,7 @@ def test_broken_new_version_keeps_old_one_serving(tree: Tree, make_loader: Calla
     assert loader.version_number("mod") == 2
 
 
-def test_incomplete_new_version_keeps_old_one_serving(tree: Tree, make_loader: Callable[..., Loader],
+def test_incomplete_new_version_keeps_old_one_serving(tree: CageTree, make_loader: Callable[..., Loader],
                                                       records: io.StringIO) -> None:
     tree.module("mod", version_source(1), ["version"])
     loader = make_loader(start=True)
@@ -482,7 +459,7 @@ def test_incomplete_new_version_keeps_old_one_serving(tree: Tree, make_loader: C
     wait_until(lambda: loader.root.mod.version() == 2, message="completed version served")
 
 
-def test_not_reloadable_module_keeps_first_version(tree: Tree, make_loader: Callable[..., Loader],
+def test_not_reloadable_module_keeps_first_version(tree: CageTree, make_loader: Callable[..., Loader],
                                                    records: io.StringIO) -> None:
     tree.module("fixed", version_source(1, "__reloadable__ = False"), ["version"])
     loader = make_loader(start=True)
@@ -494,7 +471,7 @@ def test_not_reloadable_module_keeps_first_version(tree: Tree, make_loader: Call
     assert loader.version_number("fixed") == 1
 
 
-def test_removed_file_keeps_serving(tree: Tree, make_loader: Callable[..., Loader], records: io.StringIO) -> None:
+def test_removed_file_keeps_serving(tree: CageTree, make_loader: Callable[..., Loader], records: io.StringIO) -> None:
     path = tree.module("mod", version_source(1), ["version"])
     loader = make_loader(start=True)
     assert loader.root.mod.version() == 1
@@ -503,7 +480,7 @@ def test_removed_file_keeps_serving(tree: Tree, make_loader: Callable[..., Loade
     assert loader.root.mod.version() == 1
 
 
-def test_cage_copy_created_later_overrides_shared(tree: Tree, make_loader: Callable[..., Loader]) -> None:
+def test_cage_copy_created_later_overrides_shared(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     tree.module("mod", version_source("shared"), ["version"], folder=tree.shared)
     loader = make_loader(start=True)
     assert loader.root.mod.version() == "shared"
@@ -511,7 +488,7 @@ def test_cage_copy_created_later_overrides_shared(tree: Tree, make_loader: Calla
     wait_until(lambda: loader.root.mod.version() == "cage", message="cage copy served")
 
 
-def test_in_flight_call_finishes_on_old_code_while_reload_waits(tree: Tree, make_loader: Callable[..., Loader],
+def test_in_flight_call_finishes_on_old_code_while_reload_waits(tree: CageTree, make_loader: Callable[..., Loader],
                                                                records: io.StringIO) -> None:
     tree.module("mod", """
         def work(shared):

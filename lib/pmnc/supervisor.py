@@ -82,7 +82,7 @@ def logs_dir(root: str, cage: str) -> str:
 
 def open_log(root: str, cage: str) -> None:
     echo = sys.stderr if sys.stderr.isatty() else None
-    log.configure(log.LogFile(logs_dir(root, cage), cage), echo=echo, echo_level=log.WARNING)
+    log.configure(log.LogFile(logs_dir(root, cage), cage), echo=echo, echo_level=log.MESSAGE)
 
 
 class Supervisor:
