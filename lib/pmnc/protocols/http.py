@@ -152,6 +152,11 @@ class Interface(interfaces.Interface):
             log.debug(f"request failed: {exc_string(e)}")
             return error_response(500, exc_string(e, stack=self.error_tracebacks)), False
 
+    def deadline_response(self) -> tuple[bytes, str]:
+        """The answer to a request whose deadline came first (it closes the connection),
+        and what the log calls it; a protocol on top of HTTP may answer its own way."""
+        return error_response(504, "request deadline has expired"), "504"
+
 
 class Connection(asyncio.Protocol):
     """One client connection; lives on the event loop only."""
@@ -236,7 +241,7 @@ class Connection(asyncio.Protocol):
         started = self.first_byte if self.served == 0 else http.started
         try:
             request = self.iface.cage.intake.begin(
-                timeout=self.iface.request_timeout, interface=self.iface.name, protocol="http",
+                timeout=self.iface.request_timeout, interface=self.iface.name, protocol=self.iface.protocol,
                 parameters={"auth_tokens": self._request_tokens(http)}, start=started)
         except IntakeClosedError:
             self._refuse(503, "the cage is shutting down")
@@ -371,18 +376,23 @@ class _InFlight:
         try:
             data, keep_alive = unit.result()
         except Exception as e:  # expired in the queue, or the pool stopped
-            data, keep_alive = error_response(504 if self.request.expired else 503, exc_string(e, stack=False)), False
+            if self.request.expired:
+                data = self.connection.iface.deadline_response()[0]
+            else:
+                data = error_response(503, exc_string(e, stack=False))
+            keep_alive = False
         self.connection.finished(data, keep_alive)
 
     def expire(self) -> None:
-        """The deadline came first: the client gets 504 now."""
+        """The deadline came first: the client gets 504 (or its protocol's equivalent) now."""
         if self.answered:
             return
         self._end()
         self.unit.cancel()  # never started if it is still queued
+        data, what = self.connection.iface.deadline_response()
         log.warning(f"request {self.request.unique_id} has not been answered in "
-                    f"{self.connection.iface.request_timeout:.1f}s, the client gets 504")
-        self.connection.finished(error_response(504, "request deadline has expired"), False)
+                    f"{self.connection.iface.request_timeout:.1f}s, the client gets {what}")
+        self.connection.finished(data, False)
 
     def abandon(self) -> None:
         if not self.answered:
