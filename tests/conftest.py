@@ -5,7 +5,9 @@ Nothing here sleeps to wait: every wait polls a condition with a deadline.
 
 from __future__ import annotations
 
+import datetime
 import http.client
+import ipaddress
 import os
 import re
 import shutil
@@ -20,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "lib"))
@@ -267,3 +273,58 @@ def http_request(port: int, path: str = "/", method: str = "GET", body: bytes | 
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         connection.close()
+
+
+class Pki:
+    """A test CA in `base`: ca.pem, server.pem (key + certificate for 127.0.0.1) and client.pem."""
+
+    def __init__(self, base: Path) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pmnc test CA")])
+        self.ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+                        .public_key(self.ca_key.public_key()).serial_number(x509.random_serial_number())
+                        .not_valid_before(now - datetime.timedelta(days=1))
+                        .not_valid_after(now + datetime.timedelta(days=30))
+                        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                                     key_encipherment=False, data_encipherment=False,
+                                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                                     encipher_only=False, decipher_only=False), critical=True)
+                        .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.ca_key.public_key()),
+                                       critical=False)
+                        .sign(self.ca_key, hashes.SHA256()))
+        self.ca_file = base / "ca.pem"
+        self.ca_file.write_bytes(self.ca_cert.public_bytes(serialization.Encoding.PEM))
+        self.server_file = self._issue(base / "server.pem", "127.0.0.1", now, server=True)
+        self.client_file = self._issue(base / "client.pem", "test-client", now, server=False)
+
+    def _issue(self, path: Path, common_name: str, now: datetime.datetime, server: bool) -> Path:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+                   .issuer_name(self.ca_cert.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key()),
+                                  critical=False)
+                   .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server
+                                                         else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+                                  critical=False))
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        cert = builder.sign(self.ca_key, hashes.SHA256())
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption())
+                         + cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    base = tmp_path / "pki"
+    base.mkdir()
+    return Pki(base)
