@@ -24,7 +24,7 @@ from pmnc import log
 from pmnc.errors import exc_string
 
 TARGET = re.compile(r"(?:([A-Za-z0-9_-]{1,32})\.)?([A-Za-z0-9_-]{1,32})")
-USAGE = "usage: python3 startup.py [node.]cage | --self-test cage module"
+USAGE = "usage: python3 startup.py [node.]cage | --self-test cage module | --keys ca|server|client DIR ..."
 CHILD_FLAG = "--cage-process"
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
@@ -46,6 +46,10 @@ def main(root: str, argv: list[str]) -> int:
             if len(argv) != 3:
                 raise UsageError(USAGE)
             return run_self_test(root, check_cage(root, argv[1]), argv[2])
+        if argv[:1] == ["--keys"]:
+            from pmnc.keys import main as keys_main
+
+            return keys_main(argv[1:])
         if len(argv) != 1:
             raise UsageError(USAGE)
         node, cage = parse_target(argv[0])

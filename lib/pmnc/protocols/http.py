@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import re
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,11 @@ class Interface(interfaces.Interface):
         self.ssl_key_cert_file = take("ssl_key_cert_file", None)
         self.ssl_ca_cert_file = take("ssl_ca_cert_file", None)
         self.ssl_ciphers = take("ssl_ciphers", None)
+        self.ssl_client_cert_required = bool(take("ssl_client_cert_required", False))
+        if self.ssl_client_cert_required and not (self.ssl_key_cert_file and self.ssl_ca_cert_file):
+            raise ConfigError(f"config_interface_{name}.py: ssl_client_cert_required needs HTTPS "
+                              f"(ssl_key_cert_file and ssl_ca_cert_file)")
+        self.gzip_content_types = _gzip_patterns(name, take("gzip_content_types", ()))
         self.response_encoding = str(take("response_encoding", "utf-8"))
         self.original_ip_header_fields = tuple(take("original_ip_header_fields", ()))
         self.keep_alive_support = bool(take("keep_alive_support", True))
@@ -97,7 +103,7 @@ class Interface(interfaces.Interface):
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self.ssl_key_cert_file)
         context.load_verify_locations(self.ssl_ca_cert_file)
-        context.verify_mode = ssl.CERT_OPTIONAL
+        context.verify_mode = ssl.CERT_REQUIRED if self.ssl_client_cert_required else ssl.CERT_OPTIONAL
         if self.ssl_ciphers:
             context.set_ciphers(self.ssl_ciphers)
         return context
@@ -141,12 +147,14 @@ class Interface(interfaces.Interface):
         request = {"method": http.method, "url": http.url, "headers": http.headers, "content": http.content}
         http.headers["connection"] = "keep-alive" if keep_alive else "close"
         response = new_response(keep_alive)
+        accept_encoding = http.headers.get("accept-encoding", "")  # before the handler may change the headers
         try:
             self.cage.loader.call(self.handler, "process_request", (request, response), {})
             if self.ceasing:  # the connection closes after this answer: say so
                 keep_alive = False
                 response["headers"]["connection"] = "close"
-            return finish_response(response, keep_alive, self.response_encoding)
+            return finish_response(response, keep_alive, self.response_encoding,
+                                   self.gzip_content_types, accept_encoding)
         except Exception as e:
             log.error(f"request {http.method} {http.url[:200]} failed: {exc_string(e, stack=False)}")
             log.debug(f"request failed: {exc_string(e)}")
@@ -156,6 +164,16 @@ class Interface(interfaces.Interface):
         """The answer to a request whose deadline came first (it closes the connection),
         and what the log calls it; a protocol on top of HTTP may answer its own way."""
         return error_response(504, "request deadline has expired"), "504"
+
+
+def _gzip_patterns(name: str, patterns: Any) -> tuple[re.Pattern[str], ...]:
+    """gzip_content_types: regexes each matching a whole content type, e.g. "text/.+"."""
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    try:
+        return tuple(re.compile(pattern, re.IGNORECASE) for pattern in patterns)
+    except (re.error, TypeError) as e:
+        raise ConfigError(f"config_interface_{name}.py: gzip_content_types: {e}") from None
 
 
 class Connection(asyncio.Protocol):
@@ -336,6 +354,8 @@ class Connection(asyncio.Protocol):
             if value:
                 tokens["peer_ip"] = value
                 break
+        if http.credentials is not None:
+            tokens["username"], tokens["password"] = http.credentials
         return tokens
 
     def _auth_tokens(self, transport: asyncio.Transport) -> dict[str, Any]:

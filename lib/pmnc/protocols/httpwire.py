@@ -11,13 +11,20 @@ rules; it knows no socket, clock or config (the caller passes `now` and
 - keep-alive follows HTTP/1.1 defaults (the original wanted it explicit)
 - lines must end in CRLF (the original took bare LF too); a chunked body's
   trailer never rewrites the headers
+- `Authorization: Basic` gives the request its `credentials` (400 when
+  malformed); other schemes pass through (the original answered 501)
 Every error response closes the connection.
+
+`finish_response` gzips a response body when its type matches the interface's
+patterns and the request's Accept-Encoding allows it.
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -28,6 +35,10 @@ from pmnc.errors import ProtocolError
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# Smaller bodies are sent as they are: gzip adds an 18-byte frame, so a body of a
+# few dozen bytes shrinks little or even grows, and is not worth the CPU either way.
+GZIP_MIN_SIZE = 256
+GZIP_LEVEL = 6  # zlib's default: nearly the ratio of level 9 (gzip.compress's default) at a fraction of its time
 
 
 class HttpError(ProtocolError):
@@ -60,6 +71,7 @@ class HttpRequest:
     content: bytes
     keep_alive: bool
     started: float  # when its first byte arrived, in the caller's clock
+    credentials: tuple[str, str] | None = None  # (username, password) of Authorization: Basic
 
 
 @dataclass
@@ -77,6 +89,7 @@ class _Message:
     url: bytearray = field(default_factory=bytearray)
     headers: dict[str, str] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
+    credentials: tuple[str, str] | None = None
 
 
 class RequestParser:
@@ -167,6 +180,8 @@ class RequestParser:
             raise HttpError(400, "invalid content-length")
         if int(length) > self.limits.max_body_size:
             raise HttpError(413)
+        if "authorization" in message.headers:
+            message.credentials = basic_credentials(message.headers["authorization"])
         if message.headers.get("expect", "").lower() == "100-continue":
             self._events.append(Continue())
 
@@ -190,7 +205,24 @@ class RequestParser:
             content=bytes(message.body),
             keep_alive=self._parser.should_keep_alive(),
             started=message.started,
+            credentials=message.credentials,
         ))
+
+
+def basic_credentials(authorization: str) -> tuple[str, str] | None:
+    """(username, password) of an Authorization value of the Basic scheme (RFC 7617),
+    None for another scheme; HttpError 400 when it is malformed."""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8", "replace")
+    except ValueError:  # not base64, or not ASCII at all
+        raise HttpError(400, "malformed Basic authorization: not base64") from None
+    username, colon, password = decoded.partition(":")
+    if not colon:
+        raise HttpError(400, "malformed Basic authorization: no colon between username and password")
+    return username, password
 
 
 # --- responses -------------------------------------------------------------------
@@ -203,8 +235,13 @@ def new_response(keep_alive: bool) -> dict[str, Any]:
                         "connection": "keep-alive" if keep_alive else "close"}}
 
 
-def finish_response(response: dict[str, Any], keep_alive: bool, encoding: str) -> tuple[bytes, bool]:
-    """Check the handler's response against the rules; return (wire bytes, keep-alive)."""
+def finish_response(response: dict[str, Any], keep_alive: bool, encoding: str,
+                    gzip_types: Sequence[re.Pattern[str]] = (), accept_encoding: str = "") -> tuple[bytes, bool]:
+    """Check the handler's response against the rules; return (wire bytes, keep-alive).
+
+    The body is gzipped when its content type fully matches one of `gzip_types`
+    and `accept_encoding` (the request's Accept-Encoding) allows it.
+    """
     status = response.get("status_code")
     if not isinstance(status, int) or isinstance(status, bool) or status not in _REASONS or status < 200:
         raise ResponseError(f"response status code {status!r} is not a final HTTP status")
@@ -219,6 +256,8 @@ def finish_response(response: dict[str, Any], keep_alive: bool, encoding: str) -
         raise ResponseError(f"response content-length {length} does not match the content of {len(body)} bytes")
     if not body:
         headers.pop("content-type", None)
+    elif gzip_types:
+        body = _gzipped(status, headers, body, gzip_types, accept_encoding)
     wanted = headers.pop("connection", "keep-alive" if keep_alive else "close").lower()
     if wanted == "keep-alive" and not keep_alive:
         raise ResponseError("response cannot keep alive a connection the server is closing")
@@ -227,6 +266,52 @@ def finish_response(response: dict[str, Any], keep_alive: bool, encoding: str) -
     if headers["cache-control"] == "no-cache":
         headers.setdefault("pragma", "no-cache")
     return render(status, headers.items(), body, keep_alive), keep_alive
+
+
+def _gzipped(status: int, headers: dict[str, str], body: bytes, gzip_types: Sequence[re.Pattern[str]],
+             accept_encoding: str) -> bytes:
+    """The body to send, gzipped if it may be; headers updated to match."""
+    if (len(body) < GZIP_MIN_SIZE or status == 206 or "content-range" in headers
+            or "content-encoding" in headers):  # a part of a body, or one the handler has encoded already
+        return body
+    content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+    if not any(pattern.fullmatch(content_type) for pattern in gzip_types):
+        return body
+    # the body sent now depends on Accept-Encoding, compressed or not: caches must know
+    vary = headers.get("vary", "")
+    if not {token.strip().lower() for token in vary.split(",")} & {"*", "accept-encoding"}:
+        headers["vary"] = f"{vary}, Accept-Encoding" if vary.strip() else "Accept-Encoding"
+    if not accepts_gzip(accept_encoding):
+        return body
+    headers["content-encoding"] = "gzip"
+    return gzip.compress(body, GZIP_LEVEL, mtime=0)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding value allows gzip: gzip (or x-gzip) with q > 0,
+    or, when gzip is not named, `*` with q > 0. No header, no gzip."""
+    gzip_q: float | None = None
+    star_q: float | None = None
+    for item in accept_encoding.split(","):
+        coding, *parameters = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # nan and nonsense included
+                    q = 0.0
+        coding = coding.lower()
+        if coding in ("gzip", "x-gzip"):
+            gzip_q = max(q, gzip_q or 0.0)
+        elif coding == "*":
+            star_q = max(q, star_q or 0.0)
+    if gzip_q is not None:
+        return gzip_q > 0.0
+    return star_q is not None and star_q > 0.0
 
 
 def _checked_headers(headers: Any) -> dict[str, str]:
