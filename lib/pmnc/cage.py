@@ -1,12 +1,14 @@
 """One cage: boot, maintenance and shutdown, in the original's order.
 
-Boot:      log level → loader (watching files) → worker pool → event loop →
-           intake opens → interfaces start, in the configured order.
+Boot:      log level → loader (watching files) → worker pool and resource
+           pools → event loop → intake opens → interfaces start, in the
+           configured order.
 Every 1 s: re-read the log level; start, stop or restart interfaces whose
-           configuration changed.
+           configuration changed; sweep resource pools every sweep_period.
 Shutdown:  interfaces cease (no new requests) → intake closes → requests in
-           flight get up to `request_timeout` → interfaces stop → pool, loop
-           and loader stop → "the cage has been properly shut down".
+           flight get up to `request_timeout` → interfaces stop → resource
+           pools, worker pool, loop and loader stop → "the cage has been
+           properly shut down".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pmnc.errors import exc_string
 from pmnc.interfaces import Intake, InterfaceManager
 from pmnc.loader import Loader
 from pmnc.loop import EventLoopThread
+from pmnc.pools import ResourcePools
 from pmnc.workers import WorkerPool
 
 MAINTENANCE_PERIOD = 1.0
@@ -33,6 +36,7 @@ class Cage:
         self.intake = Intake()
         self.interfaces = InterfaceManager(self)
         self.pool: WorkerPool | None = None
+        self.resources: ResourcePools | None = None
         self.loop: EventLoopThread | None = None
         self.request_timeout = 10.0
 
@@ -48,7 +52,10 @@ class Cage:
         self._apply_log_level()
         self.loader.start()
         self.request_timeout = float(self.setting("request_timeout", 10.0))
-        self.pool = WorkerPool("worker", int(self.setting("thread_count", 10)))
+        thread_count = int(self.setting("thread_count", 10))
+        self.pool = WorkerPool("worker", thread_count)
+        self.loader.resources = self.resources = ResourcePools(self.loader, thread_count,
+                                                               float(self.setting("sweep_period", 15.0)))
         self.loader.swap_timeout = self.request_timeout
         self.loop = EventLoopThread()
         self.loop.start()
@@ -62,6 +69,8 @@ class Cage:
         self._apply_log_level()
         if self.loader.self_test is None:
             self.interfaces.reload()
+        if self.resources is not None:
+            self.resources.maintain()
         log.flush()
 
     def _apply_log_level(self) -> None:
@@ -79,6 +88,8 @@ class Cage:
         if left:
             log.warning(f"{left} request(s) did not finish within {self.request_timeout:.1f}s")
         self.interfaces.stop_all()
+        if self.resources is not None:
+            self.resources.stop()
         if self.pool is not None:
             self.pool.stop()
         if self.loop is not None:

@@ -104,6 +104,58 @@ class ProtocolError(PmncError):
     """A peer broke the rules of a wire protocol."""
 
 
+# --- resources and transactions ----------------------------------------------
+
+
+class ParticipantError(PmncError):
+    """Something went wrong with one participant of a transaction.
+
+    `participant_index` is its place in registration order, once known.
+    """
+
+    participant_index: int | None = None
+
+
+class ResourceError(ParticipantError):
+    """A resource call failed.
+
+    `recoverable`: nothing irreversible was done, the call may be retried.
+    `terminal`: the connection is unusable and is discarded (the default).
+    """
+
+    def __init__(self, description: str = "", *, code: int | str | None = None,
+                 recoverable: bool = False, terminal: bool = True) -> None:
+        super().__init__(description)
+        self.description, self.code = description, code
+        self.recoverable, self.terminal = recoverable, terminal
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.description}" if self.code is not None else self.description
+
+
+class ResourceInputParameterError(ResourceError):
+    """The call's arguments are wrong; nothing was sent anywhere."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, recoverable=True, terminal=False)
+
+
+class TransactionError(ParticipantError):
+    """Raised by the coordinator, never by a resource."""
+
+    def __init__(self, description: str, participant_index: int | None = None) -> None:
+        super().__init__(description)
+        self.participant_index = participant_index
+
+
+class TransactionExecutionError(TransactionError):
+    """No decision was reached: the deadline, or an accept that never accepted."""
+
+
+class TransactionCommitError(TransactionError):
+    """Commit was decided but a participant failed to (or did not say it did) commit."""
+
+
 def exc_string(exc: BaseException | None = None, *, stack: bool = True, skip: int = 0) -> str:
     """One line: `Type("msg") in inner() (file.py:N) <- outer() (file.py:M)`.
 

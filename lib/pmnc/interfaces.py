@@ -10,13 +10,13 @@ file changes is restarted; one that fails to start is logged and skipped.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from typing import TYPE_CHECKING, Any
 
 from pmnc import log
 from pmnc.config import Config
-from pmnc.errors import ConfigError, IntakeClosedError, InterfaceError, ModuleError, exc_string
+from pmnc.errors import ConfigError, IntakeClosedError, ModuleError, exc_string
+from pmnc.protocols import protocol_class
 from pmnc.request import Request
 
 if TYPE_CHECKING:
@@ -171,15 +171,9 @@ class InterfaceManager:
 
     def _create(self, name: str) -> Interface:
         config = Config(self.cage.loader, "interface_" + name).copy()
-        protocol = config.pop("protocol", None)
-        if not isinstance(protocol, str) or not protocol.isidentifier():
-            raise InterfaceError(f"config_interface_{name}.py must name a protocol")
-        try:
-            module = importlib.import_module(f"pmnc.protocols.{protocol}")
-        except ImportError:
-            raise InterfaceError(f"protocol {protocol!r} of interface {name} is not known") from None
-        interface: Interface = module.Interface(name, self.cage, config)
-        return interface
+        cls = protocol_class(self.cage.loader, config.pop("protocol", None), "Interface", Interface,
+                             f"interface {name}")
+        return cls(name, self.cage, config)
 
     def _stop(self, name: str) -> None:
         interface, _ = self.live.pop(name)

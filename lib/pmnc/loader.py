@@ -51,7 +51,7 @@ MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _EOF = b"# EOF"
 
 # Names the `pmnc` object answers itself; modules by these names are unreachable.
-RESERVED = frozenset({"log", "request", "config"})
+RESERVED = frozenset({"log", "request", "config", "transaction"})
 
 Signature = tuple[str, int, int, int]  # path, mtime_ns, size, inode
 
@@ -99,6 +99,7 @@ class Loader:
         self._stopping = False
         self._observer: Any = None
         self._reloader: threading.Thread | None = None
+        self.resources: Any = None  # the cage's ResourcePools, once it has started
         self.root = Pmnc(self, "__framework__")
 
     # --- lifecycle -----------------------------------------------------------
@@ -400,6 +401,20 @@ class Pmnc:
 
             config = self.__dict__["_config"] = Config(self._loader, self._source)
         return config
+
+    @property
+    def transaction(self) -> Any:
+        factory = self.__dict__.get("_transaction")
+        if factory is None:
+            from pmnc.transaction import TransactionFactory  # transactions build on the loader
+
+            factory = self.__dict__["_transaction"] = TransactionFactory(self._resources, self._source)
+        return factory
+
+    def _resources(self) -> Any:
+        if self._loader.resources is None:
+            raise ModuleError("resources are not available: the cage has not started")
+        return self._loader.resources
 
     def __getattr__(self, name: str) -> ModuleRef:
         if name.startswith("__"):

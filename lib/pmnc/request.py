@@ -161,6 +161,16 @@ class Request:
         timeout = self._timeout()
         return lock.acquire(True, -1 if timeout is None else timeout)
 
+    def clone(self) -> Request:
+        """The same request for another thread: same id and deadline, its own
+        copy of the parameters and log levels (transaction participants)."""
+        twin = object.__new__(Request)
+        twin.__dict__.update(self.__dict__)
+        twin.parameters = dict(self.parameters)
+        twin.log_levels = list(self.log_levels)
+        twin.sequence = next(self._sequence)
+        return twin
+
     # --- serialisation -------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,222 @@
+"""Resource pools: the connections of each resource, and the threads that use them.
+
+`config_resource_<name>.py` names a `protocol`; its `pool__*` keys size the
+pool (defaults as the original's):
+
+    pool__size          threads, and connections up to size + 2  (thread_count)
+    pool__standby       connections kept connected while idle      (0)
+    pool__idle_timeout  an unused connection is closed after this  (30.0)
+    pool__max_age       any connection is closed after this        (300.0)
+    pool__min_time      a call with less time left is declined     (0.0)
+    pool__max_time      a call may take at most this               (None)
+
+Connections are reused most-recently-released first. A resource named
+`a__b` uses `config_resource_a.py` and its own pool. Decisions are taken
+under the pool's lock; connecting and disconnecting happen outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pmnc import log
+from pmnc.config import Config
+from pmnc.errors import ResourceError, exc_string
+from pmnc.protocols import protocol_class
+from pmnc.request import Request, attached
+from pmnc.resource import Resource
+from pmnc.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from pmnc.loader import Loader
+
+SWEEP_TIMEOUT = 30.0  # how long one sweep (warming up standby connections) may take
+
+
+class ResourcePool:
+    def __init__(self, name: str, factory: Callable[[str], Resource], *, size: int, standby: int = 0,
+                 idle_timeout: float = 30.0, max_age: float = 300.0, min_time: float = 0.0,
+                 max_time: float | None = None) -> None:
+        self.name, self.factory = name, factory
+        self.size, self.standby = size, standby
+        self.idle_timeout, self.max_age = idle_timeout, max_age
+        self.min_time, self.max_time = min_time, max_time
+        self.workers = WorkerPool(name, size)
+        self._cap = size + 2  # room for the sweeper's warm-up beside the busy threads
+        self._free: list[Resource] = []  # most recently released last
+        self._count = 0  # connections that exist: free, busy, or being connected
+        self._serial = 0
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.swept_at = time.monotonic()
+
+    def allocate(self) -> Resource:
+        """A connected resource: the most recently released one, else a new one."""
+        stale: list[Resource] = []
+        resource = None
+        with self._lock:
+            if self._stopped:
+                raise ResourceError(f"resource pool {self.name} has been stopped", recoverable=True, terminal=False)
+            while self._free and resource is None:
+                candidate = self._free.pop()
+                if candidate.expired:
+                    stale.append(candidate)
+                    self._count -= 1
+                else:
+                    resource = candidate
+            if resource is None:
+                if self._count >= self._cap:
+                    raise ResourceError(f"resource pool {self.name} is empty", recoverable=True, terminal=False)
+                self._count += 1
+                self._serial += 1
+                serial = self._serial
+        _disconnect(stale)
+        return resource if resource is not None else self._connect(serial)
+
+    def _connect(self, serial: int) -> Resource:
+        try:
+            resource = self.factory(f"{self.name}/{serial}")
+            resource.idle_timeout, resource.max_age = self.idle_timeout, self.max_age
+            resource.connect()
+        except BaseException as e:
+            with self._lock:
+                self._count -= 1
+            if isinstance(e, ResourceError):
+                raise
+            raise ResourceError(f"resource {self.name} cannot connect: {exc_string(e, stack=False)}",
+                                recoverable=True, terminal=True) from e
+        log.debug(f"resource {resource.name} has connected")
+        return resource
+
+    def release(self, resource: Resource) -> None:
+        with self._lock:
+            keep = not self._stopped and not resource.expired
+            if keep:
+                self._free.append(resource)
+            else:
+                self._count -= 1
+        if not keep:
+            _disconnect([resource])
+
+    def sweep(self) -> None:
+        """Close expired free connections, then connect up to `standby` free ones."""
+        self.swept_at = time.monotonic()
+        with self._lock:
+            stale = [r for r in self._free if r.expired]
+            self._free = [r for r in self._free if not r.expired]
+            self._count -= len(stale)
+        _disconnect(stale)
+        with attached(Request(timeout=SWEEP_TIMEOUT, interface="__pool__", protocol="__pool__")):
+            while self._warm_up_one():
+                pass
+
+    def _warm_up_one(self) -> bool:
+        with self._lock:
+            if self._stopped or len(self._free) >= self.standby or self._count >= self._cap:
+                return False
+            self._count += 1
+            self._serial += 1
+            serial = self._serial
+        try:
+            resource = self._connect(serial)
+        except ResourceError as e:
+            log.warning(f"resource pool {self.name} cannot warm up: {e}")
+            return False
+        self.release(resource)
+        return True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            free, self._free = self._free, []
+            self._count -= len(free)
+        _disconnect(free)
+        self.workers.stop()
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def __repr__(self) -> str:
+        return f"<ResourcePool {self.name} connections={self._count}/{self._cap} free={len(self._free)}>"
+
+
+def _disconnect(resources: list[Resource]) -> None:
+    for resource in resources:
+        try:
+            resource.disconnect()
+        except Exception as e:
+            log.warning(f"resource {resource.name} failed to disconnect: {exc_string(e, stack=False)}")
+        else:
+            log.debug(f"resource {resource.name} has disconnected")
+
+
+class ResourcePools:
+    """The cage's pools, made on first use from config_resource_<name>.py."""
+
+    def __init__(self, loader: Loader, thread_count: int, sweep_period: float) -> None:
+        self.loader = loader
+        self.thread_count, self.sweep_period = thread_count, sweep_period
+        self._pools: dict[str, ResourcePool] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def get(self, name: str) -> ResourcePool:
+        pool = self._pools.get(name)
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._stopped:
+                raise ResourceError("the cage is shutting down, resources are stopped", recoverable=True,
+                                    terminal=False)
+            pool = self._pools.get(name)
+            if pool is None:
+                pool = self._pools[name] = self._create(name)
+                log.message(f"resource pool {name} has been created: {pool!r}")
+        return pool
+
+    def _create(self, name: str) -> ResourcePool:
+        config = self._config(name)
+        cls = protocol_class(self.loader, config.pop("protocol", None), "Resource", Resource,
+                             f"resource {name}")
+        take = config.pop
+        max_time = take("pool__max_time", None)
+        return ResourcePool(
+            name, lambda instance: cls(instance, self._resource_config(name)),
+            size=int(take("pool__size", self.thread_count)), standby=int(take("pool__standby", 0)),
+            idle_timeout=float(take("pool__idle_timeout", 30.0)), max_age=float(take("pool__max_age", 300.0)),
+            min_time=float(take("pool__min_time", 0.0)), max_time=None if max_time is None else float(max_time))
+
+    def _config(self, name: str) -> dict[str, Any]:
+        return Config(self.loader, "resource_" + name.partition("__")[0]).copy()
+
+    def _resource_config(self, name: str) -> dict[str, Any]:
+        """What a new connection is built with, read afresh so that it sees edits:
+        the protocol's keys, and for `a__b` the `resource_name` "b"."""
+        config = {k: v for k, v in self._config(name).items() if not k.startswith("pool__") and k != "protocol"}
+        suffix = name.partition("__")[2]
+        if suffix:
+            config["resource_name"] = suffix
+        return config
+
+    def maintain(self) -> None:
+        """Sweep each pool once per sweep_period, on one of its own threads."""
+        now = time.monotonic()
+        for pool in list(self._pools.values()):
+            if now - pool.swept_at >= self.sweep_period:
+                pool.swept_at = now
+                try:
+                    pool.workers.submit(Request(timeout=SWEEP_TIMEOUT, interface="__pool__", protocol="__pool__"),
+                                        pool.sweep)
+                except RuntimeError:
+                    pass  # stopping
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.stop()

@@ -1,0 +1,75 @@
+"""Resources: the base class of every outgoing connection a transaction uses.
+
+A protocol's `Resource` subclass is one connection. Its life, driven by the
+pool and the transaction coordinator:
+
+    connect → (begin_transaction → <method>(...) → commit | rollback)* → disconnect
+
+Every step runs on a worker thread of the resource's pool with the current
+request attached, and must bound its I/O by `pmnc.request.remain`. Errors
+leave a resource as `ResourceError`; a terminal one discards the connection.
+The methods a transaction calls (`xa.<resource>.<method>(...)`) are the
+subclass's public methods other than the lifecycle ones below.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+# Names a transaction may not call on a resource: they belong to the lifecycle.
+LIFECYCLE = frozenset({"connect", "disconnect", "begin_transaction", "commit", "rollback", "expire",
+                       "expired", "ttl", "config", "name", "mark_used"})
+
+
+class Resource:
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        """`name` is `<resource>/<n>`; `config` the protocol's keys of its config file.
+        Subclasses take their keys out of `config` and refuse unknown required ones."""
+        self.name = name
+        self.config = config
+        self.created = time.monotonic()
+        self.used = self.created
+        self.idle_timeout = 30.0
+        self.max_age = 300.0
+        self._expired = False
+
+    # --- lifecycle, overridden by protocols ---------------------------------------
+
+    def connect(self) -> None:
+        """Open the connection within `pmnc.request.remain`."""
+
+    def disconnect(self) -> None:
+        """Close it; never raises for a connection already broken."""
+
+    def begin_transaction(self, xid: str, *, source_module_name: str, transaction_options: dict[str, Any],
+                          resource_args: tuple[Any, ...], resource_kwargs: dict[str, Any]) -> None:
+        """Start a local transaction for one participant."""
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    # --- expiry, managed by the pool -------------------------------------------------
+
+    def expire(self) -> None:
+        """Never reuse this connection."""
+        self._expired = True
+
+    def mark_used(self) -> None:
+        self.used = time.monotonic()
+
+    @property
+    def expired(self) -> bool:
+        now = time.monotonic()
+        return self._expired or now - self.used >= self.idle_timeout or now - self.created >= self.max_age
+
+    @property
+    def ttl(self) -> float:
+        now = time.monotonic()
+        return max(min(self.used + self.idle_timeout, self.created + self.max_age) - now, 0.0)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} ttl={self.ttl:.1f}s>"

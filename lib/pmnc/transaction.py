@@ -1,0 +1,340 @@
+"""Transactions: where resource calls run, and where they commit.
+
+    xa = pmnc.transaction.create()
+    xa.db.execute("...")              # each call registers one participant
+    xa.web.get("/status")
+    r1, r2 = xa.execute()             # results in registration order
+
+    pmnc.transaction.web.get("/")     # shortcut: a one-participant transaction
+
+Commit protocol (best effort, as the original's; two-phase commit comes with
+the database resources and is designed to fit here):
+1. `execute()` queues each participant on its resource pool's threads with a
+   clone of the caller's request (same id and deadline). A transaction with
+   more participants on one resource than its pool has threads fails at
+   once rather than starve.
+2. A participant takes a connection, begins a local transaction, calls the
+   method and reports the result, then waits for the decision.
+3. The coordinator (the caller's thread) hands the results to `accept(xa,
+   results)` as they arrive (pending ones are `xa.NoValue`): None waits for
+   more, a value decides commit and is what `execute()` returns, an exception
+   decides rollback and reaches the caller. The default accepts when all
+   have succeeded and fails as soon as one fails.
+4. Every participant commits or rolls back on its own; with `sync_commit`
+   (the default) the caller waits for the commits. The deadline bounds
+   every wait.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pmnc import log
+from pmnc import request as _request
+from pmnc.errors import (
+    ResourceError,
+    ResourceInputParameterError,
+    TransactionCommitError,
+    TransactionExecutionError,
+    exc_string,
+)
+from pmnc.request import new_unique_id
+from pmnc.resource import LIFECYCLE, Resource
+
+if TYPE_CHECKING:
+    from pmnc.pools import ResourcePool, ResourcePools
+
+
+class _NoValue:
+    def __repr__(self) -> str:
+        return "NoValue"
+
+
+NoValue = _NoValue()
+
+Accept = Callable[["Transaction", list[Any]], Any]
+
+
+class Participant:
+    """One registered call: `xa.<resource>(*resource_args).<attrs>(*args, **kwargs)`."""
+
+    def __init__(self, index: int, resource: str, attrs: tuple[str, ...], args: tuple[Any, ...],
+                 kwargs: dict[str, Any], resource_args: tuple[Any, ...], resource_kwargs: dict[str, Any]) -> None:
+        self.index, self.resource, self.attrs = index, resource, attrs
+        self.args, self.kwargs = args, kwargs
+        self.resource_args, self.resource_kwargs = resource_args, resource_kwargs
+        self.result: Any = NoValue
+        self.commit: bool | None = None  # the decision, once made
+        self.committed: bool | BaseException | None = None  # the commit's outcome, once known
+
+    @property
+    def call(self) -> str:
+        return f"{self.resource}.{'.'.join(self.attrs)}()"
+
+
+class Transaction:
+    NoValue = NoValue
+
+    def __init__(self, pools: ResourcePools, source_module: str, *, accept: Accept | None = None,
+                 sync_commit: bool = True, **options: Any) -> None:
+        self._pools, self._source = pools, source_module
+        self._accept = accept or default_accept
+        self._sync_commit = sync_commit
+        self._options = options
+        self.xid = new_unique_id("XA")
+        self._participants: list[Participant] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._executed = False
+
+    def __getattr__(self, name: str) -> _Registration:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Registration(self, name)
+
+    def _register(self, *args: Any, **kwargs: Any) -> None:
+        self._participants.append(Participant(len(self._participants), *args, **kwargs))
+
+    # --- the coordinator --------------------------------------------------------------
+
+    def execute(self) -> Any:
+        if self._executed:
+            raise TransactionExecutionError(f"transaction {self.xid} has already been executed")
+        self._executed = True
+        if not self._participants:
+            return ()
+        pools = [self._pools.get(p.resource) for p in self._participants]
+        self._check_pool_sizes(pools)
+        request = _request.current()
+        for participant, pool in zip(self._participants, pools, strict=True):
+            pool.workers.submit(request.clone(), self._run, participant, pool)
+        try:
+            outcome = self._decide(request)
+        except BaseException:
+            self._signal(commit=False)
+            raise
+        self._signal(commit=True)
+        if self._sync_commit:
+            self._wait_commits(request)
+        return outcome
+
+    def _check_pool_sizes(self, pools: list[ResourcePool]) -> None:
+        counts: dict[str, int] = {}
+        for participant, pool in zip(self._participants, pools, strict=True):
+            counts[pool.name] = counts.get(pool.name, 0) + 1
+            if counts[pool.name] > pool.size:
+                raise TransactionExecutionError(
+                    f"transaction has more participants on resource {pool.name} than its pool has "
+                    f"threads ({pool.size})", participant.index)
+
+    def _decide(self, request: _request.Request) -> Any:
+        """Feed results to accept() until it decides; bounded by the deadline."""
+        with self._cond:
+            while True:
+                results = [p.result for p in self._participants]
+                outcome = self._accept(self, results)
+                if outcome is not None:
+                    return outcome
+                if NoValue not in results:
+                    raise TransactionExecutionError("transaction has not been accepted", None)
+                timeout = None if request.deadline is None else request.remain
+                if timeout == 0.0 or not self._cond.wait(timeout):
+                    if NoValue not in [p.result for p in self._participants]:
+                        continue
+                    waiting = next(p for p in self._participants if p.result is NoValue)
+                    raise TransactionExecutionError(
+                        f"request deadline waiting for participant {waiting.index} ({waiting.call})", waiting.index)
+
+    def _signal(self, *, commit: bool) -> None:
+        with self._cond:
+            for participant in self._participants:
+                participant.commit = commit
+            self._cond.notify_all()
+
+    def _wait_commits(self, request: _request.Request) -> None:
+        waiting = [p for p in self._participants if not isinstance(p.result, BaseException)]
+        with self._cond:
+            self._cond.wait_for(lambda: all(p.committed is not None for p in waiting),
+                                None if request.deadline is None else request.remain)
+        for participant in waiting:
+            if participant.committed is None:
+                raise TransactionCommitError(f"participant {participant.index} ({participant.call}) has not "
+                                             f"confirmed its commit in time, the outcome is unknown",
+                                             participant.index)
+            if isinstance(participant.committed, BaseException):
+                raise TransactionCommitError(f"participant {participant.index} ({participant.call}) failed to "
+                                             f"commit: {participant.committed}", participant.index)
+
+    # --- a participant, on a thread of its resource's pool ------------------------------------
+
+    def _run(self, participant: Participant, pool: ResourcePool) -> None:
+        request = _request.current()
+        try:
+            resource = pool.allocate()
+        except ResourceError as e:
+            self._report(participant, e)
+            return
+        deadline = request.deadline
+        try:
+            self._cap_time(request, pool)
+        except ResourceError as e:
+            pool.release(resource)
+            self._report(participant, e)
+            return
+        try:
+            self._call(participant, resource, request)
+        finally:
+            request.deadline = deadline
+            pool.release(resource)
+
+    @staticmethod
+    def _cap_time(request: _request.Request, pool: ResourcePool) -> None:
+        if pool.max_time is not None and (request.deadline is None or request.remain > pool.max_time):
+            request.remain = pool.max_time
+        if pool.min_time and request.deadline is not None and request.remain < pool.min_time:
+            raise ResourceError(f"resource {pool.name} declines a call with {request.remain:.1f}s left, "
+                                f"less than its pool__min_time", recoverable=True, terminal=False)
+
+    def _call(self, participant: Participant, resource: Resource, request: _request.Request) -> None:
+        try:
+            resource.begin_transaction(self.xid, source_module_name=self._source,
+                                       transaction_options=self._options,
+                                       resource_args=participant.resource_args,
+                                       resource_kwargs=participant.resource_kwargs)
+            result = _method(resource, participant.attrs)(*participant.args, **participant.kwargs)
+        except Exception as e:
+            error = _resource_error(e)
+            _quietly(resource, "rollback")
+            if error.terminal:
+                resource.expire()
+            self._report(participant, error)
+            return
+        resource.mark_used()
+        self._report(participant, result)
+        self._finish(participant, resource, request)
+
+    def _finish(self, participant: Participant, resource: Resource, request: _request.Request) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: participant.commit is not None,
+                                None if request.deadline is None else request.remain)
+            commit = participant.commit
+        if not commit:
+            if commit is None:
+                log.warning(f"transaction {self.xid}: no decision for {participant.call} in time, rolling back")
+            _quietly(resource, "rollback")
+            return
+        try:
+            resource.commit()
+        except Exception as e:
+            log.error(f"transaction {self.xid}: {participant.call} failed to commit: {exc_string(e)}")
+            resource.expire()
+            outcome: bool | BaseException = e
+        else:
+            outcome = True
+        with self._cond:
+            participant.committed = outcome
+            self._cond.notify_all()
+
+    def _report(self, participant: Participant, result: Any) -> None:
+        if isinstance(result, BaseException):
+            result.participant_index = participant.index  # type: ignore[attr-defined]
+        with self._cond:
+            participant.result = result
+            self._cond.notify_all()
+
+    def __repr__(self) -> str:
+        return f"<Transaction {self.xid} participants={len(self._participants)}>"
+
+
+def default_accept(xa: Transaction, results: list[Any]) -> Any:
+    """All succeeded: commit and return them in order. One failed: roll back at once."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return None if NoValue in results else tuple(results)
+
+
+def _method(resource: Resource, attrs: tuple[str, ...]) -> Callable[..., Any]:
+    """Replay `xa.res.a.b` on the connection: `resource.a.b`, public names only."""
+    if not attrs or attrs[0] in LIFECYCLE or any(a.startswith("_") for a in attrs):
+        raise ResourceInputParameterError(f"{'.'.join(attrs) or '()'} cannot be called on resource {resource.name}")
+    target: Any = resource
+    try:
+        for attr in attrs:
+            target = getattr(target, attr)
+    except AttributeError:
+        raise ResourceInputParameterError(
+            f"resource {resource.name} has no method {'.'.join(attrs)}") from None
+    if not callable(target):
+        raise ResourceInputParameterError(f"{'.'.join(attrs)} of resource {resource.name} is not a method")
+    return target  # type: ignore[no-any-return]
+
+
+def _resource_error(e: Exception) -> ResourceError:
+    """Translate at the boundary, once: anything else a resource raised is
+    unrecoverable (something may have been done) and drops the connection."""
+    if isinstance(e, ResourceError):
+        return e
+    error = ResourceError(exc_string(e, stack=False), recoverable=False, terminal=True)
+    error.__cause__ = e
+    return error
+
+
+def _quietly(resource: Resource, step: str) -> None:
+    try:
+        getattr(resource, step)()
+    except Exception as e:
+        log.warning(f"resource {resource.name} failed to {step}: {exc_string(e, stack=False)}")
+        resource.expire()
+
+
+class _Registration:
+    """`xa.res`, `xa.res(*resource_args)`, `xa.res.a.b` - and its call registers."""
+
+    def __init__(self, xa: Transaction, resource: str, attrs: tuple[str, ...] = (),
+                 resource_args: tuple[Any, ...] = (), resource_kwargs: dict[str, Any] | None = None) -> None:
+        self._xa, self._resource, self._attrs = xa, resource, attrs
+        self._resource_args, self._resource_kwargs = resource_args, resource_kwargs or {}
+
+    def __getattr__(self, attr: str) -> _Registration:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return _Registration(self._xa, self._resource, (*self._attrs, attr), self._resource_args,
+                             self._resource_kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._attrs:  # xa.db(isolation_level=...): options for the calls that follow
+            return _Registration(self._xa, self._resource, (), args, kwargs)
+        self._xa._register(self._resource, self._attrs, args, kwargs, self._resource_args, self._resource_kwargs)
+        return None
+
+
+class TransactionFactory:
+    """`pmnc.transaction`: `create(...)`, or the shortcut `pmnc.transaction.<res>.<method>(...)`."""
+
+    def __init__(self, pools: Callable[[], ResourcePools], source_module: str) -> None:
+        self._pools, self._source = pools, source_module
+
+    def create(self, *, accept: Accept | None = None, sync_commit: bool = True, **options: Any) -> Transaction:
+        return Transaction(self._pools(), self._source, accept=accept, sync_commit=sync_commit, **options)
+
+    def __getattr__(self, resource: str) -> _Shortcut:
+        if resource.startswith("_"):
+            raise AttributeError(resource)
+        return _Shortcut(self, resource, ())
+
+
+class _Shortcut:
+    def __init__(self, factory: TransactionFactory, resource: str, attrs: tuple[str, ...]) -> None:
+        self._factory, self._resource, self._attrs = factory, resource, attrs
+
+    def __getattr__(self, attr: str) -> _Shortcut:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return _Shortcut(self._factory, self._resource, (*self._attrs, attr))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        xa = self._factory.create()
+        xa._register(self._resource, self._attrs, args, kwargs, (), {})
+        return xa.execute()[0]
