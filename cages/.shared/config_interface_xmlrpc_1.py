@@ -1,0 +1,24 @@
+# An XML-RPC interface (over HTTP or HTTPS). To use it, copy it to
+# config_interface_<name>.py in your cage, copy interface_xmlrpc_1.py to
+# interface_<name>.py, and add <name> to `interfaces` in config_interfaces.py.
+# Calls are POSTs of text/xml to any URL path.
+
+config = dict(
+    protocol="xmlrpc",
+    listener_address=("127.0.0.1", 8000),  # ("0.0.0.0", port) to listen beyond this machine
+    max_connections=100,
+    ssl_key_cert_file=None,  # a PEM file with the key and certificate: turns on HTTPS
+    ssl_ca_cert_file=None,  # the CA that verifies client certificates (optional ones)
+    response_encoding="utf-8",  # of the XML in responses
+    original_ip_header_fields=(),  # e.g. ("X-Forwarded-For",) behind a proxy
+    keep_alive_support=True,
+    keep_alive_idle_timeout=120.0,
+    keep_alive_max_requests=1000,
+    max_url_size=8192,  # bytes; longer gets 414
+    max_header_size=65536,  # bytes of all headers; more gets 431
+    max_body_size=1048576,  # bytes of the XML of a call; more gets 413
+    allow_none=False,  # True sends None as <nil/>; False sends a None result as an empty array
+    error_tracebacks=False,  # True shows the failing stack in fault strings
+)
+
+# EOF
