@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
 from pmnc.errors import ConfigError, IntakeClosedError, exc_string
+from pmnc.protocols.httpclient import Resource as Resource  # the resource side of protocol "http"
 from pmnc.protocols.httpwire import (
     Continue,
     HttpError,
