@@ -19,7 +19,7 @@ from typing import Any
 
 # Names a transaction may not call on a resource: they belong to the lifecycle.
 LIFECYCLE = frozenset({"connect", "disconnect", "begin_transaction", "commit", "rollback", "expire",
-                       "expired", "ttl", "config", "name", "mark_used"})
+                       "expired", "discarded", "ttl", "config", "name", "mark_used"})
 
 
 class Resource:
@@ -32,7 +32,7 @@ class Resource:
         self.used = self.created
         self.idle_timeout = 30.0
         self.max_age = 300.0
-        self._expired = False
+        self.discarded = False  # expire() was called: never reuse, whatever the timers say
 
     # --- lifecycle, overridden by protocols ---------------------------------------
 
@@ -56,7 +56,7 @@ class Resource:
 
     def expire(self) -> None:
         """Never reuse this connection."""
-        self._expired = True
+        self.discarded = True
 
     def mark_used(self) -> None:
         self.used = time.monotonic()
@@ -64,7 +64,7 @@ class Resource:
     @property
     def expired(self) -> bool:
         now = time.monotonic()
-        return self._expired or now - self.used >= self.idle_timeout or now - self.created >= self.max_age
+        return self.discarded or now - self.used >= self.idle_timeout or now - self.created >= self.max_age
 
     @property
     def ttl(self) -> float:

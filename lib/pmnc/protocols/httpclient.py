@@ -52,9 +52,13 @@ class ResponseParser:
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, ResourceError):
                 raise e.__context__ from None
-            raise _broken(f"invalid HTTP response: {e.__context__}") from None
+            if not self.response.complete:
+                raise _broken(f"invalid HTTP response: {e.__context__}") from None
+            self.response.keep_alive = False  # bytes after the response: the connection is not reusable
         except httptools.HttpParserError as e:
-            raise _broken(f"invalid HTTP response: {e}") from None
+            if not self.response.complete:
+                raise _broken(f"invalid HTTP response: {e}") from None
+            self.response.keep_alive = False
 
     def eof(self) -> None:
         if self.response.complete:
@@ -68,6 +72,8 @@ class ResponseParser:
     # --- httptools callbacks ---------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.response.complete:
+            raise _Unasked()  # the server says more than it was asked: stop reading here
         self.response = Response()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -96,6 +102,10 @@ class ResponseParser:
             self.response = Response()  # an interim answer: the real one follows
             return
         self.response.complete = True
+
+
+class _Unasked(Exception):
+    pass
 
 
 def _broken(description: str) -> ResourceError:

@@ -14,9 +14,10 @@ import xmlrpc.client
 from pyexpat import ParserCreate
 from typing import TYPE_CHECKING, Any
 
-from pmnc import log
-from pmnc.errors import ProtocolError, exc_string
+from pmnc import log, resource
+from pmnc.errors import ProtocolError, ResourceError, ResourceInputParameterError, exc_string
 from pmnc.protocols.http import Interface as HttpInterface
+from pmnc.protocols.httpclient import Resource as HttpResource
 from pmnc.protocols.httpwire import HttpRequest, error_response, render
 
 if TYPE_CHECKING:
@@ -39,14 +40,8 @@ def parse_call(data: bytes) -> tuple[str, tuple[Any, ...]]:
     than by searching the bytes covers every encoding expat reads, UTF-16
     included.
     """
-    target = xmlrpc.client.Unmarshaller(use_builtin_types=True)
-    parser = ParserCreate(None, None)
-    parser.StartElementHandler = target.start
-    parser.EndElementHandler = target.end
-    parser.CharacterDataHandler = target.data
-    parser.StartDoctypeDeclHandler = _refuse_dtd
-    parser.EntityDeclHandler = _refuse_dtd
-    target.xml(None, None)  # type: ignore[arg-type]  # as ExpatParser does: expat gives str, none to decode
+    target = _unmarshaller()
+    parser = _parser(target)
     try:
         parser.Parse(data, True)
         args, method = target.close(), target.getmethodname()
@@ -57,6 +52,23 @@ def parse_call(data: bytes) -> tuple[str, tuple[Any, ...]]:
     if not isinstance(method, str) or not method:
         raise CallError("no methodName in a methodCall")
     return method, tuple(args)
+
+
+def _unmarshaller() -> xmlrpc.client.Unmarshaller:
+    target = xmlrpc.client.Unmarshaller(use_builtin_types=True)
+    target.xml(None, None)  # type: ignore[arg-type]  # as ExpatParser does: expat gives str, none to decode
+    return target
+
+
+def _parser(target: xmlrpc.client.Unmarshaller) -> Any:
+    """An expat parser feeding `target` that refuses any DTD (see parse_call)."""
+    parser = ParserCreate(None, None)
+    parser.StartElementHandler = target.start
+    parser.EndElementHandler = target.end
+    parser.CharacterDataHandler = target.data
+    parser.StartDoctypeDeclHandler = _refuse_dtd
+    parser.EntityDeclHandler = _refuse_dtd
+    return parser
 
 
 def _refuse_dtd(*_: Any) -> None:
@@ -111,3 +123,85 @@ class Interface(HttpInterface):
     def _render(self, body: bytes, keep_alive: bool) -> tuple[bytes, bool]:
         headers = (("content-type", self.content_type), ("cache-control", "no-cache"), ("pragma", "no-cache"))
         return render(200, headers, body, keep_alive), keep_alive
+
+
+# --- resource ------------------------------------------------------------------------------------------
+
+
+class Resource(resource.Resource):
+    """`pmnc.transaction.<name>.Some.Method(*args)`: one call to an XML-RPC server.
+
+    An HTTP(S) connection underneath (the same keys as the HTTP resource) plus
+    `server_uri`, `request_encoding` and `allow_none`. Any name not starting
+    with `_` is a remote method, so the HTTP calls are kept in a member rather
+    than inherited. A Fault becomes a non-terminal ResourceError carrying the
+    fault code; an HTTP status other than 200 is an error too.
+    """
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        self._server_uri = str(config.pop("server_uri", "/xmlrpc"))
+        self._encoding = str(config.pop("request_encoding", "utf-8"))
+        self._allow_none = bool(config.pop("allow_none", False))
+        self._http = HttpResource(name, config)
+
+    def connect(self) -> None:
+        self._http.connect()
+
+    def disconnect(self) -> None:
+        self._http.disconnect()
+
+    @property
+    def expired(self) -> bool:
+        return super().expired or self._http.discarded
+
+    def __getattr__(self, name: str) -> _RemoteMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _RemoteMethod(self, name)
+
+    def _call(self, method: str, args: tuple[Any, ...]) -> Any:
+        try:
+            text = xmlrpc.client.dumps(args, method, encoding=self._encoding, allow_none=self._allow_none)
+        except TypeError as e:
+            raise ResourceInputParameterError(f"XMLRPC call {method} cannot be encoded: {e}") from None
+        status, _, body = self._http.post(self._server_uri, text.encode(self._encoding, "xmlcharrefreplace"),
+                                          {"content-type": "text/xml"})
+        if status != 200:
+            raise ResourceError(f"XMLRPC server answered HTTP {status} to {method}", code=status,
+                                recoverable=False, terminal=False)
+        return parse_response(body)
+
+
+class _RemoteMethod:
+    """`resource.Some.Method`: dotted names build up until the call."""
+
+    def __init__(self, resource: Resource, name: str) -> None:
+        self._resource, self._name = resource, name
+
+    def __getattr__(self, name: str) -> _RemoteMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _RemoteMethod(self._resource, f"{self._name}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            raise ResourceInputParameterError(f"XMLRPC call {self._name} cannot take keyword arguments")
+        return self._resource._call(self._name, args)
+
+
+def parse_response(data: bytes) -> Any:
+    """The one value of a methodResponse; a Fault as a ResourceError with its code."""
+    target = _unmarshaller()
+    parser = _parser(target)
+    try:
+        parser.Parse(data, True)
+        values = target.close()
+    except xmlrpc.client.Fault as fault:
+        raise ResourceError(str(fault.faultString), code=fault.faultCode, recoverable=False,
+                            terminal=False) from None
+    except Exception as e:
+        raise ResourceError(f"invalid XMLRPC response: {exc_string(e, stack=False)}") from None
+    if len(values) != 1:
+        raise ResourceError(f"invalid XMLRPC response: {len(values)} values instead of one")
+    return values[0]
