@@ -83,7 +83,7 @@ def make_ca(directory: str | os.PathLike[str], name: str = "pmnc CA", days: int 
 def make_server(directory: str | os.PathLike[str], name: str, hosts: Iterable[str] = DEFAULT_HOSTS,
                 days: int = LEAF_DAYS, *, force: bool = False) -> Path:
     """Write `directory/NAME.pem`: a key and a serverAuth certificate for `hosts`, signed by the CA there."""
-    names = [_general_name(host) for host in hosts]
+    names = [_general_name(host) for host in ((hosts,) if isinstance(hosts, str) else hosts)]
     if not names:
         raise KeysError("a server certificate needs at least one host")
     extensions = [(x509.SubjectAlternativeName(list(dict.fromkeys(names))), False),
