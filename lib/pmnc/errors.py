@@ -89,6 +89,10 @@ class ConfigError(PmncError):
     """A config file is missing a required key or holds a bad value."""
 
 
+class KeysError(ConfigError):
+    """A key or certificate cannot be made: a bad argument, a missing CA, a file in the way."""
+
+
 class IntakeClosedError(PmncError):
     """The cage is shutting down and accepts no new requests."""
 

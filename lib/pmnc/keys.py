@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pmnc.errors import ConfigError
+from pmnc.errors import KeysError
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key.pem"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
@@ -46,10 +46,6 @@ _RESERVED = {"ca", "ca.key"}  # NAME.pem would be the CA's own files
 _DNS = re.compile(r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-class KeysError(ConfigError):
-    """A key or certificate cannot be made: a bad argument, a missing CA, a file in the way."""
 
 
 # --- the Python API ---------------------------------------------------------------------
