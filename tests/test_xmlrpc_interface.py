@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, InProcessCage, Pki, http_config, http_request, module_source, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pmnc.protocols.xmlrpc import _fast_call, parse_call
 
 HANDLER = module_source("""
     import os
@@ -285,3 +288,32 @@ def test_https(in_process_cage: Callable[..., InProcessCage], proxies: Callable[
     tokens = proxy.inspect.the.call()["auth_tokens"]
     assert tokens["encrypted"] is True
     assert tokens["peer_cn"] == "test-client"
+
+
+# --- the fast decoder gives what the standard library gives ------------------------------------------
+
+_scalars = (st.integers(-2**31, 2**31 - 1) | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("\t\n"))
+            | st.binary(max_size=40)
+            | st.datetimes(min_value=datetime.datetime(1000, 1, 1)).map(lambda d: d.replace(microsecond=0)))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=8),
+                                         inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_values, max_size=3), st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,20}", fullmatch=True))
+def test_fast_decoding_equals_the_standard_librarys(args: list[Any], method: str) -> None:
+    data = xmlrpc.client.dumps(tuple(args), method).encode("utf-8")
+    expected_args, expected_method = xmlrpc.client.loads(data, use_builtin_types=True)
+    assert _fast_call(data) == (expected_method, expected_args)
+    assert parse_call(data) == (expected_method, expected_args)
+
+
+def test_unusual_bodies_take_the_careful_way() -> None:
+    with_nil = xmlrpc.client.dumps((None,), "m", allow_none=True).encode()
+    assert _fast_call(with_nil) is None and parse_call(with_nil) == ("m", (None,))
+    latin = xmlrpc.client.dumps(("é",), "m", encoding="iso-8859-1").encode("iso-8859-1")
+    assert _fast_call(latin) is None and parse_call(latin) == ("m", ("é",))
+    commented = b"<?xml version='1.0'?><!-- hi --><methodCall><methodName>m</methodName></methodCall>"
+    assert _fast_call(commented) is None and parse_call(commented) == ("m", ())

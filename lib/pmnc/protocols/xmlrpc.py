@@ -10,9 +10,13 @@ HTTP errors: 405 not a POST, 415 not `text/xml`, 400 an unparsable call.
 
 from __future__ import annotations
 
+import base64
+import re
 import xmlrpc.client
+from collections.abc import Callable
 from pyexpat import ParserCreate
 from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree
 
 from pmnc import log, resource
 from pmnc.errors import ProtocolError, ResourceError, ResourceInputParameterError, exc_string
@@ -39,7 +43,13 @@ def parse_call(data: bytes) -> tuple[str, tuple[Any, ...]]:
     body), and XML-RPC has no use for a DTD. Refusing it in the parser rather
     than by searching the bytes covers every encoding expat reads, UTF-16
     included.
+
+    The common case takes a faster road (`_fast_call`), which gives the same
+    values or steps aside.
     """
+    fast = _fast_call(data)
+    if fast is not None:
+        return fast
     target = _unmarshaller()
     parser = _parser(target)
     try:
@@ -52,6 +62,56 @@ def parse_call(data: bytes) -> tuple[str, tuple[Any, ...]]:
     if not isinstance(method, str) or not method:
         raise CallError("no methodName in a methodCall")
     return method, tuple(args)
+
+
+# A body is "plain" when a byte search can prove it has no DTD: UTF-8 or ASCII
+# (no NUL, no other declared encoding) and no `<!` at all (no DTD, comment or
+# CDATA). Then the C tree builder of xml.etree parses it - no Python call per
+# element - and a short walk makes the values: some three times faster than
+# the unmarshaller. Anything unusual returns None and goes the careful way.
+_OTHER_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*encoding\s*=\s*["'](?!utf-8["']|us-ascii["'])""", re.I)
+_SCALARS: dict[str, Callable[[str], Any]] = {
+    "string": str, "int": int, "i4": int, "i8": int, "double": float,
+    "boolean": lambda t: {"0": False, "1": True}[t],
+    "base64": lambda t: base64.decodebytes(t.encode("ascii")),
+    "dateTime.iso8601": xmlrpc.client._datetime_type,  # the stdlib's own conversion
+}
+
+
+def _fast_call(data: bytes) -> tuple[str, tuple[Any, ...]] | None:
+    if b"<!" in data or b"\x00" in data or _OTHER_ENCODING.match(data):
+        return None
+    try:
+        root = ElementTree.fromstring(data)
+        name = root.find("methodName")
+        params = root.find("params")
+        if root.tag != "methodCall" or name is None or not name.text or len(root) != (2 if params is not None else 1):
+            return None
+        return name.text, tuple(_value(p[0]) for p in params if p.tag == "param") if params else ()
+    except Exception:  # malformed, or a construct the walk does not know: the careful way says what is wrong
+        return None
+
+
+def _value(value: ElementTree.Element) -> Any:
+    if value.tag != "value" or len(value) > 1:
+        raise ValueError(value.tag)
+    if not len(value):
+        return value.text or ""
+    typed = value[0]
+    kind = typed.tag
+    if kind in _SCALARS and not len(typed):
+        return _SCALARS[kind](typed.text or "")
+    if kind == "array" and len(typed) == 1 and typed[0].tag == "data":
+        return [_value(v) for v in typed[0]]
+    if kind == "struct":
+        return {_member_name(m): _value(m[1]) for m in typed}
+    raise ValueError(kind)
+
+
+def _member_name(member: ElementTree.Element) -> str:
+    if member.tag != "member" or len(member) != 2 or member[0].tag != "name":
+        raise ValueError(member.tag)
+    return member[0].text or ""
 
 
 def _unmarshaller() -> xmlrpc.client.Unmarshaller:
