@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pmnc import log
+from pmnc import request as _request
 from pmnc.config import Config
 from pmnc.errors import ResourceError, exc_string
 from pmnc.protocols import protocol_class
@@ -39,19 +41,37 @@ SWEEP_TIMEOUT = 30.0  # how long one sweep (warming up standby connections) may 
 class ResourcePool:
     def __init__(self, name: str, factory: Callable[[str], Resource], *, size: int, standby: int = 0,
                  idle_timeout: float = 30.0, max_age: float = 300.0, min_time: float = 0.0,
-                 max_time: float | None = None) -> None:
+                 max_time: float | None = None, transactional: bool = True, inline: bool = False) -> None:
         self.name, self.factory = name, factory
+        self.transactional, self.inline = transactional, inline
         self.size, self.standby = size, standby
         self.idle_timeout, self.max_age = idle_timeout, max_age
         self.min_time, self.max_time = min_time, max_time
         self.workers = WorkerPool(name, size)
-        self._cap = size + 2  # room for the sweeper's warm-up beside the busy threads
+        self._slots = threading.BoundedSemaphore(size)  # calls at once, on pool threads or inline
+        self._cap = size + 2  # room for the sweeper's warm-up beside the busy calls
         self._free: list[Resource] = []  # most recently released last
         self._count = 0  # connections that exist: free, busy, or being connected
         self._serial = 0
         self._lock = threading.Lock()
         self._stopped = False
         self.swept_at = time.monotonic()
+
+    @contextmanager
+    def connection(self) -> Iterator[Resource]:
+        """A connection for one call: one of `pool__size` slots, waited for
+        within the request's deadline, and a connected resource."""
+        if not _request.current().acquire(self._slots):
+            raise ResourceError(f"resource pool {self.name} is busy: all {self.size} connections in use "
+                                f"until the deadline", recoverable=True, terminal=False)
+        try:
+            resource = self.allocate()
+            try:
+                yield resource
+            finally:
+                self.release(resource)
+        finally:
+            self._slots.release()
 
     def allocate(self) -> Resource:
         """A connected resource: the most recently released one, else a new one."""
@@ -188,7 +208,8 @@ class ResourcePools:
             name, lambda instance: cls(instance, self._resource_config(name)),
             size=int(take("pool__size", self.thread_count)), standby=int(take("pool__standby", 0)),
             idle_timeout=float(take("pool__idle_timeout", 30.0)), max_age=float(take("pool__max_age", 300.0)),
-            min_time=float(take("pool__min_time", 0.0)), max_time=None if max_time is None else float(max_time))
+            min_time=float(take("pool__min_time", 0.0)), max_time=None if max_time is None else float(max_time),
+            transactional=cls.transactional, inline=cls.inline)
 
     def _config(self, name: str) -> dict[str, Any]:
         return Config(self.loader, "resource_" + name.partition("__")[0]).copy()

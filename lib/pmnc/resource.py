@@ -19,10 +19,17 @@ from typing import Any
 
 # Names a transaction may not call on a resource: they belong to the lifecycle.
 LIFECYCLE = frozenset({"connect", "disconnect", "begin_transaction", "commit", "rollback", "expire",
-                       "expired", "discarded", "ttl", "config", "name", "mark_used"})
+                       "expired", "discarded", "ttl", "config", "name", "mark_used", "transactional", "inline"})
 
 
 class Resource:
+    # False: commit and rollback do nothing (the call itself is the effect),
+    # so a participant does not wait for the decision.
+    transactional = True
+    # True: every wait of every call is bounded by the request's deadline, so a
+    # transaction of one such call may run it on the caller's own thread.
+    inline = False
+
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         """`name` is `<resource>/<n>`; `config` the protocol's keys of its config file.
         Subclasses take their keys out of `config` and refuse unknown required ones."""

@@ -105,6 +105,8 @@ class Transaction:
         if not self._participants:
             return ()
         pools = [self._pools.get(p.resource) for p in self._participants]
+        if len(pools) == 1 and pools[0].inline and self._accept is default_accept:
+            return (self._run_inline(self._participants[0], pools[0]),)
         self._check_pool_sizes(pools)
         request = _request.current()
         for participant, pool in zip(self._participants, pools, strict=True):
@@ -169,35 +171,24 @@ class Transaction:
     # --- a participant, on a thread of its resource's pool ------------------------------------
 
     def _run(self, participant: Participant, pool: ResourcePool) -> None:
-        request = _request.current()
         try:
-            resource = pool.allocate()
+            with pool.connection() as resource:
+                result = self._invoke(participant, resource, pool)
+                self._report(participant, result)
+                if pool.transactional:
+                    self._finish(participant, resource, _request.current())
+                else:
+                    self._committed(participant, True)  # nothing to commit: the call was the effect
         except ResourceError as e:
             self._report(participant, e)
-            return
+
+    def _invoke(self, participant: Participant, resource: Resource, pool: ResourcePool) -> Any:
+        """Begin and call, within the pool's time limits; a failure rolls back and
+        leaves as a ResourceError (a terminal one discards the connection)."""
+        request = _request.current()
         deadline = request.deadline
         try:
-            self._cap_time(request, pool)
-        except ResourceError as e:
-            pool.release(resource)
-            self._report(participant, e)
-            return
-        try:
-            self._call(participant, resource, request)
-        finally:
-            request.deadline = deadline
-            pool.release(resource)
-
-    @staticmethod
-    def _cap_time(request: _request.Request, pool: ResourcePool) -> None:
-        if pool.max_time is not None and (request.deadline is None or request.remain > pool.max_time):
-            request.remain = pool.max_time
-        if pool.min_time and request.deadline is not None and request.remain < pool.min_time:
-            raise ResourceError(f"resource {pool.name} declines a call with {request.remain:.1f}s left, "
-                                f"less than its pool__min_time", recoverable=True, terminal=False)
-
-    def _call(self, participant: Participant, resource: Resource, request: _request.Request) -> None:
-        try:
+            _cap_time(request, pool)
             resource.begin_transaction(self.xid, source_module_name=self._source,
                                        transaction_options=self._options,
                                        resource_args=participant.resource_args,
@@ -208,11 +199,21 @@ class Transaction:
             _quietly(resource, "rollback")
             if error.terminal:
                 resource.expire()
-            self._report(participant, error)
-            return
+            raise error from None
+        finally:
+            request.deadline = deadline
         resource.mark_used()
-        self._report(participant, result)
-        self._finish(participant, resource, request)
+        return result
+
+    def _run_inline(self, participant: Participant, pool: ResourcePool) -> Any:
+        """One call on a resource with nothing to commit, whose every wait is bounded
+        by the deadline: done on the caller's thread, sparing the hand-offs."""
+        try:
+            with pool.connection() as resource:
+                return self._invoke(participant, resource, pool)
+        except ResourceError as e:
+            e.participant_index = 0
+            raise
 
     def _finish(self, participant: Participant, resource: Resource, request: _request.Request) -> None:
         with self._cond:
@@ -232,6 +233,9 @@ class Transaction:
             outcome: bool | BaseException = e
         else:
             outcome = True
+        self._committed(participant, outcome)
+
+    def _committed(self, participant: Participant, outcome: bool | BaseException) -> None:
         with self._cond:
             participant.committed = outcome
             self._cond.notify_all()
@@ -245,6 +249,14 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<Transaction {self.xid} participants={len(self._participants)}>"
+
+
+def _cap_time(request: _request.Request, pool: ResourcePool) -> None:
+    if pool.max_time is not None and (request.deadline is None or request.remain > pool.max_time):
+        request.remain = pool.max_time
+    if pool.min_time and request.deadline is not None and request.remain < pool.min_time:
+        raise ResourceError(f"resource {pool.name} declines a call with {request.remain:.1f}s left, "
+                            f"less than its pool__min_time", recoverable=True, terminal=False)
 
 
 def default_accept(xa: Transaction, results: list[Any]) -> Any:

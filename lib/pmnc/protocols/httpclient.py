@@ -13,6 +13,7 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,9 @@ def _broken(description: str) -> ResourceError:
 class Resource(resource.Resource):
     """One keep-alive connection to an HTTP(S) server."""
 
+    transactional = False  # a request is sent when the participant runs
+    inline = True  # connect, handshake, send and every read are bounded by the deadline
+
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         take = config.pop
@@ -131,7 +135,6 @@ class Resource(resource.Resource):
         self._tls = self._ssl_context(take)
         self.server_hostname = take("ssl_server_hostname", None) or self.host
         self.sock: socket.socket | None = None
-        self._fresh = False  # connected for this call: a failure is not a stale keep-alive
 
     @staticmethod
     def _ssl_context(take: Any) -> ssl.SSLContext | None:
@@ -154,6 +157,7 @@ class Resource(resource.Resource):
         timeout = min(self.connect_timeout, _remain())
         if timeout <= 0:
             raise ResourceError(f"no time left to connect to {self.host}:{self.port}", recoverable=True)
+        until = time.monotonic() + timeout
         try:
             sock = socket.create_connection((self.host, self.port), timeout)
         except OSError as e:
@@ -161,8 +165,9 @@ class Resource(resource.Resource):
                                 recoverable=True) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._tls is not None:
+            sock.settimeout(max(until - time.monotonic(), 0.001))  # connect and handshake share the timeout
             sock = self._handshake(sock)
-        self.sock, self._fresh = sock, True
+        self.sock = sock
 
     def _handshake(self, sock: socket.socket) -> socket.socket:
         try:
@@ -195,10 +200,9 @@ class Resource(resource.Resource):
                 headers: dict[str, str] | None) -> tuple[int, dict[str, str], bytes]:
         """One exchange: (status, lower-cased headers, body). Statuses never raise."""
         data = self._render(method, url, body, headers or {})
-        if not self._fresh and self._dropped():
+        if self._dropped():
             self.disconnect()  # the server closed the idle keep-alive connection: start afresh
             self.connect()
-        self._fresh = False
         response = self._exchange(data)
         if not response.keep_alive:
             self.expire()
@@ -227,7 +231,19 @@ class Resource(resource.Resource):
             readable, _, _ = select.select([self.sock], [], [], 0)
         except (OSError, ValueError):
             return True
-        return bool(readable)
+        if not readable:
+            return False
+        if not isinstance(self.sock, ssl.SSLSocket):
+            return True  # EOF, or bytes nobody asked for
+        # TLS 1.3 session tickets arrive after the handshake and make an unused connection readable
+        self.sock.setblocking(False)
+        try:
+            self.sock.recv(1)
+        except ssl.SSLWantReadError:
+            return False
+        except OSError:
+            return True
+        return True
 
     def _exchange(self, data: bytes) -> Response:
         sock = self.sock

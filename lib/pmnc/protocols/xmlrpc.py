@@ -198,6 +198,8 @@ class Resource(resource.Resource):
     fault code; an HTTP status other than 200 is an error too.
     """
 
+    transactional, inline = HttpResource.transactional, HttpResource.inline
+
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         self._server_uri = str(config.pop("server_uri", "/xmlrpc"))
