@@ -267,7 +267,11 @@ def test_changed_key_restarts_the_interface_with_it(cage_process) -> None:
     cage.wait_for_log("restarting interface http due to configuration change", timeout=5.0)
     assert cage.port(count=2) == port  # the same port is bound again
     assert hello(port)
-    with socket.create_connection(("127.0.0.1", port), timeout=5.0):  # takes the one connection
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as busy:
+        # takes the one connection halfway through a request (a silent one would be dropped for the
+        # newcomer); its 100 Continue says the cage has read that much
+        busy.sendall(b"POST / HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+        assert busy.recv(100).startswith(b"HTTP/1.1 100 Continue")
         assert served(port) == (503, "too many connections")
     wait_until(lambda: hello(port), timeout=5.0, message="served once the connection is gone")
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pmnc.cage import Cage
 
 MAX_PIPELINED = 16  # parsed requests a connection may hold before we stop reading
+SLICE, MAX_SLICE = 512, 262144  # bytes parsed at a time: see Connection._parse
 
 
 class Interface(interfaces.Interface):
@@ -76,6 +77,7 @@ class Interface(interfaces.Interface):
         self.handler = f"interface_{name}"
         self.connections: set[Connection] = set()
         self.idle: dict[Connection, None] = {}  # idle keep-alive connections, oldest first
+        self.silent: dict[Connection, None] = {}  # connections yet to send their first byte, oldest first
         self.ceasing = False
         self._server: asyncio.base_events.Server | None = None
 
@@ -133,12 +135,19 @@ class Interface(interfaces.Interface):
     # --- bookkeeping (on the loop) -----------------------------------------------
 
     def admit(self, connection: Connection) -> bool:
-        """Room for one more connection: evict the oldest idle one if need be."""
-        if len(self.connections) >= self.max_connections and self.idle:
-            next(iter(self.idle)).close()
+        """Room for one more connection. At the limit, the oldest connection that
+        waits for nothing of ours goes: an idle keep-alive one, else one that has
+        not sent a byte yet (a real client speaks within milliseconds of
+        connecting, so only a flood faster than that can keep it out)."""
+        if len(self.connections) >= self.max_connections:
+            for waiting in (self.idle, self.silent):
+                if waiting:
+                    next(iter(waiting)).close()
+                    break
         if len(self.connections) >= self.max_connections:
             return False
         self.connections.add(connection)
+        self.silent[connection] = None
         return True
 
     # --- the request, on a worker thread ---------------------------------------------
@@ -185,7 +194,7 @@ class Connection(asyncio.Protocol):
         self.loop = interface.loop
         self.transport: asyncio.Transport | None = None
         self.parser = RequestParser(interface.limits)
-        self.queue: collections.deque[HttpRequest] = collections.deque()
+        self.queue: collections.deque[HttpRequest | Continue] = collections.deque()
         self.current: _InFlight | None = None
         self.served = 0
         self.closing = False
@@ -195,6 +204,10 @@ class Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.auth_tokens: dict[str, Any] = {}
+        self.unparsed = bytearray()  # read but not parsed yet: requests are waiting
+        self.slice = SLICE
+        self.eof = False
+        self.write_paused = False
 
     # --- asyncio callbacks ---------------------------------------------------------
 
@@ -214,31 +227,80 @@ class Connection(asyncio.Protocol):
         if self.closing or self.refusal is not None:
             return
         now = time.monotonic()
+        if self.served == 0:
+            self.iface.silent.pop(self, None)
         if self.iface.idle.pop(self, False) is None:  # it was idle: a new request begins
             self._arm(now + self.iface.request_timeout)
+        if not self.unparsed and len(data) <= self.slice and len(self.queue) < MAX_PIPELINED:
+            self._feed(data, now)  # the usual case: one read, one slice
+            self._pace()
+        else:
+            self.unparsed += data
+            self._parse(now)
+        self._next()
+
+    def _parse(self, now: float) -> None:
+        """Parse what was read, a slice at a time, while fewer than MAX_PIPELINED
+        requests wait: a parsed request costs many times its bytes, so one read
+        full of tiny pipelined requests must not all become objects at once.
+        The slice shrinks while slices hold several requests and doubles while
+        they hold none (a large body)."""
+        while self.unparsed and self.refusal is None and len(self.queue) < MAX_PIPELINED:
+            piece = bytes(self.unparsed[:self.slice])
+            del self.unparsed[:self.slice]
+            self._feed(piece, now)
+        self._pace()
+
+    def _feed(self, piece: bytes, now: float) -> None:
         try:
-            events = self.parser.feed(data, now)
+            events = self.parser.feed(piece, now)
         except HttpError as e:
             log.info(f"interface {self.iface.name}: bad request from {self.auth_tokens.get('peer_ip')}: "
                      f"{e.status} {e}")
             self.refusal = (e.status, str(e))  # answered once the good requests before it are
-            self._transport().pause_reading()
+            self.unparsed.clear()
             events = e.parsed
-        for event in events:
-            if isinstance(event, Continue):
-                self._write(event.data)
+        requests = sum(1 for event in events if not isinstance(event, Continue))
+        if requests > 1:
+            self.slice = SLICE
+        elif requests == 0 and len(piece) == self.slice:
+            self.slice = min(self.slice * 2, MAX_SLICE)
+        self.queue.extend(events)
+
+    def _pace(self) -> None:
+        """Read only while there is room to parse and the client takes its answers."""
+        want = not (self.unparsed or self.refusal is not None or self.write_paused or self.eof)
+        if want == self.paused and not self.closing:
+            self.paused = not want
+            if want:
+                self._transport().resume_reading()
             else:
-                self.queue.append(event)
-        if len(self.queue) >= MAX_PIPELINED and not self.paused:
-            self.paused = True
-            self._transport().pause_reading()
+                self._transport().pause_reading()
+
+    def pause_writing(self) -> None:
+        """The client is not taking its answers: start no more until it does."""
+        self.write_paused = True
+        self._pace()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._pace()
         self._next()
+
+    def eof_received(self) -> bool:
+        """The client has sent all it will (a half-close): answer what it asked, then close."""
+        self.eof = True
+        self.paused = True  # nothing more to read
+        return bool(self.current is not None or self.queue or self.unparsed)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._cancel_timer()
         self.iface.connections.discard(self)
         self.iface.idle.pop(self, None)
+        self.iface.silent.pop(self, None)
+        self.queue.clear()
+        self.unparsed.clear()
         if self.current is not None:
             self.current.abandon()
             self.current = None
@@ -247,16 +309,21 @@ class Connection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Start the next parsed request if none is in flight."""
-        if self.current is not None or self.closing:
+        if self.current is not None or self.closing or self.write_paused:
             return
+        while self.queue and isinstance(interim := self.queue[0], Continue):
+            self.queue.popleft()
+            self._write(interim.data)  # only now: after the answers before it
         if not self.queue:
             if self.refusal is not None:
                 self._refuse(*self.refusal)
+            elif self.eof:
+                self.close()
             return
         http = self.queue.popleft()
-        if self.paused and self.refusal is None and len(self.queue) < MAX_PIPELINED // 2:
-            self.paused = False
-            self._transport().resume_reading()
+        assert isinstance(http, HttpRequest)
+        if self.unparsed:
+            self._parse(time.monotonic())
         started = self.first_byte if self.served == 0 else http.started
         try:
             request = self.iface.cage.intake.begin(
@@ -282,7 +349,7 @@ class Connection(asyncio.Protocol):
         self._write(data)
         if not keep_alive or self.iface.ceasing:
             self.close()
-        elif self.queue or self.refusal is not None:
+        elif self.queue or self.refusal is not None or self.eof:
             self._next()
         elif self.parser.receiving:
             self._arm(time.monotonic() + self.iface.request_timeout)
@@ -335,6 +402,7 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         self.iface.idle.pop(self, None)
         self.iface.connections.discard(self)  # its slot is free now, not when the socket is gone
+        self.iface.silent.pop(self, None)
         if self.transport is not None:
             self.transport.close()
 

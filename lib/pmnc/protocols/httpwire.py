@@ -101,6 +101,7 @@ class RequestParser:
         self._message: _Message | None = None
         self._unfinished_head = 0  # bytes fed while a header block stays incomplete
         self._in_head = False
+        self._begun = False
         self._events: list[HttpRequest | Continue] = []
         self._now = 0.0
 
@@ -114,9 +115,10 @@ class RequestParser:
         carrying in `.parsed` those that came before it."""
         self._now = now
         head_was_open = self._in_head
+        self._begun = False
         try:
             self._parse(data)
-            if self._in_head and head_was_open:
+            if self._in_head and head_was_open and not self._begun:
                 # httptools buffers an unfinished header line: bound what it may hold
                 self._unfinished_head += len(data)
                 if self._unfinished_head > self.limits.max_header_size + self.limits.max_url_size:
@@ -144,6 +146,7 @@ class RequestParser:
     def on_message_begin(self) -> None:
         self._message = _Message(self._now)
         self._in_head = True
+        self._begun = True  # a header block that began in this feed is not counted as unfinished
         self._unfinished_head = 0
 
     def on_url(self, url: bytes) -> None:
