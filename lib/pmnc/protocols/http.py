@@ -233,7 +233,8 @@ class Connection(asyncio.Protocol):
             self._arm(now + self.iface.request_timeout)
         if not self.unparsed and len(data) <= self.slice and len(self.queue) < MAX_PIPELINED:
             self._feed(data, now)  # the usual case: one read, one slice
-            self._pace()
+            if self.refusal is not None:
+                self._pace()
         else:
             self.unparsed += data
             self._parse(now)
@@ -260,7 +261,7 @@ class Connection(asyncio.Protocol):
             self.refusal = (e.status, str(e))  # answered once the good requests before it are
             self.unparsed.clear()
             events = e.parsed
-        requests = sum(1 for event in events if not isinstance(event, Continue))
+        requests = len(events)  # Continues too: a rough count serves the heuristic
         if requests > 1:
             self.slice = SLICE
         elif requests == 0 and len(piece) == self.slice:
