@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 
 from pmnc import log  # noqa: E402
 from pmnc.cage import Cage  # noqa: E402
+from pmnc.request import Request, attached  # noqa: E402
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
@@ -260,6 +261,24 @@ def in_process_cage(tmp_path: Path) -> Iterator[Callable[..., InProcessCage]]:
     yield start
     for running in cages:
         running.stop()
+
+
+@pytest.fixture
+def attach() -> Iterator[Callable[[float], Request]]:
+    """`attach(timeout)` makes a finite request the test thread's current one
+    (the last one attached is current) until the test ends."""
+    contexts: list[Any] = []
+
+    def attach(timeout: float = 5.0) -> Request:
+        request = Request(timeout=timeout, interface="test", protocol="test")
+        context = attached(request)
+        context.__enter__()
+        contexts.append(context)
+        return request
+
+    yield attach
+    for context in reversed(contexts):
+        context.__exit__(None, None, None)
 
 
 def http_request(port: int, path: str = "/", method: str = "GET", body: bytes | None = None,

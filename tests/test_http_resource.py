@@ -395,23 +395,6 @@ def web(cage: InProcessCage) -> Any:
     return cage.cage.loader.root.transaction.web
 
 
-@pytest.fixture
-def attach() -> Iterator[Callable[[float], Request]]:
-    """Attach a finite request to the test thread (the last one attached is current)."""
-    contexts: list[Any] = []
-
-    def attach(timeout: float = 5.0) -> Request:
-        request = Request(timeout=timeout, interface="test", protocol="test")
-        context = attached(request)
-        context.__enter__()
-        contexts.append(context)
-        return request
-
-    yield attach
-    for context in reversed(contexts):
-        context.__exit__(None, None, None)
-
-
 def fails(call: Callable[[], Any], kind: type[BaseException] = ResourceError) -> tuple[Any, float]:
     """The error `call()` raises and how long it took to."""
     began = time.monotonic()

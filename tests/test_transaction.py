@@ -8,7 +8,7 @@ disconnect.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -90,27 +90,10 @@ def events(cage: InProcessCage, kind: str) -> list[tuple[Any, ...]]:
     return [e for e in fake(cage).EVENTS if e[0] == kind]
 
 
-@pytest.fixture
-def request_of() -> Iterator[Callable[[float], Request]]:
-    """Attach a finite request to the test thread for the duration of the test."""
-    contexts: list[Any] = []
-
-    def attach(timeout: float = 5.0) -> Request:
-        request = Request(timeout=timeout, interface="test", protocol="test")
-        context = attached(request)
-        context.__enter__()
-        contexts.append(context)
-        return request
-
-    yield attach
-    for context in reversed(contexts):
-        context.__exit__(None, None, None)
-
-
 def test_shortcut_calls_one_participant_and_commits(in_process_cage: Callable[..., InProcessCage],
-                                                    request_of: Callable[[float], Request]) -> None:
+                                                    attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request_of(5.0)
+    attach(5.0)
     pmnc = cage.cage.loader.root
     assert pmnc.transaction.fake.echo("hello", suffix="!") == "hello!"
     assert pmnc.transaction.fake.echo("again") == "again"
@@ -119,9 +102,9 @@ def test_shortcut_calls_one_participant_and_commits(in_process_cage: Callable[..
 
 
 def test_results_come_in_registration_order(in_process_cage: Callable[..., InProcessCage],
-                                            request_of: Callable[[float], Request]) -> None:
+                                            attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request_of(5.0)
+    attach(5.0)
     xa = cage.cage.loader.root.transaction.create()
     xa.fake.sleep(0.2)
     xa.fake.echo("fast")
@@ -130,16 +113,16 @@ def test_results_come_in_registration_order(in_process_cage: Callable[..., InPro
 
 
 def test_empty_transaction_returns_an_empty_tuple(in_process_cage: Callable[..., InProcessCage],
-                                                  request_of: Callable[[float], Request]) -> None:
+                                                  attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request_of(5.0)
+    attach(5.0)
     assert cage.cage.loader.root.transaction.create().execute() == ()
 
 
 def test_resource_args_reach_begin_transaction(in_process_cage: Callable[..., InProcessCage],
-                                               request_of: Callable[[float], Request]) -> None:
+                                               attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request_of(5.0)
+    attach(5.0)
     xa = cage.cage.loader.root.transaction.create()
     xa.fake("serializable", read_only=True).echo(1)
     xa.execute()
@@ -147,9 +130,9 @@ def test_resource_args_reach_begin_transaction(in_process_cage: Callable[..., In
 
 
 def test_a_failing_participant_rolls_all_back(in_process_cage: Callable[..., InProcessCage],
-                                              request_of: Callable[[float], Request]) -> None:
+                                              attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request_of(5.0)
+    attach(5.0)
     xa = cage.cage.loader.root.transaction.create()
     xa.fake.echo("fine")
     xa.fake.fail(False)
@@ -162,9 +145,9 @@ def test_a_failing_participant_rolls_all_back(in_process_cage: Callable[..., InP
 
 
 def test_terminal_error_discards_the_connection(in_process_cage: Callable[..., InProcessCage],
-                                                request_of: Callable[[float], Request]) -> None:
+                                                attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request_of(5.0)
+    attach(5.0)
     pmnc = cage.cage.loader.root
     with pytest.raises(ResourceError):
         pmnc.transaction.fake.fail(True)
@@ -174,9 +157,9 @@ def test_terminal_error_discards_the_connection(in_process_cage: Callable[..., I
 
 
 def test_other_exceptions_become_unrecoverable_terminal_resource_errors(
-        in_process_cage: Callable[..., InProcessCage], request_of: Callable[[float], Request]) -> None:
+        in_process_cage: Callable[..., InProcessCage], attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request_of(5.0)
+    attach(5.0)
     with pytest.raises(ResourceError) as info:
         cage.cage.loader.root.transaction.fake.crash()
     assert str(info.value) == 'ValueError("crashed")'
@@ -185,9 +168,9 @@ def test_other_exceptions_become_unrecoverable_terminal_resource_errors(
 
 
 def test_connect_failure_is_a_recoverable_resource_error(in_process_cage: Callable[..., InProcessCage],
-                                                         request_of: Callable[[float], Request]) -> None:
+                                                         attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage, refuse_connect=True)
-    request_of(5.0)
+    attach(5.0)
     with pytest.raises(ResourceError) as info:
         cage.cage.loader.root.transaction.fake.echo(1)
     assert info.value.recoverable
@@ -195,9 +178,9 @@ def test_connect_failure_is_a_recoverable_resource_error(in_process_cage: Callab
 
 
 def test_deadline_while_a_participant_works(in_process_cage: Callable[..., InProcessCage],
-                                            request_of: Callable[[float], Request]) -> None:
+                                            attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request = request_of(0.5)
+    request = attach(0.5)
     xa = cage.cage.loader.root.transaction.create()
     xa.fake.echo(1)
     xa.fake.sleep(1.5)
@@ -209,9 +192,9 @@ def test_deadline_while_a_participant_works(in_process_cage: Callable[..., InPro
 
 
 def test_more_participants_than_threads_fail_at_once(in_process_cage: Callable[..., InProcessCage],
-                                                     request_of: Callable[[float], Request]) -> None:
+                                                     attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request = request_of(5.0)
+    request = attach(5.0)
     xa = cage.cage.loader.root.transaction.create()
     for i in range(3):
         xa.fake.echo(i)
@@ -222,9 +205,9 @@ def test_more_participants_than_threads_fail_at_once(in_process_cage: Callable[.
 
 
 def test_accept_may_take_the_first_result(in_process_cage: Callable[..., InProcessCage],
-                                          request_of: Callable[[float], Request]) -> None:
+                                          attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request_of(5.0)
+    attach(5.0)
     seen: list[list[Any]] = []
 
     def first(xa: Any, results: list[Any]) -> Any:
@@ -241,18 +224,18 @@ def test_accept_may_take_the_first_result(in_process_cage: Callable[..., InProce
 
 
 def test_commit_failure_is_reported_with_sync_commit(in_process_cage: Callable[..., InProcessCage],
-                                                     request_of: Callable[[float], Request]) -> None:
+                                                     attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage, fail_commit=True)
-    request_of(5.0)
+    attach(5.0)
     with pytest.raises(TransactionCommitError) as info:
         cage.cage.loader.root.transaction.fake.echo(1)
     assert "commit failed" in str(info.value)
 
 
 def test_lifecycle_and_unknown_methods_are_refused(in_process_cage: Callable[..., InProcessCage],
-                                                   request_of: Callable[[float], Request]) -> None:
+                                                   attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
-    request_of(5.0)
+    attach(5.0)
     pmnc = cage.cage.loader.root
     for call in (pmnc.transaction.fake.disconnect, pmnc.transaction.fake.nothing_like_it):
         with pytest.raises(ResourceInputParameterError):
@@ -260,21 +243,21 @@ def test_lifecycle_and_unknown_methods_are_refused(in_process_cage: Callable[...
 
 
 def test_max_time_caps_a_call_and_min_time_declines(in_process_cage: Callable[..., InProcessCage],
-                                                    request_of: Callable[[float], Request]) -> None:
+                                                    attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage, pool__max_time=1.0, pool__min_time=0.5)
-    request_of(5.0)
+    attach(5.0)
     pmnc = cage.cage.loader.root
     assert pmnc.transaction.fake.remain() <= 1.0
-    request_of(0.3)
+    attach(0.3)
     with pytest.raises(ResourceError) as info:
         pmnc.transaction.fake.echo(1)
     assert info.value.recoverable and "pool__min_time" in str(info.value)
 
 
 def test_idle_connections_are_swept_and_standby_kept(in_process_cage: Callable[..., InProcessCage],
-                                                     request_of: Callable[[float], Request]) -> None:
+                                                     attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage, pool__idle_timeout=0.2, pool__standby=1)
-    request_of(5.0)
+    attach(5.0)
     assert cage.cage.loader.root.transaction.fake.echo(1) == "1"
     pool = cage.cage.resources.get("fake")  # type: ignore[union-attr]
     wait_until(lambda: _swept(pool, cage), 5.0, message="the idle connection closed and a standby one connected")
