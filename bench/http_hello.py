@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -422,22 +422,29 @@ def main(argv: list[str]) -> int:
         print("http_hello: wrk is not installed: run ./setup bench (as root) or apt-get install wrk", file=sys.stderr)
         return 2
 
+    return run_pair("http_hello", args.keep, PmncCage, Uvicorn, lambda pmnc, peer: bench(args, pmnc, peer))
+
+
+def run_pair(name: str, keep: bool, make_pmnc: Callable[[Path], Any], make_peer: Callable[[Path], Any],
+             run: Callable[[Any, Any], int]) -> int:
+    """Run `run(pmnc, peer)` with both servers made in a temporary folder, and
+    stop both (and remove the folder unless `keep`) whatever happens."""
     base = Path(tempfile.mkdtemp(prefix="pmnc-bench-"))
-    pmnc, peer = PmncCage(base), Uvicorn(base)
+    pmnc, peer = make_pmnc(base), make_peer(base)
     try:
-        return bench(args, pmnc, peer)
+        return run(pmnc, peer)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         sys.stdout.flush()
-        print(f"http_hello: failed: {e}", file=sys.stderr)
+        print(f"{name}: failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         sys.stdout.flush()
-        print("http_hello: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     finally:
         stopped = [pmnc.stop(), peer.stop()]
         print(f"stopped: {'; '.join(stopped)}")
-        if args.keep:
+        if keep:
             print(f"kept: {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)

@@ -29,7 +29,6 @@ import socketserver
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import xmlrpc.client
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
-from http_hello import HOST, end_process, pmnc_version, read_text, wait_until
+from http_hello import HOST, end_process, pmnc_version, read_text, run_pair, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CAGE = "xmlrpc_echo"
@@ -501,25 +500,7 @@ def main(argv: list[str]) -> int:
     if args.duration <= 0 or args.warmup <= 0 or args.processes < 1 or args.threads < 1:
         parser.error("--duration and --warmup must be positive, --processes and --threads at least 1")
 
-    base = Path(tempfile.mkdtemp(prefix="pmnc-bench-"))
-    pmnc, peer = PmncCage(base), Stdlib(base)
-    try:
-        return bench(args, pmnc, peer)
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-        sys.stdout.flush()
-        print(f"xmlrpc_echo: failed: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        sys.stdout.flush()
-        print("xmlrpc_echo: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        stopped = [pmnc.stop(), peer.stop()]
-        print(f"stopped: {'; '.join(stopped)}")
-        if args.keep:
-            print(f"kept: {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    return run_pair("xmlrpc_echo", args.keep, PmncCage, Stdlib, lambda pmnc, peer: bench(args, pmnc, peer))
 
 
 if __name__ == "__main__":
