@@ -56,6 +56,24 @@ def module_source(body: str, exports: list[str] | None = None, eof: bool = True)
     return text + ("# EOF\n" if eof else "")
 
 
+def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    """Byte flips, insertions, deletions and truncations at positions taken modulo the length."""
+    buffer = bytearray(data)
+    for kind, position, byte in edits:
+        if not buffer:
+            break
+        at = position % len(buffer)
+        if kind == 0:
+            buffer[at] = byte
+        elif kind == 1:
+            buffer.insert(at, byte)
+        elif kind == 2:
+            del buffer[at]
+        else:
+            del buffer[at:]
+    return bytes(buffer)
+
+
 def config_source(config: dict[str, Any], self_test_config: dict[str, Any] | None = None) -> str:
     text = f"config = {config!r}\n"
     if self_test_config is not None:

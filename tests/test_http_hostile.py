@@ -28,7 +28,7 @@ from typing import Any
 
 import httptools
 import pytest
-from conftest import CageProcess, InProcessCage, http_config, module_source, wait_until
+from conftest import CageProcess, InProcessCage, http_config, module_source, mutate, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pmnc.protocols.http import MAX_PIPELINED
@@ -327,24 +327,6 @@ class Hostile:
         table = OVERSIZED if self.shape == "oversized" else VALID
         stream = "".join(table[i % len(table)].format(new_token()) for i in self.templates).encode()
         return mutate(stream, self.edits)
-
-
-def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    """Byte flips, insertions, deletions and truncations at positions taken modulo the length."""
-    buffer = bytearray(data)
-    for kind, position, byte in edits:
-        if not buffer:
-            break
-        at = position % len(buffer)
-        if kind == 0:
-            buffer[at] = byte
-        elif kind == 1:
-            buffer.insert(at, byte)
-        elif kind == 2:
-            del buffer[at]
-        else:
-            del buffer[at:]
-    return bytes(buffer)
 
 
 hostiles = st.builds(

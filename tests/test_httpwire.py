@@ -7,6 +7,7 @@ from typing import Any
 
 import httptools
 import pytest
+from conftest import mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pmnc.protocols.httpwire import (
@@ -602,23 +603,6 @@ def test_any_chunking_parses_like_the_whole(requests: list[tuple[bytes, tuple[st
     assert parse_split(pieces) == whole
 
 
-def _mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    buffer = bytearray(data)
-    for kind, position, byte in edits:
-        if not buffer:
-            break
-        at = position % len(buffer)
-        if kind == 0:
-            buffer[at] = byte
-        elif kind == 1:
-            buffer.insert(at, byte)
-        elif kind == 2:
-            del buffer[at]
-        else:
-            del buffer[at:]
-    return bytes(buffer)
-
-
 def _feed_all(pieces: list[bytes], limits: Limits) -> None:
     parser = RequestParser(limits)
     for piece in pieces:
@@ -643,7 +627,7 @@ _edits = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.intege
 def test_mutated_streams_raise_only_http_errors(requests: list[tuple[bytes, tuple[str, str, bytes]]],
                                                 edits: list[tuple[int, int, int]], data: st.DataObject,
                                                 limits: Limits) -> None:
-    stream = _mutate(b"".join(r[0] for r in requests), edits)
+    stream = mutate(b"".join(r[0] for r in requests), edits)
     _feed_all(data.draw(split_points(stream)), limits)
 
 
