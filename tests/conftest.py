@@ -113,7 +113,8 @@ def make_tree(base: Path, cage: str = "sample", files: dict[str, str] | None = N
     (root / "cages").mkdir(parents=True)
     shutil.copy(ROOT / "startup.py", root / "startup.py")
     os.symlink(ROOT / "lib", root / "lib")
-    shutil.copytree(ROOT / "cages" / ".shared", root / "cages" / ".shared")
+    shutil.copytree(ROOT / "cages" / ".shared", root / "cages" / ".shared",
+                    ignore=shutil.ignore_patterns("ssl_keys", "__pycache__"))
     cage_dir = root / "cages" / cage
     cage_dir.mkdir()
     interfaces = interfaces or {}

@@ -23,6 +23,7 @@ from pmnc.interfaces import Intake, InterfaceManager
 from pmnc.loader import Loader
 from pmnc.loop import EventLoopThread
 from pmnc.pools import ResourcePools
+from pmnc.rpc import cluster
 from pmnc.workers import WorkerPool
 
 MAINTENANCE_PERIOD = 1.0
@@ -59,6 +60,7 @@ class Cage:
         self.loader.swap_timeout = self.request_timeout
         self.loop = EventLoopThread()
         self.loop.start()
+        cluster.attach(self.loader)  # made when first needed: by the rpc interface or a call
         self.intake.open()
         log.message("as of this moment requests can be created")
         if self.loader.self_test is None:
@@ -88,6 +90,7 @@ class Cage:
         if left:
             log.warning(f"{left} request(s) did not finish within {self.request_timeout:.1f}s")
         self.interfaces.stop_all()
+        cluster.attach(None)
         if self.resources is not None:
             self.resources.stop()
         if self.pool is not None:

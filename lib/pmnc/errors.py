@@ -93,6 +93,10 @@ class KeysError(ConfigError):
     """A key or certificate cannot be made: a bad argument, a missing CA, a file in the way."""
 
 
+class NotAvailableError(PmncError):
+    """A documented form this version does not support yet."""
+
+
 class IntakeClosedError(PmncError):
     """The cage is shutting down and accepts no new requests."""
 
@@ -158,6 +162,40 @@ class TransactionExecutionError(TransactionError):
 
 class TransactionCommitError(TransactionError):
     """Commit was decided but a participant failed to (or did not say it did) commit."""
+
+
+# --- cage-to-cage calls -------------------------------------------------------------------
+
+
+class RPCError(ResourceError):
+    """The code called in another cage raised; `remote` is that exception, rebuilt here.
+
+    `pmnc("cage").m.f()` raises `remote` itself; inside a larger transaction the
+    participant's error is this one, as for any other resource.
+    """
+
+    def __init__(self, description: str, remote: BaseException) -> None:
+        super().__init__(description, recoverable=False, terminal=False)
+        self.remote = remote
+
+
+class RemoteError(PmncError):
+    """An exception of a type this cage does not rebuild (user-defined ones):
+    `remote_type` names it, `remote_traceback` is the text of its traceback there."""
+
+    def __init__(self, message: str, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type, self.remote_traceback = remote_type, remote_traceback
+
+    def __str__(self) -> str:
+        return f"{self.remote_type}: {self.args[0]}" if self.remote_type else str(self.args[0])
+
+
+class RPCDeadlineError(ResourceError, DeadlineError):
+    """The caller's deadline passed before the other cage answered; the call may have run."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, recoverable=False, terminal=True)
 
 
 def exc_string(exc: BaseException | None = None, *, stack: bool = True, skip: int = 0) -> str:

@@ -4,13 +4,16 @@ One folder holds one CA: `ca.pem` (its certificate, for `ssl_ca_cert_file`)
 and `ca.key.pem` (its private key, mode 0600, needed only to sign more
 certificates). `server` and `client` write `NAME.pem` next to them: the
 private key and the certificate in one file (mode 0600), which is what
-`ssl_key_cert_file` loads. Nothing is overwritten unless asked to.
+`ssl_key_cert_file` loads. `cage` writes `cages/NAME.pem`, the identity a
+cage shows other cages (SAN URI `pmnc://FLOCK/NAME`, client and server
+use). Nothing is overwritten unless asked to.
 
     python3 startup.py --keys ca DIR [--name "pmnc CA"] [--days 3650] [--force]
     python3 startup.py --keys server DIR NAME [--host H]... [--days 825] [--force]
     python3 startup.py --keys client DIR NAME [--days 825] [--force]
+    python3 startup.py --keys cage DIR NAME [--flock DEFAULT] [--days 825] [--force]
 
-The same from Python: `make_ca`, `make_server`, `make_client`.
+The same from Python: `make_ca`, `make_server`, `make_client`, `make_cage`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pmnc.errors import KeysError
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key.pem"
+CAGES = "cages"  # the subfolder of cage identities
+CAGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 CA_DAYS, LEAF_DAYS = 3650, 825
 MAX_DAYS = 36500
@@ -94,6 +99,23 @@ def make_client(directory: str | os.PathLike[str], name: str, days: int = LEAF_D
     return _make_leaf(Path(directory), name, days, force, extensions)
 
 
+def make_cage(directory: str | os.PathLike[str], cage: str, flock: str = "DEFAULT", days: int = LEAF_DAYS,
+              *, force: bool = False) -> Path:
+    """Write `directory/cages/CAGE.pem`: the key and certificate cage CAGE of flock FLOCK
+    shows other cages, both as a server and as a client; its identity is the SAN URI."""
+    if not CAGE_NAME.fullmatch(cage) or not CAGE_NAME.fullmatch(flock):
+        raise KeysError(f"invalid cage {cage!r} or flock {flock!r}: 1 to 32 of A-Z a-z 0-9 _ -")
+    extensions = [(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(cage_uri(flock, cage))]), False),
+                  (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)]
+    folder = Path(directory)
+    (folder / CAGES).mkdir(mode=0o700, exist_ok=True)
+    return _make_leaf(folder, cage, days, force, extensions, into=folder / CAGES)
+
+
+def cage_uri(flock: str, cage: str) -> str:
+    return f"pmnc://{flock}/{cage}"
+
+
 def load_ca(directory: str | os.PathLike[str]) -> tuple[x509.Certificate, CaKey]:
     """The CA in `directory`, checked: a CA certificate and the private key that matches it."""
     folder = Path(directory)
@@ -129,12 +151,12 @@ def load_ca(directory: str | os.PathLike[str]) -> tuple[x509.Certificate, CaKey]
 
 
 def _make_leaf(folder: Path, name: str, days: int, force: bool,
-               extensions: Sequence[tuple[x509.ExtensionType, bool]]) -> Path:
+               extensions: Sequence[tuple[x509.ExtensionType, bool]], into: Path | None = None) -> Path:
     if not _NAME.fullmatch(name) or name.lower() in _RESERVED:
         raise KeysError(f"invalid name {name!r}: 1 to 64 of A-Z a-z 0-9 _ . - (starting with a letter or digit), "
                         f"not {' or '.join(sorted(_RESERVED))}")
     ca_cert, ca_key = load_ca(folder)
-    path = folder / f"{name}.pem"
+    path = (into or folder) / f"{name}.pem"
     _check_free([path], force)
     key = _new_key()
     now = _now()
@@ -242,12 +264,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="startup.py --keys", description="Make a CA and the key+certificate files it signs.")
-    kinds = parser.add_subparsers(dest="kind", required=True, metavar="ca|server|client")
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="ca|server|client|cage")
     ca = kinds.add_parser("ca", help="a new CA: DIR/ca.pem and DIR/ca.key.pem")
     ca.add_argument("--name", default="pmnc CA", help="the CA's common name (default: %(default)s)")
     server = kinds.add_parser("server", help="DIR/NAME.pem for an HTTPS interface, signed by DIR's CA")
     client = kinds.add_parser("client", help="DIR/NAME.pem for a client (CN=NAME), signed by DIR's CA")
-    for sub, days in ((ca, CA_DAYS), (server, LEAF_DAYS), (client, LEAF_DAYS)):
+    cage = kinds.add_parser("cage", help="DIR/cages/NAME.pem: cage NAME's identity for cage-to-cage calls")
+    cage.add_argument("--flock", default="DEFAULT", help="the cluster's flock_id (default: %(default)s)")
+    for sub, days in ((ca, CA_DAYS), (server, LEAF_DAYS), (client, LEAF_DAYS), (cage, LEAF_DAYS)):
         sub.add_argument("dir", metavar="DIR", help="the CA's folder")
         if sub is not ca:
             sub.add_argument("name", metavar="NAME", help="the file name and the certificate's CN")
@@ -271,6 +295,9 @@ def main(argv: list[str]) -> int:
             hosts = args.host or DEFAULT_HOSTS
             path = make_server(args.dir, args.name, hosts, args.days, force=args.force)
             print(f"{path}: key and server certificate for {', '.join(hosts)} (ssl_key_cert_file)")
+        elif args.kind == "cage":
+            path = make_cage(args.dir, args.name, args.flock, args.days, force=args.force)
+            print(f"{path}: key and certificate of cage {args.name} in flock {args.flock}")
         else:
             path = make_client(args.dir, args.name, args.days, force=args.force)
             print(f"{path}: key and client certificate for CN={args.name}")

@@ -425,8 +425,11 @@ class Pmnc:
         self.__dict__[name] = ref  # refs resolve at each call, so they can be kept
         return ref
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise ModuleError("cage-to-cage calls pmnc(\"cage\") are not available in this version yet")
+    def __call__(self, target: str = "", **options: Any) -> Any:
+        """`pmnc("cage").module.func(...)`: a call to another cage (see rpc/calls.py)."""
+        from pmnc.rpc.calls import cage_call  # calls to other cages build on the loader
+
+        return cage_call(self, target, **options)
 
     def __repr__(self) -> str:
         return f"<pmnc of {self._source} in cage {self._loader.cage}>"

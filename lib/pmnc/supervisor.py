@@ -24,7 +24,7 @@ from pmnc import log
 from pmnc.errors import exc_string
 
 TARGET = re.compile(r"(?:([A-Za-z0-9_-]{1,32})\.)?([A-Za-z0-9_-]{1,32})")
-USAGE = "usage: python3 startup.py [node.]cage | --self-test cage module | --keys ca|server|client DIR ..."
+USAGE = "usage: python3 startup.py [node.]cage | --self-test cage module | --keys ca|server|client|cage DIR ..."
 CHILD_FLAG = "--cage-process"
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0

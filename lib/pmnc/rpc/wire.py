@@ -1,0 +1,122 @@
+"""What one call and its answer look like on the wire, and exceptions across it.
+
+A call is a dict (msgpack-encoded in one frame, see codec.py):
+
+    kind      "call", or "poll"/"post" of reverse calls
+    source    [node, cage] of the caller (informational: the TLS identity decides)
+    target    the cage called
+    module, method, args, kwargs
+    request   id, remain (seconds left when sent), deadline (epoch, informational),
+              interface, protocol, description, log_levels, parameters
+
+The callee's deadline is `remain` counted from the arrival of the call, less
+a margin, so no clock skew matters and the answer reaches the caller before
+its own deadline. An answer is `{"result": value}` or `{"error": {...}}`
+with the exception's type, message, args, attributes and traceback text;
+the caller rebuilds builtin and framework types and turns any other into
+RemoteError naming the type.
+"""
+
+from __future__ import annotations
+
+import builtins
+import traceback
+from typing import Any
+
+from pmnc import errors
+from pmnc import request as _request
+from pmnc.errors import RemoteError
+
+# The callee keeps this share of the time left (at most MAX_MARGIN seconds) for the
+# answer's way back, so an answer finished right at its deadline is still in time.
+MARGIN_SHARE, MAX_MARGIN = 0.05, 0.25
+
+_SIMPLE = (str, int, float, bool, bytes, type(None))
+
+
+def callee_timeout(remain: float) -> float:
+    return max(remain - min(remain * MARGIN_SHARE, MAX_MARGIN), 0.0)
+
+
+def error_dict(e: BaseException) -> dict[str, Any]:
+    cls = type(e)
+    try:
+        message = str(e)
+    except Exception:
+        message = ""
+    return {
+        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "message": message,
+        "args": list(e.args) if all(isinstance(a, _SIMPLE) for a in e.args) else None,
+        "attrs": {k: v for k, v in vars(e).items() if isinstance(k, str) and not k.startswith("_")
+                  and isinstance(v, _SIMPLE)},
+        "traceback": "".join(traceback.format_exception(e)),
+    }
+
+
+def rebuild(error: Any, where: str) -> BaseException:
+    """The exception an `error` dict describes: the same type if it is a builtin or
+    a framework one, else RemoteError; `remote_traceback` is set on it either way."""
+    if not isinstance(error, dict):
+        return RemoteError(f"{where} answered with a malformed error")
+    type_name, message = str(error.get("type", "")), str(error.get("message", ""))
+    trace = str(error.get("traceback", ""))
+    cls = _known_type(type_name)
+    exc: BaseException | None = None
+    if cls is not None:
+        exc = _construct(cls, error.get("args"), message)
+    if exc is None:
+        exc = RemoteError(message, type_name, trace)
+    else:
+        attrs = error.get("attrs")
+        if isinstance(attrs, dict):
+            for key, value in attrs.items():
+                if isinstance(key, str) and not key.startswith("_"):
+                    try:
+                        setattr(exc, key, value)
+                    except (AttributeError, TypeError):
+                        pass
+    exc.remote_traceback = trace  # type: ignore[attr-defined]
+    if trace:
+        exc.add_note(f"raised in {where}:\n{trace.rstrip()}")
+    return exc
+
+
+def _known_type(name: str) -> type[BaseException] | None:
+    module, _, attr = name.rpartition(".")
+    if module == "builtins":
+        cls = getattr(builtins, attr, None)
+    elif module == "pmnc.errors":
+        cls = getattr(errors, attr, None)
+    else:
+        return None
+    # Exception, not BaseException: a remote SystemExit must not stop this cage
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        return cls
+    return None
+
+
+def _construct(cls: type[BaseException], args: Any, message: str) -> BaseException | None:
+    candidates = [tuple(args)] if isinstance(args, list) else []
+    candidates.append((message,))
+    for arguments in candidates:
+        try:
+            exc = cls(*arguments)
+        except Exception:
+            continue
+        return exc
+    try:
+        exc = cls.__new__(cls)
+        exc.args = (message,)
+        return exc
+    except Exception:
+        return None
+
+
+def wire_request(request: _request.Request) -> dict[str, Any]:
+    """The caller's request as it travels: what the callee continues (see the module's doc)."""
+    assert request.deadline is not None
+    parameters = {k: v for k, v in request.parameters.items() if isinstance(k, str) and not k.startswith("_")}
+    return {"id": request.unique_id, "remain": request.remain, "deadline": request.epoch_deadline,
+            "interface": request.interface, "protocol": request.protocol, "description": request.description,
+            "log_levels": list(request.log_levels), "parameters": parameters}
