@@ -34,6 +34,8 @@ from pmnc import log  # noqa: E402
 from pmnc.cage import Cage  # noqa: E402
 from pmnc.request import Request, attached  # noqa: E402
 
+pytest_plugins = ["lan"]  # the `lan` fixture: hosts in network namespaces (tests/lan.py)
+
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
                message: str = "condition") -> Any:
@@ -160,25 +162,32 @@ class CageProcess:
 
     LISTENS = re.compile(r"interface (\w+) listens on https?://[\d.]+:(\d+)/")
 
-    def __init__(self, root: Path, cage: str = "sample") -> None:
-        self.root, self.cage = root, cage
+    def __init__(self, root: Path, cage: str = "sample", node: str | None = None,
+                 prefix: list[str] | None = None) -> None:
+        """`node` runs it as `startup.py node.cage` (its own log and pid files); `prefix`
+        goes before the command (e.g. `ip netns exec <host>`)."""
+        self.root, self.cage, self.node = root, cage, node
+        self.target = f"{node}.{cage}" if node else cage
+        self.prefix = prefix or []
         self.cage_dir = root / "cages" / cage
         self.logs = self.cage_dir / "logs"
         self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     def start(self, ready: bool = True) -> CageProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen([sys.executable, str(self.root / "startup.py"), self.cage],
+        self.starts += 1
+        self.process = subprocess.Popen([*self.prefix, sys.executable, str(self.root / "startup.py"), self.target],
                                         cwd=self.root, env=env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if ready:
-            self.wait_for_log("the cage is ready")
+            self.wait_for_log("the cage is ready", count=self.log_text().count("the cage is ready") + 1)
         return self
 
     def log_text(self) -> str:
         if not self.logs.is_dir():
             return ""
-        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob(f"{self.target}-*.log")))
 
     def wait_for_log(self, pattern: str, timeout: float = 15.0, count: int = 1) -> re.Match[str]:
         """The `count`-th match of the regex `pattern` in the log, when it appears."""
@@ -215,6 +224,48 @@ class CageProcess:
         self.process.wait(10)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+class Cluster:
+    """One install tree holding several cages (so they share cages/.shared and its keys),
+    each started as real processes; all are killed afterwards."""
+
+    def __init__(self, base: Path) -> None:
+        self.root = make_tree(base, cage="cluster_unused")
+        shutil.rmtree(self.root / "cages" / "cluster_unused")
+        self.processes: list[CageProcess] = []
+
+    def cage(self, name: str, files: dict[str, str] | None = None, *, interfaces: tuple[str, ...] = ("rpc",),
+             request_timeout: float = 10.0, thread_count: int = 10, log_level: str = "LOG") -> Path:
+        """Make (or update) cage folder `name` with `files` and its config_interfaces."""
+        folder = self.root / "cages" / name
+        folder.mkdir(exist_ok=True)
+        (folder / "config_interfaces.py").write_text(config_source({
+            "interfaces": interfaces, "request_timeout": request_timeout, "thread_count": thread_count,
+            "sweep_period": 15.0, "log_level": log_level}))
+        for file, text in (files or {}).items():
+            write_file(folder / file, text)
+        return folder
+
+    def shared(self, file: str, text: str) -> None:
+        write_file(self.root / "cages" / ".shared" / file, text)
+
+    def start(self, cage: str, node: str | None = None, *, prefix: list[str] | None = None,
+              ready: bool = True) -> CageProcess:
+        process = CageProcess(self.root, cage, node, prefix)
+        self.processes.append(process)
+        return process.start(ready=ready)
+
+    def kill_all(self) -> None:
+        for process in self.processes:
+            process.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    running = Cluster(tmp_path)
+    yield running
+    running.kill_all()
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ class UsageError(Exception):
 def main(root: str, argv: list[str]) -> int:
     try:
         if argv[:1] == [CHILD_FLAG]:
-            return run_cage(root, *argv[1:4])
+            return run_cage(root, *argv[1:5])
         if argv[:1] == ["--self-test"]:
             from pmnc.selftest import run_self_test
 
@@ -53,7 +53,9 @@ def main(root: str, argv: list[str]) -> int:
         if len(argv) != 1:
             raise UsageError(USAGE)
         node, cage = parse_target(argv[0])
-        return Supervisor(root, node, check_cage(root, cage)).run()
+        # Two instances of a cage on one machine (`a.worker`, `b.worker`) keep separate files.
+        files = f"{node}.{cage}" if "." in argv[0] else cage
+        return Supervisor(root, node, check_cage(root, cage), files).run()
     except UsageError as e:
         print(f"startup.py: {e}", file=sys.stderr)
         return 2
@@ -84,21 +86,22 @@ def logs_dir(root: str, cage: str) -> str:
     return path
 
 
-def open_log(root: str, cage: str) -> None:
+def open_log(root: str, cage: str, files: str) -> None:
     echo = sys.stderr if sys.stderr.isatty() else None
-    log.configure(log.LogFile(logs_dir(root, cage), cage), echo=echo, echo_level=log.MESSAGE)
+    log.configure(log.LogFile(logs_dir(root, cage), files), echo=echo, echo_level=log.MESSAGE)
 
 
 class Supervisor:
-    def __init__(self, root: str, node: str, cage: str) -> None:
+    def __init__(self, root: str, node: str, cage: str, files: str | None = None) -> None:
         self.root, self.node, self.cage = root, node, cage
+        self.files = files or cage  # the name of the pid and log files
         self.stopping = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
 
     def run(self) -> int:
         threading.current_thread().name = "supervisor"
-        open_log(self.root, self.cage)
-        pid_file = os.path.join(logs_dir(self.root, self.cage), f"{self.cage}.pid")
+        open_log(self.root, self.cage, self.files)
+        pid_file = os.path.join(logs_dir(self.root, self.cage), f"{self.files}.pid")
         with open(pid_file, "w") as f:
             f.write(str(os.getpid()))
         self._install_signals()
@@ -118,7 +121,8 @@ class Supervisor:
         return 0
 
     def _run_child(self, mode: str) -> int:
-        command = [sys.executable, os.path.join(self.root, "startup.py"), CHILD_FLAG, self.node, self.cage, mode]
+        command = [sys.executable, os.path.join(self.root, "startup.py"), CHILD_FLAG, self.node, self.cage, mode,
+                   self.files]
         self.child = subprocess.Popen(command, stdin=subprocess.PIPE, cwd=self.root)
         log.message(f"the cage process has started, pid {self.child.pid}")
         return self.child.wait()  # signal handlers run meanwhile (PEP 475)
@@ -157,13 +161,13 @@ class Supervisor:
             child.kill()
 
 
-def run_cage(root: str, node: str, cage: str, mode: str) -> int:
+def run_cage(root: str, node: str, cage: str, mode: str, files: str = "") -> int:
     """The secondary: run the cage until stdin closes or SIGTERM arrives."""
     from pmnc.cage import Cage
 
     threading.current_thread().name = "cage"
     sys.path.insert(0, os.path.join(root, "cages", cage, "lib"))
-    open_log(root, cage)
+    open_log(root, cage, files or cage)
     stopping = threading.Event()
     if hasattr(signal, "SIGINT"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the supervisor

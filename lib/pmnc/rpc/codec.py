@@ -457,7 +457,8 @@ class FrameDecoder:
             if size >= HEADER_SIZE:  # fast path: the whole of one frame
                 kind, length = _read_header(data, 0, self._limit, self._allow_pickle)
                 if size == HEADER_SIZE + length:
-                    return [decode_body(kind, memoryview(data)[HEADER_SIZE:], allow_pickle=self._allow_pickle)]
+                    with memoryview(data)[HEADER_SIZE:] as body:  # released even if a traceback keeps it
+                        return [decode_body(kind, body, allow_pickle=self._allow_pickle)]
             source = data
         values: list[Any] = []
         # Bodies are decoded from slices of the view, never copied; the view
