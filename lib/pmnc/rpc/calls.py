@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import request as _request
 from pmnc.config import Config
-from pmnc.errors import InvalidModuleNameError, NotAvailableError, ProtocolError, ResourceInputParameterError, RPCError
+from pmnc.errors import (
+    InvalidMethodAccessError,
+    InvalidModuleNameError,
+    NotAvailableError,
+    ProtocolError,
+    ResourceInputParameterError,
+    RPCError,
+)
 from pmnc.loader import MODULE_NAME
 from pmnc.rpc import cluster as _cluster
 from pmnc.rpc import codec, wire
@@ -77,8 +84,10 @@ class _Module:
         self._cage, self._module = cage, module
 
     def __getattr__(self, method: str) -> Any:
-        if method.startswith("_"):
+        if method.startswith("__"):
             raise AttributeError(method)
+        if method.startswith("_"):
+            raise InvalidMethodAccessError(f"{self._module}.{method} is private and cannot be called")
         return functools.partial(_invoke, self._cage, self._module, method)
 
     def __repr__(self) -> str:

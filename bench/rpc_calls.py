@@ -1,0 +1,567 @@
+"""Benchmark cage-to-cage calls, pmnc("echo").echo.echo(x), against Pyro5 calls, both between two processes.
+
+    .venv/bin/python bench/rpc_calls.py [--calls 5000] [--threads 8] [--warmup 200]
+                                        [--serializers serpent,msgpack] [--keep]
+
+Every call sends a small dict, {"id": i, "text": "x" * 100}, and gets it back;
+each answer must equal what was sent. Both sides run on loopback:
+
+- pmnc: a temporary install tree with two cages, each `startup.py <cage>`:
+  `echo` (a module `echo.py` with `echo(x)`, interface `rpc`) and `caller`
+  (interfaces `rpc` and `http`). GET /run?calls=N&threads=T on the caller
+  makes N calls to the echo cage (mutual TLS, msgpack), T=1 on the request's
+  own thread, else over T threads, and answers their timing as JSON.
+- Pyro5: this script with --serve-pyro (a Daemon, plain TCP, the thread pool
+  server) and, per serializer, this script with --pyro-client: the same N
+  calls on one proxy, then over T threads with a proxy each.
+
+Each side is warmed up first (connections open), then measured sequentially
+and over T threads; calls/s, p50 and p99 latency and the CPU per call of
+both processes are printed, with the ratios pmnc/Pyro5 against the targets
+(>= 1.5 sequential, >= 2 concurrent). Every process is stopped at the end
+whatever happens. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import Pyro5
+import Pyro5.api
+import serpent
+from http_hello import HOST, end_process, pmnc_version, read_text, run_pair, wait_until
+from xmlrpc_echo import cpu_seconds
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 120.0  # the caller cage's request_timeout: a whole /run must fit in it
+TEXT = "x" * 100  # the payload is {"id": i, "text": TEXT}
+SERIALIZERS = ("serpent", "msgpack")
+
+# --- the pmnc side: two cages --------------------------------------------------------------------------
+
+ECHO_MODULE = '''# The echo cage of bench/rpc_calls.py: other cages call pmnc("echo").echo.echo(x).
+
+__all__ = ["echo"]
+
+
+def echo(x):
+    return x
+
+
+# EOF
+'''
+
+CAGE_CONFIG = '''config = dict(
+    interfaces={interfaces!r},
+    request_timeout={request_timeout!r},
+    thread_count={thread_count!r},
+    sweep_period=15.0,
+    log_level="LOG",
+)
+
+# EOF
+'''
+
+CALLER_HANDLER = '''# The caller cage of bench/rpc_calls.py. GET /run?calls=N&threads=T makes N calls
+# pmnc("echo").echo.echo(payload), T=1 on this request's own thread, else over T threads
+# started together, and answers as JSON how long they took.
+
+import json
+import statistics
+import threading
+import time
+import urllib.parse
+
+__all__ = ["process_request"]
+
+TEXT = "x" * 100
+
+
+def _calls(ids, latencies, errors):
+    for i in ids:
+        payload = {"id": i, "text": TEXT}
+        began = time.perf_counter()
+        try:
+            answer = pmnc("echo").echo.echo(payload)
+        except Exception as e:
+            latencies.append(time.perf_counter() - began)
+            errors.append(f"call {i}: {type(e).__name__}: {e}")
+            continue
+        latencies.append(time.perf_counter() - began)
+        if answer != payload:
+            errors.append(f"call {i} answered {answer!r:.200}")
+
+
+def _thread(start, ids, latencies, errors):
+    start.wait()  # a thread of its own: pmnc.request is infinite, each call gets request_timeout
+    _calls(ids, latencies, errors)
+
+
+def process_request(request: dict, response: dict) -> None:
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request["url"]).query)
+    calls, threads = int(query["calls"][0]), int(query.get("threads", ["1"])[0])
+    shares = [range(t, calls, threads) for t in range(threads)]
+    latencies = [[] for _ in shares]
+    errors = [[] for _ in shares]
+    if threads == 1:
+        began = time.perf_counter()
+        _calls(shares[0], latencies[0], errors[0])
+        seconds = time.perf_counter() - began
+    else:
+        start = threading.Barrier(threads + 1)
+        workers = [threading.Thread(target=_thread, args=(start, *part), name=f"bench-{n}", daemon=True)
+                   for n, part in enumerate(zip(shares, latencies, errors))]
+        for worker in workers:
+            worker.start()
+        start.wait()
+        began = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        seconds = time.perf_counter() - began
+    every = [x for part in latencies for x in part]
+    failed = [x for part in errors for x in part]
+    cuts = statistics.quantiles(every, n=100) if len(every) > 1 else [float("nan")] * 99
+    response["content"] = json.dumps({"calls": len(every), "seconds": seconds, "p50_ms": cuts[49] * 1000,
+                                      "p99_ms": cuts[98] * 1000, "errors": len(failed),
+                                      "first_error": failed[0] if failed else ""})
+    response["headers"]["content-type"] = "application/json"
+
+
+# EOF
+'''
+
+
+@dataclass
+class Run:
+    """One measured batch of calls, as either side reports it."""
+
+    calls: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    first_error: str
+    client_cpu: float | None = None  # CPU seconds of the calling process meanwhile
+    server_cpu: float | None = None  # ... and of the answering one
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Run:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+
+class Cage:
+    """One cage of the tree, run as `python startup.py <name>`."""
+
+    CHILD = re.compile(r"the cage process has started, pid (\d+)")
+
+    def __init__(self, root: Path, name: str, output: Path) -> None:
+        self.root, self.name, self.output = root, name, output
+        self.folder = root / "cages" / name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen([sys.executable, str(self.root / "startup.py"), self.name],
+                                            cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log_text(self) -> str:
+        logs = self.folder / "logs"
+        return "".join(read_text(p) for p in sorted(logs.glob("*.log"))) if logs.is_dir() else ""
+
+    def search(self, pattern: str) -> re.Match[str] | None:
+        """`pattern` in the cage log; fails at once if the supervisor has exited."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"cage {self.name} exited with code {self.process.returncode}: "
+                               f"{read_text(self.output)[-2000:]}{self.log_text()[-2000:]}")
+        return re.search(pattern, self.log_text())
+
+    def pid(self) -> int:
+        """The cage process (the supervisor's child), not the supervisor."""
+        return int(self.CHILD.findall(self.log_text())[-1])
+
+    def signal_stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM to the supervisor: a graceful stop of the cage
+
+    def wait_stopped(self) -> str:
+        if self.process is None:
+            return f"cage {self.name} was not started"
+        return end_process(self.process, f"cage {self.name}", STOP_TIMEOUT, self._kill_cage)
+
+    def _kill_cage(self) -> None:
+        for pid in (int(p) for p in self.CHILD.findall(self.log_text())):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class PmncCages:
+    """Cages `echo` and `caller` in a temporary install tree; the caller runs the calls."""
+
+    def __init__(self, base: Path) -> None:
+        self.root = base / "pmnc"
+        self.echo = Cage(self.root, "echo", base / "echo.out")
+        self.caller = Cage(self.root, "caller", base / "caller.out")
+        self.threads = 1
+        self.port = 0
+        self.description = ""
+
+    def make_tree(self) -> None:
+        """startup.py, lib (a symlink), cages/.shared without its keys, and the two cages."""
+        (self.root / "cages").mkdir(parents=True)
+        shutil.copy(ROOT / "startup.py", self.root / "startup.py")
+        os.symlink(ROOT / "lib", self.root / "lib")
+        shutil.copytree(ROOT / "cages" / ".shared", self.root / "cages" / ".shared",
+                        ignore=shutil.ignore_patterns("ssl_keys", "__pycache__"))
+        thread_count = max(10, self.threads + 2)
+        self.echo.folder.mkdir()
+        (self.echo.folder / "echo.py").write_text(ECHO_MODULE)
+        (self.echo.folder / "config_interfaces.py").write_text(CAGE_CONFIG.format(
+            interfaces=("rpc",), request_timeout=10.0, thread_count=thread_count))
+        self.caller.folder.mkdir()
+        (self.caller.folder / "interface_http.py").write_text(CALLER_HANDLER)
+        (self.caller.folder / "config_interfaces.py").write_text(CAGE_CONFIG.format(
+            interfaces=("rpc", "http"), request_timeout=REQUEST_TIMEOUT, thread_count=thread_count))
+        config = (ROOT / "cages" / "sample" / "config_interface_http.py").read_text()
+        config, count = re.subn(r"listener_address\s*=\s*\([^)]*\)", f'listener_address=("{HOST}", 0)', config)
+        if count != 1:
+            raise RuntimeError("cages/sample/config_interface_http.py: no listener_address to rewrite")
+        (self.caller.folder / "config_interface_http.py").write_text(config)
+        self.description = (f"{pmnc_version()}: cages echo (rpc) and caller (rpc, http), "
+                            f"{thread_count} worker threads each")
+
+    def start(self) -> None:
+        self.make_tree()
+        self.echo.launch()  # both at once: the first makes the cluster's keys, the other waits for its lock
+        self.caller.launch()
+        wait_until(lambda: self.echo.search(r"interface rpc listens on ssl://"), START_TIMEOUT,
+                   "cage echo: its line 'interface rpc listens on'")
+        match = wait_until(lambda: self.caller.search(r"interface http listens on https?://[\d.]+:(\d+)/"),
+                           START_TIMEOUT, "cage caller: its line 'interface http listens on'")
+        self.port = int(match.group(1))
+        wait_until(lambda: self.caller.search(r"the cage is ready"), START_TIMEOUT, "cage caller: ready")
+        self.description += f", GET http://{HOST}:{self.port}/run on the caller"
+
+    def run(self, calls: int, threads: int) -> Run:
+        """GET /run on the caller; the CPU both cage processes used meanwhile."""
+        pids = self.caller.pid(), self.echo.pid()
+        before = [cpu_seconds(pid) for pid in pids]
+        connection = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT + 10.0)
+        try:
+            connection.request("GET", f"/run?calls={calls}&threads={threads}")
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        after = [cpu_seconds(pid) for pid in pids]
+        if response.status != 200:
+            raise RuntimeError(f"GET /run on the caller cage: {response.status} {body[:2000]!r}")
+        run = Run.from_json(json.loads(body))
+        cpu = [b - a if a is not None and b is not None else None for a, b in zip(before, after, strict=True)]
+        run.client_cpu, run.server_cpu = cpu
+        return run
+
+    def log_problems(self) -> list[str]:
+        return [f"{cage.name}: {line}" for cage in (self.caller, self.echo)
+                for line in cage.log_text().splitlines() if " ERR " in line or " WRN " in line]
+
+    def stop(self) -> str:
+        """SIGTERM to both supervisors at once, then wait for each (killing what does not stop)."""
+        for cage in (self.caller, self.echo):
+            cage.signal_stop()
+        return "; ".join(cage.wait_stopped() for cage in (self.caller, self.echo))
+
+
+# --- the Pyro5 side: a server process, a client process per serializer ---------------------------------
+
+
+@Pyro5.api.expose
+class Echo:
+    def echo(self, x: Any) -> Any:
+        return x
+
+
+def serve_pyro() -> int:
+    """A Pyro5 daemon on a free loopback port serving one Echo object, until SIGTERM."""
+    daemon = Pyro5.api.Daemon(host=HOST, port=0)
+    uri = daemon.register(Echo(), "echo")
+    config = Pyro5.config
+    print(f"rpc_calls: Pyro5 {Pyro5.__version__} daemon, servertype {config.SERVERTYPE} (thread pool "
+          f"{config.THREADPOOL_SIZE_MIN}..{config.THREADPOOL_SIZE}), SOCK_NODELAY={config.SOCK_NODELAY}, "
+          f"at {uri}", flush=True)
+    try:
+        daemon.requestLoop()
+    finally:
+        daemon.close()
+    return 0
+
+
+def summary(latencies: list[float], seconds: float, errors: list[str]) -> Run:
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    return Run(calls=len(latencies), seconds=seconds, p50_ms=cuts[49] * 1000, p99_ms=cuts[98] * 1000,
+               errors=len(errors), first_error=errors[0] if errors else "")
+
+
+def pyro_calls(proxy: Any, ids: range, latencies: list[float], errors: list[str]) -> None:
+    """The same loop as the caller cage's: each answer must be the payload itself."""
+    for i in ids:
+        payload = {"id": i, "text": TEXT}
+        began = time.perf_counter()
+        try:
+            answer = proxy.echo(payload)
+        except Exception as e:
+            latencies.append(time.perf_counter() - began)
+            errors.append(f"call {i}: {type(e).__name__}: {e}")
+            continue
+        latencies.append(time.perf_counter() - began)
+        if answer != payload:
+            errors.append(f"call {i} answered {answer!r:.200}")
+
+
+def measured(server_pid: int, body: Callable[[], tuple[list[float], float, list[str]]]) -> Run:
+    """`body()` (which returns its latencies, wall seconds and errors) and the CPU of both processes meanwhile."""
+    server_before, client_before = cpu_seconds(server_pid), time.process_time()
+    latencies, seconds, errors = body()
+    client_cpu, server_after = time.process_time() - client_before, cpu_seconds(server_pid)
+    run = summary(latencies, seconds, errors)
+    run.client_cpu = client_cpu
+    run.server_cpu = server_after - server_before if server_before is not None and server_after is not None else None
+    return run
+
+
+def pyro_sequential(uri: str, calls: int, warmup: int, server_pid: int) -> Run:
+    with Pyro5.api.Proxy(uri) as proxy:
+        proxy._pyroBind()
+        pyro_calls(proxy, range(warmup), [], [])
+
+        def body() -> tuple[list[float], float, list[str]]:
+            latencies: list[float] = []
+            errors: list[str] = []
+            began = time.perf_counter()
+            pyro_calls(proxy, range(calls), latencies, errors)
+            return latencies, time.perf_counter() - began, errors
+
+        return measured(server_pid, body)
+
+
+def pyro_concurrent(uri: str, calls: int, threads: int, warmup: int, server_pid: int) -> Run:
+    """T threads, each with a proxy of its own, connected and warmed up before the clock starts."""
+    shares = [range(t, calls, threads) for t in range(threads)]
+    latencies: list[list[float]] = [[] for _ in shares]
+    errors: list[list[str]] = [[] for _ in shares]
+    ready, start = threading.Barrier(threads + 1), threading.Barrier(threads + 1)
+
+    def thread(ids: range, mine: list[float], failed: list[str]) -> None:
+        with Pyro5.api.Proxy(uri) as proxy:
+            try:
+                proxy._pyroBind()
+                pyro_calls(proxy, range(max(warmup // threads, 1)), [], failed)
+            except Exception as e:
+                failed.append(f"connecting: {type(e).__name__}: {e}")
+            ready.wait(START_TIMEOUT)
+            start.wait(START_TIMEOUT)
+            if not failed:
+                pyro_calls(proxy, ids, mine, failed)
+
+    workers = [threading.Thread(target=thread, args=part, name=f"pyro-{n}", daemon=True)
+               for n, part in enumerate(zip(shares, latencies, errors, strict=True))]
+    for worker in workers:
+        worker.start()
+    ready.wait(START_TIMEOUT)
+
+    def body() -> tuple[list[float], float, list[str]]:
+        start.wait(START_TIMEOUT)
+        began = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        return ([x for part in latencies for x in part], time.perf_counter() - began,
+                [x for part in errors for x in part])
+
+    return measured(server_pid, body)
+
+
+def pyro_client(uri: str, serializer: str, calls: int, threads: int, warmup: int, server_pid: int) -> int:
+    """Sequential, then over `threads`: one JSON line on stdout."""
+    Pyro5.config.SERIALIZER = serializer
+    sequential = pyro_sequential(uri, calls, warmup, server_pid)
+    concurrent = pyro_concurrent(uri, calls, threads, warmup, server_pid)
+    print(json.dumps({"sequential": sequential.__dict__, "concurrent": concurrent.__dict__}), flush=True)
+    return 0
+
+
+class PyroServer:
+    """This script with --serve-pyro; its clients are this script with --pyro-client."""
+
+    BANNER = re.compile(r"rpc_calls: (Pyro5 .* at (PYRO:echo@[\d.]+:\d+))")
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.output = base / "pyro.out"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.uri = ""
+        self.description = ""
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-pyro"],
+                                            cwd=self.base, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        match = wait_until(self._listening, START_TIMEOUT, "Pyro5: its banner line")
+        self.description, self.uri = match.group(1), match.group(2)
+
+    def _listening(self) -> re.Match[str] | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the Pyro5 server exited with code {self.process.returncode}: "
+                               f"{read_text(self.output)[-2000:]}")
+        return self.BANNER.search(read_text(self.output))
+
+    def run(self, serializer: str, calls: int, threads: int, warmup: int) -> tuple[Run, Run]:
+        """A client process: its sequential and concurrent runs."""
+        assert self.process is not None
+        command = [sys.executable, str(Path(__file__).resolve()), "--pyro-client", self.uri,
+                   "--serializer", serializer, "--calls", str(calls), "--threads", str(threads),
+                   "--warmup", str(warmup), "--server-pid", str(self.process.pid)]
+        done = subprocess.run(command, cwd=self.base, capture_output=True, text=True,
+                              timeout=REQUEST_TIMEOUT * 2, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the Pyro5 client ({serializer}) failed with code {done.returncode}:\n"
+                               f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+        return Run.from_json(answer["sequential"]), Run.from_json(answer["concurrent"])
+
+    def stop(self) -> str:
+        if self.process is None:
+            return "Pyro5 was not started"
+        if self.process.poll() is None:
+            self.process.terminate()
+        return end_process(self.process, "Pyro5", STOP_TIMEOUT, lambda: None)
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def _per_call(cpu: float | None, calls: int) -> str:
+    return "?" if cpu is None or not calls else f"{cpu / calls * 1e6:.0f}us"
+
+
+def print_table(rows: list[tuple[str, Run]]) -> None:
+    print(f"{'':<28}{'calls/s':>9}{'calls':>7}{'p50':>9}{'p99':>9}{'errors':>8}"
+          f"{'client CPU/call':>17}{'server CPU/call':>17}")
+    for name, run in rows:
+        print(f"{name:<28}{run.rate:>9.0f}{run.calls:>7}{run.p50_ms:>7.3f}ms{run.p99_ms:>7.3f}ms{run.errors:>8}"
+              f"{_per_call(run.client_cpu, run.calls):>17}{_per_call(run.server_cpu, run.calls):>17}")
+        if run.first_error:
+            print(f"  {name}: first error: {run.first_error}")
+
+
+def verdicts(what: str, pmnc: Run, peers: dict[str, Run], target: float) -> str:
+    """`sequential: pmnc/Pyro5 serpent 1.20 (target >= 1.5: NOT met), ...`"""
+    parts = []
+    for serializer, peer in peers.items():
+        ratio = pmnc.rate / peer.rate if peer.rate else float("nan")
+        parts.append(f"pmnc/Pyro5 {serializer} {ratio:.2f} ({'met' if ratio >= target else 'NOT met'})")
+    return f"{what} (target >= {target:g}): {', '.join(parts)}"
+
+
+def bench(args: argparse.Namespace, pmnc: PmncCages, peer: PyroServer) -> int:
+    print(f"rpc_calls: echo({{'id': i, 'text': 'x' * 100}}) between two processes on loopback, {args.calls} calls "
+          f"sequentially, then over {args.threads} threads, after {args.warmup} warm-up calls; "
+          f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
+    pmnc.threads = args.threads
+    pmnc.start()
+    print(pmnc.description)
+    peer.start()
+    print(f"{peer.description}; clients: msgpack {msgpack.version}, serpent {serpent.__version__}")
+
+    print("pmnc: warming up and measuring ...", flush=True)
+    pmnc.run(args.warmup, 1)
+    pmnc_sequential = pmnc.run(args.calls, 1)
+    pmnc.run(args.warmup, args.threads)
+    pmnc_concurrent = pmnc.run(args.calls, args.threads)
+    pyro: dict[str, tuple[Run, Run]] = {}
+    for serializer in args.serializers:
+        print(f"Pyro5 {serializer}: warming up and measuring ...", flush=True)
+        pyro[serializer] = peer.run(serializer, args.calls, args.threads, args.warmup)
+
+    print()
+    threads = f"{args.threads} threads"
+    print_table([("pmnc, sequential", pmnc_sequential),
+                 *((f"Pyro5 {s}, sequential", runs[0]) for s, runs in pyro.items()),
+                 (f"pmnc, {threads}", pmnc_concurrent),
+                 *((f"Pyro5 {s}, {threads}", runs[1]) for s, runs in pyro.items())])
+    problems = pmnc.log_problems()
+    if problems:
+        print(f"cage logs: {len(problems)} error/warning line(s), the first ones:")
+        for line in problems[:5]:
+            print(f"  {line}")
+    print(verdicts("sequential", pmnc_sequential, {s: runs[0] for s, runs in pyro.items()}, 1.5))
+    print(verdicts(threads, pmnc_concurrent, {s: runs[1] for s, runs in pyro.items()}, 2.0))
+    print(f"rpc_calls: sequential pmnc {pmnc_sequential.rate:.0f} calls/s, "
+          + ", ".join(f"Pyro5 {s} {runs[0].rate:.0f}" for s, runs in pyro.items())
+          + f"; {threads} pmnc {pmnc_concurrent.rate:.0f} calls/s, "
+          + ", ".join(f"Pyro5 {s} {runs[1].rate:.0f}" for s, runs in pyro.items()))
+
+    errors = pmnc_sequential.errors + pmnc_concurrent.errors + sum(r.errors for runs in pyro.values() for r in runs)
+    if errors:
+        print(f"rpc_calls: NOT CLEAN: {errors} call(s) failed or answered something else")
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=5000, help="calls per measured run (5000)")
+    parser.add_argument("--threads", type=int, default=8, help="threads of the concurrent run (8)")
+    parser.add_argument("--warmup", type=int, default=200, help="warm-up calls before each run (200)")
+    parser.add_argument("--serializers", default=",".join(SERIALIZERS),
+                        help=f"Pyro5 serializers to measure, comma-separated ({','.join(SERIALIZERS)})")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary tree and logs, print where")
+    parser.add_argument("--serve-pyro", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pyro-client", metavar="URI", help=argparse.SUPPRESS)
+    parser.add_argument("--serializer", default="serpent", help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_pyro:
+        return serve_pyro()
+    if args.pyro_client:
+        return pyro_client(args.pyro_client, args.serializer, args.calls, args.threads, args.warmup,
+                           args.server_pid)
+    args.serializers = [s for s in args.serializers.split(",") if s]
+    if args.calls < 2 or args.threads < 2 or args.warmup < 1:
+        parser.error("--calls and --threads must be at least 2, --warmup at least 1")
+    if not args.serializers or not set(args.serializers) <= set(SERIALIZERS):
+        parser.error(f"--serializers: some of {', '.join(SERIALIZERS)}")
+
+    return run_pair("rpc_calls", args.keep, PmncCages, PyroServer, lambda pmnc, peer: bench(args, pmnc, peer))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
