@@ -141,7 +141,7 @@ def process_request(request: dict, response: dict) -> None:
     cuts = statistics.quantiles(every, n=100) if len(every) > 1 else [float("nan")] * 99
     response["content"] = json.dumps({"calls": len(every), "seconds": seconds, "p50_ms": cuts[49] * 1000,
                                       "p99_ms": cuts[98] * 1000, "errors": len(failed),
-                                      "first_error": failed[0] if failed else ""})
+                                      "first_error": failed[0] if failed else ""}).encode()
     response["headers"]["content-type"] = "application/json"
 
 

@@ -258,9 +258,12 @@ class Locator:
         assert self._receiver is not None
         while not self._stopping.is_set():
             try:
-                packet, (source, _) = self._receiver.recvfrom(MAX_PACKET + 1)
+                packet, sender = self._receiver.recvfrom(MAX_PACKET + 1)
             except OSError:
                 return
+            if not sender:  # shut down
+                return
+            source = sender[0]
             try:
                 self._receive(packet, source)
             except Exception as e:
@@ -298,7 +301,7 @@ class Locator:
         if not hmac.compare_digest(mac, self._mac(body)):
             return None
         try:
-            fields = msgpack.unpackb(body, raw=False, max_buffer_size=MAX_PACKET)
+            fields = msgpack.unpackb(body, raw=False)  # at most MAX_PACKET bytes
             kind, flock, instance, cage, node, port, period, ts = fields
         except (ValueError, TypeError, msgpack.UnpackException):
             return None
