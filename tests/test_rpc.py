@@ -63,6 +63,7 @@ RUNNER_HANDLER = module_source("""
 
 WORK = module_source("""
     import os
+    import threading
     import time
 
     class MyError(Exception):
@@ -99,7 +100,7 @@ WORK = module_source("""
 
     def whoami(hold=0.0, folder=None):
         if folder is not None:  # a marker that this instance is in the middle of a call
-            marker = os.path.join(folder, f"holding-{os.getpid()}")
+            marker = os.path.join(folder, f"holding-{os.getpid()}-{threading.get_ident()}")
             open(marker, "w").close()
             time.sleep(hold)
             os.unlink(marker)
@@ -377,7 +378,7 @@ def test_calls_spread_over_instances_and_survive_one_being_killed(cluster: Clust
     for thread in clients:
         thread.start()
     try:
-        wait_until(lambda: (markers / f"holding-{b_pid}").exists(), message="a call in flight in b.worker")
+        wait_until(lambda: any(markers.glob(f"holding-{b_pid}-*")), message="a call in flight in b.worker")
         os.kill(b_pid, signal.SIGKILL)
         wait_until(lambda: _gone(b_pid), message="b.worker's cage process gone")
         killed_at = time.monotonic()

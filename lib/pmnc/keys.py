@@ -112,6 +112,11 @@ def make_cage(directory: str | os.PathLike[str], cage: str, flock: str = "DEFAUL
     return _make_leaf(folder, cage, days, force, extensions, into=folder / CAGES)
 
 
+def write_secret(path: Path, data: bytes) -> None:
+    """A new file readable by its owner only (a key), written at once."""
+    _write(path, data, 0o600)
+
+
 def cage_uri(flock: str, cage: str) -> str:
     return f"pmnc://{flock}/{cage}"
 

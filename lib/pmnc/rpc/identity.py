@@ -74,7 +74,7 @@ class ClusterKeys:
                 raise KeysError(f"{self.ca_file} is missing but {self.cert_file} exists: copy the cluster's CA")
             keys.make_ca(folder, f"pmnc cluster {self.flock}")
         if not (folder / CLUSTER_KEY).exists():
-            keys._write(folder / CLUSTER_KEY, secrets.token_bytes(32), 0o600)
+            keys.write_secret(folder / CLUSTER_KEY, secrets.token_bytes(32))
         if not self.cert_file.exists():
             if not (folder / keys.CA_KEY).exists():
                 raise KeysError(f"no certificate for cage {self.cage} in {folder / keys.CAGES} and no CA key to make "
