@@ -174,9 +174,9 @@ class RPCError(ResourceError):
     participant's error is this one, as for any other resource.
     """
 
-    def __init__(self, description: str, remote: BaseException) -> None:
+    def __init__(self, description: str, remote: BaseException | None = None) -> None:
         super().__init__(description, recoverable=False, terminal=False)
-        self.remote = remote
+        self.remote = remote if remote is not None else RemoteError(description)
 
 
 class RemoteError(PmncError):

@@ -2,7 +2,10 @@
 
 Interfaces submit (request, function) pairs and get a `WorkUnit`: a small
 future whose result is waited for (`result(timeout)`) or handed to a
-callback (`when_done`, given at submit). A unit whose request has expired by the time a
+callback (`when_done`, given at submit). An interface whose connections
+have threads of their own may instead `call()`: the function runs on the
+calling thread when one of the `size` slots is free and nothing waits,
+sparing two thread hand-offs, and is queued like any unit otherwise. A unit whose request has expired by the time a
 worker takes it is never started (it fails with RequestExpiredError), and a
 cancelled unit (the interface gave up at the deadline) is skipped. Threads
 start lazily and retire after being idle.
@@ -122,6 +125,7 @@ class WorkerPool:
         self._idle = 0  # threads waiting for work
         self._signalled = 0  # of those, already woken for a unit they have yet to take
         self._busy = 0
+        self._inline = 0  # slots taken by call() on callers' own threads
         self._lookout: int | None = None  # the thread id of the lookout, if any
         self._active_at = 0.0  # when the lookout last saw work
         self._stopped = False
@@ -146,6 +150,41 @@ class WorkerPool:
             log.debug(f"{self!r}: queued {request.unique_id}")
         return unit
 
+    def call(self, request: Request, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` with `request` attached, as one of the pool's `size` calls at once:
+        on this thread if a slot is free and nothing is queued, else queued earliest
+        deadline first and waited for. At the deadline a unit still queued is
+        cancelled (RequestExpiredError); one already running is left to finish."""
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError(f"worker pool {self.name} has been stopped")
+            here = not self._queue and self._busy + self._inline < self.size
+            if here:
+                self._inline += 1
+        if not here:
+            return self._call_queued(request, fn, args)
+        try:
+            unit = WorkUnit(request, fn, args, None)
+            self._run(unit)
+            return unit.result()
+        finally:
+            with self._cond:
+                self._inline -= 1
+                self.processed += 1
+                if self._queue:
+                    self._wake_one()
+
+    def _call_queued(self, request: Request, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        unit = self.submit(request, fn, *args)
+        try:
+            return unit.result(None if request.deadline is None else request.remain)
+        except TimeoutError:
+            if unit.cancel():
+                raise RequestExpiredError("request has expired in the queue and will not be processed") from None
+            raise RequestExpiredError("request deadline has expired while it was being processed") from None
+        except CancelledError:
+            raise RequestExpiredError("request has been cancelled") from None
+
     def _wake_one(self) -> None:
         if self._idle > self._signalled:
             self._signalled += 1
@@ -164,7 +203,7 @@ class WorkerPool:
         me = threading.get_ident()
         with self._cond:
             while True:
-                if self._queue:
+                if self._queue and self._busy + self._inline < self.size:
                     if self._lookout == me:
                         self._lookout = None
                     self._busy += 1

@@ -16,9 +16,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
-from pmnc.errors import ConfigError, exc_string
+from pmnc.errors import ConfigError, IntakeClosedError, exc_string
 from pmnc.protocols.rpc import callee_request, run_call
 from pmnc.request import Request, attached
+from pmnc.rpc import wire
 from pmnc.rpc.identity import CAGE_NAME, Identity
 from pmnc.transaction import TransactionFactory
 from pmnc.workers import WorkUnit
@@ -80,6 +81,9 @@ class Interface(interfaces.Interface):
     def _start(self, source: str, call: dict[str, Any]) -> None:
         try:
             request = callee_request(self, call, Identity("", source), time.monotonic())
+        except IntakeClosedError as e:  # shutting down: say so rather than let the caller wait
+            self._post_error(source, call, e)
+            return
         except Exception as e:
             log.warning(f"interface {self.name}: a malformed call from cage {source}: {exc_string(e, stack=False)}")
             return
@@ -93,6 +97,15 @@ class Interface(interfaces.Interface):
         if not accepted:
             log.warning(f"interface {self.name}: cage {source} no longer waits for the answer to "
                         f"{call.get('module')}.{call.get('method')}")
+
+    def _post_error(self, source: str, call: dict[str, Any], error: Exception) -> None:
+        request = Request(timeout=POLL_TIMEOUT, interface=self.name, protocol=self.protocol)
+        try:
+            with attached(request):
+                getattr(self.transaction, f"rpc__{source}").post(str(call.get("call_id")),
+                                                                {"error": wire.error_dict(error)})
+        except Exception as e:
+            log.warning(f"interface {self.name}: cage {source} cannot be told: {exc_string(e, stack=False)}")
 
     def _done(self, unit: WorkUnit, request: Request) -> None:
         self.cage.intake.end(request)

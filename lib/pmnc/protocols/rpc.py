@@ -10,24 +10,27 @@ within the same budget (nothing has been sent); a connection lost during a
 call fails that call at once (it may have run) and the instance is skipped.
 
 Callee: the interface accepts TLS connections whose client certificate is
-from the cluster CA and names a cage of this flock, reads frames (codec.py)
-and runs each call as a request - the caller's id, log levels and
-parameters, a deadline of the caller's time left less a margin - on the
-worker pool: `pmnc.<module>.<method>(*args, **kwargs)` for any name in the
-module's `__all__`, unless `deny_modules` matches the module. An answer
-that the deadline beats is an error frame sent at the deadline; queued work
-is then never started.
+from the cluster CA and names a cage of this flock. Each connection has a
+thread of its own that reads a frame (codec.py), runs the call as a request
+- the caller's id, log levels and parameters, a deadline of the caller's
+time left less a margin - and writes the answer: `pmnc.<module>.<method>(
+*args, **kwargs)` for any name in the module's `__all__`, unless
+`deny_modules` matches the module. The call runs on the connection's own
+thread when one of the worker pool's `thread_count` slots is free and
+nothing waits (no hand-off between threads: a round trip costs a fifth of
+what it costs through the event loop), and is queued earliest deadline
+first otherwise; queued work whose deadline passes is never started, and
+an answer later than the deadline is replaced by a deadline error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
-import functools
 import random
 import select
 import socket
 import ssl
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +42,10 @@ from pmnc.errors import (
     IntakeClosedError,
     InvalidMethodAccessError,
     ProtocolError,
+    RequestExpiredError,
     ResourceError,
     ResourceInputParameterError,
     RPCDeadlineError,
-    RPCError,
     exc_string,
 )
 from pmnc.loader import MODULE_NAME
@@ -50,12 +53,12 @@ from pmnc.rpc import cluster as _cluster
 from pmnc.rpc import codec, wire
 from pmnc.rpc.identity import Identity, peer_identity
 from pmnc.rpc.locator import Location
-from pmnc.workers import WorkUnit
+from pmnc.rpc.reverse import POLL_MARGIN
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
 
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 5.0
 
 
 # --- the callee ------------------------------------------------------------------------------
@@ -72,59 +75,257 @@ class Interface(interfaces.Interface):
             raise ConfigError(f"config_interface_{name}.py: listener_address must be (host, port)")
         self.host, self.port = str(address[0]), int(address[1])
         self.max_connections = int(take("max_connections", 200))
+        self.max_handshakes = int(take("max_handshakes", 32))
         self.deny_modules = tuple(str(p) for p in take("deny_modules", ()))
         self.idle_timeout = float(take("idle_timeout", 600.0))
-        self.connections: set[Connection] = set()
+        self.connections: set[Connection] = set()  # authenticated
+        self.handshaking: dict[Connection, None] = {}  # not yet, oldest first
+        self.lock = threading.Lock()
         self.ceasing = False
-        self._server: asyncio.base_events.Server | None = None
+        self.listener: socket.socket | None = None
+        self.acceptor: threading.Thread | None = None
 
     def start(self) -> None:
-        assert self.cage.loop is not None
+        assert self.cage.pool is not None
+        self.pool = self.cage.pool
         self.cluster = _cluster.get()
         self.context = self.cluster.keys.server_context()
         self.context.num_tickets = 0  # connections live long; no session resumption to offer
         self.limit, self.use_pickle = self.cluster.max_frame_size, self.cluster.use_pickle
-        self.cage_loop = self.cage.loop
-        self.loop = self.cage.loop.loop
-        self._server = self.cage.loop.run(self.loop.create_server(
-            lambda: Connection(self), self.host, self.port, backlog=256, reuse_address=True), timeout=3.0)
-        host, port = self._server.sockets[0].getsockname()[:2]
+        listener = socket.create_server((self.host, self.port), backlog=256, reuse_port=False)
+        self.listener = listener
+        host, port = listener.getsockname()[:2]
         self.address = (host, port)
+        self.acceptor = threading.Thread(target=self._accept_loop, name=f"{self.name}:accept", daemon=True)
+        self.acceptor.start()
         self.cluster.locator.publish(host, port)
         log.message(f"interface {self.name} listens on ssl://{host}:{port}/")
 
     def cease(self) -> None:
+        """No new connections or calls; idle connections close, busy ones after their answer."""
         self.ceasing = True
         self.cluster.locator.unpublish()
-        self._on_loop(self._close_server())
-
-    async def _close_server(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self.connections):
-            if connection.current is None:
-                connection.close()
+        if self.listener is not None:
+            _shut(self.listener)  # wakes the acceptor
+        with self.lock:
+            idle = [c for c in self.connections if c.idle] + list(self.handshaking)
+        for connection in idle:
+            connection.shut()
 
     def stop(self) -> None:
-        self._on_loop(self._stop())
+        self.ceasing = True
+        with self.lock:
+            every = list(self.connections) + list(self.handshaking)
+        for connection in every:
+            connection.shut()
+        if self.acceptor is not None:
+            self.acceptor.join(3.0)
 
-    async def _stop(self) -> None:
-        for connection in list(self.connections):
-            connection.close()
+    def _accept_loop(self) -> None:
+        assert self.listener is not None
+        while not self.ceasing:
+            try:
+                sock, peer = self.listener.accept()
+            except OSError:
+                break
+            self._admit(Connection(self, sock, f"{peer[0]}:{peer[1]}"))
+        self.listener.close()
 
-    def _on_loop(self, coro: Any) -> None:
-        assert self.cage.loop is not None
-        self.cage.loop.run(coro, timeout=3.0)
+    def _admit(self, connection: Connection) -> None:
+        """A thread for the new connection. Connections still in their TLS handshake are
+        limited apart, the oldest dropped first, so that strangers opening sockets cannot
+        lock cages out (a real cage finishes its handshake in milliseconds)."""
+        with self.lock:
+            oldest = next(iter(self.handshaking)) if len(self.handshaking) >= self.max_handshakes else None
+            full = len(self.connections) >= self.max_connections
+            if not full:
+                self.handshaking[connection] = None
+        if oldest is not None:
+            oldest.shut()
+        if full:
+            log.warning(f"interface {self.name}: connection from {connection.peer} refused, "
+                        f"{self.max_connections} cages connected")
+            _shut(connection.raw)
+            connection.raw.close()
+            return
+        threading.Thread(target=connection.serve, name=f"{self.name}:{connection.peer}", daemon=True).start()
 
-    # --- one call, on a worker thread ----------------------------------------------------------
+    # --- one call ----------------------------------------------------------------------------
 
-    def run_call(self, envelope: dict[str, Any], caller: Identity) -> bytes:
-        """Run the call and return the answer's frame, whatever happens."""
-        reply = run_call(self.cage, self.deny_modules, envelope, caller)
-        return answer_frame(reply, self.limit, self.use_pickle, caller.cage)
+    def run_call(self, envelope: dict[str, Any], caller: Identity) -> dict[str, Any]:
+        return run_call(self.cage, self.deny_modules, envelope, caller)
 
-    def dispatch(self, envelope: dict[str, Any], caller: Identity) -> Any:
-        return dispatch(self.cage, self.deny_modules, envelope, caller)
+
+class Connection:
+    """One caller's connection, served by its own thread: the TLS handshake (a peer that
+    is not a cage of this cluster is refused and logged), then calls one at a time,
+    each answered before the next frame is read."""
+
+    def __init__(self, iface: Interface, raw: socket.socket, peer: str) -> None:
+        self.iface, self.raw, self.peer = iface, raw, peer
+        self.sock: ssl.SSLSocket | None = None
+        self.caller: Identity | None = None
+        self.idle = False
+
+    def serve(self) -> None:
+        try:
+            if self._secure():
+                self._serve_calls()
+        except Exception as e:
+            log.error(f"interface {self.iface.name}: connection from {self.peer} broke: {exc_string(e)}")
+        finally:
+            self.close()
+
+    def _secure(self) -> bool:
+        iface = self.iface
+        try:
+            self.raw.settimeout(HANDSHAKE_TIMEOUT)
+            self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = iface.context.wrap_socket(self.raw, server_side=True)
+        except (OSError, ssl.SSLError) as e:
+            self._refuse(f"TLS handshake failed: {e}")
+            return False
+        identity = peer_identity(self.sock.getpeercert())
+        if identity is None or identity.flock != iface.cluster.flock:
+            self._refuse(f"its certificate names no cage of flock {iface.cluster.flock}")
+            return False
+        self.caller = identity
+        with iface.lock:
+            iface.handshaking.pop(self, None)
+            iface.connections.add(self)
+        return not iface.ceasing
+
+    def _refuse(self, why: str) -> None:
+        log.warning(f"interface {self.iface.name}: connection from {self.peer} refused: {why}")
+
+    def _serve_calls(self) -> None:
+        assert self.sock is not None and self.caller is not None
+        iface = self.iface
+        while not iface.ceasing:
+            self.idle = True
+            try:
+                envelope = self._read_frame()
+            except ProtocolError as e:
+                log.warning(f"interface {iface.name}: cage {self.caller.cage} at {self.peer} sent a bad frame, "
+                            f"disconnected: {e}")
+                return
+            if envelope is None:
+                return
+            self.idle = False
+            frame = self._answer(envelope, time.monotonic())
+            try:
+                self.sock.settimeout(iface.request_timeout)
+                self.sock.sendall(frame)
+            except OSError:
+                return
+
+    def _read_frame(self) -> Any:
+        """The next frame's object; None when the caller goes (or stays idle too long)."""
+        assert self.sock is not None
+        iface = self.iface
+        try:
+            self.sock.settimeout(iface.idle_timeout)
+            header = _recv_exactly(self.sock, codec.HEADER_SIZE)
+            if header is None:
+                return None
+            kind, length = codec.parse_header(header, limit=iface.limit, allow_pickle=iface.use_pickle)
+            self.sock.settimeout(iface.request_timeout)  # a frame trickling in must not hold a thread forever
+            body = _recv_exactly(self.sock, length)
+        except (OSError, ssl.SSLError):
+            return None
+        if body is None:
+            return None
+        return codec.decode_body(kind, body, allow_pickle=iface.use_pickle)
+
+    def _answer(self, envelope: Any, arrived: float) -> bytes:
+        """The frame that answers one frame: a call's result or error, a poll's calls,
+        a post's acceptance; a malformed one gets an error saying so (and is logged)."""
+        assert self.caller is not None
+        iface = self.iface
+        try:
+            if not isinstance(envelope, dict):
+                raise ProtocolError("a frame that is not a call")
+            kind = envelope.get("kind")
+            if kind == "call":
+                return self._call(envelope, arrived)
+            if kind == "poll":
+                return codec.encode({"result": self._poll(_remain(envelope))}, limit=iface.limit)
+            if kind == "post":
+                accepted = iface.cluster.reverse.post(self.caller.cage, str(envelope.get("call_id")),
+                                                      envelope.get("reply"))
+                return codec.encode({"result": accepted})
+            raise ProtocolError(f"unknown kind of frame {kind!r}")
+        except (ProtocolError, IntakeClosedError, KeyError, TypeError, ValueError) as e:
+            log.warning(f"interface {iface.name}: cage {self.caller.cage} at {self.peer}: "
+                        f"{exc_string(e, stack=False)}")
+            error = e if isinstance(e, (ProtocolError, IntakeClosedError)) else ProtocolError(f"malformed call: {e}")
+            return codec.encode({"error": wire.error_dict(error)})
+
+    def _call(self, envelope: dict[str, Any], arrived: float) -> bytes:
+        assert self.caller is not None
+        iface = self.iface
+        request = callee_request(iface, envelope, self.caller, arrived)
+        try:
+            reply = iface.pool.call(request, iface.run_call, envelope, self.caller)
+        except (RequestExpiredError, RuntimeError) as e:
+            reply = {"error": wire.error_dict(e)}
+        finally:
+            iface.cage.intake.end(request)
+        if request.expired:  # a late answer is never sent: the caller is told it is late
+            log.warning(f"request {request.unique_id} from cage {self.caller.cage} has not been answered in "
+                        f"time, the caller gets a deadline error")
+            reply = {"error": wire.error_dict(DeadlineError(f"request deadline has expired in cage "
+                                                            f"{iface.cage.name}"))}
+        return answer_frame(reply, iface.limit, iface.use_pickle, self.caller.cage)
+
+    def _poll(self, remain: float) -> list[dict[str, Any]]:
+        """A reverse-call poll from the cage that connected: the calls queued for it, or
+        none by POLL_MARGIN before the poller's own deadline."""
+        assert self.caller is not None
+        calls = self.iface.cluster.reverse.poll(self.caller.cage, remain - POLL_MARGIN)
+        now = time.monotonic()
+        result = []
+        for pending in calls:
+            call = dict(pending.envelope)
+            call["request"] = dict(call["request"], remain=max(pending.deadline - now, 0.0))
+            call["call_id"] = pending.call_id
+            result.append(call)
+        return result
+
+    def shut(self) -> None:
+        """From another thread: make the serving thread's wait end."""
+        _shut(self.sock or self.raw)
+
+    def close(self) -> None:
+        iface = self.iface
+        with iface.lock:
+            iface.handshaking.pop(self, None)
+            iface.connections.discard(self)
+        for sock in (self.sock, self.raw):
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    """`size` bytes, or None if the stream ends first."""
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def dispatch(cage: Cage, deny_modules: tuple[str, ...], envelope: dict[str, Any], caller: Identity) -> Any:
@@ -144,10 +345,10 @@ def dispatch(cage: Cage, deny_modules: tuple[str, ...], envelope: dict[str, Any]
     return cage.loader.call(module, method, tuple(args), kwargs)
 
 
-def answer_frame(reply_or_error: Any, limit: int, use_pickle: bool, caller: str) -> bytes:
+def answer_frame(reply: dict[str, Any], limit: int, use_pickle: bool, caller: str) -> bytes:
     """The frame of an answer; one that cannot be encoded becomes the error saying why."""
     try:
-        return codec.encode(reply_or_error, limit=limit, use_pickle=use_pickle)
+        return codec.encode(reply, limit=limit, use_pickle=use_pickle)
     except ProtocolError as e:
         log.warning(f"the answer to cage {caller} cannot be sent: {e}")
         return codec.encode({"error": wire.error_dict(e)}, limit=limit)
@@ -164,219 +365,12 @@ def run_call(cage: Cage, deny_modules: tuple[str, ...], envelope: dict[str, Any]
         return {"error": wire.error_dict(e)}
 
 
-class Connection(asyncio.Protocol):
-    """One caller's connection: TLS first (refused and logged if the peer is not a cage of
-    this cluster), then calls, one at a time, answered in order."""
-
-    def __init__(self, iface: Interface) -> None:
-        self.iface = iface
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.caller: Identity | None = None
-        self.decoder = codec.FrameDecoder(iface.limit, iface.use_pickle)
-        self.queue: list[Any] = []
-        self.current: _InFlight | _Busy | None = None
-        self.closed = False
-        self.idle_timer: asyncio.TimerHandle | None = None
-        self.early: list[bytes] = []  # bytes that came before the identity was checked
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if len(self.iface.connections) >= self.iface.max_connections or self.iface.ceasing:
-            log.warning(f"interface {self.iface.name}: connection from {self.peer} refused, "
-                        f"{len(self.iface.connections)} open")
-            transport.abort()
-            return
-        self.iface.connections.add(self)
-        transport.pause_reading()  # start_tls takes over the reading
-        self.iface.loop.create_task(self._secure(transport))
-
-    async def _secure(self, transport: asyncio.Transport) -> None:
-        try:
-            secured = await self.iface.loop.start_tls(transport, self, self.iface.context, server_side=True,
-                                                      ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
-            self._refuse(f"TLS handshake failed: {e}")
-            transport.abort()
-            return
-        if secured is None or self.closed:
-            return
-        self.transport = secured
-        identity = peer_identity(secured.get_extra_info("peercert"))
-        if identity is None or identity.flock != self.iface.cluster.flock:
-            self._refuse(f"its certificate names no cage of flock {self.iface.cluster.flock}")
-            self.close()
-            return
-        self.caller = identity
-        self._arm_idle()
-        early, self.early = self.early, []
-        for data in early:
-            self.data_received(data)
-
-    def _refuse(self, why: str) -> None:
-        log.warning(f"interface {self.iface.name}: connection from {self.peer} refused: {why}")
-        self.iface.connections.discard(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self.caller is None:  # the handshake is done but its identity not yet checked
-            self.early.append(data)
-            return
-        try:
-            self.queue.extend(self.decoder.feed(data))
-        except ProtocolError as e:
-            log.warning(f"interface {self.iface.name}: cage {self.caller.cage} at {self.peer} "
-                        f"sent a bad frame, disconnected: {e}")
-            self.close()
-            return
-        self._next()
-
-    def _next(self) -> None:
-        if self.current is not None or not self.queue or self.closed:
-            return
-        envelope = self.queue.pop(0)
-        if not isinstance(envelope, dict):
-            log.warning(f"interface {self.iface.name}: cage at {self.peer} sent a frame that is not a call")
-            self.close()
-            return
-        self._cancel_idle()
-        kind = envelope.get("kind")
-        if kind == "call":
-            self._call(envelope)
-        elif kind == "poll":
-            self.iface.loop.create_task(self._poll(envelope))
-        elif kind == "post":
-            self._post(envelope)
-        else:
-            self.answer(codec.encode({"error": wire.error_dict(ProtocolError(f"unknown kind {kind!r}"))}))
-
-    def _call(self, envelope: dict[str, Any]) -> None:
-        assert self.caller is not None
-        iface, arrived = self.iface, time.monotonic()
-        try:
-            request = callee_request(iface, envelope, self.caller, arrived)
-        except IntakeClosedError as e:
-            self.answer(codec.encode({"error": wire.error_dict(e)}))
-            return
-        except (KeyError, TypeError, ValueError) as e:
-            self.answer(codec.encode({"error": wire.error_dict(ProtocolError(f"malformed call: {e}"))}))
-            return
-        self.current = _InFlight(self, request, envelope)
-
-    async def _poll(self, envelope: dict[str, Any]) -> None:
-        """A reverse-call poll from the cage that connected: its queued calls, or [] in time."""
-        assert self.caller is not None
-        self.current = _Busy()
-        remain = _remain(envelope)
-        calls = await self.iface.cluster.reverse.poll(self.caller.cage, remain - 3.0, time.monotonic)
-        now = time.monotonic()
-        result = []
-        for pending in calls:
-            call = dict(pending.envelope)
-            call["request"] = dict(call["request"], remain=max(pending.deadline - now, 0.0))
-            call["call_id"] = pending.call_id
-            result.append(call)
-        self.current = None
-        self.answer(codec.encode({"result": result}, limit=self.iface.limit))
-
-    def _post(self, envelope: dict[str, Any]) -> None:
-        assert self.caller is not None
-        accepted = self.iface.cluster.reverse.post(self.caller.cage, str(envelope.get("call_id")),
-                                                   envelope.get("reply"))
-        self.answer(codec.encode({"result": accepted}))
-
-    def answer(self, frame: bytes) -> None:
-        self.current = None
-        if self.closed or self.transport is None:
-            return
-        self.transport.write(frame)
-        if self.queue:
-            self._next()
-        elif self.iface.ceasing:
-            self.close()
-        else:
-            self._arm_idle()
-
-    def _arm_idle(self) -> None:
-        self._cancel_idle()
-        self.idle_timer = self.iface.loop.call_later(self.iface.idle_timeout, self.close)
-
-    def _cancel_idle(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._cancel_idle()
-            if self.transport is not None:
-                self.transport.close()
-        self.iface.connections.discard(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._cancel_idle()
-        self.iface.connections.discard(self)
-        if isinstance(self.current, _InFlight):
-            self.current.abandon()
-
-
-class _Busy:
-    """A poll in progress: the connection waits for it before the next frame."""
-
-
-class _InFlight:
-    """One call between the loop and a worker; the worker's answer and the deadline race."""
-
-    def __init__(self, connection: Connection, request: _request.Request, envelope: dict[str, Any]) -> None:
-        self.connection, self.request = connection, request
-        self.answered = False
-        iface = connection.iface
-        assert iface.cage.pool is not None and request.deadline is not None and connection.caller is not None
-        self.unit = iface.cage.pool.submit(request, iface.run_call, envelope, connection.caller,
-                                           when_done=functools.partial(iface.cage_loop.post, self._done))
-        self.timer = iface.loop.call_at(_loop_time(iface.loop, request.deadline), self._expire)
-
-    def _done(self, unit: WorkUnit) -> None:
-        if self.answered:
-            return
-        self._end()
-        try:
-            frame = unit.result()
-        except Exception as e:  # expired in the queue, or the pool stopped
-            frame = codec.encode({"error": wire.error_dict(e)})
-        self.connection.answer(frame)
-
-    def _expire(self) -> None:
-        if self.answered:
-            return
-        self._end()
-        self.unit.cancel()  # never started if still queued
-        log.warning(f"request {self.request.unique_id} from cage {self.request.parameters['auth_tokens']['peer_cage']}"
-                    f" has not been answered in time, the caller gets a deadline error")
-        error = DeadlineError(f"request deadline has expired in cage {self.connection.iface.cage.name}")
-        self.connection.answer(codec.encode({"error": wire.error_dict(error)}))
-
-    def abandon(self) -> None:
-        if not self.answered:
-            self._end()
-            self.unit.cancel()
-
-    def _end(self) -> None:
-        self.answered = True
-        self.timer.cancel()
-        self.connection.iface.cage.intake.end(self.request)
-
-
 def callee_request(iface: interfaces.Interface, envelope: dict[str, Any], caller: Identity,
                    arrived: float) -> _request.Request:
     """The caller's request continued here: its id, log levels and parameters, with the
-    time it had left less the margin for the way back, and no more than our own timeout."""
+    time it had left less the margin for the way back, and no more than our own timeout.
+    Log levels quieter than this cage's own are dropped: a caller may ask for more detail
+    in our log, never for less."""
     wanted: dict[str, Any] = envelope["request"]
     timeout = min(wire.callee_timeout(_remain(envelope)), iface.request_timeout)
     parameters = dict(wanted.get("parameters") or {})
@@ -384,21 +378,20 @@ def callee_request(iface: interfaces.Interface, envelope: dict[str, Any], caller
     tokens.setdefault("source_cage", caller.cage)  # the first cage of a chain of calls
     tokens["peer_cage"] = caller.cage  # who connected (for a reverse call, who queued it)
     parameters["auth_tokens"] = tokens
+    floor = log.get_level()
+    levels = [int(x) for x in wanted.get("log_levels") or () if isinstance(x, int) and floor <= x <= log.NOISE]
+    description = wanted.get("description")
     return iface.cage.intake.begin(
         timeout=timeout, interface=iface.name, protocol=iface.protocol, parameters=parameters,
-        description=wanted.get("description"), log_levels=[int(x) for x in wanted.get("log_levels") or ()],
+        description=description if isinstance(description, str) else None, log_levels=levels,
         unique_id=str(wanted["id"]), start=arrived)
 
 
 def _remain(envelope: dict[str, Any]) -> float:
     remain = float(envelope["request"]["remain"])
-    if not remain >= 0.0:  # NaN included
+    if not 0.0 <= remain < 1e9:  # NaN and infinity included
         raise ValueError("remain must be a number of seconds")
     return remain
-
-
-def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
-    return loop.time() + (deadline - _request.monotonic())
 
 
 # --- the caller ---------------------------------------------------------------------------
@@ -446,7 +439,7 @@ class Resource(resource.Resource):
             channel.close()
             raise ResourceError(f"cage {self.target} answered with a malformed reply", recoverable=False)
         if "error" in reply:
-            raise _remote_error(reply["error"], f"cage {channel.location}")
+            raise wire.remote_error(reply["error"], f"cage {channel.location}")
         return reply["result"]
 
     def _channel(self, cluster: _cluster.Cluster, request: _request.Request) -> _Channel:
@@ -573,7 +566,8 @@ class _Channel:
             self.close()
             cluster.locator.failed(self.location)
             raise ResourceError(f"connection to cage {self.location} lost during the call: "
-                                f"{e or 'closed by the other side'}", recoverable=False, terminal=False) from None
+                                f"{str(e) or 'closed by the other side'}", recoverable=False,
+                                terminal=False) from None
         except ProtocolError as e:
             self.close()
             raise ResourceError(f"cage {self.location} answered with a bad frame: {e}", recoverable=False,
@@ -595,12 +589,3 @@ class _Channel:
             self.sock.close()
         except OSError:
             pass
-
-
-def _remote_error(error: Any, where: str) -> ResourceError:
-    remote = wire.rebuild(error, where)
-    if isinstance(remote, DeadlineError):
-        deadline = RPCDeadlineError(f"request deadline has expired in {where}")
-        deadline.__cause__ = remote
-        return deadline
-    return RPCError(f"{where}: {type(remote).__name__}: {remote}", remote)

@@ -44,7 +44,9 @@ def cage_call(pmnc: Pmnc, target: str = "", *, queue: str | None = None, **optio
         raise InvalidModuleNameError(f"cage name {target!r} is invalid: 1 to 32 of A-Z a-z 0-9 _ -, "
                                      f"optionally followed by :reverse or :retry")
     cage, mode = match.group(1), match.group(2)
-    if queue is not None or mode == "retry" or options:
+    if options and queue is None:
+        raise TypeError(f"pmnc(\"{target}\") got unknown option(s): {', '.join(sorted(options))}")
+    if queue is not None or mode == "retry":
         raise NotAvailableError("persistent retried calls (pmnc(\"cage\", queue=...), \"cage:retry\") "
                                 "are not available in this version yet")
     if cage is None:
@@ -113,5 +115,5 @@ def _reverse_call(cage: str, module: str, method: str, args: tuple[Any, ...], kw
                                  _request.monotonic())
     if isinstance(reply, dict) and "result" in reply:
         return reply["result"]
-    error = reply.get("error") if isinstance(reply, dict) else None
-    raise wire.rebuild(error, f"cage {cage} (reverse)")
+    error = wire.remote_error(reply.get("error") if isinstance(reply, dict) else None, f"cage {cage} (reverse)")
+    raise error.remote if isinstance(error, RPCError) else error

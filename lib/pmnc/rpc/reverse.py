@@ -9,9 +9,9 @@ calls. Calls are in memory: a restart of this cage fails the ones waiting.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,8 @@ class ReverseCalls:
         self._lock = threading.Lock()
         self._queued: dict[str, collections.deque[_Pending]] = {}  # target cage → calls not yet taken
         self._pending: dict[str, _Pending] = {}  # call id → call waiting for its answer
-        self._pollers: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self._arrived = threading.Condition(self._lock)  # a call has been queued
+        self._stopped = False
 
     # --- the caller, on its worker thread ----------------------------------------------
 
@@ -46,9 +47,7 @@ class ReverseCalls:
         with self._lock:
             self._pending[call_id] = pending
             self._queued.setdefault(target, collections.deque()).append(pending)
-            pollers = self._pollers.pop(target, [])
-        for loop, future in pollers:
-            loop.call_soon_threadsafe(_wake, future)
+            self._arrived.notify_all()
         if not pending.done.wait(max(deadline - now, 0.0)):
             with self._lock:
                 self._pending.pop(call_id, None)
@@ -56,38 +55,28 @@ class ReverseCalls:
                                    f"({'taken' if pending.taken else 'not taken'} by it)")
         return pending.reply
 
-    # --- the poller's and poster's requests, on the event loop ----------------------------------
+    # --- the poller's and poster's requests, on their connections' threads ------------------------
 
-    async def poll(self, target: str, wait: float, now: Any) -> list[_Pending]:
+    def poll(self, target: str, wait: float) -> list[_Pending]:
         """Calls queued for `target`, waiting up to `wait` seconds for one to come."""
-        taken = self._take(target, now())
-        if taken or wait <= 0:
-            return taken
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        end = time.monotonic() + wait
         with self._lock:
-            self._pollers.setdefault(target, []).append((loop, future))
-        try:
-            await asyncio.wait_for(future, wait)
-        except TimeoutError:
-            pass
-        finally:
-            with self._lock:
-                waiting = self._pollers.get(target, [])
-                if (loop, future) in waiting:
-                    waiting.remove((loop, future))
-        return self._take(target, now())
+            while True:
+                taken = self._take(target, time.monotonic())
+                left = end - time.monotonic()
+                if taken or left <= 0 or self._stopped:
+                    return taken
+                self._arrived.wait(left)
 
     def _take(self, target: str, now: float) -> list[_Pending]:
-        with self._lock:
-            queue = self._queued.get(target)
-            taken = []
-            while queue:
-                pending = queue.popleft()
-                if pending.deadline > now and pending.call_id in self._pending:
-                    pending.taken = True
-                    taken.append(pending)
-            return taken
+        queue = self._queued.get(target)
+        taken = []
+        while queue:
+            pending = queue.popleft()
+            if pending.deadline > now and pending.call_id in self._pending:
+                pending.taken = True
+                taken.append(pending)
+        return taken
 
     def post(self, target: str, call_id: str, reply: Any) -> bool:
         """The answer to a call taken by `target`; False if nobody waits for it (any more)."""
@@ -102,15 +91,5 @@ class ReverseCalls:
 
     def stop(self) -> None:
         with self._lock:
-            pollers, self._pollers = self._pollers, {}
-        for waiting in pollers.values():
-            for loop, future in waiting:
-                try:
-                    loop.call_soon_threadsafe(_wake, future)
-                except RuntimeError:
-                    pass
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+            self._stopped = True
+            self._arrived.notify_all()

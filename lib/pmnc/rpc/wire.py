@@ -113,10 +113,27 @@ def _construct(cls: type[BaseException], args: Any, message: str) -> BaseExcepti
         return None
 
 
+# Of the caller's auth_tokens, these travel: who the user is and which cage the chain
+# started in - never a password, nor what describes the caller's own connection.
+TRAVELLING_TOKENS = ("username", "source_cage")
+
+
 def wire_request(request: _request.Request) -> dict[str, Any]:
     """The caller's request as it travels: what the callee continues (see the module's doc)."""
-    assert request.deadline is not None
-    parameters = {k: v for k, v in request.parameters.items() if isinstance(k, str) and not k.startswith("_")}
-    return {"id": request.unique_id, "remain": request.remain, "deadline": request.epoch_deadline,
-            "interface": request.interface, "protocol": request.protocol, "description": request.description,
-            "log_levels": list(request.log_levels), "parameters": parameters}
+    wired = request.to_dict()
+    wired["remain"] = request.remain
+    tokens = wired["parameters"].get("auth_tokens")
+    if isinstance(tokens, dict):
+        wired["parameters"]["auth_tokens"] = {k: v for k, v in tokens.items() if k in TRAVELLING_TOKENS}
+    return wired
+
+
+def remote_error(error: Any, where: str) -> errors.ResourceError:
+    """The participant's error for an answer that is an error: RPCError carrying the
+    rebuilt exception, or RPCDeadlineError for a deadline there."""
+    remote = rebuild(error, where)
+    if isinstance(remote, errors.DeadlineError):
+        deadline = errors.RPCDeadlineError(f"request deadline has expired in {where}")
+        deadline.__cause__ = remote
+        return deadline
+    return errors.RPCError(f"{where}: {type(remote).__name__}: {remote}", remote)
