@@ -61,14 +61,14 @@ class Config:
         return values
 
     def _variables_version(self) -> int:
-        if self.module == "config_config" or self._loader.locate("config_config") is None:
+        if self.module == "config_config" or self._loader.locate("config_config", cached=True) is None:
             return 0
         return self._loader.version_number("config_config")
 
     def _variables(self) -> dict[str, Any]:
         loader = self._loader
         variables: dict[str, Any] = {}
-        if self.module != "config_config" and loader.locate("config_config") is not None:
+        if self.module != "config_config" and loader.locate("config_config", cached=True) is not None:
             variables.update(_dict_attr(loader.current("config_config"), "config"))
         variables.update(__node__=loader.node, __cage__=loader.cage, __cage_dir__=loader.cage_dir)
         return variables

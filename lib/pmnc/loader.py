@@ -49,6 +49,7 @@ from pmnc.typecheck import typecheck
 CAGE_MODULES = "pmnc.cage_modules"  # the sys.modules prefix of cage modules
 MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _EOF = b"# EOF"
+MISSING_FOR = 1.0  # seconds a missing file is taken to stay missing, unless a file event says otherwise
 
 # Names the `pmnc` object answers itself; modules by these names are unreachable.
 RESERVED = frozenset({"log", "request", "config", "transaction"})
@@ -93,6 +94,7 @@ class Loader:
         self.settle, self.settle_max = settle, settle_max
         self.swap_timeout = swap_timeout  # how long a reload waits for calls in flight
         self._modules: dict[str, CageModule] = {}
+        self._missing: dict[str, float] = {}  # module name → when its file was last found missing
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[float, float]] = {}  # name → (first, last) event time
         self._wake = threading.Condition(self._lock)
@@ -128,12 +130,21 @@ class Loader:
 
     # --- location ------------------------------------------------------------
 
-    def locate(self, name: str) -> str | None:
-        """The file of module `name`: the cage's own copy, else the shared one."""
+    def locate(self, name: str, *, cached: bool = False) -> str | None:
+        """The file of module `name`: the cage's own copy, else the shared one.
+
+        `cached`: a file found missing is taken to stay missing for MISSING_FOR seconds
+        (or until a file event names it) - for optional modules asked for at every
+        turn, such as config_config."""
+        missing_since = self._missing.get(name) if cached else None
+        if missing_since is not None and time.monotonic() - missing_since < MISSING_FOR:
+            return None
         for folder in (self.cage_dir, self.shared_dir):
             path = os.path.join(folder, name + ".py")
             if os.path.isfile(path):
+                self._missing.pop(name, None)
                 return path
+        self._missing[name] = time.monotonic()
         return None
 
     # --- access --------------------------------------------------------------
@@ -273,6 +284,7 @@ class Loader:
 
     def file_changed(self, name: str) -> None:
         """A file event for `name.py`: reload it after the settle time."""
+        self._missing.pop(name, None)
         with self._lock:
             mod = self._modules.get(name)
             if mod is None or mod.version is None:
@@ -388,6 +400,7 @@ class Pmnc:
         self._loader = loader
         self._source = source
         self.log = log.ModuleLog(source)
+        self._cages: dict[str, Any] = {}  # pmnc("cage") objects, kept: they hold no state
 
     @property
     def request(self) -> _request.Request:
@@ -427,9 +440,16 @@ class Pmnc:
 
     def __call__(self, target: str = "", **options: Any) -> Any:
         """`pmnc("cage").module.func(...)`: a call to another cage (see rpc/calls.py)."""
+        if not options:
+            cached = self._cages.get(target)
+            if cached is not None:
+                return cached
         from pmnc.rpc.calls import cage_call  # calls to other cages build on the loader
 
-        return cage_call(self, target, **options)
+        call = cage_call(self, target, **options)
+        if not options and len(self._cages) < 1000:
+            self._cages[target] = call
+        return call
 
     def __repr__(self) -> str:
         return f"<pmnc of {self._source} in cage {self._loader.cage}>"

@@ -25,6 +25,7 @@ an answer later than the deadline is replaced by a deadline error.
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import random
 import select
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from pmnc.cage import Cage
 
 HANDSHAKE_TIMEOUT = 5.0
+RECV_SIZE = 262144  # bytes asked for by one read
 
 
 # --- the callee ------------------------------------------------------------------------------
@@ -166,6 +168,8 @@ class Connection:
         self.sock: ssl.SSLSocket | None = None
         self.caller: Identity | None = None
         self.idle = False
+        self.decoder = codec.FrameDecoder(iface.limit, iface.use_pickle)
+        self.received: collections.deque[Any] = collections.deque()  # frames read, not yet answered
 
     def serve(self) -> None:
         try:
@@ -220,22 +224,22 @@ class Connection:
                 return
 
     def _read_frame(self) -> Any:
-        """The next frame's object; None when the caller goes (or stays idle too long)."""
+        """The next frame's object; None when the caller goes (or stays idle too long).
+        One read takes whatever has arrived, usually one whole frame."""
         assert self.sock is not None
         iface = self.iface
-        try:
-            self.sock.settimeout(iface.idle_timeout)
-            header = _recv_exactly(self.sock, codec.HEADER_SIZE)
-            if header is None:
+        while not self.received:
+            # A frame begun must come whole within request_timeout; between frames
+            # the caller may be silent up to idle_timeout.
+            self.sock.settimeout(iface.request_timeout if self.decoder.pending else iface.idle_timeout)
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (OSError, ssl.SSLError):
                 return None
-            kind, length = codec.parse_header(header, limit=iface.limit, allow_pickle=iface.use_pickle)
-            self.sock.settimeout(iface.request_timeout)  # a frame trickling in must not hold a thread forever
-            body = _recv_exactly(self.sock, length)
-        except (OSError, ssl.SSLError):
-            return None
-        if body is None:
-            return None
-        return codec.decode_body(kind, body, allow_pickle=iface.use_pickle)
+            if not data:
+                return None
+            self.received.extend(self.decoder.feed(data))
+        return self.received.popleft()
 
     def _answer(self, envelope: Any, arrived: float) -> bytes:
         """The frame that answers one frame: a call's result or error, a poll's calls,
@@ -307,18 +311,6 @@ class Connection:
                     sock.close()
                 except OSError:
                     pass
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
-    """`size` bytes, or None if the stream ends first."""
-    chunks, left = [], size
-    while left:
-        chunk = sock.recv(min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _shut(sock: socket.socket) -> None:
@@ -505,8 +497,9 @@ class _ModuleOfCage:
 class _Channel:
     """One TLS socket to one instance; one call at a time."""
 
-    def __init__(self, sock: ssl.SSLSocket, location: Location) -> None:
+    def __init__(self, sock: ssl.SSLSocket, location: Location, cluster: _cluster.Cluster) -> None:
         self.sock, self.location = sock, location
+        self.decoder = codec.FrameDecoder(cluster.max_frame_size, cluster.use_pickle)
 
     @classmethod
     def connect(cls, location: Location, cluster: _cluster.Cluster, timeout: float) -> _Channel:
@@ -525,7 +518,7 @@ class _Channel:
             sock.close()
             raise ResourceError(f"{location}: the server there is not cage {location.cage} of flock "
                                 f"{cluster.flock} (it is {identity})", recoverable=True)
-        return cls(sock, location)
+        return cls(sock, location, cluster)
 
     def usable(self) -> bool:
         """Not closed by the other side meanwhile (an instance that died or restarted): a
@@ -555,10 +548,14 @@ class _Channel:
         try:
             self.sock.settimeout(max(request.remain, 0.001))
             self.sock.sendall(frame)
-            header = self._read(codec.HEADER_SIZE, request)
-            kind, length = codec.parse_header(header, limit=cluster.max_frame_size,
-                                              allow_pickle=cluster.use_pickle)
-            return codec.decode_body(kind, self._read(length, request), allow_pickle=cluster.use_pickle)
+            while True:
+                data = self.sock.recv(RECV_SIZE)
+                if not data:
+                    raise EOFError
+                answers = self.decoder.feed(data)
+                if answers:
+                    break
+                self.sock.settimeout(max(request.remain, 0.001))
         except TimeoutError:
             self.close()
             raise RPCDeadlineError(f"request deadline waiting for a response from cage {self.location}") from None
@@ -572,17 +569,11 @@ class _Channel:
             self.close()
             raise ResourceError(f"cage {self.location} answered with a bad frame: {e}", recoverable=False,
                                 terminal=False) from None
-
-    def _read(self, size: int, request: _request.Request) -> bytes:
-        chunks, left = [], size
-        while left:
-            self.sock.settimeout(max(request.remain, 0.001))
-            chunk = self.sock.recv(min(left, 1 << 20))
-            if not chunk:
-                raise EOFError
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        if len(answers) > 1:
+            self.close()
+            raise ResourceError(f"cage {self.location} answered more than it was asked", recoverable=False,
+                                terminal=False)
+        return answers[0]
 
     def close(self) -> None:
         try:

@@ -61,12 +61,16 @@ class CageCall:
     def __getattr__(self, module: str) -> _Module:
         if module.startswith("_") or not MODULE_NAME.fullmatch(module):
             raise InvalidModuleNameError(f"module name {module!r} is invalid")
-        return _Module(self, module)
+        ref = self.__dict__[module] = _Module(self, module)
+        return ref
 
     def _call(self, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = _request.current()
         if request.infinite:
-            timeout = float(Config(self._pmnc._loader, "interfaces").get("request_timeout", DEFAULT_TIMEOUT))
+            config = self._pmnc.__dict__.get("_interfaces_config")
+            if config is None:
+                config = self._pmnc.__dict__["_interfaces_config"] = Config(self._pmnc._loader, "interfaces")
+            timeout = float(config.get("request_timeout", DEFAULT_TIMEOUT))
             with _request.attached(_request.Request(timeout=timeout, interface="__rpc__", protocol="rpc")):
                 return self._call(module, method, args, kwargs)
         if self._reverse:
@@ -90,7 +94,8 @@ class _Module:
             raise AttributeError(method)
         if method.startswith("_"):
             raise InvalidMethodAccessError(f"{self._module}.{method} is private and cannot be called")
-        return functools.partial(_invoke, self._cage, self._module, method)
+        call = self.__dict__[method] = functools.partial(_invoke, self._cage, self._module, method)
+        return call
 
     def __repr__(self) -> str:
         return f"<module {self._module} of {self._cage!r}>"
