@@ -183,37 +183,10 @@ class Transaction:
             self._report(participant, e)
 
     def _invoke(self, participant: Participant, resource: Resource, pool: ResourcePool) -> Any:
-        """Begin and call, within the pool's time limits; a failure rolls back and
-        leaves as a ResourceError (a terminal one discards the connection)."""
-        request = _request.current()
-        deadline = request.deadline
-        try:
-            _cap_time(request, pool)
-            resource.begin_transaction(self.xid, source_module_name=self._source,
-                                       transaction_options=self._options,
-                                       resource_args=participant.resource_args,
-                                       resource_kwargs=participant.resource_kwargs)
-            result = _method(resource, participant.attrs)(*participant.args, **participant.kwargs)
-        except Exception as e:
-            error = _resource_error(e)
-            _quietly(resource, "rollback")
-            if error.terminal:
-                resource.expire()
-            raise error from None
-        finally:
-            request.deadline = deadline
-        resource.mark_used()
-        return result
+        return _invoke(self.xid, self._source, self._options, participant, resource, pool)
 
     def _run_inline(self, participant: Participant, pool: ResourcePool) -> Any:
-        """One call on a resource with nothing to commit, whose every wait is bounded
-        by the deadline: done on the caller's thread, sparing the hand-offs."""
-        try:
-            with pool.connection() as resource:
-                return self._invoke(participant, resource, pool)
-        except ResourceError as e:
-            e.participant_index = 0
-            raise
+        return _run_inline(self.xid, self._source, self._options, participant, pool)
 
     def _finish(self, participant: Participant, resource: Resource, request: _request.Request) -> None:
         with self._cond:
@@ -249,6 +222,42 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<Transaction {self.xid} participants={len(self._participants)}>"
+
+
+def _invoke(xid: str, source: str, options: dict[str, Any], participant: Participant, resource: Resource,
+            pool: ResourcePool) -> Any:
+    """Begin and call, within the pool's time limits; a failure rolls back and
+    leaves as a ResourceError (a terminal one discards the connection)."""
+    request = _request.current()
+    deadline = request.deadline
+    try:
+        _cap_time(request, pool)
+        resource.begin_transaction(xid, source_module_name=source, transaction_options=options,
+                                   resource_args=participant.resource_args,
+                                   resource_kwargs=participant.resource_kwargs)
+        result = _method(resource, participant.attrs)(*participant.args, **participant.kwargs)
+    except Exception as e:
+        error = _resource_error(e)
+        _quietly(resource, "rollback")
+        if error.terminal:
+            resource.expire()
+        raise error from None
+    finally:
+        request.deadline = deadline
+    resource.mark_used()
+    return result
+
+
+def _run_inline(xid: str, source: str, options: dict[str, Any], participant: Participant,
+                pool: ResourcePool) -> Any:
+    """One call on a resource with nothing to commit, whose every wait is bounded
+    by the deadline: done on the caller's thread, sparing the hand-offs."""
+    try:
+        with pool.connection() as resource:
+            return _invoke(xid, source, options, participant, resource, pool)
+    except ResourceError as e:
+        e.participant_index = 0
+        raise
 
 
 def _cap_time(request: _request.Request, pool: ResourcePool) -> None:
@@ -347,6 +356,10 @@ class _Shortcut:
         return _Shortcut(self._factory, self._resource, (*self._attrs, attr))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        pool = self._factory._pools().get(self._resource)
+        if pool.inline and self._attrs:  # what execute() would do, without a Transaction to build
+            participant = Participant(0, self._resource, self._attrs, args, kwargs, (), {})
+            return _run_inline(new_unique_id("XA"), self._factory._source, {}, participant, pool)
         xa = self._factory.create()
         xa._register(self._resource, self._attrs, args, kwargs, (), {})
         return xa.execute()[0]

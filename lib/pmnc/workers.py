@@ -163,11 +163,13 @@ class WorkerPool:
                 self._inline += 1
         if not here:
             return self._call_queued(request, fn, args)
+        previous = _request.attach(request)
         try:
-            unit = WorkUnit(request, fn, args, None)
-            self._run(unit)
-            return unit.result()
+            if request.expired:
+                raise RequestExpiredError("request has expired and will not be processed")
+            return fn(*args)
         finally:
+            _request.attach(previous)
             with self._cond:
                 self._inline -= 1
                 self.processed += 1

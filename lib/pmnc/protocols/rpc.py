@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import functools
 import random
 import select
 import socket
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 
 HANDSHAKE_TIMEOUT = 5.0
 RECV_SIZE = 262144  # bytes asked for by one read
+LATE_AFTER = 0.25  # seconds on the way after which the callee checks that the caller is still there
 
 
 # --- the callee ------------------------------------------------------------------------------
@@ -268,6 +270,8 @@ class Connection:
     def _call(self, envelope: dict[str, Any], arrived: float) -> bytes:
         assert self.caller is not None
         iface = self.iface
+        if _late(envelope) and self._caller_gone():
+            raise ProtocolError("a call that arrived after its caller had gone (the network held it up)")
         request = callee_request(iface, envelope, self.caller, arrived)
         try:
             reply = iface.pool.call(request, iface.run_call, envelope, self.caller)
@@ -281,6 +285,25 @@ class Connection:
             reply = {"error": wire.error_dict(DeadlineError(f"request deadline has expired in cage "
                                                             f"{iface.cage.name}"))}
         return answer_frame(reply, iface.limit, iface.use_pickle, self.caller.cage)
+
+    def _caller_gone(self) -> bool:
+        """Whether the caller has closed the connection behind the frame just read."""
+        assert self.sock is not None
+        if not select.select([self.sock], [], [], 0)[0]:
+            return False
+        self.sock.setblocking(False)
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except ssl.SSLWantReadError:
+            return False
+        except OSError:
+            return True
+        finally:
+            self.sock.setblocking(True)
+        if not data:
+            return True
+        self.received.extend(self.decoder.feed(data))  # more calls: the caller is there
+        return False
 
     def _poll(self, remain: float) -> list[dict[str, Any]]:
         """A reverse-call poll from the cage that connected: the calls queued for it, or
@@ -331,10 +354,15 @@ def dispatch(cage: Cage, deny_modules: tuple[str, ...], envelope: dict[str, Any]
         raise InvalidMethodAccessError(f"a malformed call from cage {caller.cage}")
     if envelope.get("target") != cage.name:
         raise InvalidMethodAccessError(f"a call for cage {envelope.get('target')!r} has reached cage {cage.name}")
-    if any(fnmatch.fnmatchcase(module, pattern) for pattern in deny_modules):
+    if _denied(module, deny_modules):
         raise InvalidMethodAccessError(f"module {module} is not callable from other cages")
     log.debug(f"call {module}.{method} from cage {caller.cage}")
     return cage.loader.call(module, method, tuple(args), kwargs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _denied(module: str, deny_modules: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(module, pattern) for pattern in deny_modules)
 
 
 def answer_frame(reply: dict[str, Any], limit: int, use_pickle: bool, caller: str) -> bytes:
@@ -377,6 +405,17 @@ def callee_request(iface: interfaces.Interface, envelope: dict[str, Any], caller
         timeout=timeout, interface=iface.name, protocol=iface.protocol, parameters=parameters,
         description=description if isinstance(description, str) else None, log_levels=levels,
         unique_id=str(wanted["id"]), start=arrived)
+
+
+def _late(envelope: dict[str, Any]) -> bool:
+    """Whether the call seems to have spent long on its way (by the wall clocks, so only
+    a hint): a network that held it up may have made its caller give up."""
+    wanted = envelope["request"]
+    try:
+        sent = float(wanted["deadline"]) - float(wanted["remain"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return time.time() - sent > LATE_AFTER
 
 
 def _remain(envelope: dict[str, Any]) -> float:

@@ -18,7 +18,8 @@ counted once, the local entry preferred):
 - **Static** `exact_locations` (networks without broadcast): always listed.
 
 An instance a call failed to reach is skipped for FAIL_HOLD seconds (unless
-no other is left); a restarted process is a new instance and is not.
+no other is left, or it advertises again); a restarted process is a new
+instance and is not.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ REPLAY_WINDOW = 30.0  # seconds a packet's wall-clock time may differ from ours
 FAIL_HOLD = 10.0  # seconds an instance that failed a call is skipped
 LOCAL_RESCAN = 1.0  # seconds the local registry's listing of a cage is reused
 EXPIRY_PERIODS = 3  # a LAN entry lives this many advertise periods
+MIN_PERIOD, MAX_PERIOD = 0.1, 3600.0  # the advertise periods an advert may claim
 ADVERT, DISCOVER, BYE = "A", "D", "B"
 
 
@@ -88,7 +90,9 @@ class Locator:
         self._receiver: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._refused = 0
-        self._refused_logged = 0.0
+        self._refused_from = ""
+        self._refused_logged = float("-inf")
+        self._send_failing = False
         self._advertised_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -239,6 +243,19 @@ class Locator:
     def _advertise_loop(self) -> None:
         while not self._stopping.wait(self.advertise_period):
             self._advertise()
+            self._tidy()
+
+    def _tidy(self) -> None:
+        """Forget what can no longer matter, and report refusals not yet reported."""
+        now, wall = time.monotonic(), time.time()
+        for instance, until in list(self._failed.items()):
+            if until <= now:
+                self._failed.pop(instance, None)
+        for instance, ts in list(self._last_ts.items()):
+            if ts < wall - 2 * REPLAY_WINDOW:  # an older packet fails the window check anyway
+                self._last_ts.pop(instance, None)
+        if self._refused:
+            self._report_refused("")
 
     def _send(self, fields: list[Any]) -> None:
         if self._sender is None or self._broadcast is None:
@@ -249,7 +266,13 @@ class Locator:
         try:
             self._sender.sendto(packet, (self._broadcast[1], self._broadcast[2]))
         except OSError as e:
-            log.warning(f"discovery: a packet cannot be sent: {e}")
+            if not self._send_failing:  # once per outage, not once per advert
+                log.warning(f"discovery: packets cannot be sent: {e}")
+            self._send_failing = True
+        else:
+            if self._send_failing:
+                log.message("discovery: packets can be sent again")
+            self._send_failing = False
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, MAGIC + body, hashlib.sha256).digest()[:MAC_SIZE]
@@ -259,7 +282,9 @@ class Locator:
         while not self._stopping.is_set():
             try:
                 packet, sender = self._receiver.recvfrom(MAX_PACKET + 1)
-            except OSError:
+            except OSError as e:
+                if not self._stopping.is_set():
+                    log.error(f"discovery: the receiver has failed, no more adverts are heard: {e}")
                 return
             if not sender:  # shut down
                 return
@@ -283,7 +308,8 @@ class Locator:
         self._last_ts[instance] = ts
         if kind == ADVERT:
             location = Location(cage, node, instance, source, port, "lan",
-                                time.monotonic() + EXPIRY_PERIODS * max(period, 0.1))
+                                time.monotonic() + EXPIRY_PERIODS * period)
+            self._failed.pop(instance, None)  # it speaks again: worth another try
             with self._cond:
                 self._lan.setdefault(cage, {})[instance] = location
                 self._cond.notify_all()
@@ -308,19 +334,22 @@ class Locator:
         if not (kind in (ADVERT, DISCOVER, BYE) and isinstance(port, int) and 0 <= port < 65536
                 and isinstance(ts, float) and abs(ts - time.time()) <= REPLAY_WINDOW
                 and all(isinstance(x, str) for x in (flock, instance, cage, node))
-                and isinstance(period, float)):
+                and isinstance(period, float) and (kind != ADVERT or MIN_PERIOD <= period <= MAX_PERIOD)):
             return None
         return list(fields)
 
     def _refuse(self, source: str) -> None:
-        """Refused packets are logged, at most once in 10 s with a count, so a flood
-        cannot fill the log."""
+        """Refused packets are logged at most once in 10 s, with a count, so a flood cannot
+        fill the log (the advertiser reports what is left)."""
         self._refused += 1
-        now = time.monotonic()
-        if now - self._refused_logged >= 10.0:
-            log.warning(f"discovery: {self._refused} packet(s) refused (bad MAC, stale or replayed), "
-                        f"the last from {source}")
-            self._refused, self._refused_logged = 0, now
+        self._refused_from = source
+        if time.monotonic() - self._refused_logged >= 10.0:
+            self._report_refused(source)
+
+    def _report_refused(self, source: str) -> None:
+        log.warning(f"discovery: {self._refused} packet(s) refused (bad MAC, stale or replayed), "
+                    f"the last from {source or self._refused_from}")
+        self._refused, self._refused_logged = 0, time.monotonic()
 
 
 # --- helpers ------------------------------------------------------------------------------
