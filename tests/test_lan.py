@@ -13,7 +13,6 @@ from typing import IO, Any
 import pytest
 from lan import Host, Lan, LanError, netns_names
 
-
 PORT = 47000  # every host is a fresh namespace, so a fixed port cannot clash
 
 TCP_SERVER = """
