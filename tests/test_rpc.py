@@ -137,7 +137,7 @@ class Runner:
 
     def __init__(self, process: CageProcess) -> None:
         self.process = process
-        self.port = process.port("http")
+        self.port = process.port("http", count=max(process.log_text().count("interface http listens"), 1))
 
     def run(self, code: str, *, remain: float | None = None, **values: Any) -> Outcome:
         """Run `code`; `remain` gives the runner's request that many seconds, `values` are its variables."""
@@ -296,6 +296,41 @@ def test_values_keep_their_types_both_ways(cluster: Cluster) -> None:
     assert back["tuple"][2][1] == (4,) and type(back["tuple"][2]) is list
     assert str(back["decimal"]) == "1.10"
     assert back["aware"].utcoffset() == datetime.timedelta(hours=3)
+
+
+def test_what_msgpack_cannot_carry_is_refused_before_sending_unless_pickle_is_enabled(cluster: Cluster) -> None:
+    start_worker(cluster)
+    runner = start_runner(cluster)
+    error = runner.error('pmnc("worker").work.handle(1 + 2j)')
+    assert error["type"] == "pmnc.errors.ResourceInputParameterError"
+    assert "cannot be sent to cage worker" in error["message"] and "complex" in error["message"]
+
+    # with pickle enabled on every cage of the cluster (both restarted to read it)
+    cluster.kill_all()
+    cluster.shared("config_cluster.py", config_source({"use_pickle": True}))
+    start_worker(cluster)
+    runner = start_runner(cluster)
+    assert runner.result('result = pmnc("worker").work.handle(1 + 2j)') == 2 + 4j
+
+
+def test_a_call_is_one_participant_of_a_larger_transaction(cluster: Cluster) -> None:
+    start_worker(cluster)
+    start_worker(cluster, "other")
+    runner = start_runner(cluster)
+    assert runner.result("""
+        xa = pmnc.transaction.create()
+        xa.rpc__worker.work.handle(1)
+        xa.rpc__other.work.handle("a")
+        result = xa.execute()
+    """) == (2, "aa")
+    error = runner.error("""
+        xa = pmnc.transaction.create()
+        xa.rpc__worker.work.handle(1)
+        xa.rpc__other.work.fail("no")
+        xa.execute()
+    """)
+    # inside a transaction the participant's error is an RPCError carrying the remote one
+    assert error["type"] == "pmnc.errors.RPCError" and "ValueError: no" in error["message"]
 
 
 # --- 4. deadlines --------------------------------------------------------------------------------
