@@ -34,7 +34,7 @@ from pmnc import log  # noqa: E402
 from pmnc.cage import Cage  # noqa: E402
 from pmnc.request import Request, attached  # noqa: E402
 
-pytest_plugins = ["lan"]  # the `lan` fixture: hosts in network namespaces (tests/lan.py)
+pytest_plugins = ["lan", "pg_peer"]  # fixtures: `lan` (hosts in network namespaces), `pg` (PostgreSQL)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,

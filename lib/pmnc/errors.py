@@ -141,6 +141,20 @@ class ResourceError(ParticipantError):
         return f"{self.code}: {self.description}" if self.code is not None else self.description
 
 
+class SQLResourceError(ResourceError):
+    """A database refused a statement; `state` is its SQLSTATE (or None), `code` the
+    driver's own code (ORA-nnnnn) where it has one."""
+
+    def __init__(self, description: str = "", *, state: str | None = None, code: int | str | None = None,
+                 recoverable: bool = False, terminal: bool = True) -> None:
+        super().__init__(description, code=code, recoverable=recoverable, terminal=terminal)
+        self.state = state
+
+    def __str__(self) -> str:
+        text = f"[{self.state}] {self.description}" if self.state else self.description
+        return f"{self.code}: {text}" if self.code is not None else text
+
+
 class ResourceInputParameterError(ResourceError):
     """The call's arguments are wrong; nothing was sent anywhere."""
 
@@ -191,11 +205,16 @@ class RemoteError(PmncError):
         return f"{self.remote_type}: {self.args[0]}" if self.remote_type else str(self.args[0])
 
 
-class RPCDeadlineError(ResourceError, DeadlineError):
-    """The caller's deadline passed before the other cage answered; the call may have run."""
+class ResourceDeadlineError(ResourceError, DeadlineError):
+    """The request's deadline passed while a resource was waited for; what was asked
+    may have been done, and the connection is dropped."""
 
     def __init__(self, description: str) -> None:
         super().__init__(description, recoverable=False, terminal=True)
+
+
+class RPCDeadlineError(ResourceDeadlineError):
+    """The caller's deadline passed before the other cage answered; the call may have run."""
 
 
 def exc_string(exc: BaseException | None = None, *, stack: bool = True, skip: int = 0) -> str:

@@ -347,19 +347,27 @@ class TransactionFactory:
 
 
 class _Shortcut:
-    def __init__(self, factory: TransactionFactory, resource: str, attrs: tuple[str, ...]) -> None:
+    """`pmnc.transaction.res[(*resource_args)].a.b(...)`: a transaction of that one call."""
+
+    def __init__(self, factory: TransactionFactory, resource: str, attrs: tuple[str, ...],
+                 resource_args: tuple[Any, ...] = (), resource_kwargs: dict[str, Any] | None = None) -> None:
         self._factory, self._resource, self._attrs = factory, resource, attrs
+        self._resource_args, self._resource_kwargs = resource_args, resource_kwargs or {}
 
     def __getattr__(self, attr: str) -> _Shortcut:
         if attr.startswith("_"):
             raise AttributeError(attr)
-        return _Shortcut(self._factory, self._resource, (*self._attrs, attr))
+        return _Shortcut(self._factory, self._resource, (*self._attrs, attr), self._resource_args,
+                         self._resource_kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._attrs:  # pmnc.transaction.db(read_only=True): options for the call that follows
+            return _Shortcut(self._factory, self._resource, (), args, kwargs)
         pool = self._factory._pools().get(self._resource)
-        if pool.inline and self._attrs:  # what execute() would do, without a Transaction to build
-            participant = Participant(0, self._resource, self._attrs, args, kwargs, (), {})
+        participant = Participant(0, self._resource, self._attrs, args, kwargs, self._resource_args,
+                                  self._resource_kwargs)
+        if pool.inline:  # what execute() would do, without a Transaction to build
             return _run_inline(new_unique_id("XA"), self._factory._source, {}, participant, pool)
         xa = self._factory.create()
-        xa._register(self._resource, self._attrs, args, kwargs, (), {})
+        xa._participants.append(participant)
         return xa.execute()[0]

@@ -1,0 +1,227 @@
+"""The PostgreSQL resource (psycopg 3): `xa.db.execute("... {name} ...", name=value)`.
+
+Config (`config_resource_postgresql_1.py`): `server_address=(host, port)`,
+`database`, `username`, `password`, `connect_timeout`, `decimal_precision`,
+or a `dsn` (libpq conninfo or URI) instead of the first four. The
+application name the server sees is `<node>.<cage>`.
+
+- Each participant is one local transaction on its own connection; the
+  resource kwargs `isolation_level` ("READ COMMITTED", "REPEATABLE READ",
+  "SERIALIZABLE") and `read_only` set it up: `xa.db(read_only=True).execute(...)`.
+- `{name}` placeholders are bound server-side (see sql.py); every wait on the
+  server - connect, each statement, commit - is bounded by the request's
+  deadline (a statement still running then is cancelled and the connection
+  dropped).
+- Errors are SQLResourceError with the SQLSTATE: recoverable (the local
+  transaction rolls back), and the connection is kept only for SQLSTATE
+  classes that leave it sound (data, integrity, syntax errors and the like).
+- Two-phase commit: in a `create(two_phase=True)` transaction the branch is
+  begun with its global id, prepared (`PREPARE TRANSACTION`), then committed
+  or rolled back by that id - from any connection, also after a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from pmnc import log
+from pmnc import request as _request
+from pmnc.errors import ConfigError, ResourceDeadlineError, SQLResourceError
+from pmnc.protocols.sql import SQLResource, Statement
+
+# SQLSTATE classes after which the connection is still good (as the original's):
+# warnings, no data, cardinality, data, integrity, syntax/access, check option, PL/pgSQL.
+SAFE_CLASSES = frozenset({"00", "01", "02", "21", "22", "23", "42", "44", "P0"})
+ISOLATION_LEVELS = {
+    "READ COMMITTED": psycopg.IsolationLevel.READ_COMMITTED,
+    "REPEATABLE READ": psycopg.IsolationLevel.REPEATABLE_READ,
+    "SERIALIZABLE": psycopg.IsolationLevel.SERIALIZABLE,
+}
+PROBE_AFTER = 5.0  # seconds idle after which a connection is checked before a transaction uses it
+
+
+class _Connection(psycopg.Connection[dict[str, Any]]):
+    """A connection whose every wait on the server ends at the request's deadline."""
+
+    def wait(self, gen: Generator[Any, Any, Any], interval: float = 0.1,
+             timeout: float | None = None) -> Any:
+        request = _request.current()
+        if request.deadline is not None:
+            timeout = request.remain if timeout is None else min(timeout, request.remain)
+        try:
+            return super().wait(gen, interval, timeout)
+        except psycopg.errors._WaitTimeout:  # psycopg's own signal for it
+            raise DeadlineReached from None
+
+
+class DeadlineReached(Exception):
+    """The request's deadline came while the server had not answered."""
+
+
+class Resource(SQLResource):
+    arrays = True
+    preparable = True  # can be a branch of a two-phase commit
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        take = config.pop
+        dsn = take("dsn", None)
+        address = take("server_address", ("127.0.0.1", 5432))
+        self.params: dict[str, Any] = {}
+        if dsn is None:
+            try:
+                host, port = address
+            except (TypeError, ValueError):
+                raise ConfigError(f"resource {name}: server_address must be (host, port)") from None
+            self.params.update(host=str(host), port=int(port), dbname=take("database", "postgres"),
+                               user=take("username", "postgres"))
+            password = take("password", None)
+            if password is not None:
+                self.params["password"] = str(password)
+        else:
+            for key in ("database", "username", "password"):
+                take(key, None)
+        self.dsn = "" if dsn is None else str(dsn)
+        self.connect_timeout = float(take("connect_timeout", 3.0))
+        self.params["application_name"] = str(take("application_name", "pmnc"))[:63]
+        unknown = sorted(k for k in config if k != "resource_name")
+        if unknown:
+            raise ConfigError(f"resource {name}: unknown config key(s) {', '.join(unknown)}")
+        self.conn: _Connection | None = None
+        self.branch: str | None = None  # the two-phase commit branch in progress
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        request = _request.current()
+        timeout = self.connect_timeout if request.deadline is None else min(self.connect_timeout, request.remain)
+        try:
+            self.conn = _Connection.connect(self.dsn, autocommit=False, row_factory=dict_row,
+                                            connect_timeout=max(int(timeout + 0.999), 2),
+                                            prepare_threshold=None, **self.params)
+        except psycopg.Error as e:
+            raise SQLResourceError(f"cannot connect: {_message(e)}", state=e.sqlstate, recoverable=True,
+                                   terminal=True) from None
+
+    def disconnect(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception as e:
+                log.debug(f"{self.name}: close failed: {e}")
+            self.conn = None
+
+    def begin_transaction(self, xid: str, *, source_module_name: str, transaction_options: dict[str, Any],
+                          resource_args: tuple[Any, ...], resource_kwargs: dict[str, Any]) -> None:
+        conn = self._connection()
+        if time.monotonic() - self.used > PROBE_AFTER:
+            self._probe()
+        level = str(resource_kwargs.get("isolation_level", "READ COMMITTED")).upper()
+        if level not in ISOLATION_LEVELS:
+            raise SQLResourceError(f"isolation_level {level!r} is not one of {', '.join(ISOLATION_LEVELS)}",
+                                   recoverable=True, terminal=False)
+        conn = self._connection()
+        conn.isolation_level = ISOLATION_LEVELS[level]
+        conn.read_only = bool(resource_kwargs.get("read_only", False))
+        self.branch = transaction_options.get("branch")
+        if self.branch is not None:
+            self._guarded(conn.tpc_begin, self.branch)
+
+    def _probe(self) -> None:
+        """A connection idle for a while may have been closed by the server (a restart,
+        pg_terminate_backend): find out before the transaction relies on it, and
+        reconnect - nothing has been sent for this transaction yet."""
+        try:
+            self._connection().execute("SELECT 1")
+            self._connection().rollback()
+        except Exception:
+            log.info(f"{self.name}: the connection was found broken, reconnecting")
+            self.disconnect()
+            self.connect()
+
+    def _run(self, statement: Statement, params: dict[str, Any]) -> list[dict[str, Any]]:
+        sql = statement.render(lambda name: f"%({name})s", escape_percent=bool(params))
+        cursor = self._connection().cursor()
+        self._guarded(cursor.execute, sql, params or None)
+        if cursor.description is None:
+            return []
+        return self._guarded(cursor.fetchall)  # type: ignore[no-any-return]
+
+    def commit(self) -> None:
+        """One-phase commit, or phase 2 of a prepared branch on its own connection."""
+        conn = self._connection()
+        self._guarded(conn.tpc_commit if self.branch is not None else conn.commit)
+        self.branch = None
+
+    def rollback(self) -> None:
+        conn, branch, self.branch = self.conn, self.branch, None
+        if conn is None or conn.closed:
+            return
+        self._guarded(conn.tpc_rollback if branch is not None else conn.rollback)
+
+    # --- two-phase commit -----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Phase 1: from now on the branch survives anything until it is decided."""
+        self._guarded(self._connection().tpc_prepare)
+
+    def finish_prepared(self, branch: str, commit: bool) -> None:
+        """Recovery: commit or roll back a prepared branch by its id, from any connection."""
+        conn = self._connection()
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        self._guarded(conn.tpc_commit if commit else conn.tpc_rollback, branch)
+
+    def in_doubt(self, prefix: str) -> list[str]:
+        """The prepared branches whose ids start with `prefix`."""
+        rows = self._guarded(self._connection().execute,
+                             "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE %s AND database = current_database()",
+                             (prefix.replace("%", r"\%").replace("_", r"\_") + "%",)).fetchall()
+        self._connection().rollback()
+        return [row["gid"] for row in rows]
+
+    # --- inside ---------------------------------------------------------------------------
+
+    def _cancel(self) -> None:
+        """Stop what the server is still doing for us: the connection goes, its work must too."""
+        if self.conn is not None and not self.conn.closed:
+            try:
+                self.conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+            except Exception as e:
+                log.warning(f"{self.name}: the statement cannot be cancelled: {e}")
+
+    def _connection(self) -> _Connection:
+        if self.conn is None or self.conn.closed:
+            self.connect()
+        assert self.conn is not None
+        return self.conn
+
+    def _guarded(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` with psycopg's errors turned into ours."""
+        try:
+            return fn(*args)
+        except DeadlineReached:
+            self.expire()
+            self._cancel()
+            raise ResourceDeadlineError(f"request deadline waiting for {self.name}") from None
+        except psycopg.Error as e:
+            raise _sql_error(e) from None
+
+
+CANCEL_TIMEOUT = 0.5  # seconds a cancel request may take past the deadline
+
+
+def _sql_error(e: psycopg.Error) -> SQLResourceError:
+    state = e.sqlstate
+    safe = state is not None and state[:2] in SAFE_CLASSES and not isinstance(e, pg_errors.ReadOnlySqlTransaction)
+    return SQLResourceError(_message(e), state=state, recoverable=True, terminal=not safe)
+
+
+def _message(e: psycopg.Error) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
