@@ -1,10 +1,12 @@
 """One cage: boot, maintenance and shutdown, in the original's order.
 
 Boot:      log level → loader (watching files) → worker pool and resource
-           pools → event loop → intake opens → interfaces start, in the
-           configured order.
+           pools → event loop → branches of two-phase commits left prepared
+           are finished (transaction.recover_in_doubt) → intake opens →
+           interfaces start, in the configured order.
 Every 1 s: re-read the log level; start, stop or restart interfaces whose
-           configuration changed; sweep resource pools every sweep_period.
+           configuration changed; sweep resource pools every sweep_period;
+           retry recovery every RECOVERY_PERIOD while it has work left.
 Shutdown:  interfaces cease (no new requests) → intake closes → requests in
            flight get up to `request_timeout` → interfaces stop → resource
            pools, worker pool, loop and loader stop → "the cage has been
@@ -14,6 +16,7 @@ Shutdown:  interfaces cease (no new requests) → intake closes → requests in
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from pmnc import log
@@ -24,9 +27,11 @@ from pmnc.loader import Loader
 from pmnc.loop import EventLoopThread
 from pmnc.pools import ResourcePools
 from pmnc.rpc import cluster
+from pmnc.transaction import recover_in_doubt
 from pmnc.workers import WorkerPool
 
 MAINTENANCE_PERIOD = 1.0
+RECOVERY_PERIOD = 30.0  # seconds between attempts to finish two-phase branches left prepared
 
 
 class Cage:
@@ -40,6 +45,8 @@ class Cage:
         self.resources: ResourcePools | None = None
         self.loop: EventLoopThread | None = None
         self.request_timeout = 10.0
+        self._recovery_due: float | None = None
+        self._recovery: threading.Thread | None = None
 
     def setting(self, key: str, default: Any) -> Any:
         """A key of config_interfaces, falling back to `default` if it cannot be read."""
@@ -61,6 +68,7 @@ class Cage:
         self.loop = EventLoopThread()
         self.loop.start()
         cluster.attach(self.loader)  # made when first needed: by the rpc interface or a call
+        self._recover()
         self.intake.open()
         log.message("as of this moment requests can be created")
         if self.loader.self_test is None:
@@ -73,7 +81,21 @@ class Cage:
             self.interfaces.reload()
         if self.resources is not None:
             self.resources.maintain()
+            if self._recovery_due is not None and time.monotonic() >= self._recovery_due and \
+                    (self._recovery is None or not self._recovery.is_alive()):
+                self._recovery = threading.Thread(target=self._recover, name="recovery", daemon=True)
+                self._recovery.start()
         log.flush()
+
+    def _recover(self) -> None:
+        """Finish two-phase branches left prepared; try again later while some are left."""
+        assert self.resources is not None
+        try:
+            done = recover_in_doubt(self.resources) and not self.resources.decisions.decisions()
+        except Exception as e:
+            log.error(f"recovery of two-phase transactions failed: {exc_string(e)}")
+            done = False
+        self._recovery_due = None if done else time.monotonic() + RECOVERY_PERIOD
 
     def _apply_log_level(self) -> None:
         try:

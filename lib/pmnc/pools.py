@@ -17,6 +17,7 @@ under the pool's lock; connecting and disconnecting happen outside it.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pmnc import log
 from pmnc import request as _request
 from pmnc.config import Config
+from pmnc.decisions import DecisionLog
 from pmnc.errors import ResourceError, exc_string
 from pmnc.protocols import protocol_class
 from pmnc.request import Request, attached
@@ -41,9 +43,11 @@ SWEEP_TIMEOUT = 30.0  # how long one sweep (warming up standby connections) may 
 class ResourcePool:
     def __init__(self, name: str, factory: Callable[[str], Resource], *, size: int, standby: int = 0,
                  idle_timeout: float = 30.0, max_age: float = 300.0, min_time: float = 0.0,
-                 max_time: float | None = None, transactional: bool = True, inline: bool = False) -> None:
+                 max_time: float | None = None, transactional: bool = True, inline: bool = False,
+                 preparable: bool = False) -> None:
         self.name, self.factory = name, factory
         self.transactional, self.inline = transactional, inline
+        self.preparable = preparable  # its connections can be branches of a two-phase commit
         self.size, self.standby = size, standby
         self.idle_timeout, self.max_age = idle_timeout, max_age
         self.min_time, self.max_time = min_time, max_time
@@ -180,6 +184,7 @@ class ResourcePools:
     def __init__(self, loader: Loader, thread_count: int, sweep_period: float) -> None:
         self.loader = loader
         self.thread_count, self.sweep_period = thread_count, sweep_period
+        self.decisions = DecisionLog(os.path.join(loader.cage_dir, "state", "transactions.sqlite"))
         self._pools: dict[str, ResourcePool] = {}
         self._lock = threading.Lock()
         self._stopped = False
@@ -209,7 +214,7 @@ class ResourcePools:
             size=int(take("pool__size", self.thread_count)), standby=int(take("pool__standby", 0)),
             idle_timeout=float(take("pool__idle_timeout", 30.0)), max_age=float(take("pool__max_age", 300.0)),
             min_time=float(take("pool__min_time", 0.0)), max_time=None if max_time is None else float(max_time),
-            transactional=cls.transactional, inline=cls.inline)
+            transactional=cls.transactional, inline=cls.inline, preparable=cls.preparable)
 
     def _config(self, name: str) -> dict[str, Any]:
         return Config(self.loader, "resource_" + name.partition("__")[0]).copy()
@@ -241,3 +246,4 @@ class ResourcePools:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.stop()
+        self.decisions.close()

@@ -19,7 +19,8 @@ from typing import Any
 
 # Names a transaction may not call on a resource: they belong to the lifecycle.
 LIFECYCLE = frozenset({"connect", "disconnect", "begin_transaction", "commit", "rollback", "expire",
-                       "expired", "discarded", "ttl", "config", "name", "mark_used", "transactional", "inline"})
+                       "expired", "discarded", "ttl", "config", "name", "mark_used", "transactional", "inline",
+                       "preparable", "prepare", "in_doubt", "finish_prepared"})
 
 
 class Resource:
@@ -29,6 +30,10 @@ class Resource:
     # True: every wait of every call is bounded by the request's deadline, so a
     # transaction of one such call may run it on the caller's own thread.
     inline = False
+    # True: a branch of a two-phase commit - begin_transaction gets its id as
+    # transaction_options["branch"], then prepare(), then commit() or rollback();
+    # in_doubt(prefix) and finish_prepared(branch, commit) serve recovery.
+    preparable = False
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         """`name` is `<resource>/<n>`; `config` the protocol's keys of its config file.
@@ -58,6 +63,18 @@ class Resource:
 
     def rollback(self) -> None:
         pass
+
+    # --- two-phase commit, where `preparable` -----------------------------------------
+
+    def prepare(self) -> None:
+        raise NotImplementedError(f"resource {self.name} cannot prepare")
+
+    def in_doubt(self, prefix: str) -> list[str]:
+        """Branches left prepared whose ids begin with `prefix`."""
+        raise NotImplementedError(f"resource {self.name} cannot prepare")
+
+    def finish_prepared(self, branch: str, commit: bool) -> None:
+        raise NotImplementedError(f"resource {self.name} cannot prepare")
 
     # --- expiry, managed by the pool -------------------------------------------------
 

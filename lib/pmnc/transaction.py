@@ -68,6 +68,9 @@ class Participant:
         self.result: Any = NoValue
         self.commit: bool | None = None  # the decision, once made
         self.committed: bool | BaseException | None = None  # the commit's outcome, once known
+        self.branch: str | None = None  # its id as a branch of a two-phase commit
+        self.prepare = False  # phase 1 has been asked for
+        self.prepared: bool | BaseException | None = None  # phase 1's outcome, once known
 
     @property
     def call(self) -> str:
@@ -78,10 +81,11 @@ class Transaction:
     NoValue = NoValue
 
     def __init__(self, pools: ResourcePools, source_module: str, *, accept: Accept | None = None,
-                 sync_commit: bool = True, **options: Any) -> None:
+                 sync_commit: bool = True, two_phase: bool = False, **options: Any) -> None:
         self._pools, self._source = pools, source_module
         self._accept = accept or default_accept
         self._sync_commit = sync_commit
+        self._two_phase = two_phase
         self._options = options
         self.xid = new_unique_id("XA")
         self._participants: list[Participant] = []
@@ -105,6 +109,8 @@ class Transaction:
         if not self._participants:
             return ()
         pools = [self._pools.get(p.resource) for p in self._participants]
+        if self._two_phase and len(pools) > 1:
+            return self._execute_two_phase(pools)
         if len(pools) == 1 and pools[0].inline and self._accept is default_accept:
             return (self._run_inline(self._participants[0], pools[0]),)
         self._check_pool_sizes(pools)
@@ -183,16 +189,20 @@ class Transaction:
             self._report(participant, e)
 
     def _invoke(self, participant: Participant, resource: Resource, pool: ResourcePool) -> Any:
-        return _invoke(self.xid, self._source, self._options, participant, resource, pool)
+        options = self._options if participant.branch is None else {**self._options, "branch": participant.branch}
+        return _invoke(self.xid, self._source, options, participant, resource, pool)
 
     def _run_inline(self, participant: Participant, pool: ResourcePool) -> Any:
         return _run_inline(self.xid, self._source, self._options, participant, pool)
 
     def _finish(self, participant: Participant, resource: Resource, request: _request.Request) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: participant.commit is not None,
+            self._cond.wait_for(lambda: participant.commit is not None or participant.prepare,
                                 None if request.deadline is None else request.remain)
             commit = participant.commit
+        if commit is None and participant.prepare:
+            self._finish_branch(participant, resource)
+            return
         if not commit:
             if commit is None:
                 log.warning(f"transaction {self.xid}: no decision for {participant.call} in time, rolling back")
@@ -208,6 +218,157 @@ class Transaction:
             outcome = True
         self._committed(participant, outcome)
 
+    # --- two-phase commit --------------------------------------------------------------------
+    #
+    # 1. Each participant runs as above, in a branch (its id: pmnc:<cage>:<xid>:<index>).
+    # 2. accept() decides; a rollback ends it as in one-phase commit.
+    # 3. Phase 1: every branch prepares; one that cannot rolls all back.
+    # 4. The one participant that cannot prepare, if any, commits now (the last resource):
+    #    its failure rolls the prepared branches back.
+    # 5. The commit decision is written to the decision log (durable).
+    # 6. Phase 2: every branch commits, whatever the deadline; a branch that cannot is
+    #    finished by recovery (recover_in_doubt) from the log.
+
+    def _execute_two_phase(self, pools: list[ResourcePool]) -> Any:
+        others = [p.call for p, pool in zip(self._participants, pools, strict=True) if not pool.preparable]
+        if len(others) > 1:
+            raise TransactionExecutionError(f"a two-phase transaction may have one participant that cannot "
+                                            f"prepare, not {len(others)}: {', '.join(others)}")
+        self._check_pool_sizes(pools)
+        log_, prefix = self._pools.decisions, branch_prefix(self._pools.loader.cage)
+        for participant, pool in zip(self._participants, pools, strict=True):
+            if pool.preparable:
+                participant.branch = f"{prefix}{self.xid}:{participant.index}"
+                log_.remember_resource(pool.name)
+        request = _request.current()
+        _active.add(self.xid)
+        try:
+            for participant, pool in zip(self._participants, pools, strict=True):
+                pool.workers.submit(request.clone(), self._run, participant, pool)
+            try:
+                outcome = self._decide(request)
+                self._phase_one(request)
+                self._commit_last_resource(request)
+            except BaseException:
+                self._signal(commit=False)
+                raise
+            self._log_decision(pools)
+            self._signal(commit=True)
+            if self._sync_commit:
+                self._wait_phase_two(request)
+            return outcome
+        finally:
+            if not any(p.branch is not None and p.committed is None for p in self._participants):
+                _active.discard(self.xid)
+
+    def _phase_one(self, request: _request.Request) -> None:
+        branches = [p for p in self._participants if p.branch is not None]
+        with self._cond:
+            for participant in branches:
+                participant.prepare = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: all(p.prepared is not None for p in branches),
+                                None if request.deadline is None else request.remain)
+        for participant in branches:
+            if participant.prepared is None:
+                raise TransactionExecutionError(f"request deadline waiting for participant {participant.index} "
+                                                f"({participant.call}) to prepare", participant.index)
+            if isinstance(participant.prepared, BaseException):
+                raise TransactionExecutionError(f"participant {participant.index} ({participant.call}) failed to "
+                                                f"prepare: {participant.prepared}", participant.index)
+
+    def _commit_last_resource(self, request: _request.Request) -> None:
+        last = next((p for p in self._participants if p.branch is None), None)
+        if last is None:
+            return
+        with self._cond:
+            last.commit = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: last.committed is not None,
+                                None if request.deadline is None else request.remain)
+        if last.committed is not True:
+            what = "has not confirmed its commit in time" if last.committed is None else \
+                f"failed to commit: {last.committed}"
+            raise TransactionCommitError(f"participant {last.index} ({last.call}), the last resource, {what}; "
+                                         f"the prepared branches roll back", last.index)
+
+    def _log_decision(self, pools: list[ResourcePool]) -> None:
+        branches = [(pool.name, p.branch) for p, pool in zip(self._participants, pools, strict=True)
+                    if p.branch is not None]
+        try:
+            self._pools.decisions.decide_commit(self.xid, branches)
+        except Exception as e:
+            # Nothing is committed yet unless a last resource is: without it, roll back.
+            if any(p.branch is None for p in self._participants):
+                log.error(f"transaction {self.xid}: the commit decision cannot be logged ({e}); committing "
+                          f"anyway, as the last resource has: a crash now would leave it inconsistent")
+                return
+            self._signal(commit=False)
+            raise TransactionExecutionError(f"the commit decision cannot be logged: {e}") from e
+
+    def _wait_phase_two(self, request: _request.Request) -> None:
+        branches = [p for p in self._participants if p.branch is not None]
+        with self._cond:
+            self._cond.wait_for(lambda: all(p.committed is not None for p in branches),
+                                None if request.deadline is None else request.remain)
+        for participant in branches:
+            if participant.committed is not True:
+                log.warning(f"transaction {self.xid}: {participant.call} has not committed yet; it is decided "
+                            f"and logged, and will be committed")
+
+    def _finish_branch(self, participant: Participant, resource: Resource) -> None:
+        """Phase 1 and 2 of one branch, on its pool's thread. Phase 2 runs under a request
+        of its own: a decided commit completes whatever the caller's deadline."""
+        try:
+            resource.prepare()
+        except Exception as e:
+            log.warning(f"transaction {self.xid}: {participant.call} failed to prepare: {exc_string(e, stack=False)}")
+            resource.expire()
+            self._prepared(participant, e)
+            _quietly(resource, "rollback")
+            return
+        self._prepared(participant, True)
+        with self._cond:
+            self._cond.wait_for(lambda: participant.commit is not None, DECISION_WAIT)
+            commit = participant.commit
+        if commit is None:  # the coordinator is gone: recovery decides (presumed abort)
+            log.error(f"transaction {self.xid}: no decision for the prepared {participant.call}, left to recovery")
+            resource.expire()
+            return
+        with _request.attached(_request.Request(timeout=PHASE_TWO_TIMEOUT, interface="__transaction__",
+                                                protocol="__transaction__")):
+            if not commit:
+                _quietly(resource, "rollback")
+                return
+            try:
+                resource.commit()
+            except Exception as e:
+                log.error(f"transaction {self.xid}: {participant.call} failed to commit its prepared branch, "
+                          f"recovery will: {exc_string(e, stack=False)}")
+                resource.expire()
+                self._committed(participant, e)
+                return
+        self._committed(participant, True)
+        self._forget_if_done()
+
+    def _prepared(self, participant: Participant, outcome: bool | BaseException) -> None:
+        with self._cond:
+            participant.prepared = outcome
+            self._cond.notify_all()
+
+    def _forget_if_done(self) -> None:
+        branches = [p for p in self._participants if p.branch is not None]
+        with self._cond:
+            done = all(p.committed is True for p in branches) and not getattr(self, "_forgotten", False)
+            if done:
+                self._forgotten = True
+        if done:
+            try:
+                self._pools.decisions.forget(self.xid)
+            except Exception as e:
+                log.warning(f"transaction {self.xid}: its decision cannot be forgotten: {e}")
+            _active.discard(self.xid)
+
     def _committed(self, participant: Participant, outcome: bool | BaseException) -> None:
         with self._cond:
             participant.committed = outcome
@@ -222,6 +383,58 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<Transaction {self.xid} participants={len(self._participants)}>"
+
+
+DECISION_WAIT = 60.0  # seconds a prepared branch waits for the coordinator's decision
+PHASE_TWO_TIMEOUT = 60.0  # seconds phase 2 of a branch may take, whatever the caller's deadline
+RECOVERY_TIMEOUT = 30.0  # seconds recovery may spend on one resource
+_active: set[str] = set()  # two-phase transactions in progress in this process: not recovery's business
+
+
+def branch_prefix(cage: str) -> str:
+    return f"pmnc:{cage}:"
+
+
+def recover_in_doubt(pools: ResourcePools) -> bool:
+    """Finish the branches of this cage's two-phase transactions left prepared (a crash,
+    a database that was down): commit those whose transaction the log says was decided,
+    roll back the others. True when every resource could be asked."""
+    decisions = pools.decisions
+    names = decisions.resources()
+    if not names:
+        return True
+    decided = decisions.decisions()
+    prefix = branch_prefix(pools.loader.cage)
+    complete = True
+    for name in names:
+        try:
+            _recover_resource(pools.get(name), prefix, decided)
+        except Exception as e:
+            complete = False
+            log.warning(f"recovery: resource {name} cannot be checked for prepared branches: "
+                        f"{exc_string(e, stack=False)}")
+    if complete:
+        for xid in decided:
+            if xid not in _active:
+                decisions.forget(xid)
+    return complete
+
+
+def _recover_resource(pool: ResourcePool, prefix: str, decided: dict[str, Any]) -> None:
+    request = _request.Request(timeout=RECOVERY_TIMEOUT, interface="__recovery__", protocol="__recovery__")
+    with _request.attached(request), pool.connection() as resource:
+        try:
+            for branch in resource.in_doubt(prefix):
+                xid = branch[len(prefix):].rpartition(":")[0]
+                if xid in _active:
+                    continue
+                commit = xid in decided
+                resource.finish_prepared(branch, commit)
+                log.warning(f"recovery: branch {branch} of resource {pool.name} has been "
+                            f"{'committed' if commit else 'rolled back'}")
+        except Exception:
+            resource.expire()
+            raise
 
 
 def _invoke(xid: str, source: str, options: dict[str, Any], participant: Participant, resource: Resource,
@@ -337,8 +550,10 @@ class TransactionFactory:
     def __init__(self, pools: Callable[[], ResourcePools], source_module: str) -> None:
         self._pools, self._source = pools, source_module
 
-    def create(self, *, accept: Accept | None = None, sync_commit: bool = True, **options: Any) -> Transaction:
-        return Transaction(self._pools(), self._source, accept=accept, sync_commit=sync_commit, **options)
+    def create(self, *, accept: Accept | None = None, sync_commit: bool = True, two_phase: bool = False,
+               **options: Any) -> Transaction:
+        return Transaction(self._pools(), self._source, accept=accept, sync_commit=sync_commit,
+                           two_phase=two_phase, **options)
 
     def __getattr__(self, resource: str) -> _Shortcut:
         if resource.startswith("_"):

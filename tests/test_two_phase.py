@@ -1,0 +1,218 @@
+"""Two-phase commit across two PostgreSQL databases: the decision log, recovery, crashes.
+
+In-process cages for the protocol itself; real `startup.py` processes killed
+with SIGKILL between the phases for recovery: afterwards both databases must
+agree, and no branch may stay prepared.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Cluster, InProcessCage, config_source, http_config, http_request, module_source, wait_until
+from pg_peer import PgServer
+from pmnc.errors import SQLResourceError, TransactionCommitError, TransactionExecutionError
+from pmnc.request import Request
+
+# A resource that cannot prepare, to be the last resource: it appends its calls to
+# a file at commit and fails on demand (config fail_commit=True).
+LAST_RESOURCE = module_source("""
+    from pmnc.resource import Resource as _Base
+
+    class Resource(_Base):
+        def __init__(self, name, config):
+            super().__init__(name, config)
+            self.path, self.fail = config.pop("path"), config.pop("fail_commit", False)
+            config.pop("resource_name", None)
+            self.pending = []
+
+        def note(self, text):
+            self.pending.append(text)
+
+        def commit(self):
+            if self.fail:
+                raise RuntimeError("the last resource cannot commit")
+            with open(self.path, "a") as f:
+                f.writelines(line + "\\n" for line in self.pending)
+            self.pending = []
+
+        def rollback(self):
+            self.pending = []
+""", ["Resource"])
+
+
+@pytest.fixture
+def tables(pg: PgServer) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    for database in ("db1", "db2"):
+        pg.query(f"CREATE TABLE {name} (id int PRIMARY KEY)", database)
+    yield name
+    for database in ("db1", "db2"):
+        pg.query(f"DROP TABLE {name}", database)
+
+
+def rows(pg: PgServer, table: str) -> tuple[list[Any], list[Any]]:
+    return ([r[0] for r in pg.query(f"SELECT id FROM {table} ORDER BY id", "db1")],
+            [r[0] for r in pg.query(f"SELECT id FROM {table} ORDER BY id", "db2")])
+
+
+def prepared(pg: PgServer) -> list[str]:
+    return [r[0] for r in pg.query("SELECT gid FROM pg_prepared_xacts", "postgres")]
+
+
+def start(in_process_cage: Callable[..., InProcessCage], pg: PgServer, tmp_path: Path,
+          **last: Any) -> InProcessCage:
+    return in_process_cage(files={
+        "config_resource_db1.py": config_source(dict(pg.config("db1"), pool__size=4)),
+        "config_resource_db2.py": config_source(dict(pg.config("db2"), pool__size=4)),
+        "protocol_lastres.py": LAST_RESOURCE,
+        "config_resource_last.py": config_source({"protocol": "lastres", "path": str(tmp_path / "last.txt"),
+                                                  **last}),
+    })
+
+
+def test_both_databases_commit_and_nothing_stays_prepared(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str,
+        attach: Callable[[float], Request]) -> None:
+    cage = start(in_process_cage, pg, Path("/nonexistent"))
+    transaction = cage.cage.loader.root.transaction
+    attach(5.0)
+    xa = transaction.create(two_phase=True)
+    xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
+    xa.db2.execute(f"INSERT INTO {tables} (id) VALUES (1)")
+    assert xa.execute() == (([],), ([],))
+    assert rows(pg, tables) == ([1], [1])
+    assert prepared(pg) == []
+    decisions = cage.cage.resources.decisions  # type: ignore[union-attr]
+    assert decisions.decisions() == {} and decisions.resources() == ["db1", "db2"]
+
+
+def test_a_failing_participant_rolls_every_branch_back(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
+        attach: Callable[[float], Request]) -> None:
+    transaction = start(in_process_cage, pg, tmp_path).cage.loader.root.transaction
+    attach(5.0)
+    pg.query(f"INSERT INTO {tables} (id) VALUES (7)", "db2")
+    xa = transaction.create(two_phase=True)
+    xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (7)")
+    xa.db2.execute(f"INSERT INTO {tables} (id) VALUES (7)")  # a duplicate there
+    with pytest.raises(SQLResourceError) as info:
+        xa.execute()
+    assert info.value.participant_index == 1
+    assert rows(pg, tables) == ([], [7]) and prepared(pg) == []
+
+
+def test_a_branch_that_cannot_prepare_rolls_the_prepared_ones_back(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
+        attach: Callable[[float], Request]) -> None:
+    transaction = start(in_process_cage, pg, tmp_path).cage.loader.root.transaction
+    attach(5.0)
+    xa = transaction.create(two_phase=True)
+    xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
+    # PostgreSQL cannot prepare a transaction that has used a temporary table
+    xa.db2.execute("CREATE TEMP TABLE scratch (x int)", f"INSERT INTO {tables} (id) VALUES (1)")
+    with pytest.raises(TransactionExecutionError, match="failed to prepare") as info:
+        xa.execute()
+    assert info.value.participant_index == 1
+    wait_until(lambda: prepared(pg) == [], 5.0, message="no branch left prepared")
+    assert rows(pg, tables) == ([], [])
+
+
+def test_one_participant_that_cannot_prepare_commits_last(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
+        attach: Callable[[float], Request]) -> None:
+    transaction = start(in_process_cage, pg, tmp_path).cage.loader.root.transaction
+    attach(5.0)
+    xa = transaction.create(two_phase=True)
+    xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
+    xa.last.note("one")
+    xa.db2.execute(f"INSERT INTO {tables} (id) VALUES (1)")
+    xa.execute()
+    assert rows(pg, tables) == ([1], [1])
+    assert (tmp_path / "last.txt").read_text() == "one\n"
+    xa = transaction.create(two_phase=True)  # two that cannot prepare: refused at once
+    xa.last.note("a")
+    xa.last.note("b")
+    with pytest.raises(TransactionExecutionError, match="one participant that cannot prepare"):
+        xa.execute()
+
+
+def test_a_failing_last_resource_rolls_the_branches_back(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
+        attach: Callable[[float], Request]) -> None:
+    transaction = start(in_process_cage, pg, tmp_path, fail_commit=True).cage.loader.root.transaction
+    attach(5.0)
+    xa = transaction.create(two_phase=True)
+    xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
+    xa.db2.execute(f"INSERT INTO {tables} (id) VALUES (1)")
+    xa.last.note("never")
+    with pytest.raises(TransactionCommitError, match="last resource"):
+        xa.execute()
+    wait_until(lambda: prepared(pg) == [], 5.0, message="no branch left prepared")
+    assert rows(pg, tables) == ([], []) and not (tmp_path / "last.txt").exists()
+
+
+# --- crashes between the phases, with real cage processes --------------------------------------------
+
+# The handler runs one two-phase transaction; ?crash=before-decision kills the cage
+# (SIGKILL, no cleanup) after both branches prepared but before the decision is
+# logged, ?crash=after-decision right after it is logged, before phase 2.
+CRASHING_HANDLER = module_source("""
+    import os
+    import signal
+    from urllib.parse import parse_qs, urlsplit
+
+    from pmnc.decisions import DecisionLog
+
+    def process_request(request, response):
+        query = parse_qs(urlsplit(request["url"]).query)
+        crash, table, key = query.get("crash", [""])[0], query["table"][0], int(query["id"][0])
+        original = DecisionLog.decide_commit
+
+        def decide_commit(self, xid, branches):
+            if crash == "before-decision":
+                os.kill(os.getpid(), signal.SIGKILL)
+            original(self, xid, branches)
+            if crash == "after-decision":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        DecisionLog.decide_commit = decide_commit
+        try:
+            xa = pmnc.transaction.create(two_phase=True)
+            xa.db1.execute(f"INSERT INTO {table} (id) VALUES ({{id}})", id=key)
+            xa.db2.execute(f"INSERT INTO {table} (id) VALUES ({{id}})", id=key)
+            xa.execute()
+        finally:
+            DecisionLog.decide_commit = original
+        response["content"] = "committed"
+        response["headers"]["content-type"] = "text/plain"
+""", ["process_request"])
+
+
+@pytest.mark.parametrize("crash, committed", [("before-decision", False), ("after-decision", True)])
+def test_a_cage_killed_between_the_phases_leaves_both_databases_consistent(
+        cluster: Cluster, pg: PgServer, tables: str, crash: str, committed: bool) -> None:
+    cluster.cage("bank", {
+        "config_resource_db1.py": config_source(pg.config("db1")),
+        "config_resource_db2.py": config_source(pg.config("db2")),
+        "config_interface_http.py": config_source(http_config()),
+        "interface_http.py": CRASHING_HANDLER,
+    }, interfaces=("http",))
+    bank = cluster.start("bank")
+    port = bank.port("http")
+    assert http_request(port, f"/?table={tables}&id=1")[0] == 200  # a normal one first
+    with pytest.raises(Exception):  # noqa: B017 - the connection dies with the cage
+        http_request(port, f"/?table={tables}&id=2&crash={crash}")
+    assert len(prepared(pg)) == 2, "both branches were prepared when the cage died"
+    # the supervisor restarts the cage; recovery at its start finishes the branches
+    bank.wait_for_log("the cage is ready", count=2, timeout=30.0)
+    assert prepared(pg) == []
+    expected = [1, 2] if committed else [1]
+    assert rows(pg, tables) == (expected, expected)
+    bank.wait_for_log(rf"recovery: branch pmnc:bank:XA-\S+ of resource db1 has been "
+                      rf"{'committed' if committed else 'rolled back'}")
+    assert (bank.cage_dir / "state" / "transactions.sqlite").exists()
