@@ -7,8 +7,8 @@
 
     pmnc.transaction.web.get("/")     # shortcut: a one-participant transaction
 
-Commit protocol (best effort, as the original's; two-phase commit comes with
-the database resources and is designed to fit here):
+Commit protocol (best effort, as the original's; `create(two_phase=True)` adds
+prepare and a durable decision, see "two-phase commit" below):
 1. `execute()` queues each participant on its resource pool's threads with a
    clone of the caller's request (same id and deadline). A transaction with
    more participants on one resource than its pool has threads fails at
