@@ -7,6 +7,7 @@ agree, and no branch may stay prepared.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Any
 import pytest
 from conftest import Cluster, InProcessCage, config_source, http_config, http_request, module_source, wait_until
 from pg_peer import PgServer
+from pmnc.decisions import DecisionLog
 from pmnc.errors import SQLResourceError, TransactionCommitError, TransactionExecutionError
 from pmnc.request import Request
+from pmnc.transaction import recover_in_doubt
 
 # A resource that cannot prepare, to be the last resource: it appends its calls to
 # a file at commit and fails on demand (config fail_commit=True).
@@ -216,3 +219,62 @@ def test_a_cage_killed_between_the_phases_leaves_both_databases_consistent(
     bank.wait_for_log(rf"recovery: branch pmnc:bank:XA-\S+ of resource db1 has been "
                       rf"{'committed' if committed else 'rolled back'}")
     assert (bank.cage_dir / "state" / "transactions.sqlite").exists()
+
+
+def test_a_branch_whose_connection_is_killed_before_prepare_rolls_all_back(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
+        attach: Callable[[float], Request]) -> None:
+    transaction = start(in_process_cage, pg, tmp_path).cage.loader.root.transaction
+    attach(10.0)
+    xa = transaction.create(two_phase=True)
+    xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
+    xa.db2.execute(f"INSERT INTO {tables} (id) VALUES (1)", "SELECT pg_sleep(1)")
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(_raises(xa.execute)))
+    worker.start()
+    idle = ("SELECT pid FROM pg_stat_activity WHERE datname = 'db1' AND state = 'idle in transaction'")
+    [[pid]] = wait_until(lambda: pg.query(idle, "postgres"), 5.0, message="db1's branch waiting for the decision")
+    pg.admin(f"SELECT pg_terminate_backend({pid})")
+    worker.join(15.0)
+    assert isinstance(outcome[0], TransactionExecutionError) and "failed to prepare" in str(outcome[0])
+    wait_until(lambda: prepared(pg) == [], 5.0, message="no branch left prepared")
+    assert rows(pg, tables) == ([], [])
+
+
+def test_a_database_that_dies_in_phase_two_is_committed_by_recovery(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, pg_server: PgServer, tables: str,
+        tmp_path: Path, attach: Callable[[float], Request], monkeypatch: pytest.MonkeyPatch) -> None:
+    pg_server.query(f"CREATE TABLE {tables} (id int PRIMARY KEY)", "db2")
+    cage = in_process_cage(files={
+        "config_resource_db1.py": config_source(pg.config("db1")),
+        "config_resource_db2.py": config_source(pg_server.config("db2")),
+    })
+    transaction = cage.cage.loader.root.transaction
+    original = DecisionLog.decide_commit
+
+    def decide_then_crash_db2(self: DecisionLog, xid: str, branches: list[tuple[str, str]]) -> None:
+        original(self, xid, branches)
+        pg_server.kill()  # after the decision, before phase 2
+
+    monkeypatch.setattr(DecisionLog, "decide_commit", decide_then_crash_db2)
+    attach(10.0)
+    xa = transaction.create(two_phase=True)
+    xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (5)")
+    xa.db2.execute(f"INSERT INTO {tables} (id) VALUES (5)")
+    assert xa.execute() == (([],), ([],))  # decided: the caller is told it committed
+    assert rows(pg, tables)[0] == [5]
+    decisions = cage.cage.resources.decisions  # type: ignore[union-attr]
+    wait_until(lambda: len(decisions.decisions()) == 1, 5.0, message="the decision kept for recovery")
+    assert not recover_in_doubt(cage.cage.resources)  # type: ignore[arg-type]  # db2 is down: not yet
+    pg_server.start()
+    assert recover_in_doubt(cage.cage.resources)  # type: ignore[arg-type]
+    assert [r[0] for r in pg_server.query(f"SELECT id FROM {tables}", "db2")] == [5]
+    assert pg_server.query("SELECT gid FROM pg_prepared_xacts", "postgres") == []
+    assert decisions.decisions() == {}
+
+
+def _raises(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as e:
+        return e
