@@ -12,7 +12,9 @@ prepare and a durable decision, see "two-phase commit" below):
 1. `execute()` queues each participant on its resource pool's threads with a
    clone of the caller's request (same id and deadline). A transaction with
    more participants on one resource than its pool has threads fails at
-   once rather than starve.
+   once rather than starve. A transaction of one call on a resource whose
+   waits are all bounded by the deadline (`inline`) runs it on the caller's
+   thread instead, and commits at once.
 2. A participant takes a connection, begins a local transaction, calls the
    method and reports the result, then waits for the decision.
 3. The coordinator (the caller's thread) hands the results to `accept(xa,
@@ -463,14 +465,27 @@ def _invoke(xid: str, source: str, options: dict[str, Any], participant: Partici
 
 def _run_inline(xid: str, source: str, options: dict[str, Any], participant: Participant,
                 pool: ResourcePool) -> Any:
-    """One call on a resource with nothing to commit, whose every wait is bounded
-    by the deadline: done on the caller's thread, sparing the hand-offs."""
+    """The only participant, on a resource whose every wait is bounded by the deadline:
+    done on the caller's thread, sparing the hand-offs. Its success is the decision, so
+    it commits at once (when there is anything to commit)."""
     try:
         with pool.connection() as resource:
-            return _invoke(xid, source, options, participant, resource, pool)
+            result = _invoke(xid, source, options, participant, resource, pool)
+            if pool.transactional:
+                _commit_inline(xid, participant, resource)
+            return result
     except ResourceError as e:
         e.participant_index = 0
         raise
+
+
+def _commit_inline(xid: str, participant: Participant, resource: Resource) -> None:
+    try:
+        resource.commit()
+    except Exception as e:
+        log.error(f"transaction {xid}: {participant.call} failed to commit: {exc_string(e)}")
+        resource.expire()
+        raise TransactionCommitError(f"participant 0 ({participant.call}) failed to commit: {e}", 0) from e
 
 
 def _cap_time(request: _request.Request, pool: ResourcePool) -> None:

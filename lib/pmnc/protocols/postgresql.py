@@ -67,6 +67,7 @@ class DeadlineReached(Exception):
 class Resource(SQLResource):
     arrays = True
     preparable = True  # can be a branch of a two-phase commit
+    inline = True  # every wait on the server ends at the deadline (_Connection.wait)
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
@@ -89,6 +90,10 @@ class Resource(SQLResource):
                 take(key, None)
         self.dsn = "" if dsn is None else str(dsn)
         self.connect_timeout = float(take("connect_timeout", 3.0))
+        # statements run this many times on a connection become server-side prepared ones
+        # (None: never, for poolers such as pgbouncer in transaction mode)
+        threshold = take("prepare_threshold", 5)
+        self.prepare_threshold = None if threshold is None else int(threshold)
         self.params["application_name"] = str(take("application_name", "pmnc"))[:63]
         unknown = sorted(k for k in config if k != "resource_name")
         if unknown:
@@ -104,7 +109,7 @@ class Resource(SQLResource):
         try:
             self.conn = _Connection.connect(self.dsn, autocommit=False, row_factory=dict_row,
                                             connect_timeout=max(int(timeout + 0.999), 2),
-                                            prepare_threshold=None, **self.params)
+                                            prepare_threshold=self.prepare_threshold, **self.params)
         except psycopg.Error as e:
             raise SQLResourceError(f"cannot connect: {_message(e)}", state=e.sqlstate, recoverable=True,
                                    terminal=True) from None
@@ -127,8 +132,11 @@ class Resource(SQLResource):
             raise SQLResourceError(f"isolation_level {level!r} is not one of {', '.join(ISOLATION_LEVELS)}",
                                    recoverable=True, terminal=False)
         conn = self._connection()
-        conn.isolation_level = ISOLATION_LEVELS[level]
-        conn.read_only = bool(resource_kwargs.get("read_only", False))
+        isolation, read_only = ISOLATION_LEVELS[level], bool(resource_kwargs.get("read_only", False))
+        if conn.isolation_level != isolation:
+            conn.isolation_level = isolation
+        if conn.read_only != read_only:
+            conn.read_only = read_only
         self.branch = transaction_options.get("branch")
         if self.branch is not None:
             self._guarded(conn.tpc_begin, self.branch)
@@ -146,7 +154,7 @@ class Resource(SQLResource):
             self.connect()
 
     def _run(self, statement: Statement, params: dict[str, Any]) -> list[dict[str, Any]]:
-        sql = statement.render(lambda name: f"%({name})s", escape_percent=bool(params))
+        sql = statement.render_as("pyformat", _pyformat, escape_percent=bool(params))
         cursor = self._connection().cursor()
         self._guarded(cursor.execute, sql, params or None)
         if cursor.description is None:
@@ -212,6 +220,10 @@ class Resource(SQLResource):
             raise ResourceDeadlineError(f"request deadline waiting for {self.name}") from None
         except psycopg.Error as e:
             raise _sql_error(e) from None
+
+
+def _pyformat(name: str) -> str:
+    return f"%({name})s"
 
 
 CANCEL_TIMEOUT = 0.5  # seconds a cancel request may take past the deadline

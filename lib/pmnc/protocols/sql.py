@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import string
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -74,7 +75,7 @@ class Row(Mapping[str, Any]):
 class Statement:
     """One statement split at its `{name}` placeholders."""
 
-    __slots__ = ("names", "parts")
+    __slots__ = ("_rendered", "names", "parts")
 
     def __init__(self, sql: str) -> None:
         if not isinstance(sql, str):
@@ -90,6 +91,15 @@ class Statement:
             raise ResourceInputParameterError(f"statement has unbalanced braces: {e}") from None
         self.parts = parts
         self.names = tuple(dict.fromkeys(name for _, name in parts if name is not None))
+        self._rendered: dict[tuple[str, bool], str] = {}
+
+    def render_as(self, style: str, placeholder: Any, escape_percent: bool = False) -> str:
+        """`render`, remembered per `style` (the name of a driver's placeholder style)."""
+        key = (style, escape_percent)
+        text = self._rendered.get(key)
+        if text is None:
+            text = self._rendered[key] = self.render(placeholder, escape_percent)
+        return text
 
     def render(self, placeholder: Any, escape_percent: bool = False) -> str:
         """The SQL with each `{name}` replaced by `placeholder(name)`."""
@@ -99,6 +109,16 @@ class Statement:
             if name is not None:
                 chunks.append(placeholder(name))
         return "".join(chunks)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(sql: str) -> Statement:
+    return Statement(sql)
+
+
+def parse(sql: Any) -> Statement:
+    """The statement, parsed once per distinct text (statements repeat)."""
+    return _parse(sql) if isinstance(sql, str) else Statement(sql)
 
 
 class SQLResource(resource.Resource):
@@ -123,7 +143,7 @@ class SQLResource(resource.Resource):
         self._decimal_step = decimal.Decimal(1).scaleb(-scale)
 
     def execute(self, *statements: str, **params: Any) -> tuple[list[Row], ...]:
-        parsed = [Statement(sql) for sql in statements]
+        parsed = [parse(sql) for sql in statements]
         for statement in parsed:
             for name in statement.names:
                 if name not in params:
@@ -132,9 +152,10 @@ class SQLResource(resource.Resource):
         results = []
         for statement in parsed:
             used = {name: checked[name] for name in statement.names}
-            log.info(f"{self.name}: {statement.render(lambda n: '{' + n + '}')}")
-            if used and log.enabled(log.DEBUG):
-                log.debug(f"{self.name}: parameters {used!r}")
+            if log.enabled(log.INFO):
+                log.info(f"{self.name}: {statement.render(lambda n: '{' + n + '}')}")
+                if used and log.enabled(log.DEBUG):
+                    log.debug(f"{self.name}: parameters {used!r}")
             rows = self._run(statement, used)
             results.append([Row({k: self._check_result(k, v) for k, v in row.items()}) for row in rows])
         return tuple(results)
