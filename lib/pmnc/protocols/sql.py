@@ -75,7 +75,7 @@ class Row(Mapping[str, Any]):
 class Statement:
     """One statement split at its `{name}` placeholders."""
 
-    __slots__ = ("_rendered", "names", "parts")
+    __slots__ = ("_rendered", "names", "occurrences", "parts")
 
     def __init__(self, sql: str) -> None:
         if not isinstance(sql, str):
@@ -90,7 +90,8 @@ class Statement:
         except ValueError as e:
             raise ResourceInputParameterError(f"statement has unbalanced braces: {e}") from None
         self.parts = parts
-        self.names = tuple(dict.fromkeys(name for _, name in parts if name is not None))
+        self.occurrences = tuple(name for _, name in parts if name is not None)  # in order, repeats kept
+        self.names = tuple(dict.fromkeys(self.occurrences))
         self._rendered: dict[tuple[str, bool], str] = {}
 
     def render_as(self, style: str, placeholder: Any, escape_percent: bool = False) -> str:
