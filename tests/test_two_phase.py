@@ -278,3 +278,31 @@ def _raises(call: Callable[[], Any]) -> Any:
         return call()
     except Exception as e:
         return e
+
+
+def test_a_branch_that_cannot_be_rolled_back_is_rolled_back_by_recovery(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, pg_server: PgServer, tables: str,
+        attach: Callable[[float], Request], monkeypatch: pytest.MonkeyPatch) -> None:
+    pg_server.query(f"CREATE TABLE {tables} (id int PRIMARY KEY)", "db2")
+    cage = in_process_cage(files={
+        "config_resource_db1.py": config_source(pg.config("db1")),
+        "config_resource_db2.py": config_source(pg_server.config("db2")),
+    })
+
+    def crash_db2_and_fail(self: DecisionLog, xid: str, branches: list[tuple[str, str]]) -> None:
+        pg_server.kill()  # both prepared; db2 gone before the decision, which then fails
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DecisionLog, "decide_commit", crash_db2_and_fail)
+    attach(10.0)
+    xa = cage.cage.loader.root.transaction.create(two_phase=True)
+    xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (9)")
+    xa.db2.execute(f"INSERT INTO {tables} (id) VALUES (9)")
+    with pytest.raises(TransactionExecutionError, match="cannot be logged"):
+        xa.execute()
+    wait_until(lambda: prepared(pg) == [], 5.0, message="db1's branch rolled back")
+    pg_server.start()
+    assert len(pg_server.query("SELECT gid FROM pg_prepared_xacts", "postgres")) == 1  # db2's survived
+    assert recover_in_doubt(cage.cage.resources)  # type: ignore[arg-type]
+    assert pg_server.query("SELECT gid FROM pg_prepared_xacts", "postgres") == []
+    assert pg_server.query(f"SELECT id FROM {tables}", "db2") == [] and rows(pg, tables)[0] == []

@@ -93,6 +93,7 @@ class Transaction:
         self._participants: list[Participant] = []
         self._cond = threading.Condition(threading.Lock())
         self._executed = False
+        self._finished = False  # two-phase: every branch is through phase 2
 
     def __getattr__(self, name: str) -> _Registration:
         if name.startswith("_"):
@@ -243,25 +244,22 @@ class Transaction:
                 participant.branch = f"{prefix}{self.xid}:{participant.index}"
                 log_.remember_resource(pool.name)
         request = _request.current()
-        _active.add(self.xid)
+        _active.add(self.xid)  # recovery keeps off its branches until they are finished
+        for participant, pool in zip(self._participants, pools, strict=True):
+            pool.workers.submit(request.clone(), self._run, participant, pool)
         try:
-            for participant, pool in zip(self._participants, pools, strict=True):
-                pool.workers.submit(request.clone(), self._run, participant, pool)
-            try:
-                outcome = self._decide(request)
-                self._phase_one(request)
-                self._commit_last_resource(request)
-            except BaseException:
-                self._signal(commit=False)
-                raise
-            self._log_decision(pools)
-            self._signal(commit=True)
-            if self._sync_commit:
-                self._wait_phase_two(request)
-            return outcome
-        finally:
-            if not any(p.branch is not None and p.committed is None for p in self._participants):
-                _active.discard(self.xid)
+            outcome = self._decide(request)
+            self._phase_one(request)
+            self._commit_last_resource(request)
+        except BaseException:
+            self._signal(commit=False)
+            _active.discard(self.xid)  # decided: roll back; recovery may finish what is left
+            raise
+        self._log_decision(pools)
+        self._signal(commit=True)
+        if self._sync_commit:
+            self._wait_phase_two(request)
+        return outcome
 
     def _phase_one(self, request: _request.Request) -> None:
         branches = [p for p in self._participants if p.branch is not None]
@@ -306,6 +304,7 @@ class Transaction:
                           f"anyway, as the last resource has: a crash now would leave it inconsistent")
                 return
             self._signal(commit=False)
+            _active.discard(self.xid)
             raise TransactionExecutionError(f"the commit decision cannot be logged: {e}") from e
 
     def _wait_phase_two(self, request: _request.Request) -> None:
@@ -336,6 +335,7 @@ class Transaction:
         if commit is None:  # the coordinator is gone: recovery decides (presumed abort)
             log.error(f"transaction {self.xid}: no decision for the prepared {participant.call}, left to recovery")
             resource.expire()
+            _active.discard(self.xid)
             return
         with _request.attached(_request.Request(timeout=PHASE_TWO_TIMEOUT, interface="__transaction__",
                                                 protocol="__transaction__")):
@@ -349,27 +349,30 @@ class Transaction:
                           f"recovery will: {exc_string(e, stack=False)}")
                 resource.expire()
                 self._committed(participant, e)
+                self._branch_finished()
                 return
         self._committed(participant, True)
-        self._forget_if_done()
+        self._branch_finished()
 
     def _prepared(self, participant: Participant, outcome: bool | BaseException) -> None:
         with self._cond:
             participant.prepared = outcome
             self._cond.notify_all()
 
-    def _forget_if_done(self) -> None:
+    def _branch_finished(self) -> None:
+        """After phase 2 of a branch: once all are through, the decision is forgotten if
+        all committed (else recovery finishes from it), and recovery may look again."""
         branches = [p for p in self._participants if p.branch is not None]
         with self._cond:
-            done = all(p.committed is True for p in branches) and not getattr(self, "_forgotten", False)
-            if done:
-                self._forgotten = True
-        if done:
+            if self._finished or not all(p.committed is not None for p in branches):
+                return
+            self._finished = True
+        if all(p.committed is True for p in branches):
             try:
                 self._pools.decisions.forget(self.xid)
             except Exception as e:
                 log.warning(f"transaction {self.xid}: its decision cannot be forgotten: {e}")
-            _active.discard(self.xid)
+        _active.discard(self.xid)
 
     def _committed(self, participant: Participant, outcome: bool | BaseException) -> None:
         with self._cond:
