@@ -172,7 +172,7 @@ def test_isolation_level_and_read_only(in_process_cage: Callable[..., InProcessC
     assert dict(row) == {"level": "serializable", "ro": "on"}
     [[row]] = transaction.db.execute("SELECT current_setting('transaction_isolation') AS level")
     assert row["level"] == "read committed"
-    with pytest.raises(SQLResourceError, match="isolation_level"):
+    with pytest.raises(ResourceInputParameterError, match="isolation_level"):
         transaction.db(isolation_level="chaos").execute("SELECT 1")
 
 

@@ -32,7 +32,7 @@ from psycopg.rows import dict_row
 
 from pmnc import log
 from pmnc import request as _request
-from pmnc.errors import ConfigError, ResourceDeadlineError, SQLResourceError
+from pmnc.errors import ConfigError, ResourceDeadlineError, ResourceInputParameterError, SQLResourceError
 from pmnc.protocols.sql import SQLResource, Statement
 
 # SQLSTATE classes after which the connection is still good (as the original's):
@@ -123,17 +123,16 @@ class Resource(SQLResource):
                 self.conn.close()
             except Exception as e:
                 log.debug(f"{self.name}: close failed: {e}")
-            self.conn = None
+            self.conn = self.cursor = self.session_of = None
 
     def begin_transaction(self, xid: str, *, source_module_name: str, transaction_options: dict[str, Any],
                           resource_args: tuple[Any, ...], resource_kwargs: dict[str, Any]) -> None:
-        conn = self._connection()
-        if time.monotonic() - self.used > PROBE_AFTER:
-            self._probe()
         level = str(resource_kwargs.get("isolation_level", "READ COMMITTED")).upper()
         if level not in ISOLATION_LEVELS:
-            raise SQLResourceError(f"isolation_level {level!r} is not one of {', '.join(ISOLATION_LEVELS)}",
-                                   recoverable=True, terminal=False)
+            raise ResourceInputParameterError(f"isolation_level {level!r} is not one of "
+                                              f"{', '.join(ISOLATION_LEVELS)}")
+        if time.monotonic() - self.used > PROBE_AFTER:
+            self._probe()
         conn = self._connection()
         session = (ISOLATION_LEVELS[level], bool(resource_kwargs.get("read_only", False)))
         if session != self.session or conn is not self.session_of:  # psycopg sends it with the next BEGIN
