@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pmnc.cage import Cage
 
 POLL_TIMEOUT = 10.0  # each poll's request, as the original's
+OUTAGE_LOG_PERIOD = 60.0  # seconds between log lines while a source cannot be polled
 
 
 class Interface(interfaces.Interface):
@@ -62,13 +63,23 @@ class Interface(interfaces.Interface):
             thread.join(POLL_TIMEOUT)
 
     def _poll_loop(self, source: str) -> None:
+        failing_since: float | None = None  # an outage is logged when it begins, then once a minute
+        logged_at = 0.0
         while not self.stopping.is_set():
             try:
                 calls = self._poll(source)
             except Exception as e:
-                log.warning(f"interface {self.name}: polling cage {source} failed: {exc_string(e, stack=False)}")
+                now = time.monotonic()
+                if failing_since is None or now - logged_at >= OUTAGE_LOG_PERIOD:
+                    log.warning(f"interface {self.name}: polling cage {source} failed: {exc_string(e, stack=False)}")
+                    logged_at = now
+                failing_since = failing_since or now
                 self.stopping.wait(self.retry_interval)
                 continue
+            if failing_since is not None:
+                log.message(f"interface {self.name}: polling cage {source} works again after "
+                            f"{time.monotonic() - failing_since:.0f}s")
+                failing_since = None
             for call in calls:
                 self._start(source, call)
 
