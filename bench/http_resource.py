@@ -30,14 +30,12 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "lib"))
 
-from http_hello import HOST, Uvicorn, pmnc_version, read_text, wait_until  # noqa: E402
-from pmnc import log  # noqa: E402
+from http_hello import HOST, Uvicorn, pmnc_version, read_text  # noqa: E402
+from inprocess import CAGE, InProcessCage  # noqa: E402
 from pmnc.cage import Cage  # noqa: E402
 from pmnc.request import Request, attached  # noqa: E402
 
 HELLO = b"Hello, world !"
-CAGE = "bench"
-STOP_TIMEOUT = 30.0
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -137,47 +135,6 @@ def pmnc_client(cage: Cage, resource: str, duration: float) -> Callable[[], Call
     return make
 
 
-# --- the cage in this process ----------------------------------------------------------------------
-
-
-class InProcessCage:
-    """A temporary tree with one cage, no interfaces and the resource `hello`, run on a thread."""
-
-    def __init__(self, base: Path, port: int, pool_size: int) -> None:
-        self.cages = base / "cages"
-        self.cage_dir = self.cages / CAGE
-        self.cage_dir.mkdir(parents=True)
-        shutil.copytree(ROOT / "cages" / ".shared", self.cages / ".shared")
-        (self.cage_dir / "config_interfaces.py").write_text(
-            f"config = dict(interfaces=(), request_timeout=10.0, thread_count={pool_size}, sweep_period=15.0, "
-            f"log_level='LOG')\n# EOF\n")
-        (self.cage_dir / "config_resource_hello.py").write_text(
-            f"config = dict(protocol='http', server_address=({HOST!r}, {port}), pool__size={pool_size})\n# EOF\n")
-        (self.cage_dir / "logs").mkdir()
-        log.configure(log.LogFile(str(self.cage_dir / "logs"), CAGE), echo=None)
-        self.cage = Cage(str(self.cages), CAGE, "bench")
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.cage.run, args=(self.stopping,), name="cage", daemon=True)
-
-    def log_text(self) -> str:
-        return "".join(read_text(p) for p in sorted((self.cage_dir / "logs").glob("*.log")))
-
-    def start(self) -> None:
-        self.thread.start()
-        wait_until(lambda: "the cage is ready" in self.log_text(), 30.0, "pmnc: the cage is ready")
-
-    def stop(self) -> str:
-        if not self.thread.is_alive():
-            return "pmnc was not running"
-        self.stopping.set()
-        self.thread.join(STOP_TIMEOUT)
-        log.configure(None, echo=sys.stderr)
-        return "pmnc stopped" if not self.thread.is_alive() else f"pmnc did not stop within {STOP_TIMEOUT:.0f}s"
-
-
-# --- the run -----------------------------------------------------------------------------------------
-
-
 def row(name: str, run: Run) -> str:
     per_call = run.client_cpu / run.rate * 1e6 if run.rate else float("nan")
     return (f"{name:<28}{run.rate:>10.0f}{run.calls:>10}{run.errors:>8}"
@@ -191,7 +148,9 @@ def bench(args: argparse.Namespace, base: Path, peer: Uvicorn) -> int:
     peer.start()
     assert peer.process is not None
     print(peer.banner)
-    cage = InProcessCage(base, peer.port, max(counts))
+    size = max(counts)
+    cage = InProcessCage(base, size, {"hello": f"protocol='http', server_address=({HOST!r}, {peer.port}), "
+                                              f"pool__size={size}"})
     try:
         cage.start()
         print(f"{pmnc_version()}: cage {CAGE} in this process, resource hello (pool__size={max(counts)})")

@@ -61,16 +61,14 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "lib"))
 
 import psycopg  # noqa: E402
-from http_hello import pmnc_version, read_text, wait_until  # noqa: E402
-from pmnc import log  # noqa: E402
-from pmnc.cage import Cage  # noqa: E402
+from http_hello import pmnc_version, read_text  # noqa: E402
+from inprocess import CAGE, InProcessCage  # noqa: E402
 from pmnc.protocols import postgresql  # noqa: E402
 from pmnc.request import Request, attached  # noqa: E402
 
 HOST = "127.0.0.1"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DATABASES = ("db1", "db2")
-CAGE = "bench"
 PAYLOAD = "x" * 100
 INSERT_PMNC = "INSERT INTO t (id, payload) VALUES ({id}, {payload})"
 INSERT_PSYCOPG = "INSERT INTO t (id, payload) VALUES (%s, %s)"
@@ -201,53 +199,6 @@ class PgCluster:
                     break
                 time.sleep(2.0)
             return f"PostgreSQL did not stop ({e}); its postmaster {master} was killed"
-
-
-# --- the cage in this process ------------------------------------------------------------------------
-
-
-class BenchCage:
-    """A temporary tree with one cage, no interfaces and the resources db1 and db2, run on a thread."""
-
-    def __init__(self, base: Path, pg: PgCluster, threads: int) -> None:
-        self.cages = base / "cages"
-        self.cage_dir = self.cages / CAGE
-        self.cage_dir.mkdir(parents=True)
-        shutil.copytree(ROOT / "cages" / ".shared", self.cages / ".shared",
-                        ignore=shutil.ignore_patterns("ssl_keys", "__pycache__"))
-        (self.cage_dir / "config_interfaces.py").write_text(
-            f"config = dict(interfaces=(), request_timeout=10.0, thread_count={threads}, sweep_period=15.0, "
-            f"log_level='LOG')\n# EOF\n")
-        for database in DATABASES:
-            (self.cage_dir / f"config_resource_{database}.py").write_text(
-                f"config = dict(protocol='postgresql', server_address=({HOST!r}, {pg.port}), "
-                f"database={database!r}, username='postgres', connect_timeout=3.0, pool__size={threads})\n# EOF\n")
-        (self.cage_dir / "logs").mkdir()
-        log.configure(log.LogFile(str(self.cage_dir / "logs"), CAGE), echo=None)
-        self.cage = Cage(str(self.cages), CAGE, "bench")
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.cage.run, args=(self.stopping,), name="cage", daemon=True)
-
-    @property
-    def transaction(self) -> Any:
-        """What a module of this cage knows as `pmnc.transaction`."""
-        assert self.cage.loader is not None
-        return self.cage.loader.root.transaction
-
-    def log_text(self) -> str:
-        return "".join(read_text(p) for p in sorted((self.cage_dir / "logs").glob("*.log")))
-
-    def start(self) -> None:
-        self.thread.start()
-        wait_until(lambda: "the cage is ready" in self.log_text(), 30.0, "pmnc: the cage is ready")
-
-    def stop(self) -> str:
-        if not self.thread.is_alive():
-            return "pmnc was not running"
-        self.stopping.set()
-        self.thread.join(STOP_TIMEOUT)
-        log.configure(None, echo=sys.stderr)
-        return "pmnc stopped" if not self.thread.is_alive() else f"pmnc did not stop within {STOP_TIMEOUT:.0f}s"
 
 
 class PrepareCounter:
@@ -610,14 +561,17 @@ def row(run: Run) -> str:
             f"{run.switches / run.ok if run.ok else float('nan'):>9.1f}")
 
 
-def bench(args: argparse.Namespace, base: Path, pg: PgCluster, cages: list[BenchCage]) -> int:
+def bench(args: argparse.Namespace, base: Path, pg: PgCluster, cages: list[InProcessCage]) -> int:
     print(f"pg_transactions: {args.threads} threads, {args.duration:g}s per run after {args.warmup:g}s of warm-up; "
           f"Python {sys.version.split()[0]}, psycopg {psycopg.__version__} (libpq {psycopg.pq.version()}); "
           f"{os.cpu_count()} CPUs shared by the server and the clients")
     pg.start()
     settings = ", ".join(f"{k}={v}" for k, v in pg.settings.items())
     print(f"PostgreSQL {pg.version()} on {HOST}:{pg.port}: {settings}")
-    cage = BenchCage(base, pg, args.threads)
+    cage = InProcessCage(base, args.threads, {
+        database: f"protocol='postgresql', server_address=({HOST!r}, {pg.port}), database={database!r}, "
+                  f"username='postgres', connect_timeout=3.0, pool__size={args.threads}"
+        for database in DATABASES})
     cages.append(cage)
     cage.start()
     print(f"{pmnc_version()}: cage {CAGE} in this process, resources db1 and db2 (pool__size={args.threads})")
@@ -721,7 +675,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, terminate)
     base = Path(tempfile.mkdtemp(prefix="pmnc-bench-"))
     pg = PgCluster(args.threads, args.durable)
-    cages: list[BenchCage] = []
+    cages: list[InProcessCage] = []
     try:
         return bench(args, base, pg, cages)
     except (RuntimeError, OSError, subprocess.TimeoutExpired, psycopg.Error) as e:
