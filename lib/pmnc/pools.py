@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pmnc import log
@@ -52,36 +51,29 @@ class ResourcePool:
         self.idle_timeout, self.max_age = idle_timeout, max_age
         self.min_time, self.max_time = min_time, max_time
         self.workers = WorkerPool(name, size)
-        self._slots = threading.BoundedSemaphore(size)  # calls at once, on pool threads or inline
         self._cap = size + 2  # room for the sweeper's warm-up beside the busy calls
         self._free: list[Resource] = []  # most recently released last
         self._count = 0  # connections that exist: free, busy, or being connected
         self._serial = 0
         self._lock = threading.Lock()
+        self._busy = 0  # slots taken: calls at once, on pool threads or inline (at most size)
+        self._waiting = 0  # calls waiting for a slot
+        self._slot_freed = threading.Condition(self._lock)
         self._stopped = False
         self.swept_at = time.monotonic()
 
-    @contextmanager
-    def connection(self) -> Iterator[Resource]:
-        """A connection for one call: one of `pool__size` slots, waited for
-        within the request's deadline, and a connected resource."""
-        if not _request.current().acquire(self._slots):
-            raise ResourceError(f"resource pool {self.name} is busy: all {self.size} connections in use "
-                                f"until the deadline", recoverable=True, terminal=False)
-        try:
-            resource = self.allocate()
-            try:
-                yield resource
-            finally:
-                self.release(resource)
-        finally:
-            self._slots.release()
+    def connection(self) -> _Lease:
+        """`with pool.connection() as resource:` - one of `pool__size` slots, waited for
+        within the request's deadline, and a connected resource, given back after."""
+        return _Lease(self)
 
-    def allocate(self) -> Resource:
-        """A connected resource: the most recently released one, else a new one."""
+    def _lease(self) -> Resource:
         stale: list[Resource] = []
         resource = None
         with self._lock:
+            if self._busy >= self.size and not self._wait_for_slot():
+                raise ResourceError(f"resource pool {self.name} is busy: all {self.size} connections in use "
+                                    f"until the deadline", recoverable=True, terminal=False)
             if self._stopped:
                 raise ResourceError(f"resource pool {self.name} has been stopped", recoverable=True, terminal=False)
             while self._free and resource is None:
@@ -97,8 +89,38 @@ class ResourcePool:
                 self._count += 1
                 self._serial += 1
                 serial = self._serial
+            self._busy += 1
         _disconnect(stale)
-        return resource if resource is not None else self._connect(serial)
+        if resource is None:
+            try:
+                resource = self._connect(serial)
+            except BaseException:
+                self._free_slot()
+                raise
+        return resource
+
+    def _wait_for_slot(self) -> bool:
+        """With the lock held: wait until a slot is free, up to the request's deadline."""
+        request = _request.current()
+        self._waiting += 1
+        try:
+            while self._busy >= self.size:
+                timeout = None if request.deadline is None else request.remain
+                if timeout == 0.0:
+                    return False
+                self._slot_freed.wait(timeout)
+            return True
+        finally:
+            self._waiting -= 1
+
+    def _give_back(self, resource: Resource) -> None:
+        self.release(resource, slot=True)
+
+    def _free_slot(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            if self._waiting:
+                self._slot_freed.notify()
 
     def _connect(self, serial: int) -> Resource:
         try:
@@ -115,8 +137,14 @@ class ResourcePool:
         log.debug(f"resource {resource.name} has connected")
         return resource
 
-    def release(self, resource: Resource) -> None:
+    def release(self, resource: Resource, *, slot: bool = False) -> None:
+        """A connection back to the free ones (or closed, if expired); `slot`: and the
+        slot of the call that used it."""
         with self._lock:
+            if slot:
+                self._busy -= 1
+                if self._waiting:
+                    self._slot_freed.notify()
             keep = not self._stopped and not resource.expired
             if keep:
                 self._free.append(resource)
@@ -166,6 +194,22 @@ class ResourcePool:
 
     def __repr__(self) -> str:
         return f"<ResourcePool {self.name} connections={self._count}/{self._cap} free={len(self._free)}>"
+
+
+class _Lease:
+    """What `ResourcePool.connection()` returns: a slot and a connection, for a `with`."""
+
+    __slots__ = ("pool", "resource")
+
+    def __init__(self, pool: ResourcePool) -> None:
+        self.pool = pool
+
+    def __enter__(self) -> Resource:
+        self.resource = self.pool._lease()
+        return self.resource
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool._give_back(self.resource)
 
 
 def _disconnect(resources: list[Resource]) -> None:

@@ -6,6 +6,7 @@ cage) and stopped with the cage. One cage runs per process, so there is one.
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 from typing import TYPE_CHECKING
@@ -33,7 +34,7 @@ class Cluster:
         self.discovery_timeout = float(take("discovery_timeout", 3.0))
         self.use_pickle = bool(take("use_pickle", False))
         self.max_frame_size = int(take("max_frame_size", DEFAULT_LIMIT))
-        cages_dir = loader.shared_dir.rpartition("/")[0]
+        cages_dir = os.path.dirname(loader.shared_dir)
         self.keys = ClusterKeys.ensure(keys_folder(cages_dir, take("ssl_keys_dir", None)), self.flock, self.cage)
         self.client_context: ssl.SSLContext = self.keys.client_context()
         self.locator = Locator(cages_dir=cages_dir, flock=self.flock, cage=self.cage, node=self.node,
