@@ -518,9 +518,6 @@ class Resource(resource.Resource):
         return bool(self.exchange({"kind": "post", "call_id": call_id, "reply": reply,
                                    "request": wire.wire_request(request)}, request))
 
-    def expire(self) -> None:
-        super().expire()
-
 
 class _ModuleOfCage:
     """`xa.rpc__worker.<module>`: its attributes are that module's functions there."""
