@@ -218,11 +218,9 @@ def test_a_bad_later_statement_stops_the_call_before_the_first_is_sent(
         db.execute("INSERT INTO t (id) VALUES ({id})", "EXECUTE proc({id}, 5)", id=1)
     with pytest.raises(ResourceInputParameterError):
         db.execute("INSERT INTO t (id) VALUES ({id})", "SELECT {v} FROM dual", id=1, v=True)
-    time.sleep(0.1)  # a connection, had one been started, would have been accepted by now
-    assert silent.accepted == []
-    with pytest.raises(ResourceDeadlineError):  # and a good call does reach the listener
+    with pytest.raises(ResourceDeadlineError):  # a good call does reach the listener...
         db.execute("INSERT INTO t (id) VALUES ({id})", id=1)
-    assert len(silent.accepted) == 1
+    assert len(silent.accepted) == 1  # ...and only it did: the bad ones never connected
 
 
 def test_values_that_would_lose_precision_get_explicit_bind_types() -> None:
