@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PREFIX = "pmnc-pg-"  # of the temporary folders, in tempfile's directory
 DATABASES = ("db1", "db2")
 
 
@@ -37,7 +38,9 @@ class PgServer:
             self.user = pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("no postgres user to run PostgreSQL as")
-        self.folder = Path(tempfile.mkdtemp(prefix="pmnc-pg-"))
+        _remove_orphans()
+        self.folder = Path(tempfile.mkdtemp(prefix=PREFIX))
+        (self.folder / "owner.pid").write_text(str(os.getpid()))
         os.chown(self.folder, self.user.pw_uid, self.user.pw_gid)
         self.data = self.folder / "data"
         self.port = _free_port()
@@ -116,6 +119,22 @@ class PgServer:
         except Exception:
             self.kill()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _remove_orphans() -> None:
+    """Servers left by a test run that was killed (its owner.pid is dead): stopped, removed."""
+    for folder in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        try:
+            owner = int((folder / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        try:
+            os.kill(int((folder / "data" / "postmaster.pid").read_text().split()[0]), signal.SIGQUIT)
+        except (OSError, ValueError, IndexError):
+            pass
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _free_port() -> int:

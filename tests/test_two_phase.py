@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import Cluster, InProcessCage, config_source, http_config, http_request, module_source, wait_until
 from pg_peer import PgServer
 from pmnc.decisions import DecisionLog
 from pmnc.errors import SQLResourceError, TransactionCommitError, TransactionExecutionError
 from pmnc.request import Request
-from pmnc.transaction import recover_in_doubt
+from pmnc.transaction import branch_prefix, recover_in_doubt
 
 # A resource that cannot prepare, to be the last resource: it appends its calls to
 # a file at commit and fails on demand (config fail_commit=True).
@@ -216,9 +217,9 @@ def test_a_cage_killed_between_the_phases_leaves_both_databases_consistent(
     assert prepared(pg) == []
     expected = [1, 2] if committed else [1]
     assert rows(pg, tables) == (expected, expected)
-    bank.wait_for_log(rf"recovery: branch pmnc:bank:XA-\S+ of resource db1 has been "
+    bank.wait_for_log(rf"recovery: branch pmnc:\S+\.bank:XA-\S+ of resource db1 has been "
                       rf"{'committed' if committed else 'rolled back'}")
-    assert (bank.cage_dir / "state" / "transactions.sqlite").exists()
+    assert list((bank.cage_dir / "state").glob("*.transactions.sqlite"))
 
 
 def test_a_branch_whose_connection_is_killed_before_prepare_rolls_all_back(
@@ -306,3 +307,28 @@ def test_a_branch_that_cannot_be_rolled_back_is_rolled_back_by_recovery(
     assert recover_in_doubt(cage.cage.resources)  # type: ignore[arg-type]
     assert pg_server.query("SELECT gid FROM pg_prepared_xacts", "postgres") == []
     assert pg_server.query(f"SELECT id FROM {tables}", "db2") == [] and rows(pg, tables)[0] == []
+
+
+def test_recovery_touches_only_the_branches_of_its_own_instance(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
+        attach: Callable[[float], Request]) -> None:
+    cage = start(in_process_cage, pg, tmp_path).cage
+    resources = cage.resources
+    assert resources is not None
+    resources.decisions.remember_resource("db1")
+    ours = f"{branch_prefix(cage.node, cage.name)}XA-20260101000000-000000000001:0"
+    other_instance = f"{branch_prefix('elsewhere', cage.name)}XA-20260101000000-000000000002:0"
+    try:
+        for gid, key in ((ours, 1), (other_instance, 2)):
+            conn = psycopg.connect(pg.dsn("db1"))
+            conn.tpc_begin(gid)
+            conn.execute(f"INSERT INTO {tables} (id) VALUES ({key})")
+            conn.tpc_prepare()
+            conn.close()  # the branch stays prepared, as after a crash
+        assert recover_in_doubt(resources)
+        assert prepared(pg) == [other_instance], "ours rolled back (no decision), the other left alone"
+    finally:
+        with psycopg.connect(pg.dsn("db1"), autocommit=True) as conn:
+            for gid in prepared(pg):
+                conn.execute(f"ROLLBACK PREPARED '{gid}'")
+    assert rows(pg, tables) == ([], [])

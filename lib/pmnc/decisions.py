@@ -1,7 +1,7 @@
 """The two-phase commit decision log: a commit decision is on disk before phase 2 begins.
 
-One SQLite file per cage, `cages/<cage>/state/transactions.sqlite` (WAL,
-`synchronous=FULL`), opened on first use:
+One SQLite file per cage instance, `cages/<cage>/state/<node>.transactions.sqlite`
+(WAL, `synchronous=FULL`), opened on first use:
 
     resources   the resources ever used as branches of a two-phase commit:
                 where recovery looks for branches left prepared

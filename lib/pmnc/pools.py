@@ -228,7 +228,8 @@ class ResourcePools:
     def __init__(self, loader: Loader, thread_count: int, sweep_period: float) -> None:
         self.loader = loader
         self.thread_count, self.sweep_period = thread_count, sweep_period
-        self.decisions = DecisionLog(os.path.join(loader.cage_dir, "state", "transactions.sqlite"))
+        # per instance: two instances of a cage on one machine (a.worker, b.worker) share its folder
+        self.decisions = DecisionLog(os.path.join(loader.cage_dir, "state", f"{loader.node}.transactions.sqlite"))
         self._pools: dict[str, ResourcePool] = {}
         self._lock = threading.Lock()
         self._stopped = False

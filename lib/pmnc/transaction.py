@@ -223,7 +223,7 @@ class Transaction:
 
     # --- two-phase commit --------------------------------------------------------------------
     #
-    # 1. Each participant runs as above, in a branch (its id: pmnc:<cage>:<xid>:<index>).
+    # 1. Each participant runs as above, in a branch (its id: pmnc:<node>.<cage>:<xid>:<index>).
     # 2. accept() decides; a rollback ends it as in one-phase commit.
     # 3. Phase 1: every branch prepares; one that cannot rolls all back.
     # 4. The one participant that cannot prepare, if any, commits now (the last resource):
@@ -238,7 +238,7 @@ class Transaction:
             raise TransactionExecutionError(f"a two-phase transaction may have one participant that cannot "
                                             f"prepare, not {len(others)}: {', '.join(others)}")
         self._check_pool_sizes(pools)
-        log_, prefix = self._pools.decisions, branch_prefix(self._pools.loader.cage)
+        log_, prefix = self._pools.decisions, branch_prefix(self._pools.loader.node, self._pools.loader.cage)
         for participant, pool in zip(self._participants, pools, strict=True):
             if pool.preparable:
                 participant.branch = f"{prefix}{self.xid}:{participant.index}"
@@ -396,8 +396,10 @@ RECOVERY_TIMEOUT = 30.0  # seconds recovery may spend on one resource
 _active: set[str] = set()  # two-phase transactions in progress in this process: not recovery's business
 
 
-def branch_prefix(cage: str) -> str:
-    return f"pmnc:{cage}:"
+def branch_prefix(node: str, cage: str) -> str:
+    """What the branch ids of this cage instance begin with: two instances of a cage (on
+    two nodes) may share a database, and each recovers only its own branches."""
+    return f"pmnc:{node}.{cage}:"
 
 
 def recover_in_doubt(pools: ResourcePools) -> bool:
@@ -409,7 +411,7 @@ def recover_in_doubt(pools: ResourcePools) -> bool:
     if not names:
         return True
     decided = decisions.decisions()
-    prefix = branch_prefix(pools.loader.cage)
+    prefix = branch_prefix(pools.loader.node, pools.loader.cage)
     complete = True
     for name in names:
         try:
