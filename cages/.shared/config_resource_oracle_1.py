@@ -5,6 +5,8 @@
 # Two-phase commit (create(two_phase=True)) needs, for recovery, SELECT on DBA_PENDING_TRANSACTIONS
 # and FORCE TRANSACTION (FORCE ANY TRANSACTION if branches of other users are to be finished):
 #   GRANT SELECT ON sys.dba_pending_transactions TO <user>; GRANT FORCE TRANSACTION TO <user>;
+# Its branch ids, pmnc:<node>.<cage>:<xid>:<n>, must fit Oracle's 64 bytes: the node and cage
+# names together at most about 24 characters.
 
 config = dict(
     protocol="oracle",
