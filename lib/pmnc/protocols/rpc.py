@@ -453,7 +453,8 @@ class Resource(resource.Resource):
     def call(self, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """`pmnc.<module>.<method>(*args, **kwargs)` in an instance of the target cage."""
         request = _request.current()
-        return self.exchange({"kind": "call", "module": module, "method": method, "args": args,
+        # args travel as a list (msgpack's own array; the callee makes it a tuple again)
+        return self.exchange({"kind": "call", "module": module, "method": method, "args": list(args),
                               "kwargs": kwargs, "request": wire.wire_request(request)}, request)
 
     def exchange(self, envelope: dict[str, Any], request: _request.Request) -> Any:
@@ -484,7 +485,8 @@ class Resource(resource.Resource):
             if not locations:
                 raise ResourceError(f"no instance of cage {self.target} has been found in {budget:.1f}s",
                                     recoverable=True, terminal=False)
-        random.shuffle(locations)
+        if len(locations) > 1:
+            random.shuffle(locations)
         failures = []
         for location in locations:
             channel = self.channels.get(location.instance)

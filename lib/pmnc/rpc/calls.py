@@ -75,9 +75,11 @@ class CageCall:
                 return self._call(module, method, args, kwargs)
         if self._reverse:
             return _reverse_call(self._cage, module, method, args, kwargs, request)
-        shortcut = getattr(self._pmnc.transaction, f"rpc__{self._cage}")
+        shortcut = self.__dict__.get("_shortcut")
+        if shortcut is None:  # pmnc.transaction.rpc__<cage>.call, kept: it holds no state
+            shortcut = self.__dict__["_shortcut"] = getattr(self._pmnc.transaction, f"rpc__{self._cage}").call
         try:
-            return shortcut.call(module, method, args, kwargs)
+            return shortcut(module, method, args, kwargs)
         except RPCError as e:
             raise e.remote from None
 

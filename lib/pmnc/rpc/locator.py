@@ -155,7 +155,9 @@ class Locator:
 
     def locations(self, cage: str) -> list[Location]:
         """The live instances of `cage` known now; ones that failed a call are left out
-        unless nothing else is left."""
+        unless nothing else is left. A fresh list each time: the caller may reorder it."""
+        if not self._static and not self._lan and not self._failed:  # one machine, all well: the usual case
+            return list(self._scan_local(cage, time.monotonic()))
         found: dict[str, Location] = {}
         for location in self._static.get(cage, ()):
             found[location.instance] = location
@@ -168,7 +170,10 @@ class Locator:
                     found[instance] = location
         for location in self._scan_local(cage, now):
             found[location.instance] = location
-        healthy = [loc for loc in found.values() if self._failed.get(loc.instance, 0.0) <= now]
+        for instance, until in list(self._failed.items()):
+            if until <= now:
+                self._failed.pop(instance, None)
+        healthy = [loc for loc in found.values() if loc.instance not in self._failed]
         return healthy or list(found.values())
 
     def find(self, cage: str, timeout: float) -> list[Location]:
