@@ -121,6 +121,18 @@ def end_process(process: subprocess.Popen[bytes], what: str, timeout: float, kil
         return f"{what} did not stop within {timeout:.0f}s and was killed"
 
 
+CAGE_PROCESS = re.compile(r"the cage process has started, pid (\d+)")  # a supervisor's log line
+
+
+def kill_cage_processes(log_text: str) -> None:
+    """The cage processes a cage log names (supervisors' children, started by us through them), by pid."""
+    for pid in (int(p) for p in CAGE_PROCESS.findall(log_text)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 # --- the servers -----------------------------------------------------------------------------
 
 
@@ -128,7 +140,6 @@ class PmncCage:
     """The sample cage in a temporary install tree, run as `python startup.py sample`."""
 
     LISTENS = re.compile(r"interface http listens on https?://[\d.]+:(\d+)/")
-    CHILD = re.compile(r"the cage process has started, pid (\d+)")
 
     def __init__(self, base: Path) -> None:
         self.root = base / "pmnc"
@@ -181,12 +192,7 @@ class PmncCage:
         return len(re.findall(r"module interface_http has been reloaded", self.log_text()))
 
     def _kill_cage(self) -> None:
-        """The cage process (the supervisor's child, started by us through it), by its pid."""
-        for pid in (int(p) for p in self.CHILD.findall(self.log_text())):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_cage_processes(self.log_text())
 
     def stop(self) -> str:
         """SIGTERM to the supervisor, which stops the cage gracefully."""

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,16 @@ import msgpack
 import Pyro5
 import Pyro5.api
 import serpent
-from http_hello import HOST, end_process, pmnc_version, read_text, run_pair, wait_until
+from http_hello import (
+    CAGE_PROCESS,
+    HOST,
+    end_process,
+    kill_cage_processes,
+    pmnc_version,
+    read_text,
+    run_pair,
+    wait_until,
+)
 from xmlrpc_echo import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +182,6 @@ class Run:
 class Cage:
     """One cage of the tree, run as `python startup.py <name>`."""
 
-    CHILD = re.compile(r"the cage process has started, pid (\d+)")
 
     def __init__(self, root: Path, name: str, output: Path) -> None:
         self.root, self.name, self.output = root, name, output
@@ -202,7 +209,7 @@ class Cage:
 
     def pid(self) -> int:
         """The cage process (the supervisor's child), not the supervisor."""
-        return int(self.CHILD.findall(self.log_text())[-1])
+        return int(CAGE_PROCESS.findall(self.log_text())[-1])
 
     def signal_stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -214,11 +221,7 @@ class Cage:
         return end_process(self.process, f"cage {self.name}", STOP_TIMEOUT, self._kill_cage)
 
     def _kill_cage(self) -> None:
-        for pid in (int(p) for p in self.CHILD.findall(self.log_text())):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_cage_processes(self.log_text())
 
 
 class PmncCages:

@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
-from http_hello import HOST, end_process, pmnc_version, read_text, run_pair, wait_until
+from http_hello import (
+    CAGE_PROCESS,
+    HOST,
+    end_process,
+    kill_cage_processes,
+    pmnc_version,
+    read_text,
+    run_pair,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CAGE = "xmlrpc_echo"
@@ -180,7 +189,6 @@ class PmncCage(Server):
 
     name = "pmnc"
     LISTENS = re.compile(r"interface xmlrpc listens on https?://[\d.]+:(\d+)/")
-    CHILD = re.compile(r"the cage process has started, pid (\d+)")
 
     def __init__(self, base: Path) -> None:
         super().__init__(base)
@@ -222,14 +230,10 @@ class PmncCage(Server):
         return "".join(read_text(p) for p in sorted(self.logs.glob("*.log")))
 
     def serving_pid(self) -> int:
-        return int(self.CHILD.findall(self.log_text())[-1])  # the cage, not its supervisor
+        return int(CAGE_PROCESS.findall(self.log_text())[-1])  # the cage, not its supervisor
 
     def _kill_cage(self) -> None:
-        for pid in (int(p) for p in self.CHILD.findall(self.log_text())):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+        kill_cage_processes(self.log_text())
 
     def stop(self) -> str:
         if self.process is None:
