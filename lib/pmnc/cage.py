@@ -1,8 +1,9 @@
 """One cage: boot, maintenance and shutdown, in the original's order.
 
-Boot:      log level → loader (watching files) → worker pool and resource
-           pools → event loop → branches of two-phase commits left prepared
-           are finished (transaction.recover_in_doubt) → intake opens →
+Boot:      log level → loader (watching files) → state file checked (a
+           damaged one stops the boot) → worker pool and resource pools →
+           event loop → branches of two-phase commits left prepared are
+           finished (transaction.recover_in_doubt) → intake opens →
            interfaces start, in the configured order.
 Every 1 s: re-read the log level; start, stop or restart interfaces whose
            configuration changed; sweep resource pools every sweep_period;
@@ -27,6 +28,7 @@ from pmnc.loader import Loader
 from pmnc.loop import EventLoopThread
 from pmnc.pools import ResourcePools
 from pmnc.rpc import cluster
+from pmnc.state import StateStore, store_path
 from pmnc.transaction import recover_in_doubt
 from pmnc.workers import WorkerPool
 
@@ -61,6 +63,7 @@ class Cage:
         self.loader.start()
         self.request_timeout = float(self.setting("request_timeout", 10.0))
         thread_count = int(self.setting("thread_count", 10))
+        self.loader.state = self._open_state()
         self.pool = WorkerPool("worker", thread_count)
         self.loader.resources = self.resources = ResourcePools(self.loader, thread_count,
                                                                float(self.setting("sweep_period", 15.0)))
@@ -74,6 +77,14 @@ class Cage:
         if self.loader.self_test is None:
             self.interfaces.start_all()
         log.message(f"the cage is ready, {len(self.interfaces.live)} interface(s) serving")
+
+    def _open_state(self) -> StateStore:
+        """The state file, checked now: StateCorruptError stops the boot."""
+        megabytes = Config(self.loader, "state").get("minimum_free_space", 50.0) \
+            if self.loader.locate("config_state") else 50.0
+        store = StateStore(store_path(self.loader.cage_dir), minimum_free_space=int(float(megabytes) * 1024 * 1024))
+        store.check()
+        return store
 
     def maintenance(self) -> None:
         self._apply_log_level()
@@ -117,6 +128,8 @@ class Cage:
             self.resources.stop()
         if self.pool is not None:
             self.pool.stop()
+        if self.loader.state is not None:
+            self.loader.state.close()
         if self.loop is not None:
             self.loop.stop()
         self.loader.stop()

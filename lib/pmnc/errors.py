@@ -181,6 +181,25 @@ class TransactionCommitError(TransactionError):
 # --- cage-to-cage calls -------------------------------------------------------------------
 
 
+class StateError(ResourceError):
+    """The cage's durable state cannot be read or written: the disk is full, the folder is
+    read-only, the file is damaged. Nothing of the failed write has been kept."""
+
+    def __init__(self, description: str, *, recoverable: bool = True) -> None:
+        super().__init__(description, recoverable=recoverable, terminal=False)
+
+
+class StateCorruptError(StateError):
+    """The state file is damaged: the cage refuses to start rather than lose data silently."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, recoverable=False)
+
+
+class RetryExitError(PmncError):
+    """Raised by `pmnc.retry.exit()` in a retried call: try again later, without an error in the log."""
+
+
 class RPCError(ResourceError):
     """The code called in another cage raised; `remote` is that exception, rebuilt here.
 

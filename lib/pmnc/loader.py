@@ -52,7 +52,7 @@ _EOF = b"# EOF"
 MISSING_FOR = 1.0  # seconds a missing file is taken to stay missing, unless a file event says otherwise
 
 # Names the `pmnc` object answers itself; modules by these names are unreachable.
-RESERVED = frozenset({"log", "request", "config", "transaction"})
+RESERVED = frozenset({"log", "request", "config", "transaction", "state", "retry"})
 
 Signature = tuple[str, int, int, int]  # path, mtime_ns, size, inode
 
@@ -102,6 +102,7 @@ class Loader:
         self._observer: Any = None
         self._reloader: threading.Thread | None = None
         self.resources: Any = None  # the cage's ResourcePools, once it has started
+        self.state: Any = None  # the cage's StateStore (state.py), once it has started
         self.root = Pmnc(self, "__framework__")
 
     # --- lifecycle -----------------------------------------------------------
@@ -423,6 +424,28 @@ class Pmnc:
 
             factory = self.__dict__["_transaction"] = TransactionFactory(self._resources, self._source)
         return factory
+
+    @property
+    def state(self) -> Any:
+        """`pmnc.state.get/set/delete`: this module's durable key-value namespace."""
+        state = self.__dict__.get("_state")
+        if state is None:
+            from pmnc.state import ModuleState  # the state builds on the loader
+
+            state = self.__dict__["_state"] = ModuleState(self._state_store, self._source)
+        return state
+
+    def _state_store(self) -> Any:
+        if self._loader.state is None:
+            raise ModuleError("the state is not available: the cage has not started")
+        return self._loader.state
+
+    @property
+    def retry(self) -> Any:
+        """`pmnc.retry.exit()` in a retried call: try again later, quietly."""
+        from pmnc.retry import RetryContext
+
+        return RetryContext()
 
     def _resources(self) -> Any:
         if self._loader.resources is None:

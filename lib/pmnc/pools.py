@@ -11,7 +11,8 @@ pool (defaults as the original's):
     pool__max_time      a call may take at most this               (None)
 
 Connections are reused most-recently-released first. A resource named
-`a__b` uses `config_resource_a.py` and its own pool. Decisions are taken
+`a__b` uses `config_resource_a.py` and its own pool. `state` and `pmnc`
+are built in (state.py, retry.py). Decisions are taken
 under the pool's lock; connecting and disconnecting happen outside it.
 """
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from pmnc.loader import Loader
 
 SWEEP_TIMEOUT = 30.0  # how long one sweep (warming up standby connections) may take
+BUILT_IN = frozenset({"state", "pmnc"})  # resources every cage has, with no config file: xa.state, xa.pmnc(...)
+BUILT_IN_SIZE = 64  # participants of one of them a transaction may have at least
 
 
 class ResourcePool:
@@ -249,6 +252,8 @@ class ResourcePools:
         return pool
 
     def _create(self, name: str) -> ResourcePool:
+        if name in BUILT_IN:
+            return self._create_built_in(name)
         config = self._config(name)
         cls = protocol_class(self.loader, config.pop("protocol", None), "Resource", Resource,
                              f"resource {name}")
@@ -260,6 +265,26 @@ class ResourcePools:
             idle_timeout=float(take("pool__idle_timeout", 30.0)), max_age=float(take("pool__max_age", 300.0)),
             min_time=float(take("pool__min_time", 0.0)), max_time=None if max_time is None else float(max_time),
             transactional=cls.transactional, inline=cls.inline, preparable=cls.preparable)
+
+    def _create_built_in(self, name: str) -> ResourcePool:
+        """`xa.state` and `xa.pmnc(...)`: participants writing to the cage's state file. They
+        only keep writes in memory until the decision, so many may share a transaction."""
+        from pmnc.retry import OutboxResource  # the state builds on pools, not the other way round
+        from pmnc.state import StateResource
+
+        store = self.loader.state
+        if store is None:
+            raise ResourceError("the state is not available: the cage has not started", recoverable=True,
+                                terminal=False)
+        size = max(self.thread_count, BUILT_IN_SIZE)
+
+        def factory(instance: str) -> Resource:
+            if name == "state":
+                return StateResource(instance, {}, store)
+            return OutboxResource(instance, {}, store, self.loader)
+
+        return ResourcePool(name, factory, size=size, idle_timeout=300.0, max_age=3600.0,
+                            transactional=True, inline=True, preparable=True)
 
     def _config(self, name: str) -> dict[str, Any]:
         return Config(self.loader, "resource_" + name.partition("__")[0]).copy()

@@ -21,13 +21,14 @@ import time
 from typing import Any
 
 from pmnc import log
-from pmnc.errors import exc_string
+from pmnc.errors import StateCorruptError, exc_string
 
 TARGET = re.compile(r"(?:([A-Za-z0-9_-]{1,32})\.)?([A-Za-z0-9_-]{1,32})")
 USAGE = "usage: python3 startup.py [node.]cage | --self-test cage module | --keys ca|server|client|cage DIR ..."
 CHILD_FLAG = "--cage-process"
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+EXIT_REFUSED = 3  # the cage refuses to start (a damaged state file): restarting would not help
 STABLE_AFTER = 60.0  # a cage that ran this long before dying restarts without delay
 STOP_GRACE = 120.0  # how long the primary waits for a stopping cage before killing it
 
@@ -113,6 +114,9 @@ class Supervisor:
             code = self._run_child(mode)
             if code == 0 or self.stopping.is_set():
                 return 0
+            if code == EXIT_REFUSED:
+                log.error("the cage has refused to start (see above) and is not restarted")
+                return 1
             failures = 1 if time.monotonic() - began >= STABLE_AFTER else failures + 1
             delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
             log.error(f"the cage process has exited with code {code}, restarting in {delay:.1f}s")
@@ -177,6 +181,9 @@ def run_cage(root: str, node: str, cage: str, mode: str, files: str = "") -> int
                 f"pid {os.getpid()}")
     try:
         Cage(os.path.join(root, "cages"), cage, node).run(stopping)
+    except StateCorruptError as e:
+        log.error(f"the cage refuses to start: {e}")
+        return EXIT_REFUSED
     except Exception as e:
         log.error(f"the cage has failed: {exc_string(e)}")
         return 1

@@ -35,9 +35,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pmnc import interfaces, log, resource
+from pmnc import interfaces, log, resource, retry
 from pmnc import request as _request
 from pmnc.errors import (
     ConfigError,
@@ -160,6 +161,18 @@ class Interface(interfaces.Interface):
     def run_call(self, envelope: dict[str, Any], caller: Identity) -> dict[str, Any]:
         return run_call(self.cage, self.deny_modules, envelope, caller)
 
+    def accept_retried(self, envelope: dict[str, Any], caller: Identity) -> dict[str, Any]:
+        """A retried call handed over by another cage: into our state file (retry.py)."""
+        message = envelope.get("message")
+        module = message.get("module") if isinstance(message, dict) else None
+        try:
+            if isinstance(module, str) and _denied(module, self.deny_modules):
+                raise InvalidMethodAccessError(f"module {module} is not callable from other cages")
+            return {"result": retry.accept(self.cage.loader, message, caller.cage)}
+        except Exception as e:
+            log.warning(f"a retried call from cage {caller.cage} is refused: {exc_string(e, stack=False)}")
+            return {"error": wire.error_dict(e)}
+
 
 class Connection:
     """One caller's connection, served by its own thread: the TLS handshake (a peer that
@@ -254,7 +267,9 @@ class Connection:
                 raise ProtocolError("a frame that is not a call")
             kind = envelope.get("kind")
             if kind == "call":
-                return self._call(envelope, arrived)
+                return self._call(envelope, arrived, iface.run_call)
+            if kind == "retry":
+                return self._call(envelope, arrived, iface.accept_retried)
             if kind == "poll":
                 return codec.encode({"result": self._poll(_remain(envelope))}, limit=iface.limit)
             if kind == "post":
@@ -268,14 +283,15 @@ class Connection:
             error = e if isinstance(e, (ProtocolError, IntakeClosedError)) else ProtocolError(f"malformed call: {e}")
             return codec.encode({"error": wire.error_dict(error)})
 
-    def _call(self, envelope: dict[str, Any], arrived: float) -> bytes:
+    def _call(self, envelope: dict[str, Any], arrived: float,
+              run: Callable[[dict[str, Any], Identity], dict[str, Any]]) -> bytes:
         assert self.caller is not None
         iface = self.iface
         if _late(envelope) and self._caller_gone():
             raise ProtocolError("a call that arrived after its caller had gone (the network held it up)")
         request = callee_request(iface, envelope, self.caller, arrived)
         try:
-            reply = iface.pool.call(request, iface.run_call, envelope, self.caller)
+            reply = iface.pool.call(request, run, envelope, self.caller)
         except (RequestExpiredError, RuntimeError) as e:
             reply = {"error": wire.error_dict(e)}
         finally:
@@ -506,6 +522,13 @@ class Resource(resource.Resource):
             return channel
         raise ResourceError(f"cage {self.target} cannot be reached: {'; '.join(failures)}",
                             recoverable=True, terminal=False)
+
+    def hand_over(self, message: dict[str, Any]) -> bool:
+        """A retried call into the target cage's state file (retry.py): True once it is
+        there, False if it was there already."""
+        request = _request.current()
+        return bool(self.exchange({"kind": "retry", "message": message, "request": wire.wire_request(request)},
+                                  request))
 
     def poll(self, wait: float) -> list[dict[str, Any]]:
         """Reverse calls: those the target cage has queued for this one."""

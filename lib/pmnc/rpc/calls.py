@@ -3,7 +3,7 @@
     pmnc("worker").m.f(x)            a synchronous call: a one-participant transaction
                                      on pool rpc__worker (xa.rpc__worker.m.f(x) inside a larger one)
     pmnc("worker:reverse").m.f(x)    queued here until cage worker polls for it (revrpc)
-    pmnc("worker", queue="retry")    a persistent retried call: not available yet
+    pmnc("worker", queue="retry")    a persistent retried call (retry.py): returns its RT id at once
 
 A remote exception is raised as itself (builtin and framework types) or as
 RemoteError naming its type; `remote_traceback` holds the text of the remote
@@ -22,12 +22,12 @@ from pmnc.config import Config
 from pmnc.errors import (
     InvalidMethodAccessError,
     InvalidModuleNameError,
-    NotAvailableError,
     ProtocolError,
     ResourceInputParameterError,
     RPCError,
 )
 from pmnc.loader import MODULE_NAME
+from pmnc.retry import RetriedCall, Target
 from pmnc.rpc import cluster as _cluster
 from pmnc.rpc import codec, wire
 
@@ -38,20 +38,32 @@ _TARGET = re.compile(r"([A-Za-z0-9_-]{1,32})?(?::(reverse|retry))?")
 DEFAULT_TIMEOUT = 10.0
 
 
-def cage_call(pmnc: Pmnc, target: str = "", *, queue: str | None = None, **options: Any) -> CageCall:
+def parse_target(target: str = "", *, queue: str | None = None,
+                 **options: Any) -> tuple[str | None, str | None, bool, dict[str, Any]]:
+    """`pmnc(target, queue=..., **options)` read once: (cage or None for this one, queue or
+    None for a synchronous call, reverse, the retried call's options)."""
     match = _TARGET.fullmatch(target) if isinstance(target, str) else None
     if match is None:
         raise InvalidModuleNameError(f"cage name {target!r} is invalid: 1 to 32 of A-Z a-z 0-9 _ -, "
                                      f"optionally followed by :reverse or :retry")
     cage, mode = match.group(1), match.group(2)
+    if mode == "retry" and queue is None:
+        queue = "retry"  # the original's form
     if options and queue is None:
-        raise TypeError(f"pmnc(\"{target}\") got unknown option(s): {', '.join(sorted(options))}")
-    if queue is not None or mode == "retry":
-        raise NotAvailableError("persistent retried calls (pmnc(\"cage\", queue=...), \"cage:retry\") "
-                                "are not available in this version yet")
+        raise TypeError(f"pmnc(\"{target}\") got option(s) of a retried call without queue=: "
+                        f"{', '.join(sorted(options))}")
+    return cage, queue, mode == "reverse", options
+
+
+def cage_call(pmnc: Pmnc, target: str = "", *, queue: str | None = None, **options: Any) -> CageCall | RetriedCall:
+    cage, queue, reverse, options = parse_target(target, queue=queue, **options)
+    if queue is not None:
+        if reverse:
+            raise InvalidModuleNameError("a call is either reverse or retried, not both")
+        return RetriedCall(pmnc, Target.parse(cage or pmnc._loader.cage, queue, **options))
     if cage is None:
-        raise InvalidModuleNameError("pmnc(\"\") needs a cage name")
-    return CageCall(pmnc, cage, reverse=mode == "reverse")
+        raise InvalidModuleNameError("pmnc(\"\") needs a cage name, or queue= for a retried call to this cage")
+    return CageCall(pmnc, cage, reverse=reverse)
 
 
 class CageCall:

@@ -2,7 +2,9 @@
 
 A call is a dict (msgpack-encoded in one frame, see codec.py):
 
-    kind      "call", or "poll"/"post" of reverse calls
+    kind      "call", "poll"/"post" of reverse calls, or "retry": a retried call handed
+              over (`message`: queue, rt_id, module, method, args, kwargs, request,
+              start, expires; see retry.py)
     source    [node, cage] of the caller (informational: the TLS identity decides)
     target    the cage called
     module, method, args, kwargs

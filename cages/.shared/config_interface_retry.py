@@ -1,0 +1,15 @@
+# The engine of retried calls: pmnc("cage", queue="retry", id=..., expires_in=...).module.method(...)
+# (see lib/pmnc/retry.py). Calls are queued in cages/<cage>/state/state.sqlite whether or not this runs.
+
+config = dict(
+    protocol="retry",
+    queue_count=4,  # calls of one queue run at once
+    keep_order=False,  # True: one call of a queue at a time, in the order queued; a failing one holds the rest
+    retry_interval=120.0,  # seconds before a failed call is tried again
+    backoff=False,  # True: double the wait after each failure of a call ...
+    max_retry_interval=3600.0,  # ... up to this many seconds
+    retention_time=259200.0,  # seconds (3 days) a finished call's id keeps duplicates out
+    # request_timeout=10.0,  # seconds one attempt may take; the cage's request_timeout if not given
+)
+
+# EOF

@@ -1,0 +1,64 @@
+"""The `retry` interface: runs this cage's retried calls (the engine is pmnc/retry.py).
+
+config_interface_retry.py (the original's keys, and two of ours):
+
+    queue_count         calls of one queue run at once                         (4)
+    keep_order          one call of a queue at a time, in the order queued;
+                        a failing call holds up the calls behind it            (False)
+    retry_interval      seconds before a failed call is tried again            (120.0)
+    backoff             double the wait after each failure ...                 (False)
+    max_retry_interval  ... up to this many seconds                            (3600.0)
+    retention_time      seconds a finished call's id keeps out duplicates      (259200.0)
+    request_timeout     seconds one attempt may take      (the cage's request_timeout)
+
+Calls can be queued whether or not the interface runs; it only runs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pmnc import interfaces, log
+from pmnc.errors import ConfigError
+from pmnc.retry import Engine, Settings
+
+if TYPE_CHECKING:
+    from pmnc.cage import Cage
+
+
+class Interface(interfaces.Interface):
+    protocol = "retry"
+
+    def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
+        super().__init__(name, cage, config)
+        take = config.pop
+        try:
+            self.settings = Settings(
+                queue_count=int(take("queue_count", 4)), keep_order=bool(take("keep_order", False)),
+                retry_interval=float(take("retry_interval", 120.0)), backoff=bool(take("backoff", False)),
+                max_retry_interval=float(take("max_retry_interval", 3600.0)),
+                retention_time=float(take("retention_time", 3 * 86400.0)), request_timeout=self.request_timeout)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config_interface_{name}.py: {e}") from None
+        if self.settings.queue_count < 1 or self.settings.retry_interval < 0 or self.settings.retention_time < 0:
+            raise ConfigError(f"config_interface_{name}.py: queue_count must be at least 1, retry_interval "
+                              f"and retention_time not negative")
+        if config:
+            raise ConfigError(f"config_interface_{name}.py: unknown key(s) {', '.join(sorted(config))}")
+        self.engine: Engine | None = None
+
+    def start(self) -> None:
+        self.engine = Engine(self.cage, self.settings, self.name)
+        self.engine.start()
+        order = "in order, one at a time" if self.settings.keep_order else \
+            f"up to {self.settings.queue_count} at once per queue"
+        log.message(f"interface {self.name} runs retried calls {order}, retrying every "
+                    f"{self.settings.retry_interval:g}s{' with back-off' if self.settings.backoff else ''}")
+
+    def cease(self) -> None:
+        if self.engine is not None:
+            self.engine.cease()
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()

@@ -1,0 +1,573 @@
+"""Retried calls: queued durably by the caller, run at least once by the `retry` interface.
+
+    rt_id = pmnc("worker", queue="retry", id="order-42", expires_in=3600.0).orders.ship(42)
+    pmnc(queue="local").m.f(x)           # this cage
+    pmnc("worker:retry").m.f(x)          # the original's form: queue "retry"
+    xa.pmnc("worker", queue="retry").m.f(x)   # queued only if transaction xa commits (an outbox)
+
+Enqueue: the call becomes a row of the `retry` table in the caller's state
+file (state.py), on disk before its `RT-…` id is returned. A call whose
+queue already holds its id - the caller's `id` (inside a retried call,
+`<parent RT id>:<id>`), else the RT id - is dropped with a warning, for as
+long as the first is pending and `retention_time` after it finished.
+
+The engine (`Engine`, run by the `retry` interface, protocols/retry.py):
+claims ready rows in a short write that moves their `visible_at` past the
+lease (a claim is a lease: a worker that dies lets it lapse and the row
+comes back), runs each on the cage's worker pool as the request that
+queued it (same id and parameters, plus `parameters["retry"]` = id,
+attempt, start, deadline), and marks it done, or failed - `attempt` + 1,
+visible again after `retry_interval` (doubling each time with `backoff`,
+up to `max_retry_interval`). At most `queue_count` calls of a queue run at
+once; with `keep_order` one, in order, and a failing call holds the queue.
+A call whose `expires_in` has passed is dropped (status expired) instead.
+
+Between cages: a call for another cage is run here as its hand-off - an
+RPC (kind "retry") that the other cage answers once the call is in its own
+state file, with the RT id as its de-duplication id, the same deadline and
+attempts counted from 1 - and done here when that answer comes. Either
+cage may crash at any moment: a call may run twice, never zero times.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pmnc import log
+from pmnc import request as _request
+from pmnc.errors import (
+    IntakeClosedError,
+    InvalidMethodAccessError,
+    InvalidModuleNameError,
+    ProtocolError,
+    ResourceInputParameterError,
+    RetryExitError,
+    RPCError,
+    StateError,
+    exc_string,
+)
+from pmnc.loader import MODULE_NAME
+from pmnc.state import BufferedResource, StateStore
+
+if TYPE_CHECKING:
+    from pmnc.cage import Cage
+    from pmnc.loader import Loader, Pmnc
+    from pmnc.workers import WorkUnit
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_ID_LENGTH = 256
+POLL_PERIOD = 1.0  # seconds between looks at the table when nothing wakes the engine
+STATS_PERIOD = 10.0  # seconds between the queue counts in the log (when they change) and purges
+LEASE_MARGIN = 5.0  # seconds a claim outlives the request that runs it
+
+
+@dataclass
+class Settings:
+    """The keys of config_interface_retry.py."""
+
+    queue_count: int = 4
+    keep_order: bool = False
+    retry_interval: float = 120.0
+    backoff: bool = False
+    max_retry_interval: float = 3600.0
+    retention_time: float = 3 * 86400.0
+    request_timeout: float = 10.0
+
+    @property
+    def lease(self) -> float:
+        return self.request_timeout + LEASE_MARGIN
+
+    def interval(self, attempt: int) -> float:
+        """Seconds to wait after attempt number `attempt` has failed."""
+        if not self.backoff:
+            return self.retry_interval
+        return min(self.retry_interval * 2.0 ** min(attempt - 1, 60), self.max_retry_interval)
+
+
+# --- the caller's side --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What `pmnc("cage", queue=..., id=..., expires_in=...)` names."""
+
+    cage: str
+    queue: str
+    id: str | None
+    expires_in: float | None
+
+    @classmethod
+    def parse(cls, cage: str, queue: Any, id: Any = None, expires_in: Any = None, **unknown: Any) -> Target:
+        if unknown:
+            raise TypeError(f"a retried call got unknown option(s): {', '.join(sorted(unknown))}")
+        if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+            raise InvalidModuleNameError(f"queue name {queue!r} is invalid: 1 to 64 of A-Z a-z 0-9 _ . -")
+        if id is not None and not (isinstance(id, str) and 0 < len(id) <= MAX_ID_LENGTH):
+            raise ResourceInputParameterError(f"id of a retried call must be a str of 1 to {MAX_ID_LENGTH} "
+                                              f"characters, not {id!r}")
+        if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))
+                                       or not 0.0 < expires_in < 1e10):
+            raise ResourceInputParameterError(f"expires_in of a retried call must be a positive number of "
+                                              f"seconds, not {expires_in!r}")
+        return cls(cage, queue, id, None if expires_in is None else float(expires_in))
+
+
+def new_message(loader: Loader, target: Target, module: str, method: str, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The RT id and the enqueue operation (state.apply_op) of one retried call."""
+    if not MODULE_NAME.fullmatch(module) or module.startswith("_") or method.startswith("_") or \
+            not MODULE_NAME.fullmatch(method):
+        raise InvalidMethodAccessError(f"{module}.{method} cannot be called")
+    request = _request.current()
+    rt_id = _request.new_unique_id("RT")
+    parent = request.parameters.get("retry")
+    if target.id is None:
+        filtered = rt_id
+    elif isinstance(parent, dict) and isinstance(parent.get("id"), str):
+        filtered = f"{parent['id']}:{target.id}"  # a named step runs once per parent call
+    else:
+        filtered = target.id
+    caller = _queued_request(request)
+    if target.cage != loader.cage:
+        _check_transmittable(target.cage, module, method, args, kwargs, caller)
+    try:
+        payload = pickle.dumps((tuple(args), dict(kwargs), caller), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        raise ResourceInputParameterError(f"the arguments of retried call {module}.{method} cannot be "
+                                          f"stored: {e}") from None
+    now = time.time()
+    row = {"queue": target.queue, "filtered_id": filtered, "rt_id": rt_id, "target": target.cage,
+           "module": module, "method": method, "payload": payload, "start": now,
+           "expires": None if target.expires_in is None else now + target.expires_in,
+           "attempt": 1, "status": "pending", "visible_at": now}
+    return rt_id, ("enqueue", row)
+
+
+def _queued_request(request: _request.Request) -> dict[str, Any]:
+    """What of the caller's request the call runs as: id, parameters (not the retry context
+    of a retried call that queues another), log levels, description - not its deadline."""
+    parameters = {k: v for k, v in request.parameters.items()
+                  if isinstance(k, str) and not k.startswith("_") and k != "retry"}
+    if request.infinite:
+        return {"id": _request.new_unique_id(), "description": None, "parameters": parameters, "log_levels": []}
+    return {"id": request.unique_id, "description": request.to_dict()["description"], "parameters": parameters,
+            "log_levels": list(request.log_levels)}
+
+
+def _check_transmittable(cage: str, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                         caller: dict[str, Any]) -> None:
+    """A call for another cage must be sendable there: told now, not at every attempt."""
+    from pmnc.rpc import cluster as _cluster
+    from pmnc.rpc import codec, wire
+
+    cluster = _cluster.get()
+    parameters = dict(caller["parameters"])
+    tokens = parameters.get("auth_tokens")
+    if isinstance(tokens, dict):
+        parameters["auth_tokens"] = {k: v for k, v in tokens.items() if k in wire.TRAVELLING_TOKENS}
+    caller["parameters"] = parameters
+    try:
+        codec.encode({"module": module, "method": method, "args": list(args), "kwargs": kwargs,
+                      "request": caller}, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
+    except ProtocolError as e:
+        raise ResourceInputParameterError(f"retried call {module}.{method} cannot be sent to cage {cage}: "
+                                          f"{e}") from None
+
+
+class RetriedCall:
+    """`pmnc("cage", queue=...)`: `.module.method(...)` queues the call and returns its RT id."""
+
+    def __init__(self, pmnc: Pmnc, target: Target) -> None:
+        self._pmnc, self._target = pmnc, target
+
+    def __getattr__(self, module: str) -> _Methods:
+        if module.startswith("_") or not MODULE_NAME.fullmatch(module):
+            raise InvalidModuleNameError(f"module name {module!r} is invalid")
+        return _Methods(functools.partial(self._enqueue, module))
+
+    def _enqueue(self, module: str, method: str, *args: Any, **kwargs: Any) -> str:
+        loader = self._pmnc._loader
+        if loader.state is None:
+            raise StateError("the state is not available: the cage has not started")
+        rt_id, op = new_message(loader, self._target, module, method, args, kwargs)
+        loader.state.apply([op])
+        return rt_id
+
+    def __repr__(self) -> str:
+        return f"<retried calls to {self._target.cage}, queue {self._target.queue}>"
+
+
+class _Methods:
+    def __init__(self, call: functools.partial[Any]) -> None:
+        self._call = call
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        if method.startswith("_"):
+            raise InvalidMethodAccessError(f"{method} is private and cannot be called")
+        return functools.partial(self._call, method)
+
+
+class OutboxResource(BufferedResource):
+    """Pool `pmnc`: `xa.pmnc("cage", queue=...).m.f(...)` - the call is queued when the
+    transaction commits (in a two-phase commit, prepared with the other branches)."""
+
+    def __init__(self, name: str, config: dict[str, Any], store: StateStore, loader: Loader) -> None:
+        super().__init__(name, config, store)
+        self.loader = loader
+
+    def begin_transaction(self, xid: str, *, source_module_name: str, transaction_options: dict[str, Any],
+                          resource_args: tuple[Any, ...], resource_kwargs: dict[str, Any]) -> None:
+        super().begin_transaction(xid, source_module_name=source_module_name,
+                                  transaction_options=transaction_options, resource_args=resource_args,
+                                  resource_kwargs=resource_kwargs)
+        self.target = _outbox_target(self.loader, resource_args, resource_kwargs)
+
+    def __getattr__(self, module: str) -> _Methods:
+        if module.startswith("_"):
+            raise AttributeError(module)
+        return _Methods(functools.partial(self._enqueue, module))
+
+    def _enqueue(self, module: str, method: str, *args: Any, **kwargs: Any) -> str:
+        rt_id, op = new_message(self.loader, self.target, module, method, args, kwargs)
+        self.ops.append(op)
+        return rt_id
+
+
+def _outbox_target(loader: Loader, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
+    from pmnc.rpc.calls import parse_target  # the one reading of pmnc("cage", ...)
+
+    cage, queue, reverse, options = parse_target(*args, **kwargs)
+    if queue is None or reverse:
+        raise ResourceInputParameterError("xa.pmnc(...) takes part in a transaction as a retried call: give "
+                                          "queue=...; a synchronous call is xa.rpc__<cage>.module.method(...)")
+    return Target.parse(cage or loader.cage, queue, **options)
+
+
+# --- the other cage's side of a hand-off ---------------------------------------------------------------
+
+
+def accept(loader: Loader, message: Any, caller: str) -> bool:
+    """A call handed over by cage `caller`, into this cage's state file: True once it is
+    there, False if it was there already (a hand-off repeated after a crash)."""
+    if loader.state is None:
+        raise StateError("the state is not available: the cage has not started")
+    row = _accepted_row(loader, message, caller)
+    [queued] = loader.state.apply([("enqueue", row)])
+    return bool(queued)
+
+
+def _accepted_row(loader: Loader, message: Any, caller: str) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        raise ProtocolError("a retried call that is not a dict")
+    queue, rt_id = message.get("queue"), message.get("rt_id")
+    module, method = message.get("module"), message.get("method")
+    args, kwargs, request = message.get("args"), message.get("kwargs"), message.get("request")
+    start, expires = message.get("start"), message.get("expires")
+    if not (isinstance(queue, str) and QUEUE_NAME.fullmatch(queue) and isinstance(rt_id, str)
+            and 0 < len(rt_id) <= MAX_ID_LENGTH and isinstance(module, str) and isinstance(method, str)
+            and MODULE_NAME.fullmatch(module) and MODULE_NAME.fullmatch(method)
+            and not module.startswith("_") and not method.startswith("_")
+            and isinstance(args, (list, tuple)) and isinstance(kwargs, dict)
+            and all(isinstance(k, str) for k in kwargs) and isinstance(request, dict)
+            and isinstance(start, (int, float)) and (expires is None or isinstance(expires, (int, float)))):
+        raise ProtocolError(f"a malformed retried call from cage {caller}")
+    parameters = request.get("parameters")
+    parameters = dict(parameters) if isinstance(parameters, dict) else {}
+    tokens = parameters.get("auth_tokens")
+    tokens = dict(tokens) if isinstance(tokens, dict) else {}
+    tokens.setdefault("source_cage", caller)
+    tokens["peer_cage"] = caller
+    parameters["auth_tokens"] = tokens
+    levels = [x for x in request.get("log_levels") or () if isinstance(x, int)]
+    queued = {"id": str(request.get("id") or rt_id), "parameters": parameters, "log_levels": levels,
+              "description": request.get("description") if isinstance(request.get("description"), str) else None}
+    payload = pickle.dumps((tuple(args), kwargs, queued), protocol=pickle.HIGHEST_PROTOCOL)
+    return {"queue": queue, "filtered_id": rt_id, "rt_id": rt_id, "target": loader.cage, "module": module,
+            "method": method, "payload": payload, "start": float(start),
+            "expires": None if expires is None else float(expires), "attempt": 1, "status": "pending",
+            "visible_at": time.time()}
+
+
+# --- the engine ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claimed:
+    """One claimed row, as the engine runs it."""
+
+    seq: int
+    queue: str
+    rt_id: str
+    target: str
+    module: str
+    method: str
+    payload: bytes
+    start: float
+    expires: float | None
+    attempt: int
+    lease: str
+    ran: bool = False
+
+
+_CLAIMED = "seq, queue, rt_id, target, module, method, payload, start, expires, attempt, lease"
+
+
+class Engine:
+    """Runs the retried calls queued in one cage's state file (see the module's doc)."""
+
+    def __init__(self, cage: Cage, settings: Settings, interface: str = "retry") -> None:
+        assert cage.loader.state is not None and cage.pool is not None
+        self.cage, self.settings, self.interface = cage, settings, interface
+        self.store: StateStore = cage.loader.state
+        self.running: dict[str, int] = {}  # queue → calls claimed and not finished
+        self._cond = threading.Condition(threading.Lock())
+        self._woken = False
+        self._ceasing = self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._tokens = 0
+        self._instance = f"{cage.node}.{cage.name}.{os.getpid()}"
+        self._stats_due = 0.0
+        self._last_counts: dict[str, dict[str, int]] = {}
+        self._failing = False  # the last round failed: said once, not every second
+
+    def start(self) -> None:
+        self.store.listeners.append(self.wake)
+        self._thread = threading.Thread(target=self._loop, name=f"{self.interface}:engine", daemon=True)
+        self._thread.start()
+
+    def cease(self) -> None:
+        """No new claims; calls running go on."""
+        self._ceasing = True
+        self.wake()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self.wake in self.store.listeners:
+            self.store.listeners.remove(self.wake)
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                delay = self._round()
+                if self._failing:
+                    log.message("retried calls: the state file can be used again")
+                    self._failing = False
+            except Exception as e:
+                if not self._failing:
+                    log.error(f"retried calls cannot be run: {exc_string(e, stack=False)}")
+                    self._failing = True
+                delay = POLL_PERIOD
+            with self._cond:
+                if not self._woken and not self._stopping:
+                    self._cond.wait(delay)
+                self._woken = False
+
+    def _round(self) -> float:
+        """Claim and dispatch what is due; seconds until something may be due next."""
+        if self._ceasing or not self.store.exists:
+            return POLL_PERIOD
+        now = time.time()
+        if now >= self._stats_due:
+            self._stats_due = now + STATS_PERIOD
+            self._report_and_purge(now)
+        with self.store.reading() as db:
+            queues = db.execute("SELECT queue, MIN(visible_at) FROM retry WHERE status = 'pending' "
+                                "GROUP BY queue").fetchall()
+        delay = POLL_PERIOD
+        for queue, due in queues:
+            free = self._limit() - self.running.get(queue, 0)
+            if free <= 0:
+                continue
+            if due > now and not self.settings.keep_order:
+                delay = min(delay, due - now)
+                continue
+            claimed, next_due = self.store.transact(functools.partial(self._claim, queue, free, now),
+                                                    durable=False)
+            if next_due is not None:
+                delay = min(delay, max(next_due - now, 0.0))
+            for message in claimed:
+                self._dispatch(message)
+        return max(delay, 0.005)
+
+    def _limit(self) -> int:
+        return 1 if self.settings.keep_order else max(self.settings.queue_count, 1)
+
+    def _claim(self, queue: str, count: int, now: float, db: sqlite3.Connection) -> tuple[list[Claimed], float | None]:
+        if self.settings.keep_order:  # only the head, when it is due
+            head = db.execute("SELECT seq, visible_at FROM retry WHERE status = 'pending' AND queue = ? "
+                              "ORDER BY seq LIMIT 1", (queue,)).fetchone()
+            if head is None or head[1] > now:
+                return [], None if head is None else head[1]
+            seqs = [head[0]]
+        else:
+            seqs = [row[0] for row in db.execute(
+                "SELECT seq FROM retry WHERE status = 'pending' AND queue = ? AND visible_at <= ? "
+                "ORDER BY seq LIMIT ?", (queue, now, count))]
+        if not seqs:
+            return [], None
+        self._tokens += 1
+        lease = f"{self._instance}.{self._tokens}"
+        db.executemany("UPDATE retry SET visible_at = ?, lease = ? WHERE seq = ?",
+                       [(now + self.settings.lease, lease, seq) for seq in seqs])
+        rows = db.execute(f"SELECT {_CLAIMED} FROM retry WHERE lease = ? ORDER BY seq", (lease,)).fetchall()
+        return [Claimed(*row) for row in rows], None
+
+    # --- running one call ---------------------------------------------------------------------------
+
+    def _dispatch(self, message: Claimed) -> None:
+        try:
+            args, kwargs, queued = pickle.loads(message.payload)
+            parameters = dict(queued.get("parameters") or {})
+            parameters["retry"] = {"id": message.rt_id, "attempt": message.attempt, "start": message.start,
+                                   "deadline": message.expires}
+            request = self.cage.intake.begin(
+                interface=self.interface, protocol="retry", timeout=self.settings.request_timeout,
+                parameters=parameters, description=queued.get("description"),
+                log_levels=list(queued.get("log_levels") or ()), unique_id=str(queued["id"]))
+        except IntakeClosedError:
+            self._finish(message, self._release_sql(message))
+            return
+        except Exception as e:  # a payload that cannot be read will never run: say why, keep it
+            log.error(f"retried call {message.rt_id} cannot be read: {exc_string(e, stack=False)}")
+            self._finish(message, self._failed_sql(message, f"cannot be read: {e}"))
+            return
+        self.running[message.queue] = self.running.get(message.queue, 0) + 1
+        assert self.cage.pool is not None
+        try:
+            self.cage.pool.submit(request, self._execute, message, args, kwargs,
+                                  when_done=functools.partial(self._done, message, request))
+        except RuntimeError:  # the pool is stopping
+            self._done(message, request, None)
+
+    def _execute(self, message: Claimed, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        message.ran = True
+        what = f"retried call {message.rt_id} ({message.module}.{message.method}, attempt {message.attempt})"
+        if message.expires is not None and time.time() >= message.expires:
+            log.warning(f"{what} has expired, dropped")
+            self._finish(message, ("UPDATE retry SET status = 'expired', finished = ?, payload = NULL, lease = NULL "
+                                   "WHERE seq = ? AND lease = ?", (time.time(), message.seq, message.lease)))
+            return
+        try:
+            if message.target == self.cage.name:
+                self.cage.loader.call(message.module, message.method, tuple(args), kwargs)
+            else:
+                self._hand_over(message, args, kwargs)
+        except RetryExitError as e:
+            log.info(f"{what} asks to be tried again later{': ' + str(e) if str(e) else ''}")
+            self._finish(message, self._failed_sql(message, "exit()"))
+        except Exception as e:
+            delay = self.settings.interval(message.attempt)
+            log.warning(f"{what} has failed, next attempt in {delay:.0f}s: {exc_string(e, stack=False)}")
+            self._finish(message, self._failed_sql(message, exc_string(e, stack=False)))
+        else:
+            log.info(f"{what} is done")
+            self._finish(message, ("UPDATE retry SET status = 'done', finished = ?, payload = NULL, lease = NULL, "
+                                   "last_error = NULL WHERE seq = ? AND lease = ?",
+                                   (time.time(), message.seq, message.lease)))
+
+    def _hand_over(self, message: Claimed, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """The call into the other cage's state file, by RPC; done when it answers."""
+        _, _, queued = pickle.loads(message.payload)
+        handed = {"queue": message.queue, "rt_id": message.rt_id, "module": message.module,
+                  "method": message.method, "args": list(args), "kwargs": kwargs, "request": queued,
+                  "start": message.start, "expires": message.expires}
+        transaction = self.cage.loader.root.transaction
+        try:
+            getattr(transaction, f"rpc__{message.target}").hand_over(handed)
+        except RPCError as e:
+            raise e.remote from None
+
+    def _failed_sql(self, message: Claimed, error: str) -> tuple[str, tuple[Any, ...]]:
+        return ("UPDATE retry SET attempt = attempt + 1, visible_at = ?, lease = NULL, last_error = ? "
+                "WHERE seq = ? AND lease = ?",
+                (time.time() + self.settings.interval(message.attempt), error[:2000], message.seq, message.lease))
+
+    @staticmethod
+    def _release_sql(message: Claimed) -> tuple[str, tuple[Any, ...]]:
+        """A claim given back unused (the call never started): visible again at once."""
+        return ("UPDATE retry SET visible_at = ?, lease = NULL WHERE seq = ? AND lease = ?",
+                (time.time(), message.seq, message.lease))
+
+    def _finish(self, message: Claimed, update: tuple[str, tuple[Any, ...]]) -> None:
+        """Record the outcome, unless the lease has lapsed and another claim holds the row
+        (then that claim's outcome counts). Not synced: a crash may forget it, and the
+        call runs again - at least once, never lost."""
+        sql, params = update
+        try:
+            self.store.transact(lambda db: db.execute(sql, params), durable=False)
+        except Exception as e:
+            log.error(f"the outcome of retried call {message.rt_id} cannot be recorded, it will run again "
+                      f"after its lease: {exc_string(e, stack=False)}")
+
+    def _done(self, message: Claimed, request: _request.Request, unit: WorkUnit | None) -> None:
+        if not message.ran:  # expired in the queue, or the pool stopped: not an attempt
+            self._finish(message, self._release_sql(message))
+        self.cage.intake.end(request)
+        self.running[message.queue] -= 1
+        self.wake()
+
+    # --- what operators see ----------------------------------------------------------------------
+
+    def _report_and_purge(self, now: float) -> None:
+        retention = self.settings.retention_time
+        self.store.transact(lambda db: db.execute("DELETE FROM retry WHERE status IN ('done', 'expired') "
+                                                  "AND finished < ?", (now - retention,)), durable=False)
+        counts = queue_counts(self.store, now)
+        for queue, numbers in sorted(counts.items()):
+            if self._last_counts.get(queue) != numbers:
+                log.log(f"retry queue {queue}: {describe_counts(numbers)}")
+        self._last_counts = counts
+
+
+def queue_counts(store: StateStore, now: float | None = None) -> dict[str, dict[str, int]]:
+    """Per queue: pending (of which retrying: failed before; running: claimed now), done, expired."""
+    now = time.time() if now is None else now
+    counts: dict[str, dict[str, int]] = {}
+    with store.reading() as db:
+        rows = db.execute("SELECT queue, status, attempt > 1, lease IS NOT NULL AND visible_at > ?, COUNT(*) "
+                          "FROM retry GROUP BY 1, 2, 3, 4", (now,)).fetchall()
+    for queue, status, retrying, running, count in rows:
+        numbers = counts.setdefault(queue, {"pending": 0, "retrying": 0, "running": 0, "done": 0, "expired": 0})
+        numbers[status] = numbers.get(status, 0) + count
+        if status == "pending":
+            numbers["retrying"] += count if retrying else 0
+            numbers["running"] += count if running else 0
+    return counts
+
+
+def describe_counts(numbers: dict[str, int]) -> str:
+    return (f"{numbers['pending']} pending ({numbers['retrying']} retrying, {numbers['running']} running), "
+            f"{numbers['done']} done, {numbers['expired']} expired")
+
+
+class RetryContext:
+    """`pmnc.retry` in a cage module: `exit()` ends this attempt of a retried call
+    quietly; it is tried again after retry_interval."""
+
+    def exit(self, reason: str = "") -> None:
+        raise RetryExitError(reason)
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        """id, attempt, start, deadline of the retried call being run, if it is one."""
+        context = _request.current().parameters.get("retry")
+        return context if isinstance(context, dict) else None
