@@ -450,7 +450,8 @@ class Engine:
             log.error(f"retried call {message.rt_id} cannot be read: {exc_string(e, stack=False)}")
             self._finish(message, self._failed_sql(message, f"cannot be read: {e}"))
             return
-        self.running[message.queue] = self.running.get(message.queue, 0) + 1
+        with self._cond:
+            self.running[message.queue] = self.running.get(message.queue, 0) + 1
         assert self.cage.pool is not None
         try:
             self.cage.pool.submit(request, self._execute, message, args, kwargs,
@@ -522,8 +523,10 @@ class Engine:
         if not message.ran:  # expired in the queue, or the pool stopped: not an attempt
             self._finish(message, self._release_sql(message))
         self.cage.intake.end(request)
-        self.running[message.queue] -= 1
-        self.wake()
+        with self._cond:
+            self.running[message.queue] -= 1
+            self._woken = True
+            self._cond.notify_all()
 
     # --- what operators see ----------------------------------------------------------------------
 
@@ -571,3 +574,59 @@ class RetryContext:
         """id, attempt, start, deadline of the retried call being run, if it is one."""
         context = _request.current().parameters.get("retry")
         return context if isinstance(context, dict) else None
+
+
+# --- the operator's command: python3 startup.py --retry <cage> list [queue] | purge <queue> -------------
+
+RETRY_USAGE = "python3 startup.py --retry cage list [queue] | --retry cage purge queue"
+
+
+def main(cages_dir: str, argv: list[str]) -> int:
+    """List a cage's retried calls, or purge the pending and expired ones of a queue. Works
+    on a running cage too: a purged call being run finishes, and is not run again."""
+    from pmnc.state import store_path
+
+    listing = len(argv) in (2, 3) and argv[1] == "list"
+    if not (listing or (len(argv) == 3 and argv[1] == "purge")):
+        print(f"usage: {RETRY_USAGE}")
+        return 2
+    cage, command, queue = argv[0], argv[1], argv[2] if len(argv) == 3 else None
+    path = store_path(os.path.join(cages_dir, cage))
+    if not os.path.exists(path):
+        print(f"cage {cage} has no state file ({path}): no retried calls")
+        return 0 if command == "list" else 1
+    store = StateStore(path, minimum_free_space=0)
+    try:
+        if command == "purge":
+            assert queue is not None
+            purged = store.transact(lambda db: db.execute(
+                "DELETE FROM retry WHERE queue = ? AND status IN ('pending', 'expired')", (queue,)).rowcount)
+            print(f"queue {queue} of cage {cage}: {purged} pending or expired call(s) purged")
+            return 0
+        _print_queues(store, queue)
+        return 0
+    finally:
+        store.close()
+
+
+def _print_queues(store: StateStore, only: str | None) -> None:
+    counts = queue_counts(store)
+    if not counts:
+        print("no retried calls")
+    for queue, numbers in sorted(counts.items()):
+        if only is not None and queue != only:
+            continue
+        print(f"queue {queue}: {describe_counts(numbers)}")
+        with store.reading() as db:
+            rows = db.execute("SELECT rt_id, filtered_id, target, module, method, attempt, visible_at, expires, "
+                              "last_error FROM retry WHERE queue = ? AND status = 'pending' ORDER BY seq",
+                              (queue,)).fetchall()
+        for rt_id, filtered, target, module, method, attempt, visible_at, expires, error in rows:
+            named = "" if filtered == rt_id else f" id {filtered}"
+            line = (f"  {rt_id}{named} → {target}: {module}.{method}, attempt {attempt}, "
+                    f"next {_when(visible_at)}, expires {_when(expires) if expires else 'never'}")
+            print(line + (f", last error: {error}" if error else ""))
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))

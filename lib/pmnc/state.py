@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from pmnc import log
 from pmnc import request as _request
 from pmnc.errors import StateCorruptError, StateError
 from pmnc.resource import Resource
@@ -230,9 +231,22 @@ class StateStore:
     def apply(self, ops: list[tuple[Any, ...]]) -> list[Any]:
         """Apply operations atomically and durably; their results, in order."""
         results: list[Any] = self.transact(apply_ops(ops))
-        if any(op[0] == "enqueue" for op in ops):
-            self.notify()
+        self._enqueued(ops, results)
         return results
+
+    def _enqueued(self, ops: list[tuple[Any, ...]], results: list[Any]) -> None:
+        """After a write: the engine is woken for retried calls queued, duplicates are told."""
+        queued = False
+        for op, result in zip(ops, results, strict=True):
+            if op[0] != "enqueue":
+                continue
+            queued = True
+            if not result:
+                row = op[1]
+                log.warning(f"retried call {row['module']}.{row['method']} with id {row['filtered_id']} is a "
+                            f"duplicate of one queued in {row['queue']} before, dropped")
+        if queued:
+            self.notify()
 
     def notify(self) -> None:
         for listener in list(self.listeners):
@@ -341,18 +355,17 @@ class StateStore:
                                             (branch, blob, time.time())))
 
     def finish_prepared(self, branch: str, commit: bool) -> None:
-        def finish(db: sqlite3.Connection) -> bool:
+        def finish(db: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[Any]]:
             row = db.execute("SELECT ops FROM prepared WHERE branch = ?", (branch,)).fetchone()
             if row is None:
-                return False
-            if commit:
-                for op in pickle.loads(row[0]):
-                    apply_op(db, op)
+                return [], []
             db.execute("DELETE FROM prepared WHERE branch = ?", (branch,))
-            return any(op[0] == "enqueue" for op in pickle.loads(row[0])) and commit
+            if not commit:
+                return [], []
+            ops = pickle.loads(row[0])
+            return ops, [apply_op(db, op) for op in ops]
 
-        if self.transact(finish):
-            self.notify()
+        self._enqueued(*self.transact(finish))
 
     def in_doubt(self, prefix: str) -> list[str]:
         if not self.exists:

@@ -24,7 +24,8 @@ from pmnc import log
 from pmnc.errors import StateCorruptError, exc_string
 
 TARGET = re.compile(r"(?:([A-Za-z0-9_-]{1,32})\.)?([A-Za-z0-9_-]{1,32})")
-USAGE = "usage: python3 startup.py [node.]cage | --self-test cage module | --keys ca|server|client|cage DIR ..."
+USAGE = ("usage: python3 startup.py [node.]cage | --self-test cage module | --keys ca|server|client|cage DIR ... | "
+         "--retry cage list [queue] | --retry cage purge queue")
 CHILD_FLAG = "--cage-process"
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
@@ -47,6 +48,13 @@ def main(root: str, argv: list[str]) -> int:
             if len(argv) != 3:
                 raise UsageError(USAGE)
             return run_self_test(root, check_cage(root, argv[1]), argv[2])
+        if argv[:1] == ["--retry"]:
+            from pmnc.retry import main as retry_main
+
+            if len(argv) < 2:
+                raise UsageError(USAGE)
+            check_cage(root, argv[1])
+            return retry_main(os.path.join(root, "cages"), argv[1:])
         if argv[:1] == ["--keys"]:
             from pmnc.keys import main as keys_main
 
