@@ -219,6 +219,23 @@ def test_a_duplicate_id_is_dropped_and_named_steps_run_once_per_parent(cluster: 
     wait_for_values(out, ["order-42", "p1", "p1/step", "p2", "p2/step", "sentinel"])
 
 
+def test_an_id_is_accepted_again_once_its_retention_time_has_passed(cluster: Cluster, tmp_path: Path) -> None:
+    runner, _ = start(cluster, retry={**FAST_RETRY, "retention_time": 0.5})
+    out = tmp_path / "out.jsonl"
+    queue_once = 'result = pmnc("worker", queue="retry", id="once").jobs.record(path, "once")'
+    runner.result(queue_once, path=str(out))
+    wait_for_values(out, ["once"])
+    runner.result(queue_once, path=str(out))  # dropped: the id is still retained
+    runner.process.wait_for_log(r"with id once is a duplicate")
+    # finished calls are purged every 10 s; after that the same id is a new call
+    def ran_again() -> bool:
+        if values(out).count("once") < 2:
+            runner.result(queue_once, path=str(out))
+        return values(out).count("once") == 2
+
+    wait_until(ran_again, 30, interval=1.0, message="the id accepted again")
+
+
 # --- order -----------------------------------------------------------------------------------------------
 
 

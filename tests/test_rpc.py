@@ -440,18 +440,7 @@ def test_calls_spread_over_instances_and_survive_one_being_killed(cluster: Clust
     assert ("b", b_pid) not in after
 
 
-# --- 6. forms not available yet ------------------------------------------------------------------
-
-
-def test_persistent_retried_calls_are_not_available_yet(cluster: Cluster) -> None:
-    runner = start_runner(cluster)
-    for code in ('pmnc("worker", queue="retry").work.handle(1)', 'pmnc("worker:retry").work.handle(1)'):
-        error = runner.error(code)
-        assert error["type"] == "pmnc.errors.NotAvailableError"
-        assert "not available" in error["message"] and "yet" in error["message"]
-
-
-# --- 7. reverse calls ------------------------------------------------------------------------------
+# --- 6. reverse calls ------------------------------------------------------------------------------
 
 
 def test_reverse_calls_reach_a_cage_that_only_polls(cluster: Cluster) -> None:

@@ -454,12 +454,13 @@ class Engine:
             self.running[message.queue] = self.running.get(message.queue, 0) + 1
         assert self.cage.pool is not None
         try:
-            self.cage.pool.submit(request, self._execute, message, args, kwargs,
+            self.cage.pool.submit(request, self._execute, message, args, kwargs, queued,
                                   when_done=functools.partial(self._done, message, request))
         except RuntimeError:  # the pool is stopping
             self._done(message, request, None)
 
-    def _execute(self, message: Claimed, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _execute(self, message: Claimed, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 queued: dict[str, Any]) -> None:
         message.ran = True
         what = f"retried call {message.rt_id} ({message.module}.{message.method}, attempt {message.attempt})"
         if message.expires is not None and time.time() >= message.expires:
@@ -471,7 +472,7 @@ class Engine:
             if message.target == self.cage.name:
                 self.cage.loader.call(message.module, message.method, tuple(args), kwargs)
             else:
-                self._hand_over(message, args, kwargs)
+                self._hand_over(message, args, kwargs, queued)
         except RetryExitError as e:
             log.info(f"{what} asks to be tried again later{': ' + str(e) if str(e) else ''}")
             self._finish(message, self._failed_sql(message, "exit()"))
@@ -485,9 +486,9 @@ class Engine:
                                    "last_error = NULL WHERE seq = ? AND lease = ?",
                                    (time.time(), message.seq, message.lease)))
 
-    def _hand_over(self, message: Claimed, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _hand_over(self, message: Claimed, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   queued: dict[str, Any]) -> None:
         """The call into the other cage's state file, by RPC; done when it answers."""
-        _, _, queued = pickle.loads(message.payload)
         handed = {"queue": message.queue, "rt_id": message.rt_id, "module": message.module,
                   "method": message.method, "args": list(args), "kwargs": kwargs, "request": queued,
                   "start": message.start, "expires": message.expires}

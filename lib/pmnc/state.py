@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from pmnc import log
 from pmnc import request as _request
-from pmnc.errors import StateCorruptError, StateError
+from pmnc.errors import StateCorruptError, StateError, exc_string
 from pmnc.resource import Resource
 
 T = TypeVar("T")
@@ -140,8 +140,8 @@ class _Job:
 class StateStore:
     """The cage's state file: reads on pooled connections, writes through the group writer."""
 
-    def __init__(self, path: str, *, minimum_free_space: int = MINIMUM_FREE_SPACE) -> None:
-        self.path = path
+    def __init__(self, path: str, *, minimum_free_space: int = MINIMUM_FREE_SPACE, schema: str = SCHEMA) -> None:
+        self.path, self.schema = path, schema
         self.minimum_free_space = minimum_free_space
         self._lock = threading.Lock()  # opening, the reader list
         self._writer: sqlite3.Connection | None = None
@@ -189,7 +189,7 @@ class StateStore:
                         raise StateCorruptError(f"state file {self.path} is damaged ({verdict}); the cage will "
                                                 f"not use it: restore it from a backup or move it away")
                 if check:
-                    db.executescript(SCHEMA)
+                    db.executescript(self.schema)
             except BaseException:
                 db.close()
                 raise
@@ -300,10 +300,13 @@ class StateStore:
             except BaseException:
                 _rollback(db)
                 raise
-        except (sqlite3.Error, StateError) as e:
-            error = e if isinstance(e, StateError) else storage_error(e, self.path)
-            if not isinstance(e, StateError):
+        except Exception as e:
+            if isinstance(e, StateError):
+                error = e
+            else:
                 self._reset_writer()
+                error = storage_error(e, self.path) if isinstance(e, sqlite3.Error) else \
+                    StateError(f"state {self.path} cannot be written: {exc_string(e, stack=False)}")
             for job in batch:
                 job.error, job.result = error, None
         finally:
