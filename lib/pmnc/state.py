@@ -181,7 +181,7 @@ class StateStore:
             existed = os.path.exists(self.path)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
             try:
-                db.execute("PRAGMA journal_mode=WAL")
+                _enter_wal(db)
                 db.execute("PRAGMA synchronous=FULL")
                 if check and existed:
                     verdict = db.execute("PRAGMA quick_check").fetchone()[0]
@@ -382,6 +382,24 @@ class StateStore:
         self._reset_writer()
 
 
+def _enter_wal(db: sqlite3.Connection) -> None:
+    """Switch a new file to WAL. SQLite answers "busy" at once, without waiting, while
+    another connection (another instance of the cage) is creating the file: so wait
+    here, within the request's deadline."""
+    request = _request.current()
+    give_up = _request.monotonic() + (BUSY_TIMEOUT if request.deadline is None else request.remain)
+    pause = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorname", "") != "SQLITE_BUSY" or _request.monotonic() + pause > give_up:
+                raise
+        time.sleep(pause)  # a backoff on a lock held by another process: no event to wait for
+        pause = min(pause * 2, 0.05)
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     try:
         db.execute("ROLLBACK")
@@ -398,7 +416,7 @@ def storage_error(e: sqlite3.Error, path: str) -> StateError:
         return StateError(f"state {path} cannot be written: the disk is full ({e}); nothing of this write "
                           f"has been kept")
     if name.startswith("SQLITE_READONLY") or name == "SQLITE_CANTOPEN" or "readonly" in str(e):
-        return StateError(f"state {path} cannot be written: the file or its folder is read-only or cannot "
+        return StateError(f"state {path} cannot be used: the file or its folder is read-only or cannot "
                           f"be opened ({e})")
     if name == "SQLITE_BUSY" or "locked" in str(e):
         return StateError(f"state {path} is being written by another process for too long ({e})")
