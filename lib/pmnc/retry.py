@@ -36,6 +36,7 @@ import os
 import pickle
 import re
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -589,7 +590,7 @@ def main(cages_dir: str, argv: list[str]) -> int:
 
     listing = len(argv) in (2, 3) and argv[1] == "list"
     if not (listing or (len(argv) == 3 and argv[1] == "purge")):
-        print(f"usage: {RETRY_USAGE}")
+        print(f"startup.py: usage: {RETRY_USAGE}", file=sys.stderr)
         return 2
     cage, command, queue = argv[0], argv[1], argv[2] if len(argv) == 3 else None
     path = store_path(os.path.join(cages_dir, cage))
