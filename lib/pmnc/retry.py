@@ -429,7 +429,8 @@ class Engine:
         lease = f"{self._instance}.{self._tokens}"
         db.executemany("UPDATE retry SET visible_at = ?, lease = ? WHERE seq = ?",
                        [(now + self.settings.lease, lease, seq) for seq in seqs])
-        rows = db.execute(f"SELECT {_CLAIMED} FROM retry WHERE lease = ? ORDER BY seq", (lease,)).fetchall()
+        rows = db.execute(f"SELECT {_CLAIMED} FROM retry WHERE seq IN ({', '.join('?' * len(seqs))}) "
+                          f"ORDER BY seq", seqs).fetchall()
         return [Claimed(*row) for row in rows], None
 
     # --- running one call ---------------------------------------------------------------------------
