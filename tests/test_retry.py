@@ -113,6 +113,7 @@ def test_a_retried_call_returns_its_id_at_once_and_runs_in_the_other_cage(cluste
     out = tmp_path / "out.jsonl"
     outcome = runner.run("""
         pmnc.request.parameters["customer"] = "c-17"
+        pmnc.request.parameters["auth_tokens"] = {"username": "ann", "password": "secret"}
         result = pmnc("worker", queue="retry", expires_in=3600.0).jobs.record(path, 42)
     """, path=str(out))
     assert outcome.error is None and RT_ID.fullmatch(outcome.result)
@@ -121,6 +122,9 @@ def test_a_retried_call_returns_its_id_at_once_and_runs_in_the_other_cage(cluste
     assert seen["request_id"] == outcome.request_id  # it runs as the request that queued it
     assert seen["customer"] == "c-17"
     assert seen["auth_tokens"]["source_cage"] == "runner"
+    assert seen["auth_tokens"]["username"] == "ann" and "password" not in seen["auth_tokens"]
+    stored = b"".join(p.read_bytes() for p in (cluster.root / "cages" / "runner" / "state").glob("state.sqlite*"))
+    assert b"c-17" in stored and b"secret" not in stored  # no password kept for a call to another cage
     context = seen["retry"]
     assert context["id"] == outcome.result and context["attempt"] == 1
     assert context["deadline"] == pytest.approx(context["start"] + 3600.0, abs=1.0)

@@ -136,8 +136,9 @@ def new_message(loader: Loader, target: Target, module: str, method: str, args: 
         filtered = f"{parent['id']}:{target.id}"  # a named step runs once per parent call
     else:
         filtered = target.id
-    caller = _queued_request(request)
-    if target.cage != loader.cage:
+    remote = target.cage != loader.cage
+    caller = _queued_request(request, remote=remote)
+    if remote:
         _check_transmittable(target.cage, module, method, args, kwargs, caller)
     try:
         payload = pickle.dumps((tuple(args), dict(kwargs), caller), protocol=pickle.HIGHEST_PROTOCOL)
@@ -152,11 +153,17 @@ def new_message(loader: Loader, target: Target, module: str, method: str, args: 
     return rt_id, ("enqueue", row)
 
 
-def _queued_request(request: _request.Request) -> dict[str, Any]:
+def _queued_request(request: _request.Request, *, remote: bool) -> dict[str, Any]:
     """What of the caller's request the call runs as: id, parameters (not the retry context
-    of a retried call that queues another), log levels, description - not its deadline."""
+    of a retried call that queues another; for another cage, of auth_tokens only those that
+    travel - no password is stored), log levels, description - not its deadline."""
+    from pmnc.rpc.wire import TRAVELLING_TOKENS
+
     parameters = {k: v for k, v in request.parameters.items()
                   if isinstance(k, str) and not k.startswith("_") and k != "retry"}
+    tokens = parameters.get("auth_tokens")
+    if remote and isinstance(tokens, dict):
+        parameters["auth_tokens"] = {k: v for k, v in tokens.items() if k in TRAVELLING_TOKENS}
     if request.infinite:
         return {"id": _request.new_unique_id(), "description": None, "parameters": parameters, "log_levels": []}
     return {"id": request.unique_id, "description": request.to_dict()["description"], "parameters": parameters,
@@ -167,14 +174,9 @@ def _check_transmittable(cage: str, module: str, method: str, args: tuple[Any, .
                          caller: dict[str, Any]) -> None:
     """A call for another cage must be sendable there: told now, not at every attempt."""
     from pmnc.rpc import cluster as _cluster
-    from pmnc.rpc import codec, wire
+    from pmnc.rpc import codec
 
     cluster = _cluster.get()
-    parameters = dict(caller["parameters"])
-    tokens = parameters.get("auth_tokens")
-    if isinstance(tokens, dict):
-        parameters["auth_tokens"] = {k: v for k, v in tokens.items() if k in wire.TRAVELLING_TOKENS}
-    caller["parameters"] = parameters
     try:
         codec.encode({"module": module, "method": method, "args": list(args), "kwargs": kwargs,
                       "request": caller}, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
