@@ -41,6 +41,15 @@ HANDLER = module_source("""
             raise ValueError("boom")
         elif path == "/bad-response":
             response["content"] = "str needs a text content-type"
+        elif path == "/header-value":  # a header value with the character whose code is the query
+            response["headers"]["x-value"] = "a" + chr(int(query)) + "b"
+        elif path == "/rpc-deadline":  # as a call to another cage whose own deadline came first
+            from pmnc.errors import RPCDeadlineError
+            raise RPCDeadlineError("request deadline has expired in cage other at 127.0.0.1:1234")
+        elif path == "/expired-transaction":  # as a transaction that ran out of time
+            from pmnc.errors import TransactionExecutionError
+            pmnc.request.remain = 0.0
+            raise TransactionExecutionError("request deadline waiting for participant 0 (db 127.0.0.1:5432)", 0)
         else:
             response["content"] = "Hello, world !"
             response["headers"]["content-type"] = "text/plain"
@@ -349,6 +358,82 @@ def test_handler_breaking_a_response_rule_is_500(in_process_cage: Callable[..., 
     assert headers["connection"] == "close"
 
 
+@pytest.mark.parametrize("path", ["/rpc-deadline", "/expired-transaction"])
+def test_deadline_error_from_the_handler_is_504(in_process_cage: Callable[..., InProcessCage],
+                                                clients: Callable[..., Client], path: str) -> None:
+    """A deadline met anywhere (another cage, a transaction) is the request's deadline: 504 with
+    the usual short text, not 500 with the error's, which may name internal addresses."""
+    cage = start(in_process_cage)
+    client = clients(cage.address())
+    client.send(f"GET {path} HTTP/1.1\r\n\r\n".encode())
+    status, headers, body = client.response()
+    assert (status, body) == (504, b"request deadline has expired")
+    assert headers["connection"] == "close"
+    assert client.at_eof()
+    assert f"request GET {path} has run out of time, the client gets 504" in cage.log_text()
+    assert http_request(cage.address()[1], "/")[0] == 200
+
+
+@pytest.mark.parametrize("code", [0x00, 0x0B, 0x0C, 0x0D, 0x7F, 0x85])
+def test_response_header_with_a_control_character_is_500(in_process_cage: Callable[..., InProcessCage],
+                                                         clients: Callable[..., Client], code: int) -> None:
+    """NUL, VT, FF, CR, DEL, NEL in a header value never reach the wire: the client gets 500."""
+    cage = start(in_process_cage)
+    client = clients(cage.address())
+    client.send(f"GET /header-value?{code} HTTP/1.1\r\n\r\n".encode())
+    status, headers, body = client.response()
+    assert status == 500
+    assert "x-value" not in headers
+    assert body.startswith(b"ResponseError(") and b"x-value" in body
+    assert client.at_eof()
+    assert f"request GET /header-value?{code} failed: ResponseError(" in cage.log_text()
+
+
+def test_upgrade_request_gets_one_answer(in_process_cage: Callable[..., InProcessCage],
+                                        clients: Callable[..., Client]) -> None:
+    """Upgrade is ignored (RFC 9110 7.8): the request is answered once, as plain HTTP/1.1, and the
+    connection goes on; no unrequested 400 follows."""
+    cage = start(in_process_cage)
+    client = clients(cage.address(), timeout=2.0)
+    client.send(b"GET /echo HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    status, _, body = client.response()
+    assert status == 200
+    assert json.loads(body)["headers"]["upgrade"] == "websocket"
+    client.send(b"GET / HTTP/1.1\r\n\r\n")
+    assert client.response()[::2] == (200, b"Hello, world !")
+    assert not client.responses
+    assert not client.at_eof()  # nothing more came, and the connection stays open
+
+
+def test_two_transfer_encoding_lines_get_501(in_process_cage: Callable[..., InProcessCage],
+                                            clients: Callable[..., Client]) -> None:
+    cage = start(in_process_cage)
+    client = clients(cage.address())
+    client.send(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n")
+    status, headers, _ = client.response()
+    assert (status, headers["connection"]) == (501, "close")
+    assert client.at_eof()
+
+
+def test_endless_chunk_trailer_gets_431(in_process_cage: Callable[..., InProcessCage],
+                                       clients: Callable[..., Client]) -> None:
+    cage = start(in_process_cage, max_header_size=400)
+    client = clients(cage.address())
+    client.send(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: ")
+    for _ in range(100):  # 10 kB of one trailer value, a read apart
+        try:
+            client.send(b"t" * 100)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        readable, _, _ = select.select([client.sock], [], [], 0.01)
+        if readable:
+            break
+    status, headers, _ = client.response()
+    assert (status, headers["connection"]) == (431, "close")
+
+
 def test_handler_past_the_deadline_gets_504(in_process_cage: Callable[..., InProcessCage],
                                            clients: Callable[..., Client], gate: Path) -> None:
     cage = start(in_process_cage, request_timeout=1.0)
@@ -499,7 +584,7 @@ def test_keep_alive_connection_that_sends_only_a_blank_line_is_closed(
 
 def test_max_connections_refuses_with_503(in_process_cage: Callable[..., InProcessCage],
                                           clients: Callable[..., Client], gate: Path) -> None:
-    cage = start(in_process_cage, max_connections=2)
+    cage = start(in_process_cage, max_connections=2, max_connections_per_ip=2)
     busy = [clients(cage.address()) for _ in range(2)]
     for client in busy:
         client.send(f"GET /gate?{gate} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
@@ -520,7 +605,7 @@ def test_max_connections_refuses_with_503(in_process_cage: Callable[..., InProce
 
 def test_idle_keep_alive_connection_is_evicted_for_a_new_client(in_process_cage: Callable[..., InProcessCage],
                                                                 clients: Callable[..., Client]) -> None:
-    cage = start(in_process_cage, max_connections=2)
+    cage = start(in_process_cage, max_connections=2, max_connections_per_ip=2)
     idle = [clients(cage.address()) for _ in range(2)]
     for client in idle:
         client.send(b"GET / HTTP/1.1\r\n\r\n")

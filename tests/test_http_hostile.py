@@ -74,8 +74,9 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def connect(address: tuple[str, int], timeout: float = 5.0) -> socket.socket:
-    sock = socket.create_connection(address, timeout=timeout)
+def connect(address: tuple[str, int], timeout: float = 5.0, source: str = "127.0.0.1") -> socket.socket:
+    """A client connection from `source` (any 127/8 address is this machine's loopback)."""
+    sock = socket.create_connection(address, timeout=timeout, source_address=(source, 0))
     sock.settimeout(timeout)
     return sock
 
@@ -156,10 +157,10 @@ def served(address: tuple[str, int], timeout: float = 3.0) -> bool:
     return True
 
 
-def try_served(address: tuple[str, int], timeout: float = 1.0) -> int:
+def try_served(address: tuple[str, int], timeout: float = 1.0, source: str = "127.0.0.1") -> int:
     """A fresh client's status: 200 with its own token, or the refusal (0 for a reset or a close)."""
     try:
-        with connect(address, timeout) as sock:
+        with connect(address, timeout, source) as sock:
             token = new_token()
             sock.sendall(f"GET /token?{token} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
             status, _, body = Reader(sock).response()
@@ -482,11 +483,14 @@ def test_memory_stays_bounded_under_thousands_of_hostile_connections(
 # --- 2. slowloris --------------------------------------------------------------------------------------
 
 
-def test_slowloris_holds_slots_only_until_its_deadline(in_process_cage: Callable[..., InProcessCage],
-                                                       sockets: list[socket.socket],
-                                                       loop_errors: list[str]) -> None:
-    timeout, slots = 1.0, 20
-    cage = start(in_process_cage, max_connections=slots, request_timeout=timeout)
+def test_slowloris_holds_slots_only_until_its_header_timeout(in_process_cage: Callable[..., InProcessCage],
+                                                             sockets: list[socket.socket],
+                                                             loop_errors: list[str]) -> None:
+    """Heads trickled into every slot get 408 at header_timeout, well before request_timeout,
+    and meanwhile a new client takes the slot of the oldest trickler at once."""
+    header_timeout, slots = 1.0, 20
+    cage = start(in_process_cage, max_connections=slots, max_connections_per_ip=slots, request_timeout=5.0,
+                 header_timeout=header_timeout)
     address = cage.address()
     iface = interface(cage)
     opened: dict[socket.socket, float] = {}
@@ -499,8 +503,8 @@ def test_slowloris_holds_slots_only_until_its_deadline(in_process_cage: Callable
 
     ended: dict[socket.socket, float] = {}
     answers: dict[socket.socket, bytes] = {sock: b"" for sock in opened}
-    refused_meanwhile: int | None = None
-    end = time.monotonic() + timeout + 2.0
+    served_meanwhile: int | None = None
+    end = time.monotonic() + header_timeout + 2.0
     while len(ended) < slots and time.monotonic() < end:
         live = [sock for sock in opened if sock not in ended]
         readable, _, _ = select.select(live, [], [], 0.02)
@@ -517,21 +521,138 @@ def test_slowloris_holds_slots_only_until_its_deadline(in_process_cage: Callable
                     sock.send(b"z")  # one byte at a time, never finishing the header
                 except OSError:
                     ended.setdefault(sock, time.monotonic())
-        if refused_meanwhile is None and time.monotonic() - min(opened.values()) > 0.3:
+        if served_meanwhile is None and time.monotonic() - min(opened.values()) > 0.3:
             began = time.monotonic()
-            refused_meanwhile = try_served(address)
-            assert time.monotonic() - began < 0.5, "the refusal was not prompt"
+            served_meanwhile = try_served(address)
+            assert time.monotonic() - began < 0.5, "the answer was not prompt"
 
-    assert len(ended) == slots, "slowloris connections outlived their deadline"
-    lateness = [ended[sock] - opened[sock] - timeout for sock in opened]
+    assert served_meanwhile == 200
+    assert len(ended) == slots, "slowloris connections outlived their header_timeout"
+    first = next(iter(opened))
+    assert ended[first] - opened[first] < header_timeout - 0.3 and answers[first] == b"", "the oldest made room"
+    lateness = [ended[sock] - opened[sock] - header_timeout for sock in opened if sock is not first]
     assert min(lateness) > -0.2, lateness
     assert max(lateness) < 0.5, lateness
-    # while they held every slot a new client was refused (a reset may cost it the 503)
-    assert refused_meanwhile in (503, 0), refused_meanwhile
-    for data in answers.values():
+    for sock, data in answers.items():
         assert data == b"" or data.startswith(b"HTTP/1.1 408 "), data[:80]
+        if sock is not first:
+            assert data or ended[sock] - opened[sock] > header_timeout - 0.2
     assert served(address)
     assert loop_errors == []
+
+
+def test_slow_body_has_the_request_deadline_not_the_header_timeout(
+        in_process_cage: Callable[..., InProcessCage]) -> None:
+    """header_timeout is for the head: a body may take longer, within request_timeout."""
+    cage = start(in_process_cage, request_timeout=5.0, header_timeout=0.5)
+    with connect(cage.address()) as sock:
+        token = new_token()
+        sock.sendall(f"POST /token?{token} HTTP/1.1\r\nContent-Length: 10\r\n\r\n".encode())
+        for _ in range(10):  # 1.5 s of body, three header_timeouts
+            time.sleep(0.15)
+            sock.sendall(b"b")
+        assert Reader(sock).response()[:3:2] == (200, b"token:" + token.encode())
+
+
+class Tricklers:
+    """`count` slowloris clients from `source`: each sends a head a byte every `pace` seconds and
+    never finishes it. A connection the cage ends is replaced at the next tick, as slowloris
+    tools do. Runs on its own thread inside `with`."""
+
+    HEAD = b"GET /token?loris HTTP/1.1\r\nX-Slow: "
+
+    def __init__(self, address: tuple[str, int], count: int, pace: float = 0.5, source: str = "127.0.0.1") -> None:
+        self.address, self.count, self.pace, self.source = address, count, pace, source
+        self.ended = 0  # connections the cage ended: refused, evicted or answered 408
+        self.live: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tricklers", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            while len(self.live) < self.count:
+                try:
+                    sock = connect(self.address, 2.0, self.source)
+                    sock.sendall(self.HEAD)
+                except OSError:
+                    break
+                self.live.append(sock)
+            for sock in list(self.live):
+                try:
+                    sock.send(b"z")
+                except OSError:
+                    self._drop(sock)
+            tick = time.monotonic() + self.pace
+            while self.live and not self._stop.is_set() and (left := tick - time.monotonic()) > 0:
+                readable, _, _ = select.select(self.live, [], [], left)
+                for sock in readable:  # an answer (408, 503) or the end: either way the cage let go
+                    self._drop(sock)
+        for sock in self.live:
+            sock.close()
+
+    def _drop(self, sock: socket.socket) -> None:
+        self.live.remove(sock)
+        sock.close()
+        self.ended += 1
+
+    def __enter__(self) -> Tricklers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+
+
+def test_tricklers_do_not_keep_normal_clients_out(in_process_cage: Callable[..., InProcessCage],
+                                                   loop_errors: list[str]) -> None:
+    """60 slowloris clients against 20 slots, all from the normal clients' own address: the
+    normal clients are served, each taking the slot of a trickler that has waited longer."""
+    cage = start(in_process_cage, max_connections=20, request_timeout=5.0, header_timeout=2.0)
+    address = cage.address()
+    iface = interface(cage)
+    statuses: list[int] = []
+    with Tricklers(address, 60) as tricklers:
+        wait_until(lambda: len(iface.connections) >= 10 and tricklers.ended >= 20, 10.0,
+                   message="the tricklers holding slots and being turned over")
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            statuses.append(try_served(address, 2.0))
+            time.sleep(0.05)
+    served_share = statuses.count(200) / len(statuses)
+    assert served_share >= 0.9, collections.Counter(statuses)
+    assert len(iface.connections) <= 20
+    assert served(address)
+    assert loop_errors == []
+
+
+def test_one_address_holds_only_its_share(in_process_cage: Callable[..., InProcessCage],
+                                          sockets: list[socket.socket]) -> None:
+    """Connections that cannot be dropped (bodies on their way) from one address take at most
+    max_connections_per_ip slots (by default half): other addresses are still served."""
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("127.0.0.2 is not a loopback address here")
+    cage = start(in_process_cage, max_connections=6, request_timeout=10.0)
+    address = cage.address()
+    iface = interface(cage)
+    answers = []
+    for _ in range(6):
+        sock = connect(address, 2.0, "127.0.0.2")
+        sockets.append(sock)
+        sock.sendall(b"POST /token?greedy HTTP/1.1\r\nContent-Length: 100\r\n\r\nb")  # and no more of it
+        readable, _, _ = select.select([sock], [], [], 0.3)
+        answers.append(sock.recv(65536) if readable else b"")
+    assert answers[:3] == [b""] * 3  # still sending their bodies
+    for refusal in answers[3:]:
+        assert refusal.startswith(b"HTTP/1.1 503 ") and refusal.endswith(b"too many connections from your address")
+    assert iface.per_ip == {"127.0.0.2": 3}
+    for source in ("127.0.0.3", "127.0.0.4", "127.0.0.1"):
+        assert try_served(address, 2.0, source) == 200
+    # the cage closes a served connection just after its answer is written
+    wait_until(lambda: iface.per_ip == {"127.0.0.2": 3}, 5.0, message="only the greedy address holding slots")
 
 
 # --- 3. a thousand idle connections --------------------------------------------------------------------

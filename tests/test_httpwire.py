@@ -209,7 +209,6 @@ def test_identity_content_encoding_is_accepted() -> None:
     (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400),
 ])
 def test_refusals(data: bytes, status: int) -> None:
     assert refusal([data]) == status
@@ -283,6 +282,88 @@ def test_unknown_transfer_coding_is_refused() -> None:
     data = (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
             + chunked(b"\x1f\x8b\x08\x00compressed"))
     assert refusal([data]) in (400, 415, 501)
+
+
+@pytest.mark.parametrize("lines", [
+    b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip\r\nX-Between: 1\r\ntransfer-encoding: chunked\r\n",
+])
+def test_transfer_coding_split_over_two_lines_is_refused(lines: bytes) -> None:
+    """A second Transfer-Encoding line must not hide the first from the 501 rule."""
+    data = b"POST / HTTP/1.1\r\n" + lines + b"\r\n" + chunked(b"\x1f\x8b\x08\x00compressed")
+    assert refusal([data]) == 501
+    assert refusal(bytewise(data)) == 501
+
+
+def test_content_coding_split_over_two_lines_is_refused() -> None:
+    data = (b"POST / HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Encoding: identity\r\n"
+            b"Content-Length: 4\r\n\r\n\x1f\x8b\x08\x00")
+    assert refusal([data]) == 415
+
+
+def test_upgrade_request_is_served_as_http11() -> None:
+    """RFC 9110 7.8: the server may ignore Upgrade. One request comes out (so one answer goes
+    back), and what follows it is read as HTTP/1.1, not refused."""
+    data = (b"GET /chat HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            b"GET /next HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n\r\n"
+            b"GET /last HTTP/1.1\r\n\r\n")
+    for events in (parse(data), parse_split(bytewise(data))):
+        assert [(e.url, e.headers.get("upgrade"), e.keep_alive) for e in events if isinstance(e, HttpRequest)] == [
+            ("/chat", "websocket", True), ("/next", "h2c", True), ("/last", None, True)]
+        assert len(events) == 3
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 3\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n"
+                                                                      b"3\r\nabc\r\n0\r\n\r\n"])
+def test_upgrade_request_with_a_body_is_refused(framing: bytes) -> None:
+    """httptools would hand it over without its body and read the body as the next request."""
+    data = b"POST /up HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n" + framing
+    parser = RequestParser(DEFAULT)
+    with pytest.raises(HttpError) as info:
+        parser.feed(data, 1.0)
+    assert (info.value.status, info.value.parsed) == (400, [])
+
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_431_many_trailer_fields() -> None:
+    trailer = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 20) for i in range(20))  # some 600 bytes
+    data = CHUNKED_HEAD + b"3\r\nabc\r\n0\r\n" + trailer + b"\r\n"
+    assert refusal([data], SMALL) == 431
+    assert refusal(bytewise(data), SMALL) == 431
+
+
+def test_431_trailer_field_trickled_without_end() -> None:
+    """httptools keeps an unfinished trailer value across feeds: it must not grow without bound."""
+    start = CHUNKED_HEAD + b"3\r\nabc\r\n0\r\nX-Endless: "
+    assert refusal([start, *[b"v" * 50] * 10], SMALL) == 431
+
+
+def test_431_chunk_extension_trickled_without_end() -> None:
+    start = CHUNKED_HEAD + b"3;name="
+    assert refusal([start, *[b"v" * 50] * 10], SMALL) == 431
+
+
+def test_431_long_chunk_extensions_over_many_chunks() -> None:
+    chunk = b"1;" + b"e" * 40 + b"\r\nx\r\n"
+    assert refusal([CHUNKED_HEAD, *[chunk] * 10], SMALL) == 431
+    assert refusal([CHUNKED_HEAD, *bytewise(chunk * 10)], SMALL) == 431
+
+
+def test_small_chunks_in_any_pieces_are_not_431() -> None:
+    """A chunk's own framing is free, however the bytes are cut."""
+    body = b"".join(b"%x\r\n%s\r\n" % (n, b"c" * n) for n in (1, 7, 16, 3) * 250) + b"0\r\n\r\n"
+    limits = Limits(max_header_size=256, max_body_size=100_000)
+    for size in (1, 2, 3, 5, 7, 13, 64):
+        pieces = [CHUNKED_HEAD] + [body[i:i + size] for i in range(0, len(body), size)]
+        assert len(only_request(parse_split(pieces, limits)).content) == 27 * 250
+
+
+def test_short_trailer_and_extension_pass() -> None:
+    data = CHUNKED_HEAD + b"3;a=b\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n"
+    assert only_request(parse_split(bytewise(data), SMALL)).content == b"abc"
 
 
 def test_pipelined_request_after_a_large_body_is_not_431() -> None:
@@ -399,10 +480,18 @@ def test_bad_header_name_is_refused(name: Any) -> None:
         finish(headers={name: "v"})
 
 
-@pytest.mark.parametrize("value", [1, b"bytes", None, ["a"], "one\r\nInjected: yes", "one\ntwo"])
+@pytest.mark.parametrize("value", [1, b"bytes", None, ["a"], "one\r\nInjected: yes", "one\ntwo",
+                                   "nul\x00", "vt\x0b", "ff\x0c", "del\x7f", "nel\x85", "esc\x1b[2J", "c1\x9b"])
 def test_header_value_must_be_a_one_line_str(value: Any) -> None:
-    with pytest.raises(ResponseError):
+    """Control characters too: NUL ends a C string, and VT, FF, NEL (0x85) end lines for some parsers."""
+    with pytest.raises(ResponseError, match="x-value"):
         finish(headers={"x-value": value})
+
+
+def test_header_value_may_have_tabs_and_latin1_text() -> None:
+    status, headers, _ = read_response(finish(headers={"x-value": "a\tcaf\xe9 \xa0~"})[0])
+    assert status == 200
+    assert header(headers, "x-value") == ["a\tcaf\xe9 \xa0~"]
 
 
 def test_headers_must_be_a_dict() -> None:

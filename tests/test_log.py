@@ -384,3 +384,117 @@ def test_unwritable_log_directory_does_not_raise(tmp_path: Path) -> None:
     log.error("nowhere to go")
     log.flush()
     assert not (tmp_path / "missing").exists()
+
+
+# --- repeats folded --------------------------------------------------------------
+
+
+class Clock:
+    """The repeats' clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    hand = Clock()
+    monkeypatch.setattr(log, "_monotonic", hand)
+    return hand
+
+
+def test_repeats_are_folded_into_a_summary_when_their_window_ends(echo: io.StringIO, clock: Clock) -> None:
+    for port in range(40000, 40300):
+        log.warning(f"interface rpc: connection from 127.0.0.1:{port} refused: TLS handshake failed: "
+                    f"[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:{port % 7 + 1000})")
+    assert len(lines(echo)) == log.REPEAT_SHOWN
+    clock.now += 9.9
+    log.flush()
+    assert len(lines(echo)) == log.REPEAT_SHOWN  # the window is still open
+    clock.now += 0.1
+    log.flush()
+    summary = messages(echo)[-1]
+    assert summary == ("interface rpc: connection from 127.0.0.1:40000 refused: TLS handshake failed: "
+                       "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1002) "
+                       f"... and {300 - log.REPEAT_SHOWN} more like it in the last 10 s")
+    assert lines(echo)[-1].split()[1] == "WRN"
+    log.flush()
+    assert len(lines(echo)) == log.REPEAT_SHOWN + 1  # said once
+
+
+def test_thousands_are_counted_with_separators(echo: io.StringIO, clock: Clock) -> None:
+    for n in range(1205):
+        log.error(f"request {n} failed: database is down")
+    clock.now += 10.0
+    log.flush()
+    assert messages(echo)[-1] == "request 0 failed: database is down ... and 1,200 more like it in the last 10 s"
+
+
+def test_the_next_repeat_after_the_window_writes_the_summary_first(echo: io.StringIO, clock: Clock) -> None:
+    for _ in range(7):
+        log.error("database is down")
+    clock.now += 12.0
+    log.error("database is down")
+    assert messages(echo)[-2:] == ["database is down ... and 2 more like it in the last 10 s", "database is down"]
+
+
+def test_request_ids_and_descriptions_do_not_defeat_folding(echo: io.StringIO, clock: Clock) -> None:
+    for _ in range(20):
+        request = finite_request()
+        with rq.attached(request):
+            log.error(f"request {request.unique_id} has failed: ValueError('bad id {id(request)}')")
+    assert len(lines(echo)) == log.REPEAT_SHOWN
+    assert all(" # by " in line for line in lines(echo))  # each written record still says whose it was
+
+
+def test_different_texts_and_lower_levels_are_not_folded(echo: io.StringIO, clock: Clock) -> None:
+    for _ in range(10):
+        log.warning("disk is slow")
+        log.warning("disk is full")
+        log.log("request served")  # per-request records at LOG level and below are not touched
+    written = messages(echo)
+    assert written.count("disk is slow") == written.count("disk is full") == log.REPEAT_SHOWN
+    assert written.count("request served") == 10
+
+
+def test_keys_are_bounded(echo: io.StringIO, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(log, "REPEAT_KEYS", 3)
+    for kind in "abcdefghij":
+        for _ in range(10):
+            log.warning(f"failure of kind {kind}")
+    assert len(log._sink.repeats.windows) == 4  # three kinds, and one key that all the newcomers share
+    written = messages(echo)
+    assert len(written) == 3 * log.REPEAT_SHOWN + log.REPEAT_SHOWN
+    clock.now += 10.0
+    log.flush()
+    assert messages(echo)[-1] == "failure of kind d ... and 65 more like it in the last 10 s"
+    assert not log._sink.repeats.windows
+
+
+def test_summaries_are_written_before_the_log_changes_hands(tmp_path: Path, clock: Clock) -> None:
+    log.configure(log.LogFile(str(tmp_path), "sample"), echo=None)
+    for _ in range(8):
+        log.error("database is down")
+    clock.now += 3.0
+    log.configure(None, echo=None)
+    text = "".join(p.read_text() for p in tmp_path.iterdir())
+    assert text.splitlines()[-1].endswith("database is down ... and 3 more like it in the last 3 s")
+
+
+def test_log_files_are_for_owner_and_group(tmp_path: Path) -> None:
+    old = tmp_path / "sample-20240101.log"
+    old.write_text("made by an older pmnc\n")
+    old.chmod(0o644)
+    strict = tmp_path / "sample-20240103.log"
+    strict.write_text("")
+    strict.chmod(0o600)
+    file = log.LogFile(str(tmp_path), "sample")
+    for day in ("20240101", "20240102", "20240103"):
+        file.write(b"a\n", day, False)
+    file.close()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"sample-20240101.log": 0o640, "sample-20240102.log": 0o640,
+                     "sample-20240103.log": 0o600}  # tightened, never loosened

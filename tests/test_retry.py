@@ -130,6 +130,22 @@ def test_a_retried_call_returns_its_id_at_once_and_runs_in_the_other_cage(cluste
     assert context["deadline"] == pytest.approx(context["start"] + 3600.0, abs=1.0)
 
 
+def test_a_call_for_the_own_cage_keeps_no_password_on_disk(cluster: Cluster, tmp_path: Path) -> None:
+    runner, _ = start(cluster, worker=False)
+    out = tmp_path / "out.jsonl"
+    tokens = {"username": "ann", "password": "pw-Zq81x", "peer_ip": "127.0.0.9", "encrypted": False}
+    outcome = runner.run("""
+        pmnc.request.parameters["customer"] = "c-18"
+        pmnc.request.parameters["auth_tokens"] = dict(tokens)
+        result = pmnc(queue="local").jobs.record(path, 7)
+    """, path=str(out), tokens=tokens)
+    assert outcome.error is None and RT_ID.fullmatch(outcome.result)
+    [seen] = wait_for_values(out, [7])
+    assert seen["auth_tokens"] == {k: v for k, v in tokens.items() if k != "password"}  # the rest are kept
+    stored = b"".join(p.read_bytes() for p in (cluster.root / "cages" / "runner" / "state").glob("state.sqlite*"))
+    assert b"c-18" in stored and b"pw-Zq81x" not in stored
+
+
 def test_own_cage_queues_and_the_original_form(cluster: Cluster, tmp_path: Path) -> None:
     runner, _ = start(cluster)
     out = tmp_path / "out.jsonl"
@@ -328,6 +344,38 @@ def test_a_call_whose_cage_dies_while_running_it_runs_again_after_its_lease(clus
     assert "1 running" in retry_command(cluster, "worker", "list", "retry")
 
 
+def test_a_call_for_a_module_the_other_cage_lacks_stays_with_its_sender(cluster: Cluster, tmp_path: Path) -> None:
+    runner, worker = start(cluster)
+    assert worker is not None
+    out = tmp_path / "out.jsonl"
+    runner.result('result = pmnc("worker", queue="retry").later.record(path, 5)', path=str(out))
+    worker.wait_for_log(r"WRN .*retried call from cage runner is refused: .*later\.py was not found in cage worker")
+    runner.process.wait_for_log(r"WRN .*later\.record, attempt 1\) has failed")
+    assert "later.record" in retry_command(cluster, "runner", "list")
+    assert "later.record" not in retry_command(cluster, "worker", "list")  # nothing handed over
+    (cluster.root / "cages" / "worker" / "later.py").write_text(JOBS)  # the module comes: the call follows
+    wait_for_values(out, [5])
+
+
+def test_a_cage_takes_at_most_max_pending_per_source_calls_of_another_and_loses_none(cluster: Cluster,
+                                                                                    tmp_path: Path) -> None:
+    runner, _ = start(cluster, worker=False)
+    limited = config_source({**FAST_RETRY, "max_pending_per_source": 2})
+    cluster.cage("worker", {"config_interface_retry.py": limited}, interfaces=("rpc",))  # takes calls, runs none
+    worker = cluster.start("worker")
+    out = tmp_path / "out.jsonl"
+    for i in range(4):
+        runner.result('result = pmnc("worker", queue="retry").jobs.record(path, i)', path=str(out), i=i)
+    worker.wait_for_log(r"WRN .*refused: .*holds 2 pending retried calls from cage runner, "
+                        r"max_pending_per_source is 2: the call stays with cage runner")
+    wait_until(lambda: "queue retry: 2 pending" in retry_command(cluster, "runner", "list"), 20,
+               message="two calls kept by the runner")
+    listing = retry_command(cluster, "worker", "list")
+    assert "queue retry: 2 pending" in listing and listing.count("from cage runner → worker: jobs.record") == 2
+    cluster.cage("worker", interfaces=("rpc", "retry"))  # the worker runs its calls: room for the rest
+    wait_for_values(out, [0, 1, 2, 3], timeout=30)
+
+
 # --- operators ------------------------------------------------------------------------------------------
 
 
@@ -351,7 +399,7 @@ def test_a_malformed_hand_over_is_refused() -> None:
 
     good = {"queue": "q", "rt_id": "RT-1", "module": "m", "method": "f", "args": [], "kwargs": {},
             "request": {}, "start": 1.0, "expires": None}
-    assert _accepted_row(Loader(), good, "runner")["filtered_id"] == "RT-1"  # type: ignore[arg-type]
+    assert _accepted_row(Loader(), good, "runner")["filtered_id"] == "runner/RT-1"  # type: ignore[arg-type]
     for broken in ({**good, "module": "_m"}, {**good, "queue": "a b"}, {**good, "args": "x"},
                    {**good, "kwargs": {1: 2}}, {**good, "start": "now"}, {**good, "rt_id": ""}, "x"):
         with pytest.raises(ProtocolError):

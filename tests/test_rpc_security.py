@@ -445,9 +445,10 @@ def test_pickle_bytes_as_an_argument_stay_bytes(env: Env) -> None:
 
 def packet(key: bytes, kind: str, cage: str, port: int, *, flock: str = FLOCK, instance: str | None = None,
            node: str = "intruder", period: float = 5.0, ts: float | None = None) -> bytes:
-    """A discovery packet as locator.py makes them: MAGIC, a truncated HMAC-SHA256 of MAGIC + body, body."""
-    body = msgpack.packb([kind, flock, instance or secrets.token_hex(8), cage, node, port, period,
-                          time.time() if ts is None else ts])
+    """A discovery packet as locator.py makes them: MAGIC, a truncated HMAC-SHA256 of MAGIC + body, body
+    (sent from 127.0.0.1, see broadcast(), and naming it)."""
+    body = msgpack.packb([kind, flock, instance or secrets.token_hex(8), cage, node, "127.0.0.1", port, period,
+                          "127.0.0.1", time.time() if ts is None else ts])
     return b"PMNC1" + hmac.new(key, b"PMNC1" + body, hashlib.sha256).digest()[:16] + body
 
 
@@ -493,7 +494,8 @@ def trap() -> Iterator[Trap]:
 
 def test_forged_foreign_stale_and_malformed_packets_inject_no_location(env: Env, trap: Trap) -> None:
     key, now = env.hmac_key, time.time()
-    good_body = msgpack.packb(["A", FLOCK, secrets.token_hex(8), "victim", "n", trap.port, 5.0, now])
+    good_body = msgpack.packb(["A", FLOCK, secrets.token_hex(8), "victim", "n", "127.0.0.1", trap.port, 5.0,
+                               "127.0.0.1", now])
     oversized = packet(key, "A", "victim", trap.port, node="n" * 1100)
     assert len(oversized) > 1024
     broadcast(env,

@@ -33,6 +33,9 @@ HANDLER = module_source("""
             pass  # the result stays None
         elif method == "boom":
             raise ValueError("boom")
+        elif method == "rpc.deadline":  # as a call to another cage whose own deadline came first
+            from pmnc.errors import RPCDeadlineError
+            raise RPCDeadlineError("request deadline has expired in cage other at 127.0.0.1:1234")
         elif method == "gate":  # busy until the file exists (ignoring the deadline, as slow code does)
             end = time.monotonic() + 10.0
             while not os.path.exists(args[0]) and time.monotonic() < end:
@@ -214,6 +217,20 @@ def test_deadline_is_fault_504_at_the_deadline(in_process_cage: Callable[..., In
     wait_until(lambda: "the client gets a fault 504" in cage.log_text(), 5.0, message="the deadline log line")
     gate.touch()
     assert proxy.echo("after") == "after"  # the proxy reconnects by itself
+
+
+def test_deadline_error_from_the_handler_is_fault_504(in_process_cage: Callable[..., InProcessCage],
+                                                      proxies: Callable[..., xmlrpc.client.ServerProxy]) -> None:
+    """Another cage's deadline is this request's: Fault 504 with the usual string, not 500 with
+    the error's text (which may name internal addresses); the connection closes, as at the deadline."""
+    cage = start(in_process_cage)
+    interface = cage.cage.interfaces.live["xmlrpc"][0]
+    proxy = proxies(cage)
+    late = fault(proxy.rpc.deadline)
+    assert (late.faultCode, late.faultString) == (504, "request deadline has expired")
+    wait_until(lambda: not interface.connections, 5.0, message="the connection closed")
+    assert "XMLRPC call rpc.deadline has run out of time, the client gets a fault 504" in cage.log_text()
+    assert proxy.echo("after") == "after"
 
 
 # --- transport-level refusals ------------------------------------------------------------------

@@ -5,7 +5,9 @@
 config = dict(
     flock_id="DEFAULT",  # cages see and call only cages of the same flock
     ssl_keys_dir=None,  # None: cages/.shared/ssl_keys (CA, cluster.key, cages/<cage>.pem), made if missing
-    broadcast_address=None,  # LAN discovery: ("<bind ip>/<broadcast ip>", 12480); None: this machine only
+    broadcast_address=None,  # LAN discovery: ("<bind ip>/<broadcast ip>", 12480); None: this machine only.
+                             # Adverts leave from <bind ip> (0.0.0.0: the address routed to the broadcast
+                             # one), name it under their MAC, and are heard on <broadcast ip> only
     advertise_period=5.0,  # seconds between adverts on the LAN; an instance is gone after 3 missed
     discovery_timeout=3.0,  # seconds a call may spend finding and connecting to an instance
     exact_locations={},  # static locations for networks without broadcast: {"cage": ("host:port", ...)}

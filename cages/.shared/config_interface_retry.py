@@ -9,6 +9,8 @@ config = dict(
     backoff=False,  # True: double the wait after each failure of a call ...
     max_retry_interval=3600.0,  # ... up to this many seconds
     retention_time=259200.0,  # seconds (3 days) a finished call's id keeps duplicates out
+    max_pending_per_source=100000,  # calls another cage may have handed over and pending here; more are
+                                    # refused and stay with that cage, which tries again later
     # request_timeout=10.0,  # seconds one attempt may take; the cage's request_timeout if not given
 )
 

@@ -6,8 +6,11 @@ Boot:      log level → loader (watching files) → state file checked (a
            finished (transaction.recover_in_doubt) → intake opens →
            interfaces start, in the configured order.
 Every 1 s: re-read the log level; start, stop or restart interfaces whose
-           configuration changed; sweep resource pools every sweep_period;
-           retry recovery every RECOVERY_PERIOD while it has work left.
+           configuration changed, retry those that failed to start (with a
+           back-off), say if a handler module went missing; sweep resource
+           pools every sweep_period; retry recovery every RECOVERY_PERIOD
+           while it has work left; the log writes the counts of repeats it
+           left out (log.flush).
 Shutdown:  interfaces cease (no new requests) → intake closes → requests in
            flight get up to `request_timeout` → interfaces stop → resource
            pools, worker pool, loop and loader stop → "the cage has been
@@ -76,7 +79,7 @@ class Cage:
         log.message("as of this moment requests can be created")
         if self.loader.self_test is None:
             self.interfaces.start_all()
-        log.message(f"the cage is ready, {len(self.interfaces.live)} interface(s) serving")
+        log.message(f"the cage is ready, {self.interfaces.status()}")
 
     def _open_state(self) -> StateStore:
         """The state file, checked now: StateCorruptError stops the boot."""
@@ -146,7 +149,7 @@ class Cage:
         finally:
             self.stop()
         log.message("the cage has been properly shut down")
-        log.flush()
+        log.flush(everything=True)  # with the counts of repeats left out of the log
 
     def __repr__(self) -> str:
         return f"<Cage {self.node}.{self.name} interfaces={len(self.interfaces.live)} active={self.intake.active}>"

@@ -2,7 +2,8 @@
 
 One SQLite file per cage instance, `cages/<cage>/state/<node>.transactions.sqlite`,
 written through the state's group-committing writer (state.StateStore: WAL,
-fsynced, decisions made at the same time share one write), made on first use:
+fsynced, decisions made at the same time share one write; mode 0600 in the
+0700 state/ folder), made on first use:
 
     resources   the resources ever used as branches of a two-phase commit:
                 where recovery looks for branches left prepared

@@ -5,13 +5,18 @@
 request through `interface_<name>.process_request(request, response)`,
 looked up per request so it hot-reloads. Lifecycle: start → cease (stop
 intake, let in-flight requests finish) → stop. An interface whose config
-file changes is restarted; one that fails to start is logged and skipped.
+file changes is restarted (if the new config fails, the old one keeps
+serving until the file changes again); one that fails to start is logged
+and tried again with a growing back-off (`InterfaceManager.failures`). A
+live interface whose handler module is missing is logged loudly, once
+each time it goes missing.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pmnc import log
 from pmnc.config import Config
@@ -27,6 +32,7 @@ class Interface:
     """Base of every protocol's interface; subclasses override the lifecycle."""
 
     protocol = ""
+    handler_module = True  # requests are handled by interface_<name>.process_request
 
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
         self.name, self.cage = name, cage
@@ -97,13 +103,26 @@ class Intake:
         return sum(self._active.values())
 
 
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # seconds before an interface that failed to start is tried again
+
+
+class Failure(NamedTuple):
+    """Why an interface is not serving: the last error, since when (time.time()), attempts so far."""
+
+    error: str
+    since: float
+    attempts: int
+
+
 class InterfaceManager:
     """Starts the configured interfaces and keeps them in step with their config."""
 
     def __init__(self, cage: Cage) -> None:
         self.cage = cage
         self.live: dict[str, tuple[Interface, int]] = {}  # name → (interface, config version)
-        self._failed: dict[str, int] = {}  # name → config version that failed to start
+        self.failures: dict[str, Failure] = {}  # configured interfaces that failed to start
+        self.missing_handlers: set[str] = set()  # live interfaces whose handler module is missing
+        self._retry: dict[str, tuple[float, int]] = {}  # name → (when to try again, config version tried)
 
     def configured(self) -> tuple[str, ...]:
         names = Config(self.cage.loader, "interfaces").get("interfaces", ())
@@ -112,9 +131,20 @@ class InterfaceManager:
     def start_all(self) -> None:
         for name in self.configured():
             self._start(name)
+        self._check_handlers()
+
+    def status(self) -> str:
+        """`2 interface(s) serving, 1 failed to start: http`, for the ready line."""
+        text = f"{len(self.live)} interface(s) serving"
+        if self.failures:
+            text += f", {len(self.failures)} failed to start: {', '.join(self.failures)}"
+        if self.missing_handlers:
+            missing = sorted(self.missing_handlers)
+            text += f", {len(missing)} without a handler module: {', '.join(missing)}"
+        return text
 
     def reload(self) -> None:
-        """Start added interfaces, stop removed ones, restart changed ones."""
+        """Start added interfaces, stop removed ones, restart changed ones, retry failed ones."""
         try:
             wanted = self.configured()
         except (ModuleError, ConfigError) as e:
@@ -123,13 +153,43 @@ class InterfaceManager:
         for name in [n for n in self.live if n not in wanted]:
             log.message(f"stopping interface {name}, it is no longer configured")
             self._stop(name)
+        for name in [n for n in self._retry if n not in wanted]:
+            self._retry.pop(name)
+            self.failures.pop(name, None)
         for name in wanted:
             version = self._config_version(name)
             if name in self.live:
                 if version is not None and version != self.live[name][1]:
                     self._restart(name, version)
-            elif version is not None and self._failed.get(name) != version:
+            elif version is not None and self._due(name, version):
                 self._start(name)
+        self._check_handlers()
+
+    def _due(self, name: str, version: int) -> bool:
+        """A failed interface is tried again after its back-off, or at once if its config changed."""
+        retry = self._retry.get(name)
+        return retry is None or retry[1] != version or time.monotonic() >= retry[0]
+
+    def _check_handlers(self) -> None:
+        """Say loudly, once each time, that a live interface's handler module has gone (or is back)."""
+        for name, (interface, _) in self.live.items():
+            module = f"interface_{name}"
+            missing = interface.handler_module and self.cage.loader.locate(module) is None
+            if missing and name not in self.missing_handlers:
+                self.missing_handlers.add(name)
+                log.error(f"interface {name}: its handler module {module}.py is missing, "
+                          f"every request will fail{self._until_restart(module)}")
+            elif not missing and name in self.missing_handlers:
+                self.missing_handlers.discard(name)
+                log.message(f"interface {name}: its handler module {module}.py is there again")
+        self.missing_handlers.intersection_update(self.live)
+
+    def _until_restart(self, module: str) -> str:
+        """A version loaded before the file went keeps serving (see loader): for how long."""
+        try:
+            return f" once the cage restarts (version {self.cage.loader.version_number(module)} serves until then)"
+        except ModuleError:
+            return ""
 
     def _restart(self, name: str, version: int) -> None:
         """Swap in an interface built from its changed config. The old one
@@ -161,13 +221,22 @@ class InterfaceManager:
             interface = interface or self._create(name)
             interface.start()
         except Exception as e:
-            self._failed[name] = version
-            log.error(f"interface {name} failed to start: {exc_string(e, stack=False)}")
+            self._failed(name, version, exc_string(e, stack=False))
             log.debug(f"interface {name} failed to start: {exc_string(e)}")
             return
-        self._failed.pop(name, None)
+        self._retry.pop(name, None)
+        self.failures.pop(name, None)
         self.live[name] = (interface, version)
         log.message(f"interface {name} has started")
+
+    def _failed(self, name: str, version: int, error: str) -> None:
+        previous = self.failures.get(name)
+        attempts = previous.attempts + 1 if previous else 1
+        self.failures[name] = Failure(error, previous.since if previous else time.time(), attempts)
+        delay = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
+        self._retry[name] = (time.monotonic() + delay, version)
+        # the same text each time (but for numbers), so that the log folds the repeats
+        log.error(f"interface {name} failed to start: {error}, next attempt in {delay:.0f}s")
 
     def _create(self, name: str) -> Interface:
         config = Config(self.cage.loader, "interface_" + name).copy()

@@ -8,6 +8,12 @@ Rules a cage module lives by:
 - Other modules reach it as `pmnc.name.func(...)`, resolved at each call, so
   circular calls work and every call sees the current version.
 
+A name resolves only to a file spelt exactly `name.py` in the folder's
+listing (on a case-insensitive file system `Config_x` must not reach
+`config_x.py`); `file_name` says what file a name really is, through a
+symlink, for checks such as `deny_modules`. A name with no file leaves
+nothing behind, so callers cannot grow the loader's maps with made-up names.
+
 Reloading: watchdog reports a changed file; after a short settle time the
 reloader thread builds the new version *outside* any lock, then takes the
 module's writer-priority lock to swap it in once calls in flight on the old
@@ -49,6 +55,7 @@ from pmnc.typecheck import typecheck
 CAGE_MODULES = "pmnc.cage_modules"  # the sys.modules prefix of cage modules
 MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _EOF = b"# EOF"
+MAX_KEPT = 1000  # module refs and pmnc("cage") objects one `pmnc` keeps for speed; more are made anew
 MISSING_FOR = 1.0  # seconds a missing file is taken to stay missing, unless a file event says otherwise
 
 # Names the `pmnc` object answers itself; modules by these names are unreachable.
@@ -93,8 +100,11 @@ class Loader:
         self.self_test = self_test
         self.settle, self.settle_max = settle, settle_max
         self.swap_timeout = swap_timeout  # how long a reload waits for calls in flight
-        self._modules: dict[str, CageModule] = {}
-        self._missing: dict[str, float] = {}  # module name → when its file was last found missing
+        self._modules: dict[str, CageModule] = {}  # only names that have, or had, a file
+        self._missing: dict[str, float] = {}  # name asked for `cached` → when its file was last found missing
+        self._listings: dict[str, dict[str, str]] = {}  # folder → its *.py files → the module each really is
+        self._file_names: dict[str, str] = {}  # name → file_name(name), for names that have a file
+        self._listed = 0  # bumped by every file event: a file name found before it is not kept
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[float, float]] = {}  # name → (first, last) event time
         self._wake = threading.Condition(self._lock)
@@ -140,12 +150,43 @@ class Loader:
         missing_since = self._missing.get(name) if cached else None
         if missing_since is not None and time.monotonic() - missing_since < MISSING_FOR:
             return None
+        found = self._find(name)
+        if found is not None:
+            self._missing.pop(name, None)
+            return found[0]
+        if cached:  # only the few names the framework asks for so: made-up ones leave nothing
+            self._missing[name] = time.monotonic()
+        return None
+
+    def file_name(self, name: str) -> str:
+        """The name of the module file `name` resolves to: through a symlink, its target's;
+        `name` itself if it has no file."""
+        known = self._file_names.get(name)
+        if known is not None:
+            return known
+        if not MODULE_NAME.fullmatch(name):
+            return name
+        listed = self._listed
+        found = self._find(name)
+        if found is None:
+            return name
+        if listed == self._listed:  # no file event meanwhile: still true
+            self._file_names[name] = found[1]
+        return found[1]
+
+    def _find(self, name: str) -> tuple[str, str] | None:
+        """(path, real module name) of the file spelt exactly `name.py`, the cage's first."""
+        base = name + ".py"
         for folder in (self.cage_dir, self.shared_dir):
-            path = os.path.join(folder, name + ".py")
-            if os.path.isfile(path):
-                self._missing.pop(name, None)
-                return path
-        self._missing[name] = time.monotonic()
+            path = os.path.join(folder, base)
+            if not os.path.isfile(path):  # cheap, and enough for names that have no file at all
+                continue
+            listing = self._listings.get(folder)
+            if listing is None or base not in listing:  # new since listed, or another spelling
+                listing = self._listings[folder] = _list_modules(folder)
+            real = listing.get(base)
+            if real is not None:
+                return path, real
         return None
 
     # --- access --------------------------------------------------------------
@@ -183,31 +224,45 @@ class Loader:
     def _first_load(self, name: str) -> ModuleVersion:
         if not MODULE_NAME.fullmatch(name) or name.startswith("_"):
             raise InvalidModuleNameError(f"module name {name!r} is invalid")
-        with self._lock:
-            mod = self._modules.setdefault(name, CageModule(name))
-        if not _request.current().acquire(mod.load_lock):
-            raise ModuleAccessTimedOutError(f"request deadline waiting for module {name} to load")
-        try:
-            if mod.version is not None:
-                return mod.version
-            path = self.locate(name)
-            if path is None:
-                raise ModuleNotFoundError(f"file {name}.py was not found")
-            signature = _signature(path)
-            if mod.refused is not None and mod.refused[0] == signature:
-                error = mod.refused[1]
-                raise type(error)(*error.args)
+        while True:
+            with self._lock:
+                mod = self._modules.setdefault(name, CageModule(name))
+            if not _request.current().acquire(mod.load_lock):
+                raise ModuleAccessTimedOutError(f"request deadline waiting for module {name} to load")
             try:
-                mod.version = self._load(name, path, signature, 1)
-            except ModuleError as e:
-                mod.refused = (signature, e)
-                raise
-            log.message(f"module {name} has been loaded from {path}")
-            if _signature(path) != signature:
-                self.file_changed(name)  # saved again while we were loading it
+                if self._modules.get(name) is mod:  # else forgotten while we waited: take the new one
+                    return self._load_first(mod)
+            finally:
+                mod.load_lock.release()
+
+    def _load_first(self, mod: CageModule) -> ModuleVersion:
+        """Version 1 of `mod`, holding its load lock."""
+        name = mod.name
+        if mod.version is not None:
             return mod.version
-        finally:
-            mod.load_lock.release()
+        path = self.locate(name)
+        if path is None:
+            self._forget(mod)
+            raise ModuleNotFoundError(f"file {name}.py was not found")
+        signature = _signature(path)
+        if mod.refused is not None and mod.refused[0] == signature:
+            error = mod.refused[1]
+            raise type(error)(*error.args)
+        try:
+            mod.version = self._load(name, path, signature, 1)
+        except ModuleError as e:
+            mod.refused = (signature, e)
+            raise
+        log.message(f"module {name} has been loaded from {path}")
+        if _signature(path) != signature:
+            self.file_changed(name)  # saved again while we were loading it
+        return mod.version
+
+    def _forget(self, mod: CageModule) -> None:
+        """A name without a file keeps no entry: made-up names must not add up."""
+        with self._lock:
+            if self._modules.get(mod.name) is mod and mod.version is None:
+                del self._modules[mod.name]
 
     def _load(self, name: str, path: str, signature: Signature, number: int) -> ModuleVersion:
         """Build a version from the file; raises ModuleError if it cannot serve."""
@@ -287,6 +342,9 @@ class Loader:
         """A file event for `name.py`: reload it after the settle time."""
         self._missing.pop(name, None)
         with self._lock:
+            self._listed += 1
+            self._listings.clear()  # a file may have come, gone or been replaced by a symlink
+            self._file_names.clear()
             mod = self._modules.get(name)
             if mod is None or mod.version is None:
                 return  # not in use: it loads fresh on first access
@@ -364,6 +422,21 @@ def version_attr(version: ModuleVersion, attr: str) -> Any:
     if attr.startswith("_"):
         raise InvalidMethodAccessError(f"attribute {attr} of module {version.name} is private") from None
     raise InvalidMethodAccessError(f"attribute {attr} is not declared in __all__ of module {version.name}") from None
+
+
+def _list_modules(folder: str) -> dict[str, str]:
+    """The *.py files of `folder` as the directory spells them, each with the name of
+    the module file it really is (a symlink's target's)."""
+    found: dict[str, str] = {}
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.endswith(".py"):
+                    real = os.path.realpath(entry.path) if entry.is_symlink() else entry.name
+                    found[entry.name] = os.path.splitext(os.path.basename(real))[0]
+    except OSError:
+        pass
+    return found
 
 
 def _signature(path: str) -> Signature:
@@ -458,7 +531,8 @@ class Pmnc:
         if name.startswith("_") or not MODULE_NAME.fullmatch(name):
             raise InvalidModuleNameError(f"module name {name!r} is invalid")
         ref = ModuleRef(self._loader, name)
-        self.__dict__[name] = ref  # refs resolve at each call, so they can be kept
+        if len(self.__dict__) < MAX_KEPT:  # refs resolve at each call, so they can be kept - not without end
+            self.__dict__[name] = ref
         return ref
 
     def __call__(self, target: str = "", **options: Any) -> Any:
@@ -470,7 +544,7 @@ class Pmnc:
         from pmnc.rpc.calls import cage_call  # calls to other cages build on the loader
 
         call = cage_call(self, target, **options)
-        if not options and len(self._cages) < 1000:
+        if not options and len(self._cages) < MAX_KEPT:
             self._cages[target] = call
         return call
 

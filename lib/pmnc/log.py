@@ -4,6 +4,16 @@ Record format, as the original's: `HH:MM:SS.cc LVL [thread] message`.
 A record is written when its level is at or below the threshold: the
 current request's pushed level if any, else the cage level. Logging never
 raises into the caller.
+
+Repeats are folded, so that a fault hit by every request (or a peer opening
+connection after connection) cannot fill the disk: ERROR and WARNING records
+(not MESSAGE: the cage's lifecycle is told in full) of one level and source
+whose texts differ only in numbers, hex ids, quoted strings and addresses
+(request ids too) share a key; in a window of REPEAT_WINDOW seconds from a key's
+first record, its first REPEAT_SHOWN records are written and the rest
+counted, and when the window ends (seen by the next such record or by
+flush(), which the cage calls every second) one line says
+`<the first text> ... and 1,200 more like it in the last 10 s`.
 """
 
 from __future__ import annotations
@@ -25,6 +35,16 @@ CODES = {ERROR: "ERR", MESSAGE: "MSG", WARNING: "WRN", LOG: "LOG", INFO: "INF", 
 # Every record is one line: control characters other than TAB become spaces.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f]")
 
+REPEAT_WINDOW = 10.0  # seconds a key's window lasts
+REPEAT_SHOWN = 5  # records of a key written per window; the rest are counted
+REPEAT_KEYS = 1000  # keys kept at most; beyond that, new texts share one key per level
+REPEAT_TEXT = 500  # characters of a text kept as its key and its example: memory stays bounded
+# What varies between repeats of one record: quoted strings, hex ids and numbers (addresses, ports,
+# request ids, counts are made of these).
+_VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|\b(?:0x)?[0-9A-Fa-f]{8,}\b|\d+")
+_FOLDED = (ERROR, WARNING)  # the levels whose repeats are folded
+_monotonic = time.monotonic  # the repeats' clock: a seam for tests
+
 
 def level_of(name: str | int) -> int:
     """`"DEBUG"` → 6; accepts numbers too. A bad name is a clear error."""
@@ -37,7 +57,10 @@ def level_of(name: str | int) -> int:
 
 
 class LogFile:
-    """Append-only daily files; ERROR records are fsynced before returning."""
+    """Append-only daily files, readable by the owner and the group only (MODE);
+    ERROR records are fsynced before returning."""
+
+    MODE = 0o640
 
     def __init__(self, directory: str, cage: str) -> None:
         self.directory = directory
@@ -58,9 +81,15 @@ class LogFile:
 
     def _rotate(self, day: str) -> None:
         try:
-            fd = os.open(self.path(day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path(day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.MODE)
         except OSError:
             return  # keep writing to the old file rather than lose records
+        try:
+            mode = os.fstat(fd).st_mode & 0o777
+            if mode & ~self.MODE:  # a file made before, or with a looser umask: tightened, never loosened
+                os.fchmod(fd, mode & self.MODE)
+        except (OSError, AttributeError):  # another user's file; no fchmod on Windows
+            pass
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._day = fd, day
@@ -75,6 +104,65 @@ class LogFile:
             self._fd, self._day = -1, ""
 
 
+class _Window:
+    __slots__ = ("began", "count", "example")
+
+    def __init__(self, began: float, example: str) -> None:
+        self.began, self.count, self.example = began, 1, example
+
+
+Key = tuple[int, str, str]  # (level, where, masked text)
+
+
+class _Repeats:
+    """The windows of repeated records; used under the sink's lock."""
+
+    def __init__(self) -> None:
+        self.windows: dict[Key, _Window] = {}
+
+    def admit(self, key: Key, message: str, now: float) -> tuple[bool, list[tuple[int, str]]]:
+        """Whether to write this record, and the summaries due before it."""
+        due: list[tuple[int, str]] = []
+        window = self._live(key, now, due)
+        if window is None and len(self.windows) >= REPEAT_KEYS:
+            due.extend(self.sweep(now))
+            if len(self.windows) >= REPEAT_KEYS:  # too many kinds at once: newcomers share one key per level
+                key = (key[0], "", "")
+                window = self._live(key, now, due)
+        if window is None:
+            self.windows[key] = _Window(now, message[:REPEAT_TEXT])
+            return True, due
+        window.count += 1
+        return window.count <= REPEAT_SHOWN, due
+
+    def _live(self, key: Key, now: float, due: list[tuple[int, str]]) -> _Window | None:
+        """The key's window unless it has ended (its summary then goes to `due`)."""
+        window = self.windows.get(key)
+        if window is not None and now - window.began >= REPEAT_WINDOW:
+            due.extend(self._end(key, window, now))
+            return None
+        return window
+
+    def sweep(self, now: float, everything: bool = False) -> list[tuple[int, str]]:
+        """The summaries of windows that have ended (of all, with `everything`). Windows are
+        kept in the order they began, so the first one still open ends the search."""
+        due: list[tuple[int, str]] = []
+        while self.windows:
+            key, window = next(iter(self.windows.items()))
+            if not everything and now - window.began < REPEAT_WINDOW:
+                break
+            due.extend(self._end(key, window, now))
+        return due
+
+    def _end(self, key: Key, window: _Window, now: float) -> list[tuple[int, str]]:
+        del self.windows[key]
+        left_out = window.count - REPEAT_SHOWN
+        if left_out <= 0:
+            return []
+        seconds = min(REPEAT_WINDOW, max(1.0, now - window.began))
+        return [(key[0], f"{window.example} ... and {left_out:,} more like it in the last {seconds:.0f} s")]
+
+
 class _Sink:
     """Where records go: the log file, or stderr before a cage sets one."""
 
@@ -84,6 +172,7 @@ class _Sink:
         self.echo: TextIO | None = sys.stderr
         self.echo_level = NOISE
         self.level = LOG
+        self.repeats = _Repeats()
 
 
 _sink = _Sink()
@@ -92,6 +181,7 @@ _sink = _Sink()
 def configure(file: LogFile | None, *, echo: TextIO | None = None, echo_level: int = MESSAGE) -> None:
     """Send records to `file`, echoing those at or below `echo_level` to `echo`."""
     with _sink.lock:
+        _write_summaries(_sink.repeats.sweep(_monotonic(), everything=True))  # to the old destination
         if _sink.file is not None and _sink.file is not file:
             _sink.file.close()
         _sink.file, _sink.echo, _sink.echo_level = file, echo, echo_level
@@ -122,32 +212,54 @@ def write(level: int, message: str, where: str = "") -> None:
 
 def _emit(level: int, message: str, where: str) -> None:
     now = time.time()
-    local = time.localtime(now)
+    key = (level, where, _VARIABLE.sub("#", message[:REPEAT_TEXT])) if level in _FOLDED else None
     request = _request.current()
-    if where:
-        message = f"{message} # {where}"
+    text = f"{message} # {where}" if where else message
     if request.deadline is not None:
-        message = f"{message}{' by ' if where else ' # by '}{request.description}"
-    line = "{} {} [{}] {}\n".format(
-        time.strftime("%H:%M:%S", local) + f".{int(now * 100) % 100:02d}",
+        text = f"{text}{' by ' if where else ' # by '}{request.description}"
+    line = _format(level, text, now)
+    with _sink.lock:
+        if key is not None:
+            shown, due = _sink.repeats.admit(key, message, _monotonic())
+            _write_summaries(due)
+            if not shown:
+                return
+        _write(level, line, now)
+
+
+def _format(level: int, message: str, now: float) -> str:
+    return "{} {} [{}] {}\n".format(
+        time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 100) % 100:02d}",
         CODES.get(level, "???"),
         threading.current_thread().name,
         _CONTROL.sub(" ", message),
     )
-    data = line.encode("utf-8", "replace")
-    with _sink.lock:
-        if _sink.file is not None:
-            _sink.file.write(data, time.strftime("%Y%m%d", local), level == ERROR)
-        if _sink.echo is not None and level <= _sink.echo_level:
-            try:
-                _sink.echo.write(line)
-                _sink.echo.flush()
-            except (OSError, ValueError):
-                pass
 
 
-def flush() -> None:
+def _write(level: int, line: str, now: float) -> None:
+    """One formatted record to the file and the echo; under the sink's lock."""
+    if _sink.file is not None:
+        day = time.strftime("%Y%m%d", time.localtime(now))
+        _sink.file.write(line.encode("utf-8", "replace"), day, level == ERROR)
+    if _sink.echo is not None and level <= _sink.echo_level:
+        try:
+            _sink.echo.write(line)
+            _sink.echo.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _write_summaries(summaries: list[tuple[int, str]]) -> None:
+    now = time.time()
+    for level, text in summaries:
+        _write(level, _format(level, text, now), now)
+
+
+def flush(*, everything: bool = False) -> None:
+    """Sync the file, writing the summaries of repeats whose window has ended (of all,
+    with `everything`: at shutdown)."""
     with _sink.lock:
+        _write_summaries(_sink.repeats.sweep(_monotonic(), everything))
         if _sink.file is not None:
             _sink.file.flush()
 

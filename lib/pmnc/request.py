@@ -22,6 +22,10 @@ monotonic = time.monotonic
 
 _current = threading.local()
 
+# A description is for log lines: one a caller sends (15 MB, say) is cut to this many
+# characters, so it cannot fill the log through every line its request writes.
+MAX_DESCRIPTION = 1000
+
 
 class _Lock(Protocol):
     def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
@@ -67,7 +71,7 @@ class Request:
         self.interface = interface
         self._protocol = protocol
         self.parameters: dict[str, Any] = parameters if parameters is not None else {}
-        self._description = description
+        self._description = _bounded(description)
         self.log_levels: list[int] = list(log_levels or ())
         self.start = monotonic() if start is None else start
         self.deadline: float | None = None if timeout is None else self.start + timeout
@@ -133,7 +137,7 @@ class Request:
         self._protocol = value
 
     def describe(self, description: str) -> None:
-        self._description = description
+        self._description = _bounded(description)
 
     @property
     def description(self) -> str | None:
@@ -208,6 +212,12 @@ class Request:
         if self.deadline is None:
             return f"<Request {self.unique_id} infinite>"
         return f"<Request {self.unique_id} via {self.interface} remain={self.remain:.2f}s>"
+
+
+def _bounded(description: str | None) -> str | None:
+    if description is None or len(description) <= MAX_DESCRIPTION:
+        return description
+    return description[:MAX_DESCRIPTION - 3] + "..."
 
 
 def current() -> Request:

@@ -24,9 +24,17 @@ A call whose `expires_in` has passed is dropped (status expired) instead.
 
 Between cages: a call for another cage is run here as its hand-off - an
 RPC (kind "retry") that the other cage answers once the call is in its own
-state file, with the RT id as its de-duplication id, the same deadline and
-attempts counted from 1 - and done here when that answer comes. Either
-cage may crash at any moment: a call may run twice, never zero times.
+state file, with `<source cage>/<RT id>` as its de-duplication id, the same
+deadline and attempts counted from 1 - and done here when that answer
+comes. Either cage may crash at any moment: a call may run twice, never
+zero times. The other cage refuses a call for a module it has no file of,
+and calls beyond `max_pending_per_source` of one source pending there: a
+refused hand-off is a failed attempt, so the call stays here and is tried
+again (a module added there later gets it). A call without `expires_in`
+never expires, handed over or not.
+
+Of the caller's auth_tokens no password is stored, for any cage; a call
+for (or from) another cage keeps only the tokens that travel (rpc/wire.py).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import sqlite3
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +57,10 @@ from pmnc.errors import (
     IntakeClosedError,
     InvalidMethodAccessError,
     InvalidModuleNameError,
+    ModuleError,
+    ModuleNotFoundError,
     ProtocolError,
+    ResourceError,
     ResourceInputParameterError,
     RetryExitError,
     RPCError,
@@ -56,6 +68,7 @@ from pmnc.errors import (
     exc_string,
 )
 from pmnc.loader import MODULE_NAME
+from pmnc.rpc import wire
 from pmnc.state import BufferedResource, StateStore
 
 if TYPE_CHECKING:
@@ -68,6 +81,9 @@ MAX_ID_LENGTH = 256
 POLL_PERIOD = 1.0  # seconds between looks at the table when nothing wakes the engine
 STATS_PERIOD = 10.0  # seconds between the queue counts in the log (when they change) and purges
 LEASE_MARGIN = 5.0  # seconds a claim outlives the request that runs it
+MAX_PENDING_PER_SOURCE = 100000  # calls another cage may have handed over and pending here (the default)
+RECOUNT = 2.0  # seconds between counts of a source's pending calls while it is at its limit
+SECRET_TOKENS = ("password",)  # auth_tokens never written to a state file
 
 
 @dataclass
@@ -81,6 +97,7 @@ class Settings:
     max_retry_interval: float = 3600.0
     retention_time: float = 3 * 86400.0
     request_timeout: float = 10.0
+    max_pending_per_source: int = MAX_PENDING_PER_SOURCE
 
     @property
     def lease(self) -> float:
@@ -155,19 +172,25 @@ def new_message(loader: Loader, target: Target, module: str, method: str, args: 
 
 def _queued_request(request: _request.Request, *, remote: bool) -> dict[str, Any]:
     """What of the caller's request the call runs as: id, parameters (not the retry context
-    of a retried call that queues another; for another cage, of auth_tokens only those that
-    travel - no password is stored), log levels, description - not its deadline."""
-    from pmnc.rpc.wire import TRAVELLING_TOKENS
-
+    of a retried call that queues another; auth_tokens as `kept_tokens` says), log levels,
+    description - not its deadline."""
     parameters = {k: v for k, v in request.parameters.items()
                   if isinstance(k, str) and not k.startswith("_") and k != "retry"}
     tokens = parameters.get("auth_tokens")
-    if remote and isinstance(tokens, dict):
-        parameters["auth_tokens"] = {k: v for k, v in tokens.items() if k in TRAVELLING_TOKENS}
+    if isinstance(tokens, dict):
+        parameters["auth_tokens"] = kept_tokens(tokens, remote=remote)
     if request.infinite:
         return {"id": _request.new_unique_id(), "description": None, "parameters": parameters, "log_levels": []}
     return {"id": request.unique_id, "description": request.to_dict()["description"], "parameters": parameters,
             "log_levels": list(request.log_levels)}
+
+
+def kept_tokens(tokens: dict[Any, Any], *, remote: bool) -> dict[Any, Any]:
+    """The auth_tokens a queued call keeps in a state file: never a password (on disk it
+    would outlive the request by days); for or from another cage only those that travel."""
+    if remote:
+        return {k: v for k, v in tokens.items() if k in wire.TRAVELLING_TOKENS}
+    return {k: v for k, v in tokens.items() if k not in SECRET_TOKENS}
 
 
 def _check_transmittable(cage: str, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -261,12 +284,81 @@ def _outbox_target(loader: Loader, args: tuple[Any, ...], kwargs: dict[str, Any]
 
 def accept(loader: Loader, message: Any, caller: str) -> bool:
     """A call handed over by cage `caller`, into this cage's state file: True once it is
-    there, False if it was there already (a hand-off repeated after a crash)."""
-    if loader.state is None:
+    there, False if it was there already (a hand-off repeated after a crash). Refused - and
+    so kept by its sender, which tries again later - for a module this cage has no file
+    of, or beyond max_pending_per_source calls of `caller` pending here."""
+    store = loader.state
+    if store is None:
         raise StateError("the state is not available: the cage has not started")
     row = _accepted_row(loader, message, caller)
-    [queued] = loader.state.apply([("enqueue", row)])
+    if loader.locate(row["module"]) is None:
+        raise ModuleNotFoundError(f"retried call {row['rt_id']} from cage {caller}: file {row['module']}.py "
+                                  f"was not found in cage {loader.cage}, the call stays with cage {caller}")
+    counter = _handed_over.setdefault(store, HandedOver(loader.cage))
+    counter.admit(store, caller, _max_pending_per_source(loader))
+    queued = False
+    try:
+        [queued] = store.apply([("enqueue", row)])
+    finally:
+        if not queued:  # there already, or not written: it takes no place
+            counter.release(caller)
     return bool(queued)
+
+
+def _max_pending_per_source(loader: Loader) -> int:
+    from pmnc.config import Config  # the config builds on the loader, as this does
+
+    try:
+        return int(Config(loader, "interface_retry").get("max_pending_per_source", MAX_PENDING_PER_SOURCE))
+    except ModuleError:  # no config_interface_retry.py: the default
+        return MAX_PENDING_PER_SOURCE
+
+
+class HandedOver:
+    """How many calls each cage has handed over that are pending here: counted in the state
+    file when first needed and when the limit is reached (at most every RECOUNT seconds), and
+    counted up in between - never down, so between counts the figure errs on the safe side."""
+
+    def __init__(self, cage: str) -> None:
+        self.cage = cage
+        self._lock = threading.Lock()  # held while counting too: hand-overs of one moment wait for it
+        self._counts: dict[str, tuple[float, int]] = {}  # source cage → (counted at, pending since)
+
+    def admit(self, store: StateStore, source: str, limit: int) -> None:
+        """A place for one more call of `source` (give it back with `release` if it is not
+        queued after all); raises if `source` has `limit` calls pending here."""
+        with self._lock:
+            now = time.monotonic()
+            counted, pending = self._counts.get(source, (None, 0))
+            if counted is None or (pending >= limit and now - counted >= RECOUNT):
+                counted, pending = now, self._count(store, source)
+            if pending >= limit:
+                self._counts[source] = (counted, pending)
+                raise ResourceError(f"cage {self.cage} holds {pending} pending retried calls from cage {source}, "
+                                    f"max_pending_per_source is {limit}: the call stays with cage {source}",
+                                    recoverable=True, terminal=False)
+            self._counts[source] = (counted, pending + 1)
+
+    def release(self, source: str) -> None:
+        with self._lock:
+            counted, pending = self._counts[source]
+            self._counts[source] = (counted, max(pending - 1, 0))
+
+    def _count(self, store: StateStore, source: str) -> int:
+        prefix = handed_id(source, "")
+        with store.reading() as db:
+            [(count,)] = db.execute("SELECT COUNT(*) FROM retry WHERE status = 'pending' AND target = ? "
+                                    "AND substr(filtered_id, 1, ?) = ?", (self.cage, len(prefix), prefix))
+        return int(count)
+
+
+_handed_over: weakref.WeakKeyDictionary[StateStore, HandedOver] = weakref.WeakKeyDictionary()
+
+
+def handed_id(source: str, rt_id: str) -> str:
+    """The de-duplication id of a call handed over: its RT id, within its source cage's
+    (a peer cannot take another's ids; the source's pending calls can be counted)."""
+    return f"{source}/{rt_id}"
 
 
 def _accepted_row(loader: Loader, message: Any, caller: str) -> dict[str, Any]:
@@ -284,19 +376,13 @@ def _accepted_row(loader: Loader, message: Any, caller: str) -> dict[str, Any]:
             and all(isinstance(k, str) for k in kwargs) and isinstance(request, dict)
             and isinstance(start, (int, float)) and (expires is None or isinstance(expires, (int, float)))):
         raise ProtocolError(f"a malformed retried call from cage {caller}")
-    parameters = request.get("parameters")
-    parameters = dict(parameters) if isinstance(parameters, dict) else {}
-    tokens = parameters.get("auth_tokens")
-    tokens = dict(tokens) if isinstance(tokens, dict) else {}
-    tokens.setdefault("source_cage", caller)
-    tokens["peer_cage"] = caller
-    parameters["auth_tokens"] = tokens
+    parameters = wire.received_parameters(request.get("parameters"), caller)  # as a synchronous call's
     levels = [x for x in request.get("log_levels") or () if isinstance(x, int)]
     queued = {"id": str(request.get("id") or rt_id), "parameters": parameters, "log_levels": levels,
               "description": request.get("description") if isinstance(request.get("description"), str) else None}
     payload = pickle.dumps((tuple(args), kwargs, queued), protocol=pickle.HIGHEST_PROTOCOL)
-    return {"queue": queue, "filtered_id": rt_id, "rt_id": rt_id, "target": loader.cage, "module": module,
-            "method": method, "payload": payload, "start": float(start),
+    return {"queue": queue, "filtered_id": handed_id(caller, rt_id), "rt_id": rt_id, "target": loader.cage,
+            "module": module, "method": method, "payload": payload, "start": float(start),
             "expires": None if expires is None else float(expires), "attempt": 1, "status": "pending",
             "visible_at": time.time()}
 
@@ -627,7 +713,8 @@ def _print_queues(store: StateStore, only: str | None) -> None:
                               "last_error FROM retry WHERE queue = ? AND status = 'pending' ORDER BY seq",
                               (queue,)).fetchall()
         for rt_id, filtered, target, module, method, attempt, visible_at, expires, error in rows:
-            named = "" if filtered == rt_id else f" id {filtered}"
+            source = filtered[:-len(rt_id) - 1] if filtered.endswith("/" + rt_id) else None
+            named = "" if filtered == rt_id else f" from cage {source}" if source else f" id {filtered}"
             line = (f"  {rt_id}{named} → {target}: {module}.{method}, attempt {attempt}, "
                     f"next {_when(visible_at)}, expires {_when(expires) if expires else 'never'}")
             print(line + (f", last error: {error}" if error else ""))

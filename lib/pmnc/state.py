@@ -19,6 +19,10 @@ an error: nothing of it is kept. A failed write (disk full, read-only folder)
 is rolled back whole and reaches every caller whose work was in it as
 StateError; nothing half-written remains. A file that SQLite finds damaged at
 start stops the cage (StateCorruptError) rather than serve from it.
+
+Values may hold passwords: the `state/` folder is made 0700 and its files
+0600 (SQLite gives -wal and -shm the mode of the file), and existing ones
+are put right when they are opened.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ T = TypeVar("T")
 FILE_NAME = "state.sqlite"
 MINIMUM_FREE_SPACE = 50 * 1024 * 1024  # bytes: below this on the state's disk, durable writes are refused
 BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's (no request deadline to go by)
+FOLDER_MODE, FILE_MODE = 0o700, 0o600  # for the owner only
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -177,8 +182,8 @@ class StateStore:
 
     def _connect(self, *, check: bool = False) -> sqlite3.Connection:
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             existed = os.path.exists(self.path)
+            _make_private(self.path)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
             try:
                 _enter_wal(db)
@@ -380,6 +385,29 @@ class StateStore:
 
     def close(self) -> None:
         self._reset_writer()
+
+
+def _make_private(path: str) -> None:
+    """The state folder and file for the owner only: made so, or put right if they exist."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, FOLDER_MODE, exist_ok=True)
+    _chmod(folder, FOLDER_MODE)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
+    for file in (path, path + "-wal", path + "-shm"):
+        _chmod(file, FILE_MODE)
+
+
+def _chmod(path: str, mode: int) -> None:
+    """Take away what `mode` does not allow; never add."""
+    try:
+        current = os.stat(path).st_mode & 0o777
+        if current & ~mode:
+            os.chmod(path, current & mode)
+    except OSError:  # missing, or another user's: not a reason to refuse the file
+        pass
 
 
 def _enter_wal(db: sqlite3.Connection) -> None:

@@ -1,7 +1,10 @@
 """`startup.py`: the supervisor (primary) process and the cage (secondary) process.
 
-The primary writes `logs/<cage>.pid`, runs the cage as a child process and
-restarts it with a growing back-off when it dies abnormally. SIGTERM or
+The primary locks `logs/<cage>.lock` (a second instance of the cage is
+refused), writes `logs/<cage>.pid`, runs the cage as a child process and
+restarts it whenever it ends without being asked to: with a growing
+back-off when it dies abnormally, at once when it shut down cleanly (a
+SIGTERM sent to the cage process rather than to the supervisor). SIGTERM or
 SIGINT to the primary closes the child's stdin: that is the child's signal
 to shut down gracefully (and, should the primary die, it is the same
 signal, so a cage never outlives its supervisor). Both are portable: no
@@ -18,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import IO, Any
 
 from pmnc import log
 from pmnc.errors import StateCorruptError, exc_string
@@ -30,6 +33,7 @@ CHILD_FLAG = "--cage-process"
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 EXIT_REFUSED = 3  # the cage refuses to start (a damaged state file): restarting would not help
+EXIT_TERMINATED = 4  # the cage process shut down cleanly on its own SIGTERM, its supervisor did not ask
 STABLE_AFTER = 60.0  # a cage that ran this long before dying restarts without delay
 STOP_GRACE = 120.0  # how long the primary waits for a stopping cage before killing it
 
@@ -109,6 +113,9 @@ class Supervisor:
 
     def run(self) -> int:
         threading.current_thread().name = "supervisor"
+        lock = self._lock()
+        if lock is None:
+            return 1
         open_log(self.root, self.cage, self.files)
         pid_file = os.path.join(logs_dir(self.root, self.cage), f"{self.files}.pid")
         with open(pid_file, "w") as f:
@@ -116,15 +123,48 @@ class Supervisor:
         self._install_signals()
         print(f"pmnc: cage {self.cage} is starting, supervisor pid {os.getpid()}, "
               f"log in {logs_dir(self.root, self.cage)}", file=sys.stderr)
+        try:
+            return self._supervise()
+        finally:
+            log.flush(everything=True)  # with the counts of repeats left out of the log
+            lock.close()
+
+    def _lock(self) -> IO[str] | None:
+        """The lock file, locked for the supervisor's life; None (and one line to stderr)
+        if another supervisor of this cage holds it."""
+        lock = open(os.path.join(logs_dir(self.root, self.cage), f"{self.files}.lock"), "a+")
+        lock.seek(0)  # what is locked on Windows: the first byte, not the end
+        try:
+            _lock_exclusively(lock)
+        except OSError:
+            try:
+                holder = lock.read().strip() or "?"
+            except OSError:  # Windows: the holder's locked byte cannot be read
+                holder = "?"
+            lock.close()
+            print(f"startup.py: cage {self.files} is already running (supervisor pid {holder})", file=sys.stderr)
+            return None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        return lock
+
+    def _supervise(self) -> int:
         failures, mode = 0, "NORMAL"
         while not self.stopping.is_set():
             began = time.monotonic()
             code = self._run_child(mode)
-            if code == 0 or self.stopping.is_set():
+            if self.stopping.is_set():
                 return 0
             if code == EXIT_REFUSED:
                 log.error("the cage has refused to start (see above) and is not restarted")
                 return 1
+            assert self.child is not None
+            if code in (0, EXIT_TERMINATED):  # a clean shutdown nobody here asked for: no back-off
+                log.error(f"the cage process has ended without being asked to (SIGTERM to pid {self.child.pid}?), "
+                          f"restarting")
+                failures, mode = 0, "RESTART"
+                continue
             failures = 1 if time.monotonic() - began >= STABLE_AFTER else failures + 1
             delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
             log.error(f"the cage process has exited with code {code}, restarting in {delay:.1f}s")
@@ -173,6 +213,9 @@ class Supervisor:
             child.kill()
 
 
+STARTING = {"FAILURE": "restarting after a failure", "RESTART": "restarting"}
+
+
 def run_cage(root: str, node: str, cage: str, mode: str, files: str = "") -> int:
     """The secondary: run the cage until stdin closes or SIGTERM arrives."""
     from pmnc.cage import Cage
@@ -180,13 +223,18 @@ def run_cage(root: str, node: str, cage: str, mode: str, files: str = "") -> int
     threading.current_thread().name = "cage"
     sys.path.insert(0, os.path.join(root, "cages", cage, "lib"))
     open_log(root, cage, files or cage)
-    stopping = threading.Event()
+    stopping, terminated = threading.Event(), threading.Event()
     if hasattr(signal, "SIGINT"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the supervisor
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        terminated.set()
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     threading.Thread(target=_watch_stdin, args=(stopping,), name="stdin", daemon=True).start()
-    log.message(f"the cage is {'restarting after a failure' if mode == 'FAILURE' else 'starting up'}, "
-                f"pid {os.getpid()}")
+    log.message(f"the cage is {STARTING.get(mode, 'starting up')}, pid {os.getpid()}")
+    raise_descriptor_limit()
     try:
         Cage(os.path.join(root, "cages"), cage, node).run(stopping)
     except StateCorruptError as e:
@@ -195,7 +243,26 @@ def run_cage(root: str, node: str, cage: str, mode: str, files: str = "") -> int
     except Exception as e:
         log.error(f"the cage has failed: {exc_string(e)}")
         return 1
-    return 0
+    return EXIT_TERMINATED if terminated.is_set() else 0
+
+
+def raise_descriptor_limit() -> None:
+    """Soft limit of open files up to the hard one: each connection is a descriptor,
+    and a soft limit as low as 1024 is the common default."""
+    try:
+        import resource
+    except ImportError:  # not on Windows, where there is no such limit to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.log(f"the limit of open files is {soft}")
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as e:  # an unlimited hard limit may be above what the kernel allows
+        log.warning(f"the limit of open files stays {soft}, it cannot be raised to {hard}: {e}")
+        return
+    log.log(f"the limit of open files has been raised from {soft} to {hard}")
 
 
 def _watch_stdin(stopping: threading.Event) -> None:
@@ -207,3 +274,15 @@ def _watch_stdin(stopping: threading.Event) -> None:
     except (OSError, ValueError):
         pass
     stopping.set()
+
+
+def _lock_exclusively(file: IO[str]) -> None:
+    """Raise OSError if another process holds the lock; it is released when the process ends."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -8,6 +8,13 @@ the response is checked and rendered on the worker → back on the loop and
 written. If the deadline comes first, the client gets 504 at once and the
 worker's late result is dropped. One request per connection is processed at
 a time, so answers never cross between requests.
+
+Against slow and greedy clients: a request's head must arrive within
+`header_timeout` (408), one client address holds at most
+`max_connections_per_ip` connections, and at either limit a newcomer takes
+the slot of the connection that has waited longest for nothing of ours (an
+idle keep-alive one, else one still silent or trickling its head). A handler
+that fails with a deadline error gets the same 504 as one the deadline beats.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ import functools
 import re
 import ssl
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
-from pmnc.errors import ConfigError, IntakeClosedError, exc_string
+from pmnc.errors import ConfigError, DeadlineError, IntakeClosedError, exc_string
 from pmnc.protocols.httpclient import Resource as Resource  # the resource side of protocol "http"
 from pmnc.protocols.httpwire import (
     Continue,
@@ -34,6 +42,7 @@ from pmnc.protocols.httpwire import (
     new_response,
 )
 from pmnc.request import Request
+from pmnc.request import current as current_request
 from pmnc.workers import WorkUnit
 
 if TYPE_CHECKING:
@@ -54,6 +63,13 @@ class Interface(interfaces.Interface):
             raise ConfigError(f"config_interface_{name}.py: listener_address must be (host, port)")
         self.host, self.port = str(address[0]), int(address[1])
         self.max_connections = int(take("max_connections", 100))
+        # one address may not take every slot (behind a proxy, raise it to max_connections)
+        self.max_connections_per_ip = int(take("max_connections_per_ip", max(1, self.max_connections // 2)))
+        # a head comes in one or two packets: seconds are plenty, and a trickler's slot is freed soon
+        self.header_timeout = min(float(take("header_timeout", 5.0)), self.request_timeout)
+        if self.max_connections < 1 or self.max_connections_per_ip < 1 or self.header_timeout <= 0.0:
+            raise ConfigError(f"config_interface_{name}.py: max_connections, max_connections_per_ip and "
+                              f"header_timeout must be positive")
         self.ssl_key_cert_file = take("ssl_key_cert_file", None)
         self.ssl_ca_cert_file = take("ssl_ca_cert_file", None)
         self.ssl_ciphers = take("ssl_ciphers", None)
@@ -76,8 +92,9 @@ class Interface(interfaces.Interface):
         )
         self.handler = f"interface_{name}"
         self.connections: set[Connection] = set()
-        self.idle: dict[Connection, None] = {}  # idle keep-alive connections, oldest first
-        self.silent: dict[Connection, None] = {}  # connections yet to send their first byte, oldest first
+        self.per_ip: dict[str, int] = {}  # connections by client address
+        self.idle = _Waiting()  # idle keep-alive connections
+        self.heads = _Waiting()  # connections waiting for a request head: silent, or trickling it
         self.ceasing = False
         self._server: asyncio.base_events.Server | None = None
 
@@ -134,21 +151,46 @@ class Interface(interfaces.Interface):
 
     # --- bookkeeping (on the loop) -----------------------------------------------
 
-    def admit(self, connection: Connection) -> bool:
-        """Room for one more connection. At the limit, the oldest connection that
-        waits for nothing of ours goes: an idle keep-alive one, else one that has
-        not sent a byte yet (a real client speaks within milliseconds of
-        connecting, so only a flood faster than that can keep it out)."""
-        if len(self.connections) >= self.max_connections:
-            for waiting in (self.idle, self.silent):
-                if waiting:
-                    next(iter(waiting)).close()
-                    break
-        if len(self.connections) >= self.max_connections:
-            return False
+    def admit(self, connection: Connection) -> str | None:
+        """Room for one more connection, or why there is none.
+
+        At the per-address share, that address's oldest waiting connection
+        goes; at the limit, anybody's. Waiting means for nothing of ours: an
+        idle keep-alive connection first, else the one that has waited longest
+        for a request head. A real client sends its head within milliseconds of
+        connecting, so it is never the oldest of those while tricklers and
+        silent connections are about, whatever address they come from.
+        """
+        ip = connection.peer_ip
+        if self.per_ip.get(ip, 0) >= self.max_connections_per_ip and not self._evict(ip):
+            return "too many connections from your address"
+        if len(self.connections) >= self.max_connections and not self._evict(None):
+            return "too many connections"
         self.connections.add(connection)
-        self.silent[connection] = None
-        return True
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.heads.add(connection)
+        return None
+
+    def _evict(self, ip: str | None) -> bool:
+        """Close the connection (of address `ip`, if given) that has waited longest; False if none waits."""
+        for waiting in (self.idle, self.heads):
+            oldest = waiting.oldest(ip)
+            if oldest is not None:
+                oldest.close()  # its slot is free at once
+                return True
+        return False
+
+    def forget(self, connection: Connection) -> None:
+        """The connection has closed: its slot is free."""
+        if connection in self.connections:
+            self.connections.discard(connection)
+            left = self.per_ip[connection.peer_ip] - 1
+            if left:
+                self.per_ip[connection.peer_ip] = left
+            else:
+                del self.per_ip[connection.peer_ip]
+        self.idle.discard(connection)
+        self.heads.discard(connection)
 
     # --- the request, on a worker thread ---------------------------------------------
 
@@ -166,6 +208,8 @@ class Interface(interfaces.Interface):
             return finish_response(response, keep_alive, self.response_encoding,
                                    self.gzip_content_types, accept_encoding)
         except Exception as e:
+            if self.out_of_time(e, f"request {http.method} {http.url[:200]}"):
+                return self.deadline_response()[0], False
             log.error(f"request {http.method} {http.url[:200]} failed: {exc_string(e, stack=False)}")
             log.debug(f"request failed: {exc_string(e)}")
             return error_response(500, exc_string(e, stack=self.error_tracebacks)), False
@@ -174,6 +218,17 @@ class Interface(interfaces.Interface):
         """The answer to a request whose deadline came first (it closes the connection),
         and what the log calls it; a protocol on top of HTTP may answer its own way."""
         return error_response(504, "request deadline has expired"), "504"
+
+    def out_of_time(self, e: Exception, what: str) -> bool:
+        """Whether the handler's exception is its deadline (then it is logged here): a
+        DeadlineError raised anywhere, another cage's included, or any error once the
+        request has expired (a transaction that ran out of time says so in its own type).
+        The client gets deadline_response(), never the text, which may name peers."""
+        if not (isinstance(e, DeadlineError) or current_request().expired):
+            return False
+        log.warning(f"{what} has run out of time, the client gets {self.deadline_response()[1]}: "
+                    f"{exc_string(e, stack=False)}")
+        return True
 
 
 def _gzip_patterns(name: str, patterns: Any) -> tuple[re.Pattern[str], ...]:
@@ -186,11 +241,49 @@ def _gzip_patterns(name: str, patterns: Any) -> tuple[re.Pattern[str], ...]:
         raise ConfigError(f"config_interface_{name}.py: gzip_content_types: {e}") from None
 
 
+class _Waiting:
+    """Connections that wait for their clients, oldest first, also by client address."""
+
+    def __init__(self) -> None:
+        self.all: dict[Connection, None] = {}
+        self.by_ip: dict[str, dict[Connection, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+    def __contains__(self, connection: object) -> bool:
+        return connection in self.all
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(self.all)
+
+    def add(self, connection: Connection) -> None:
+        """One already here keeps its place: its wait goes on."""
+        if connection not in self.all:
+            self.all[connection] = None
+            self.by_ip.setdefault(connection.peer_ip, {})[connection] = None
+
+    def discard(self, connection: Connection) -> bool:
+        """Whether it was here."""
+        if connection not in self.all:
+            return False
+        del self.all[connection]
+        same = self.by_ip[connection.peer_ip]
+        del same[connection]
+        if not same:
+            del self.by_ip[connection.peer_ip]
+        return True
+
+    def oldest(self, ip: str | None = None) -> Connection | None:
+        return next(iter(self.all if ip is None else self.by_ip.get(ip, ())), None)
+
+
 class Connection(asyncio.Protocol):
     """One client connection; lives on the event loop only."""
 
     def __init__(self, interface: Interface) -> None:
         self.iface = interface
+        self.peer_ip = ""
         self.loop = interface.loop
         self.transport: asyncio.Transport | None = None
         self.parser = RequestParser(interface.limits)
@@ -214,23 +307,24 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if not self.iface.admit(self):
-            transport.write(error_response(503, "too many connections"))
+        self.auth_tokens = self._auth_tokens(transport)
+        self.peer_ip = self.auth_tokens["peer_ip"] or ""
+        refusal = self.iface.admit(self)
+        if refusal is not None:
+            transport.write(error_response(503, refusal))
             transport.close()
             self.closing = True
             return
-        self.auth_tokens = self._auth_tokens(transport)
         self.first_byte = time.monotonic()  # the first request's clock starts at accept
-        self._arm(self.first_byte + self.iface.request_timeout)
+        self._arm(self.first_byte + self.iface.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.refusal is not None:
             return
         now = time.monotonic()
-        if self.served == 0:
-            self.iface.silent.pop(self, None)
-        if self.iface.idle.pop(self, False) is None:  # it was idle: a new request begins
-            self._arm(now + self.iface.request_timeout)
+        if self.iface.idle.discard(self):  # it was idle: a new request begins, its head is waited for
+            self.iface.heads.add(self)
+            self._arm(now + self.iface.header_timeout)
         if not self.unparsed and len(data) <= self.slice and len(self.queue) < MAX_PIPELINED:
             self._feed(data, now)  # the usual case: one read, one slice
             if self.refusal is not None:
@@ -239,6 +333,7 @@ class Connection(asyncio.Protocol):
             self.unparsed += data
             self._parse(now)
         self._next()
+        self._track()
 
     def _parse(self, now: float) -> None:
         """Parse what was read, a slice at a time, while fewer than MAX_PIPELINED
@@ -287,6 +382,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self._pace()
         self._next()
+        self._track()
 
     def eof_received(self) -> bool:
         """The client has sent all it will (a half-close): answer what it asked, then close."""
@@ -297,9 +393,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._cancel_timer()
-        self.iface.connections.discard(self)
-        self.iface.idle.pop(self, None)
-        self.iface.silent.pop(self, None)
+        self.iface.forget(self)
         self.queue.clear()
         self.unparsed.clear()
         if self.current is not None:
@@ -352,11 +446,29 @@ class Connection(asyncio.Protocol):
             self.close()
         elif self.queue or self.refusal is not None or self.eof:
             self._next()
+        elif self.parser.in_head:  # the next request has begun: its head is waited for from now
+            self.iface.heads.add(self)
+            self._arm(time.monotonic() + self.iface.header_timeout)
         elif self.parser.receiving:
             self._arm(time.monotonic() + self.iface.request_timeout)
         else:
-            self.iface.idle[self] = None
+            self.iface.idle.add(self)
             self._arm(time.monotonic() + self.iface.keep_alive_idle_timeout)
+        self._track()
+
+    def _track(self) -> None:
+        """Once its head is in, a request no longer waits among the heads (it is not dropped
+        for a newcomer), and the rest of it, the body, has the request's deadline, counted
+        from when the request began."""
+        if self not in self.iface.heads:
+            return
+        if self.current is None and not self.queue and self.refusal is None and not self.closing:
+            if self.parser.in_head or not self.parser.receiving:
+                return  # the head is still awaited (not a byte of it, or only blank lines, yet)
+            began = self.first_byte if self.served == 0 else self.parser.started
+            assert began is not None
+            self._arm(began + self.iface.request_timeout)
+        self.iface.heads.discard(self)
 
     # --- the one timer ------------------------------------------------------------------
 
@@ -381,7 +493,7 @@ class Connection(asyncio.Protocol):
             self.timer, self.timer_at = self.loop.call_at(self.deadline, self._on_timer), self.deadline
         elif self.current is not None:
             self.current.expire()
-        elif self.iface.idle.get(self, False) is None:
+        elif self in self.iface.idle:
             self.close()  # idle for keep_alive_idle_timeout
         elif self.parser.receiving or self.served == 0:
             self._refuse(408, "request was not received in time")
@@ -401,9 +513,7 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closing = True
         self._cancel_timer()
-        self.iface.idle.pop(self, None)
-        self.iface.connections.discard(self)  # its slot is free now, not when the socket is gone
-        self.iface.silent.pop(self, None)
+        self.iface.forget(self)  # its slot is free now, not when the socket is gone
         if self.transport is not None:
             self.transport.close()
 

@@ -3,11 +3,18 @@
 `RequestParser` wraps httptools and enforces our limits and the original's
 rules; it knows no socket, clock or config (the caller passes `now` and
 `Limits`). Rules, as the original's unless noted:
-- header names lower-cased, the last duplicate wins; the method upper-case
+- header names lower-cased, the last duplicate wins (but duplicate
+  Transfer-Encoding and Content-Encoding lines are joined, so a second line
+  cannot hide the first from the rules below); the method upper-case
 - 405 for a method not allowed, 505 for a version other than 1.0/1.1,
   415 for a Content-Encoding other than identity
 - limits: URL (414), header block (431), body (413); anything unparsable 400
-- chunked request bodies are accepted (the original refused them)
+- chunked request bodies are accepted (the original refused them); their
+  trailer, and their framing beyond CHUNK_FRAMING bytes a chunk (chunk
+  extensions), count toward the header limit (431)
+- a request asking for a protocol upgrade is served as plain HTTP/1.1 (RFC
+  9110 7.8 lets a server ignore Upgrade); one with a body is refused (400),
+  as httptools would not read that body
 - keep-alive follows HTTP/1.1 defaults (the original wanted it explicit)
 - lines must end in CRLF (the original took bare LF too); a chunked body's
   trailer never rewrites the headers
@@ -39,6 +46,14 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 # few dozen bytes shrinks little or even grows, and is not worth the CPU either way.
 GZIP_MIN_SIZE = 256
 GZIP_LEVEL = 6  # zlib's default: nearly the ratio of level 9 (gzip.compress's default) at a fraction of its time
+# A chunk's size line and the CRLF after its data take at most some 12 bytes; what is beyond
+# (extensions, padding) counts toward max_header_size, lest a request be endless framing.
+CHUNK_FRAMING = 16
+# Headers whose every line matters: with "last wins", `gzip` then `chunked` would pass as `chunked`.
+_JOINED = frozenset({"transfer-encoding", "content-encoding"})
+# A response field value (RFC 9110 5.5): tab, visible ASCII and obs-text; no control character
+# (C0, DEL, C1 - U+0085 NEL among them - which parsers may take for line ends or string ends).
+_FIELD_VALUE = re.compile("[\t\x20-\x7e\xa0-\U0010ffff]*")
 
 
 class HttpError(ProtocolError):
@@ -85,7 +100,8 @@ class Continue:
 class _Message:
     started: float
     method: str = ""
-    head_size: int = 0
+    head_size: int = 0  # of the headers and the trailer
+    framing: int = 0  # chunk framing beyond CHUNK_FRAMING a chunk (feeds inside the body only)
     url: bytearray = field(default_factory=bytearray)
     headers: dict[str, str] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
@@ -102,6 +118,8 @@ class RequestParser:
         self._unfinished_head = 0  # bytes fed while a header block stays incomplete
         self._in_head = False
         self._begun = False
+        self._chunked = False  # the message being read has a chunked body
+        self._fed_body = self._fed_chunks = self._fed_trailer = 0  # of the current feed
         self._events: list[HttpRequest | Continue] = []
         self._now = 0.0
 
@@ -110,12 +128,24 @@ class RequestParser:
         """A request has begun and is not yet complete."""
         return self._message is not None
 
+    @property
+    def in_head(self) -> bool:
+        """A request has begun and its head (request line and headers) is not yet complete."""
+        return self._in_head
+
+    @property
+    def started(self) -> float | None:
+        """When the request being received began (its `now`), None between requests."""
+        return None if self._message is None else self._message.started
+
     def feed(self, data: bytes, now: float) -> list[HttpRequest | Continue]:
         """Complete requests in the order they came; HttpError for a bad one,
         carrying in `.parsed` those that came before it."""
         self._now = now
         head_was_open = self._in_head
+        in_body = self._message if self._chunked else None
         self._begun = False
+        self._fed_body = self._fed_chunks = self._fed_trailer = 0
         try:
             self._parse(data)
             if self._in_head and head_was_open and not self._begun:
@@ -123,6 +153,11 @@ class RequestParser:
                 self._unfinished_head += len(data)
                 if self._unfinished_head > self.limits.max_header_size + self.limits.max_url_size:
                     raise HttpError(431)
+            if in_body is not None and self._message is in_body:
+                # all of this feed was inside one chunked body: what is not data is framing
+                # (a feed where the body begins or ends is bounded by its own length)
+                self._count_head(framing=len(data) - self._fed_body - self._fed_trailer
+                                 - CHUNK_FRAMING * self._fed_chunks)
         except HttpError as e:
             e.parsed, self._events = self._events, []
             raise
@@ -130,16 +165,31 @@ class RequestParser:
         return events
 
     def _parse(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, HttpError):
-                raise e.__context__ from None
-            raise HttpError(400) from None
-        except httptools.HttpParserUpgrade:
-            raise HttpError(400, "protocol upgrades are not supported") from None
-        except httptools.HttpParserError as e:
-            raise HttpError(400, str(e)) from None
+        while data:
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserCallbackError as e:
+                if isinstance(e.__context__, HttpError):
+                    raise e.__context__ from None
+                raise HttpError(400) from None
+            except httptools.HttpParserUpgrade as e:
+                # httptools stops after a request asking for an upgrade (and is ready for more):
+                # that request is served as HTTP/1.1, and what follows it is read as HTTP/1.1
+                data = data[e.args[0]:]
+            except httptools.HttpParserError as e:
+                raise HttpError(400, str(e)) from None
+
+    def _count_head(self, size: int = 0, framing: int = 0) -> None:
+        """Headers, trailer and chunk framing beyond CHUNK_FRAMING a chunk share max_header_size.
+        A chunk line split between feeds leaves a few bytes in one and a whole allowance in the
+        next: the framing count may carry one chunk's allowance, no more."""
+        message = self._message
+        assert message is not None
+        message.head_size += size
+        message.framing = max(message.framing + framing, -CHUNK_FRAMING)
+        if message.head_size + max(message.framing, 0) > self.limits.max_header_size:
+            raise HttpError(431)
 
     # --- httptools callbacks ---------------------------------------------------
 
@@ -157,13 +207,16 @@ class RequestParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._message is not None
+        size = len(name) + len(value) + 4
+        self._count_head(size)
         if not self._in_head:
+            self._fed_trailer += size
             return  # a chunked body's trailer: it must not rewrite the headers
         headers = self._message.headers
-        self._message.head_size += len(name) + len(value) + 4
-        if self._message.head_size > self.limits.max_header_size:
-            raise HttpError(431)
-        headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        if key in _JOINED and key in headers:
+            text = f"{headers[key]}, {text}"  # as RFC 9110 5.3 combines field lines
+        headers[key] = text
 
     def on_headers_complete(self) -> None:
         message = self._message
@@ -176,11 +229,15 @@ class RequestParser:
             raise HttpError(505)
         if message.headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise HttpError(415, "request content encodings are not supported")
-        if message.headers.get("transfer-encoding", "chunked").strip().lower() != "chunked":
+        coding = message.headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
             raise HttpError(501, "transfer codings other than chunked are not supported")
         length = message.headers.get("content-length", "0")
         if not length.isdigit():
             raise HttpError(400, "invalid content-length")
+        if self._parser.should_upgrade() and (coding is not None or int(length)):
+            raise HttpError(400, "a request asking for a protocol upgrade cannot have a body here")
+        self._chunked = coding is not None
         if int(length) > self.limits.max_body_size:
             raise HttpError(413)
         if "authorization" in message.headers:
@@ -191,11 +248,16 @@ class RequestParser:
     def on_body(self, body: bytes) -> None:
         assert self._message is not None
         self._message.body += body
+        self._fed_body += len(body)
         if len(self._message.body) > self.limits.max_body_size:
             raise HttpError(413)
 
+    def on_chunk_header(self) -> None:
+        self._fed_chunks += 1
+
     def on_message_complete(self) -> None:
         message, self._message = self._message, None
+        self._chunked = False
         assert message is not None
         headers = message.headers
         headers.pop("transfer-encoding", None)
@@ -324,8 +386,8 @@ def _checked_headers(headers: Any) -> dict[str, str]:
     for name, value in headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise ResponseError(f"response header name {name!r} is invalid")
-        if not isinstance(value, str) or "\r" in value or "\n" in value:
-            raise ResponseError(f"response header {name} must be a one-line str")
+        if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+            raise ResponseError(f"response header {name} must be a one-line str without control characters")
         checked[name.lower()] = value
     return checked
 

@@ -10,6 +10,9 @@ config_interface_retry.py (the original's keys, and two of ours):
     max_retry_interval  ... up to this many seconds                            (3600.0)
     retention_time      seconds a finished call's id keeps out duplicates      (259200.0)
     request_timeout     seconds one attempt may take      (the cage's request_timeout)
+    max_pending_per_source  calls another cage may have handed over here and pending;
+                        beyond it a hand-over is refused and the call stays
+                        with its sender, tried again later                     (100000)
 
 Calls can be queued whether or not the interface runs; it only runs them.
 """
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
 from pmnc.errors import ConfigError
-from pmnc.retry import Engine, Settings
+from pmnc.retry import MAX_PENDING_PER_SOURCE, Engine, Settings
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 class Interface(interfaces.Interface):
     protocol = "retry"
+    handler_module = False  # no interface_<name>.py: calls go to the modules they name
 
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
         super().__init__(name, cage, config)
@@ -37,12 +41,14 @@ class Interface(interfaces.Interface):
                 queue_count=int(take("queue_count", 4)), keep_order=bool(take("keep_order", False)),
                 retry_interval=float(take("retry_interval", 120.0)), backoff=bool(take("backoff", False)),
                 max_retry_interval=float(take("max_retry_interval", 3600.0)),
-                retention_time=float(take("retention_time", 3 * 86400.0)), request_timeout=self.request_timeout)
+                retention_time=float(take("retention_time", 3 * 86400.0)), request_timeout=self.request_timeout,
+                max_pending_per_source=int(take("max_pending_per_source", MAX_PENDING_PER_SOURCE)))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config_interface_{name}.py: {e}") from None
-        if self.settings.queue_count < 1 or self.settings.retry_interval < 0 or self.settings.retention_time < 0:
-            raise ConfigError(f"config_interface_{name}.py: queue_count must be at least 1, retry_interval "
-                              f"and retention_time not negative")
+        if self.settings.queue_count < 1 or self.settings.retry_interval < 0 or self.settings.retention_time < 0 \
+                or self.settings.max_pending_per_source < 0:
+            raise ConfigError(f"config_interface_{name}.py: queue_count must be at least 1, retry_interval, "
+                              f"retention_time and max_pending_per_source not negative")
         if config:
             raise ConfigError(f"config_interface_{name}.py: unknown key(s) {', '.join(sorted(config))}")
         self.engine: Engine | None = None

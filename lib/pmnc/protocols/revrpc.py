@@ -33,6 +33,7 @@ OUTAGE_LOG_PERIOD = 60.0  # seconds between log lines while a source cannot be p
 
 class Interface(interfaces.Interface):
     protocol = "revrpc"
+    handler_module = False  # no interface_<name>.py: calls go to the modules they name
 
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
         super().__init__(name, cage, config)

@@ -8,6 +8,10 @@ one TLS socket per instance it has used. Every wait is bounded by the
 request's deadline. A connect that fails moves on to the next instance
 within the same budget (nothing has been sent); a connection lost during a
 call fails that call at once (it may have run) and the instance is skipped.
+An instance that is stopping says so - a refusal (wire.REFUSED) instead of
+an answer, or unasked, as a goodbye - and nothing it refused has run: the
+call goes to another instance within the same deadline, and fails
+(recoverable) only if there is none.
 
 Callee: the interface accepts TLS connections whose client certificate is
 from the cluster CA and names a cage of this flock. Each connection has a
@@ -22,13 +26,23 @@ of serving it on the event loop and running it on a worker, measured with
 bench/rpc_calls.py), and is queued earliest deadline first otherwise.
 Queued work whose deadline passes is never started, and an answer later
 than the deadline is replaced by a deadline error.
+
+The listener outlives whatever fails: out of descriptors, memory or threads,
+accepting is logged once, tried again after a short pause, and logged when
+it works again. Connections still in their TLS handshake are counted apart
+(`max_handshakes`, the oldest dropped for a new one) and have
+`handshake_timeout` for all of it. When the interface ceases, idle
+connections get the goodbye at once, busy ones after their answer; calls
+that crossed it are refused for a short grace, then the connections close.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import fnmatch
 import functools
+import os
 import random
 import select
 import socket
@@ -61,10 +75,16 @@ from pmnc.rpc.reverse import POLL_MARGIN
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
+    from pmnc.loader import Loader
 
-HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = 3.0  # seconds a connection has for its whole TLS handshake (config handshake_timeout)
 RECV_SIZE = 262144  # bytes asked for by one read
 LATE_AFTER = 0.25  # seconds on the way after which the callee checks that the caller is still there
+GOODBYE_GRACE = 1.0  # seconds a stopping cage refuses calls that crossed its goodbye before it closes
+ACCEPT_BACKOFF = (0.05, 1.0)  # seconds between attempts while accept fails (first, at most)
+MAX_ID_LENGTH = 128  # characters of a caller's request id
+MAX_LOG_LEVELS = 8  # of a caller's stack of log levels, the innermost kept
+_WOKEN = object()  # what a read returns when the interface has been told to cease
 
 
 # --- the callee ------------------------------------------------------------------------------
@@ -72,6 +92,7 @@ LATE_AFTER = 0.25  # seconds on the way after which the callee checks that the c
 
 class Interface(interfaces.Interface):
     protocol = "rpc"
+    handler_module = False  # no interface_<name>.py: calls go to the modules they name
 
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
         super().__init__(name, cage, config)
@@ -82,14 +103,18 @@ class Interface(interfaces.Interface):
         self.host, self.port = str(address[0]), int(address[1])
         self.max_connections = int(take("max_connections", 200))
         self.max_handshakes = int(take("max_handshakes", 32))
+        self.handshake_timeout = float(take("handshake_timeout", HANDSHAKE_TIMEOUT))
         self.deny_modules = tuple(str(p) for p in take("deny_modules", ()))
         self.idle_timeout = float(take("idle_timeout", 600.0))
         self.connections: set[Connection] = set()  # authenticated
         self.handshaking: dict[Connection, None] = {}  # not yet, oldest first
         self.lock = threading.Lock()
+        self.closed = threading.Condition(self.lock)  # a connection has closed
         self.ceasing = False
+        self.ceased = threading.Event()
         self.listener: socket.socket | None = None
         self.acceptor: threading.Thread | None = None
+        self.wake_r = self.wake_w = -1  # a pipe made readable at cease: it wakes every connection's wait
 
     def start(self) -> None:
         assert self.cage.pool is not None
@@ -98,8 +123,10 @@ class Interface(interfaces.Interface):
         self.context = self.cluster.keys.server_context()
         self.context.num_tickets = 0  # connections live long; no session resumption to offer
         self.limit, self.use_pickle = self.cluster.max_frame_size, self.cluster.use_pickle
+        self.refused = codec.encode(wire.REFUSED, limit=self.limit)  # see _goodbye
         listener = socket.create_server((self.host, self.port), backlog=256, reuse_port=False)
         self.listener = listener
+        self.wake_r, self.wake_w = os.pipe()
         host, port = listener.getsockname()[:2]
         self.address = (host, port)
         self.acceptor = threading.Thread(target=self._accept_loop, name=f"{self.name}:accept", daemon=True)
@@ -108,53 +135,90 @@ class Interface(interfaces.Interface):
         log.message(f"interface {self.name} listens on ssl://{host}:{port}/")
 
     def cease(self) -> None:
-        """No new connections or calls; idle connections close, busy ones after their answer."""
+        """No new connections or calls. Callers are told (a goodbye on each connection: idle
+        ones at once, busy ones after their answer), so that they go to another instance;
+        calls that cross the goodbye are refused, not run (see Connection._goodbye)."""
+        if self.ceasing:
+            return
         self.ceasing = True
-        self.cluster.locator.unpublish()
+        self.ceased.set()
+        self.cluster.locator.unpublish()  # first: no caller should pick this instance any more
         if self.listener is not None:
-            _shut(self.listener)  # wakes the acceptor
-        with self.lock:
-            idle = [c for c in self.connections if c.idle] + list(self.handshaking)
-        for connection in idle:
-            connection.shut()
+            _shut(self.listener)  # wakes the acceptor; a connect is now refused, and fails over
+        if self.wake_w >= 0:
+            os.write(self.wake_w, b"!")  # never read: it stays readable
 
     def stop(self) -> None:
-        self.ceasing = True
+        """After the drain: connections still saying goodbye get the rest of their grace
+        (they close by themselves), then every connection is closed."""
+        self.cease()
         with self.lock:
+            self.closed.wait_for(lambda: not (self.connections or self.handshaking), GOODBYE_GRACE)
             every = list(self.connections) + list(self.handshaking)
         for connection in every:
             connection.shut()
         if self.acceptor is not None:
             self.acceptor.join(3.0)
+        for fd in (self.wake_r, self.wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self.wake_r = self.wake_w = -1
 
     def _accept_loop(self) -> None:
+        """Accepts until the interface ceases, whatever fails meanwhile: out of descriptors,
+        memory or threads, it is logged once (and when it ends) and tried again shortly."""
         assert self.listener is not None
+        outage = _Outage(self.name)
         while not self.ceasing:
             try:
                 sock, peer = self.listener.accept()
-            except OSError:
-                break
-            self._admit(Connection(self, sock, f"{peer[0]}:{peer[1]}"))
+            except OSError as e:
+                if self.ceasing:
+                    break
+                if e.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):  # one peer's trouble
+                    self.ceased.wait(outage.failed(exc_string(e, stack=False)))
+                continue
+            try:
+                self._admit(sock, f"{peer[0]}:{peer[1]}")
+            except Exception as e:  # "can't start new thread" among others: that one connection is lost
+                self.ceased.wait(outage.failed(exc_string(e, stack=False)))
+                continue
+            outage.ended()
         self.listener.close()
 
-    def _admit(self, connection: Connection) -> None:
+    def _admit(self, sock: socket.socket, peer: str) -> None:
         """A thread for the new connection. Connections still in their TLS handshake are
         limited apart, the oldest dropped first, so that strangers opening sockets cannot
         lock cages out (a real cage finishes its handshake in milliseconds)."""
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # No I/O here: the handshake is the connection's thread's, on a socket that
+            # shut() can reach meanwhile (wrapping detaches the plain one).
+            tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as e:
+            sock.close()
+            log.warning(f"interface {self.name}: connection from {peer} refused: {e}")
+            return
+        connection = Connection(self, tls, peer)
         with self.lock:
             oldest = next(iter(self.handshaking)) if len(self.handshaking) >= self.max_handshakes else None
+            if oldest is not None:  # out of the count now, not when its thread gets to close it
+                del self.handshaking[oldest]
             full = len(self.connections) >= self.max_connections
             if not full:
                 self.handshaking[connection] = None
         if oldest is not None:
             oldest.shut()
         if full:
-            log.warning(f"interface {self.name}: connection from {connection.peer} refused, "
+            log.warning(f"interface {self.name}: connection from {peer} refused, "
                         f"{self.max_connections} cages connected")
-            _shut(connection.raw)
-            connection.raw.close()
+            connection.close()
             return
-        threading.Thread(target=connection.serve, name=f"{self.name}:{connection.peer}", daemon=True).start()
+        try:
+            threading.Thread(target=connection.serve, name=f"{self.name}:{peer}", daemon=True).start()
+        except BaseException:
+            connection.close()
+            raise
 
     # --- one call ----------------------------------------------------------------------------
 
@@ -166,7 +230,7 @@ class Interface(interfaces.Interface):
         message = envelope.get("message")
         module = message.get("module") if isinstance(message, dict) else None
         try:
-            if isinstance(module, str) and _denied(module, self.deny_modules):
+            if isinstance(module, str) and _denied(self.cage.loader, module, self.deny_modules):
                 raise InvalidMethodAccessError(f"module {module} is not callable from other cages")
             return {"result": retry.accept(self.cage.loader, message, caller.cage)}
         except Exception as e:
@@ -174,16 +238,42 @@ class Interface(interfaces.Interface):
             return {"error": wire.error_dict(e)}
 
 
+class _Outage:
+    """Accepting connections fails: said once when it begins and once when it ends, with
+    a growing pause between attempts meanwhile."""
+
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+        self.since: float | None = None
+        self.failures = 0
+        self.pause = ACCEPT_BACKOFF[0]
+
+    def failed(self, error: str) -> float:
+        """Seconds to wait before the next attempt."""
+        if self.since is None:
+            self.since, self.failures, self.pause = time.monotonic(), 0, ACCEPT_BACKOFF[0]
+            log.warning(f"interface {self.interface}: accepting connections fails: {error}; "
+                        f"trying again until it works")
+        else:
+            self.pause = min(self.pause * 2, ACCEPT_BACKOFF[1])
+        self.failures += 1
+        return self.pause
+
+    def ended(self) -> None:
+        if self.since is not None:
+            log.message(f"interface {self.interface}: accepting connections works again, after "
+                        f"{self.failures} failure(s) in {time.monotonic() - self.since:.1f}s")
+            self.since = None
+
+
 class Connection:
     """One caller's connection, served by its own thread: the TLS handshake (a peer that
     is not a cage of this cluster is refused and logged), then calls one at a time,
     each answered before the next frame is read."""
 
-    def __init__(self, iface: Interface, raw: socket.socket, peer: str) -> None:
-        self.iface, self.raw, self.peer = iface, raw, peer
-        self.sock: ssl.SSLSocket | None = None
+    def __init__(self, iface: Interface, sock: ssl.SSLSocket, peer: str) -> None:
+        self.iface, self.sock, self.peer = iface, sock, peer
         self.caller: Identity | None = None
-        self.idle = False
         self.decoder = codec.FrameDecoder(iface.limit, iface.use_pickle)
         self.received: collections.deque[Any] = collections.deque()  # frames read, not yet answered
 
@@ -199,10 +289,8 @@ class Connection:
     def _secure(self) -> bool:
         iface = self.iface
         try:
-            self.raw.settimeout(HANDSHAKE_TIMEOUT)
-            self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = iface.context.wrap_socket(self.raw, server_side=True)
-        except (OSError, ssl.SSLError) as e:
+            self._handshake(time.monotonic() + iface.handshake_timeout)
+        except (OSError, ssl.SSLError, ValueError) as e:
             self._refuse(f"TLS handshake failed: {e}")
             return False
         identity = peer_identity(self.sock.getpeercert())
@@ -213,41 +301,87 @@ class Connection:
         with iface.lock:
             iface.handshaking.pop(self, None)
             iface.connections.add(self)
-        return not iface.ceasing
+        self.sock.settimeout(iface.request_timeout)  # for sends, and a TLS record begun
+        return True
+
+    def _handshake(self, deadline: float) -> None:
+        """The TLS handshake, all of it within `deadline`: a peer that drips bytes cannot
+        hold a slot longer than one that sends nothing."""
+        self.sock.setblocking(False)
+        while True:
+            try:
+                self.sock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                events = select.POLLIN
+            except ssl.SSLWantWriteError:
+                events = select.POLLOUT
+            left = deadline - time.monotonic()
+            if left <= 0 or not _ready([self.sock.fileno()], left, events):
+                raise TimeoutError(f"not done within {self.iface.handshake_timeout:.1f}s")
 
     def _refuse(self, why: str) -> None:
         log.warning(f"interface {self.iface.name}: connection from {self.peer} refused: {why}")
 
     def _serve_calls(self) -> None:
-        assert self.sock is not None and self.caller is not None
+        assert self.caller is not None
         iface = self.iface
-        while not iface.ceasing:
-            self.idle = True
+        while True:
             try:
-                envelope = self._read_frame()
+                envelope = self._read_frame(wake=True)
             except ProtocolError as e:
                 log.warning(f"interface {iface.name}: cage {self.caller.cage} at {self.peer} sent a bad frame, "
                             f"disconnected: {e}")
                 return
             if envelope is None:
                 return
-            self.idle = False
-            frame = self._answer(envelope, time.monotonic())
-            try:
-                self.sock.settimeout(iface.request_timeout)
-                self.sock.sendall(frame)
-            except OSError:
+            if iface.ceasing:  # what was read now (if anything) is refused with the rest
+                self._goodbye()
+                return
+            if not self._send(self._answer(envelope, time.monotonic())):
                 return
 
-    def _read_frame(self) -> Any:
-        """The next frame's object; None when the caller goes (or stays idle too long).
-        One read takes whatever has arrived, usually one whole frame."""
-        assert self.sock is not None
+    def _goodbye(self) -> None:
+        """The cage is stopping: a refusal tells the caller to go elsewhere. Calls that
+        crossed it are refused too, until the caller closes or the grace ends - not
+        closing at once keeps them from resetting the connection before the caller has
+        read why."""
+        until = time.monotonic() + GOODBYE_GRACE
+        if not self._send(self.iface.refused):
+            return
+        while True:
+            try:
+                envelope = self._read_frame(wake=False, until=until)
+            except ProtocolError:
+                return
+            if envelope is None or not self._send(self.iface.refused):
+                return
+
+    def _send(self, frame: bytes) -> bool:
+        try:
+            self.sock.sendall(frame)
+        except OSError:
+            return False
+        return True
+
+    def _read_frame(self, *, wake: bool, until: float | None = None) -> Any:
+        """The next frame's object; None when the caller goes (or stays idle too long, or
+        `until` comes); with `wake`, _WOKEN when the interface ceases meanwhile. One read
+        takes whatever has arrived, usually one whole frame."""
         iface = self.iface
         while not self.received:
             # A frame begun must come whole within request_timeout; between frames
             # the caller may be silent up to idle_timeout.
-            self.sock.settimeout(iface.request_timeout if self.decoder.pending else iface.idle_timeout)
+            timeout = iface.request_timeout if self.decoder.pending else iface.idle_timeout
+            if until is not None:
+                timeout = until - time.monotonic()
+            if not self.sock.pending():
+                fd = self.sock.fileno()
+                ready = _ready([fd, iface.wake_r] if wake else [fd], timeout)
+                if not ready:
+                    return None
+                if fd not in ready:
+                    return _WOKEN
             try:
                 data = self.sock.recv(RECV_SIZE)
             except (OSError, ssl.SSLError):
@@ -277,10 +411,10 @@ class Connection:
                                                       envelope.get("reply"))
                 return codec.encode({"result": accepted})
             raise ProtocolError(f"unknown kind of frame {kind!r}")
-        except (ProtocolError, IntakeClosedError, KeyError, TypeError, ValueError) as e:
+        except (ProtocolError, KeyError, TypeError, ValueError) as e:
             log.warning(f"interface {iface.name}: cage {self.caller.cage} at {self.peer}: "
                         f"{exc_string(e, stack=False)}")
-            error = e if isinstance(e, (ProtocolError, IntakeClosedError)) else ProtocolError(f"malformed call: {e}")
+            error = e if isinstance(e, ProtocolError) else ProtocolError(f"malformed call: {e}")
             return codec.encode({"error": wire.error_dict(error)})
 
     def _call(self, envelope: dict[str, Any], arrived: float,
@@ -289,7 +423,10 @@ class Connection:
         iface = self.iface
         if _late(envelope) and self._caller_gone():
             raise ProtocolError("a call that arrived after its caller had gone (the network held it up)")
-        request = callee_request(iface, envelope, self.caller, arrived)
+        try:
+            request = callee_request(iface, envelope, self.caller, arrived)
+        except IntakeClosedError:  # stopping, and the goodbye not yet said: not run, go elsewhere
+            return iface.refused
         try:
             reply = iface.pool.call(request, run, envelope, self.caller)
         except (RequestExpiredError, RuntimeError) as e:
@@ -305,8 +442,7 @@ class Connection:
 
     def _caller_gone(self) -> bool:
         """Whether the caller has closed the connection behind the frame just read."""
-        assert self.sock is not None
-        if not select.select([self.sock], [], [], 0)[0]:
+        if not self.sock.pending() and not _ready([self.sock.fileno()], 0):
             return False
         self.sock.setblocking(False)
         try:
@@ -316,7 +452,7 @@ class Connection:
         except OSError:
             return True
         finally:
-            self.sock.setblocking(True)
+            self.sock.settimeout(self.iface.request_timeout)
         if not data:
             return True
         self.received.extend(self.decoder.feed(data))  # more calls: the caller is there
@@ -324,9 +460,11 @@ class Connection:
 
     def _poll(self, remain: float) -> list[dict[str, Any]]:
         """A reverse-call poll from the cage that connected: the calls queued for it, or
-        none by POLL_MARGIN before the poller's own deadline."""
+        none by POLL_MARGIN before the poller's own deadline - which counts for no more
+        than this interface's request_timeout, whatever the poller asks."""
         assert self.caller is not None
-        calls = self.iface.cluster.reverse.poll(self.caller.cage, remain - POLL_MARGIN)
+        wait = min(remain, self.iface.request_timeout) - POLL_MARGIN
+        calls = self.iface.cluster.reverse.poll(self.caller.cage, wait)
         now = time.monotonic()
         result = []
         for pending in calls:
@@ -337,27 +475,37 @@ class Connection:
         return result
 
     def shut(self) -> None:
-        """From another thread: make the serving thread's wait end."""
-        _shut(self.sock or self.raw)
+        """From another thread: make the serving thread's wait end (also in the handshake)."""
+        _shut(self.sock)
 
     def close(self) -> None:
         iface = self.iface
         with iface.lock:
             iface.handshaking.pop(self, None)
             iface.connections.discard(self)
-        for sock in (self.sock, self.raw):
-            if sock is not None:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+            iface.closed.notify_all()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
 def _shut(sock: socket.socket) -> None:
+    """Wake whoever waits on `sock`. The plain socket's shutdown: SSLSocket's own would
+    also drop the TLS state under a thread that is using it."""
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _ready(fds: list[int], timeout: float, events: int = select.POLLIN) -> list[int]:
+    """Those of `fds` ready (or closed, or failed) within `timeout` seconds. poll, not
+    select: descriptor numbers may be above select's 1024."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, events)
+    return [fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
 
 
 def dispatch(cage: Cage, deny_modules: tuple[str, ...], envelope: dict[str, Any], caller: Identity) -> Any:
@@ -371,14 +519,21 @@ def dispatch(cage: Cage, deny_modules: tuple[str, ...], envelope: dict[str, Any]
         raise InvalidMethodAccessError(f"a malformed call from cage {caller.cage}")
     if envelope.get("target") != cage.name:
         raise InvalidMethodAccessError(f"a call for cage {envelope.get('target')!r} has reached cage {cage.name}")
-    if _denied(module, deny_modules):
+    if _denied(cage.loader, module, deny_modules):
         raise InvalidMethodAccessError(f"module {module} is not callable from other cages")
     log.debug(f"call {module}.{method} from cage {caller.cage}")
     return cage.loader.call(module, method, tuple(args), kwargs)
 
 
+def _denied(loader: Loader, module: str, deny_modules: tuple[str, ...]) -> bool:
+    """deny_modules matched against the name called and against the file it resolves to,
+    so that a symlink or another spelling of a denied module is no way round them."""
+    return bool(deny_modules) and (_matches(module, deny_modules)
+                                   or _matches(loader.file_name(module), deny_modules))
+
+
 @functools.lru_cache(maxsize=4096)
-def _denied(module: str, deny_modules: tuple[str, ...]) -> bool:
+def _matches(module: str, deny_modules: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(module, pattern) for pattern in deny_modules)
 
 
@@ -404,24 +559,23 @@ def run_call(cage: Cage, deny_modules: tuple[str, ...], envelope: dict[str, Any]
 
 def callee_request(iface: interfaces.Interface, envelope: dict[str, Any], caller: Identity,
                    arrived: float) -> _request.Request:
-    """The caller's request continued here: its id, log levels and parameters, with the
-    time it had left less the margin for the way back, and no more than our own timeout.
-    Log levels quieter than this cage's own are dropped: a caller may ask for more detail
-    in our log, never for less."""
+    """The caller's request continued here: its id, log levels and parameters (only what
+    may travel, see wire.received_parameters), with the time it had left less the margin
+    for the way back, and no more than our own timeout. Log levels quieter than this
+    cage's own are dropped: a caller may ask for more detail in our log, never for less."""
     wanted: dict[str, Any] = envelope["request"]
     timeout = min(wire.callee_timeout(_remain(envelope)), iface.request_timeout)
-    parameters = dict(wanted.get("parameters") or {})
-    tokens = dict(parameters.get("auth_tokens") or {})
-    tokens.setdefault("source_cage", caller.cage)  # the first cage of a chain of calls
-    tokens["peer_cage"] = caller.cage  # who connected (for a reverse call, who queued it)
-    parameters["auth_tokens"] = tokens
+    unique_id = wanted["id"]
+    if not (isinstance(unique_id, str) and 0 < len(unique_id) <= MAX_ID_LENGTH):
+        raise ValueError(f"a request id must be a string of 1 to {MAX_ID_LENGTH} characters")
     floor = log.get_level()
-    levels = [int(x) for x in wanted.get("log_levels") or () if isinstance(x, int) and floor <= x <= log.NOISE]
+    levels = [x for x in wanted.get("log_levels") or () if isinstance(x, int) and floor <= x <= log.NOISE]
     description = wanted.get("description")
     return iface.cage.intake.begin(
-        timeout=timeout, interface=iface.name, protocol=iface.protocol, parameters=parameters,
-        description=description if isinstance(description, str) else None, log_levels=levels,
-        unique_id=str(wanted["id"]), start=arrived)
+        timeout=timeout, interface=iface.name, protocol=iface.protocol,
+        parameters=wire.received_parameters(wanted.get("parameters"), caller.cage),
+        description=description if isinstance(description, str) else None, log_levels=levels[-MAX_LOG_LEVELS:],
+        unique_id=unique_id, start=arrived)
 
 
 def _late(envelope: dict[str, Any]) -> bool:
@@ -482,46 +636,76 @@ class Resource(resource.Resource):
             frame = codec.encode(envelope, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
         except ProtocolError as e:
             raise ResourceInputParameterError(f"the call cannot be sent to cage {self.target}: {e}") from None
-        channel = self._channel(cluster, request)
-        reply = channel.exchange(frame, request, cluster)
+        stopping: set[str] = set()  # instances that refused the call: it did not run there
+        while True:
+            channel = self._channel(cluster, request, stopping)
+            reply = channel.exchange(frame, request, cluster)
+            if channel.gone:  # it said goodbye, after its answer or instead of one
+                self._forget(channel, cluster)
+            if not wire.is_refusal(reply):
+                break
+            stopping.add(channel.location.instance)
+            log.debug(f"cage {channel.location} is stopping, the call goes to another instance")
         if not isinstance(reply, dict) or not ("result" in reply or "error" in reply):
             channel.close()
             raise ResourceError(f"cage {self.target} answered with a malformed reply", recoverable=False)
         if "error" in reply:
-            raise wire.remote_error(reply["error"], f"cage {channel.location}")
+            raise wire.remote_error(reply["error"], f"cage {channel.location.name}")
         return reply["result"]
 
-    def _channel(self, cluster: _cluster.Cluster, request: _request.Request) -> _Channel:
+    def _forget(self, channel: _Channel, cluster: _cluster.Cluster) -> None:
+        """An instance that is stopping: its connection closed, the instance skipped."""
+        channel.close()
+        if self.channels.get(channel.location.instance) is channel:
+            del self.channels[channel.location.instance]
+        cluster.locator.failed(channel.location)
+
+    def _channel(self, cluster: _cluster.Cluster, request: _request.Request, stopping: set[str]) -> _Channel:
         """A connection to one live instance, picked at random: an open one if this
-        connection has it, else a new one; failing ones are skipped within the budget."""
-        locations = cluster.locator.locations(self.target)
+        connection has it, else a new one; failing ones, and those `stopping` (more are
+        found on the way: then the instances are looked up again), are skipped within
+        the budget."""
+        while True:
+            failures = []
+            for location in self._locations(cluster, request, stopping):
+                channel = self.channels.get(location.instance)
+                if channel is not None:
+                    if channel.usable():
+                        return channel
+                    if channel.gone:
+                        self._forget(channel, cluster)
+                        stopping.add(location.instance)
+                        break  # look the instances up again: a new one may have come meanwhile
+                    channel.close()
+                try:
+                    channel = _Channel.connect(location, cluster, min(cluster.discovery_timeout, request.remain))
+                except ResourceError as e:
+                    cluster.locator.failed(location)
+                    failures.append(str(e))
+                    if request.expired:
+                        break
+                    continue
+                self.channels[location.instance] = channel
+                return channel
+            if failures or request.expired:
+                raise ResourceError(f"cage {self.target} cannot be reached: {'; '.join(failures) or 'no time left'}",
+                                    recoverable=True, terminal=False)
+
+    def _locations(self, cluster: _cluster.Cluster, request: _request.Request, stopping: set[str]) -> list[Location]:
+        """The live instances of the target but those `stopping`, in random order;
+        discovered if none is known."""
+        locations = [loc for loc in cluster.locator.locations(self.target) if loc.instance not in stopping]
         if not locations:
             budget = min(cluster.discovery_timeout, request.remain)
-            locations = cluster.locator.find(self.target, budget)
+            locations = [loc for loc in cluster.locator.find(self.target, budget) if loc.instance not in stopping]
+            if not locations and stopping:
+                raise ResourceError(f"cage {self.target} is stopping, and no other instance of it has been "
+                                    f"found in {budget:.1f}s (the call has not run)", recoverable=True, terminal=False)
             if not locations:
                 raise ResourceError(f"no instance of cage {self.target} has been found in {budget:.1f}s",
                                     recoverable=True, terminal=False)
-        if len(locations) > 1:
-            random.shuffle(locations)
-        failures = []
-        for location in locations:
-            channel = self.channels.get(location.instance)
-            if channel is not None and channel.usable():
-                return channel
-            if channel is not None:
-                channel.close()
-            try:
-                channel = _Channel.connect(location, cluster, min(cluster.discovery_timeout, request.remain))
-            except ResourceError as e:
-                cluster.locator.failed(location)
-                failures.append(str(e))
-                if request.expired:
-                    break
-                continue
-            self.channels[location.instance] = channel
-            return channel
-        raise ResourceError(f"cage {self.target} cannot be reached: {'; '.join(failures)}",
-                            recoverable=True, terminal=False)
+        random.shuffle(locations)
+        return locations
 
     def hand_over(self, message: dict[str, Any]) -> bool:
         """A retried call into the target cage's state file (retry.py): True once it is
@@ -562,39 +746,39 @@ class _Channel:
     def __init__(self, sock: ssl.SSLSocket, location: Location, cluster: _cluster.Cluster) -> None:
         self.sock, self.location = sock, location
         self.decoder = codec.FrameDecoder(cluster.max_frame_size, cluster.use_pickle)
+        self.gone = False  # the instance has said it is stopping
 
     @classmethod
     def connect(cls, location: Location, cluster: _cluster.Cluster, timeout: float) -> _Channel:
         try:
             raw = socket.create_connection((location.host, location.port), timeout=max(timeout, 0.001))
         except OSError as e:
-            raise ResourceError(f"{location}: {e}", recoverable=True) from None
+            raise _failure(location, str(e), recoverable=True) from None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock = cluster.client_context.wrap_socket(raw, server_side=False)
         except (OSError, ssl.SSLError) as e:
             raw.close()
-            raise ResourceError(f"{location}: TLS handshake failed: {e}", recoverable=True) from None
+            raise _failure(location, f"TLS handshake failed: {e}", recoverable=True) from None
         identity = peer_identity(sock.getpeercert())
         if identity != Identity(cluster.flock, location.cage):
             sock.close()
-            raise ResourceError(f"{location}: the server there is not cage {location.cage} of flock "
-                                f"{cluster.flock} (it is {identity})", recoverable=True)
+            raise _failure(location, f"the server there is not cage {location.cage} of flock {cluster.flock} "
+                                    f"(it is {identity})", recoverable=True)
         return cls(sock, location, cluster)
 
     def usable(self) -> bool:
-        """Not closed by the other side meanwhile (an instance that died or restarted): a
-        reused connection must be good before a call goes out on it, so that a call is
-        never sent into a dead socket and lost."""
+        """Not closed by the other side meanwhile (an instance that died or restarted), nor
+        told that it is stopping (`gone`): a reused connection must be good before a call
+        goes out on it, so that a call is never sent into a dead socket and lost."""
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not self.sock.pending() and not _ready([self.sock.fileno()], 0):
+                return True
         except (OSError, ValueError):
             return False
-        if not readable:
-            return True
         self.sock.setblocking(False)
         try:
-            self.sock.recv(1)
+            data = self.sock.recv(RECV_SIZE)
         except ssl.SSLWantReadError:
             return True  # only TLS housekeeping was there
         except OSError:
@@ -603,10 +787,16 @@ class _Channel:
             try:
                 self.sock.setblocking(True)
             except OSError:
-                return False
+                pass
+        try:
+            self.gone = any(wire.is_refusal(frame) for frame in self.decoder.feed(data)) if data else False
+        except ProtocolError:
+            pass
         return False  # the end of the stream, or bytes nobody asked for
 
     def exchange(self, frame: bytes, request: _request.Request, cluster: _cluster.Cluster) -> Any:
+        """The answer to `frame`; a refusal if the instance is stopping and has not run it
+        (then `gone` is set, as it is when a goodbye follows the answer)."""
         try:
             self.sock.settimeout(max(request.remain, 0.001))
             self.sock.sendall(frame)
@@ -620,21 +810,20 @@ class _Channel:
                 self.sock.settimeout(max(request.remain, 0.001))
         except TimeoutError:
             self.close()
-            raise RPCDeadlineError(f"request deadline waiting for a response from cage {self.location}") from None
+            raise RPCDeadlineError(f"request deadline waiting for a response from cage {self.location.name}") from None
         except (OSError, EOFError) as e:
             self.close()
             cluster.locator.failed(self.location)
-            raise ResourceError(f"connection to cage {self.location} lost during the call: "
-                                f"{str(e) or 'closed by the other side'}", recoverable=False,
-                                terminal=False) from None
+            raise _failure(self.location, f"connection lost during the call: {str(e) or 'closed by the other side'}",
+                           recoverable=False, terminal=False) from None
         except ProtocolError as e:
             self.close()
-            raise ResourceError(f"cage {self.location} answered with a bad frame: {e}", recoverable=False,
-                                terminal=False) from None
-        if len(answers) > 1:
+            raise _failure(self.location, f"answered with a bad frame: {e}", recoverable=False,
+                           terminal=False) from None
+        self.gone = any(wire.is_refusal(answer) for answer in answers)
+        if len(answers) > 1 and not all(wire.is_refusal(answer) for answer in answers[1:]):
             self.close()
-            raise ResourceError(f"cage {self.location} answered more than it was asked", recoverable=False,
-                                terminal=False)
+            raise _failure(self.location, "answered more than it was asked", recoverable=False, terminal=False)
         return answers[0]
 
     def close(self) -> None:
@@ -642,3 +831,10 @@ class _Channel:
             self.sock.close()
         except OSError:
             pass
+
+
+def _failure(location: Location, text: str, **kwargs: Any) -> ResourceError:
+    """A caller's error naming the instance but not its address, which goes to this
+    cage's log only: errors may reach clients (an HTTP 500 body)."""
+    log.warning(f"cage {location}: {text}")
+    return ResourceError(f"cage {location.name}: {text}", **kwargs)

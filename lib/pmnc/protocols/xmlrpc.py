@@ -4,8 +4,10 @@ The interface is the HTTP interface (parsing, limits, keep-alive, TLS,
 deadlines) with its own handler step: a POST of `text/xml` becomes
 `interface_<name>.process_request({"method": "dotted.name", "args": (...)},
 {"result": None})`, and the result, or the handler's exception as a Fault
-with code 500, goes back in an HTTP 200. Transport-level mistakes get plain
-HTTP errors: 405 not a POST, 415 not `text/xml`, 400 an unparsable call.
+with code 500, goes back in an HTTP 200; a deadline, whether it beats the
+handler or the handler raises a deadline error, is Fault 504. Transport-level
+mistakes get plain HTTP errors: 405 not a POST, 415 not `text/xml`, 400 an
+unparsable call.
 """
 
 from __future__ import annotations
@@ -170,6 +172,8 @@ class Interface(HttpInterface):
                 result = []  # as the original: a client without allow_none could not read a nil
             body = self._dumps((result,))  # a result it cannot encode is a fault too
         except Exception as e:
+            if self.out_of_time(e, f"XMLRPC call {method[:200]}"):
+                return self._deadline_answer, False
             log.error(f"XMLRPC call {method[:200]} failed: {exc_string(e, stack=False)}")
             log.debug(f"XMLRPC call failed: {exc_string(e)}")
             body = self._dumps(xmlrpc.client.Fault(500, exc_string(e, stack=self.error_tracebacks)))

@@ -14,7 +14,12 @@ counted once, the local entry preferred):
   instance broadcasts a discover, which instances answer with an advert at
   once. Packets are MACed with the cluster key and carry a wall-clock time
   (within REPLAY_WINDOW, and newer than the last one of that instance), so
-  a stranger can neither inject a location nor replay an old one.
+  a stranger can neither inject a location nor replay an old one. The MAC
+  also covers the address a packet is sent from (one from any other is
+  refused, so a captured advert replayed elsewhere redirects nobody) and
+  the address to call: the rpc listener's, or the sending address when it
+  listens on all of them. The receiver listens on the broadcast address
+  configured, not on all of the host's.
 - **Static** `exact_locations` (networks without broadcast): always listed.
 
 An instance a call failed to reach is skipped for FAIL_HOLD seconds (unless
@@ -50,6 +55,7 @@ LOCAL_RESCAN = 1.0  # seconds the local registry's listing of a cage is reused
 EXPIRY_PERIODS = 3  # a LAN entry lives this many advertise periods
 MIN_PERIOD, MAX_PERIOD = 0.1, 3600.0  # the advertise periods an advert may claim
 ADVERT, DISCOVER, BYE = "A", "D", "B"
+_ANY_ADDRESS = ("0.0.0.0", "", "::")
 
 
 @dataclass
@@ -64,6 +70,60 @@ class Location:
 
     def __str__(self) -> str:
         return f"{self.node}.{self.cage} at {self.host}:{self.port}"
+
+    @property
+    def name(self) -> str:
+        """The instance without its address: what errors say, since they may reach clients."""
+        return f"{self.cage} (a static location)" if self.source == "static" else f"{self.node}.{self.cage}"
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One discovery packet: its fields, all covered by the MAC."""
+
+    kind: str  # ADVERT, DISCOVER or BYE
+    flock: str
+    instance: str
+    cage: str
+    node: str
+    host: str  # an advert's address to call; "" in the others
+    port: int
+    period: float  # an advert's advertise period
+    sender: str  # the address the packet is sent from
+    ts: float  # wall-clock time of sending
+
+
+def encode_packet(key: bytes, packet: Packet) -> bytes:
+    body: bytes = msgpack.packb([packet.kind, packet.flock, packet.instance, packet.cage, packet.node, packet.host,
+                                 packet.port, packet.period, packet.sender, packet.ts])
+    return MAGIC + _mac(key, body) + body
+
+
+def decode_packet(key: bytes, data: bytes, source: str, now: float) -> Packet | None:
+    """The packet in `data` received from address `source` at wall-clock time `now`, if it is
+    MACed with `key`, well formed, fresh, and sent from the address it names; else None."""
+    if len(data) > MAX_PACKET or not data.startswith(MAGIC):
+        return None
+    mac, body = data[len(MAGIC):len(MAGIC) + MAC_SIZE], data[len(MAGIC) + MAC_SIZE:]
+    if not hmac.compare_digest(mac, _mac(key, body)):
+        return None
+    try:
+        packet = Packet(*msgpack.unpackb(body, raw=False))  # at most MAX_PACKET bytes
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if not (packet.kind in (ADVERT, DISCOVER, BYE) and isinstance(packet.port, int) and 0 <= packet.port < 65536
+            and isinstance(packet.ts, float) and abs(packet.ts - now) <= REPLAY_WINDOW
+            and all(isinstance(x, str) for x in (packet.flock, packet.instance, packet.cage, packet.node,
+                                                 packet.host, packet.sender))
+            and isinstance(packet.period, float)
+            and (packet.kind != ADVERT or (MIN_PERIOD <= packet.period <= MAX_PERIOD and packet.host != ""))
+            and packet.sender == source):
+        return None
+    return packet
+
+
+def _mac(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, MAGIC + body, hashlib.sha256).digest()[:MAC_SIZE]
 
 
 class Locator:
@@ -100,10 +160,13 @@ class Locator:
     def start(self) -> None:
         if self._broadcast is None:
             return
-        bind_ip, _, port = self._broadcast
+        bind_ip, broadcast_ip, port = self._broadcast
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        receiver.bind(("", port))
+        try:
+            receiver.bind((broadcast_ip, port))  # what is sent there, not whatever reaches the port
+        except OSError:  # a unicast address of another host: take what reaches our bind ip
+            receiver.bind((bind_ip, port))
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sender.bind((bind_ip, 0))
@@ -133,7 +196,7 @@ class Locator:
         folder = self._registry / self.cage
         folder.mkdir(parents=True, exist_ok=True)
         entry = folder / f"{self.instance}.json"
-        local_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        local_host = "127.0.0.1" if host in _ANY_ADDRESS else host
         data = {"node": self.node, "pid": os.getpid(), "started": _process_start(os.getpid()),
                 "netns": self._netns, "host": local_host, "port": port}
         temp = entry.with_suffix(".tmp")
@@ -145,7 +208,7 @@ class Locator:
     def unpublish(self) -> None:
         if self._published is None:
             return
-        self._send([BYE, self.cage, self.node, 0, 0.0, ""])
+        self._send(BYE, self.cage)
         self._published = None
         if self._entry is not None:
             self._entry.unlink(missing_ok=True)
@@ -187,7 +250,7 @@ class Locator:
             if now >= deadline:
                 return []
             if now >= next_discover:
-                self._send([DISCOVER, cage, self.node, 0, 0.0, ""])
+                self._send(DISCOVER, cage)
                 next_discover = now + 0.5
             with self._cond:
                 self._cond.wait(min(0.1, deadline - now))
@@ -243,7 +306,7 @@ class Locator:
         if self._published is None:
             return
         self._advertised_at = time.monotonic()
-        self._send([ADVERT, self.cage, self.node, self._published[1], self.advertise_period, ""])
+        self._send(ADVERT, self.cage, *self._published)
 
     def _advertise_loop(self) -> None:
         while not self._stopping.wait(self.advertise_period):
@@ -262,14 +325,16 @@ class Locator:
         if self._refused:
             self._report_refused("")
 
-    def _send(self, fields: list[Any]) -> None:
+    def _send(self, kind: str, cage: str, host: str = "", port: int = 0) -> None:
         if self._sender is None or self._broadcast is None:
             return
-        kind, cage, node, port, period, _ = fields
-        body = msgpack.packb([kind, self.flock, self.instance, cage, node, port, period, time.time()])
-        packet = MAGIC + self._mac(body) + body
         try:
-            self._sender.sendto(packet, (self._broadcast[1], self._broadcast[2]))
+            sender = self._sending_address()
+            if host in _ANY_ADDRESS and kind == ADVERT:
+                host = sender  # listening on every address: call the one the advert comes from
+            packet = Packet(kind, self.flock, self.instance, cage, self.node, host, port,
+                            self.advertise_period if kind == ADVERT else 0.0, sender, time.time())
+            self._sender.sendto(encode_packet(self._key, packet), (self._broadcast[1], self._broadcast[2]))
         except OSError as e:
             if not self._send_failing:  # once per outage, not once per advert
                 log.warning(f"discovery: packets cannot be sent: {e}")
@@ -279,8 +344,17 @@ class Locator:
                 log.message("discovery: packets can be sent again")
             self._send_failing = False
 
-    def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._key, MAGIC + body, hashlib.sha256).digest()[:MAC_SIZE]
+    def _sending_address(self) -> str:
+        """The address our packets leave from: the bind ip, or else the one the routing table
+        picks for the broadcast address (asked afresh: an address may change)."""
+        assert self._broadcast is not None
+        bind_ip, broadcast_ip, port = self._broadcast
+        if bind_ip not in _ANY_ADDRESS:
+            return bind_ip
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            probe.connect((broadcast_ip, port))  # UDP: nothing is sent
+            return str(probe.getsockname()[0])
 
     def _receive_loop(self) -> None:
         assert self._receiver is not None
@@ -299,21 +373,21 @@ class Locator:
             except Exception as e:
                 log.error(f"discovery: a packet from {source} broke the receiver: {exc_string(e)}")
 
-    def _receive(self, packet: bytes, source: str) -> None:
-        fields = self._verify(packet)
-        if fields is None:
+    def _receive(self, data: bytes, source: str) -> None:
+        packet = decode_packet(self._key, data, source, time.time())
+        if packet is None:
             self._refuse(source)
             return
-        kind, flock, instance, cage, node, port, period, ts = fields
-        if flock != self.flock or instance == self.instance:
+        kind, instance, cage = packet.kind, packet.instance, packet.cage
+        if packet.flock != self.flock or instance == self.instance:
             return
-        if ts <= self._last_ts.get(instance, 0.0):
+        if packet.ts <= self._last_ts.get(instance, 0.0):
             self._refuse(source)  # a replay of a packet already seen
             return
-        self._last_ts[instance] = ts
+        self._last_ts[instance] = packet.ts
         if kind == ADVERT:
-            location = Location(cage, node, instance, source, port, "lan",
-                                time.monotonic() + EXPIRY_PERIODS * period)
+            location = Location(cage, packet.node, instance, packet.host, packet.port, "lan",
+                                time.monotonic() + EXPIRY_PERIODS * packet.period)
             self._failed.pop(instance, None)  # it speaks again: worth another try
             with self._cond:
                 self._lan.setdefault(cage, {})[instance] = location
@@ -323,25 +397,6 @@ class Locator:
                 self._lan.get(cage, {}).pop(instance, None)
         elif kind == DISCOVER and cage == self.cage and time.monotonic() - self._advertised_at > 0.1:
             self._advertise()
-
-    def _verify(self, packet: bytes) -> list[Any] | None:
-        """The packet's fields if it is ours, well formed and fresh; None otherwise."""
-        if len(packet) > MAX_PACKET or not packet.startswith(MAGIC):
-            return None
-        mac, body = packet[len(MAGIC):len(MAGIC) + MAC_SIZE], packet[len(MAGIC) + MAC_SIZE:]
-        if not hmac.compare_digest(mac, self._mac(body)):
-            return None
-        try:
-            fields = msgpack.unpackb(body, raw=False)  # at most MAX_PACKET bytes
-            kind, flock, instance, cage, node, port, period, ts = fields
-        except (ValueError, TypeError, msgpack.UnpackException):
-            return None
-        if not (kind in (ADVERT, DISCOVER, BYE) and isinstance(port, int) and 0 <= port < 65536
-                and isinstance(ts, float) and abs(ts - time.time()) <= REPLAY_WINDOW
-                and all(isinstance(x, str) for x in (flock, instance, cage, node))
-                and isinstance(period, float) and (kind != ADVERT or MIN_PERIOD <= period <= MAX_PERIOD)):
-            return None
-        return list(fields)
 
     def _refuse(self, source: str) -> None:
         """Refused packets are logged at most once in 10 s, with a count, so a flood cannot

@@ -9,14 +9,18 @@ A call is a dict (msgpack-encoded in one frame, see codec.py):
     target    the cage called
     module, method, args, kwargs
     request   id, remain (seconds left when sent), deadline (epoch, informational),
-              interface, protocol, description, log_levels, parameters
+              interface, protocol, description, log_levels, parameters (not `retry`; of
+              auth_tokens only TRAVELLING_TOKENS - the callee keeps no more, see
+              received_parameters)
 
 The callee's deadline is `remain` counted from the arrival of the call, less
 a margin, so no clock skew matters and the answer reaches the caller before
 its own deadline. An answer is `{"result": value}` or `{"error": {...}}`
 with the exception's type, message, args, attributes and traceback text;
 the caller rebuilds builtin and framework types and turns any other into
-RemoteError naming the type.
+RemoteError naming the type. `{"refused": "stopping"}` (REFUSED) says
+the callee is stopping: nothing more sent on that connection runs there,
+so the caller tries another instance; it also comes unasked, as a goodbye.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ from pmnc.errors import RemoteError
 MARGIN_SHARE, MAX_MARGIN = 0.05, 0.25
 
 _SIMPLE = (str, int, float, bool, bytes, type(None))
+
+REFUSED = {"refused": "stopping"}  # the answer, or goodbye, of a cage that is stopping
+
+
+def is_refusal(answer: Any) -> bool:
+    return isinstance(answer, dict) and "refused" in answer
 
 
 def callee_timeout(remain: float) -> float:
@@ -118,16 +128,39 @@ def _construct(cls: type[BaseException], args: Any, message: str) -> BaseExcepti
 # Of the caller's auth_tokens, these travel: who the user is and which cage the chain
 # started in - never a password, nor what describes the caller's own connection.
 TRAVELLING_TOKENS = ("username", "source_cage")
+# Parameters the framework sets in each cage itself, never taken from a caller: `retry`
+# comes only from this cage's retry engine (retry.py), `auth_tokens` is rebuilt.
+LOCAL_PARAMETERS = ("retry", "auth_tokens")
 
 
 def wire_request(request: _request.Request) -> dict[str, Any]:
     """The caller's request as it travels: what the callee continues (see the module's doc)."""
     wired = request.to_dict()
     wired["remain"] = request.remain
-    tokens = wired["parameters"].get("auth_tokens")
+    parameters = wired["parameters"]
+    parameters.pop("retry", None)
+    tokens = parameters.get("auth_tokens")
     if isinstance(tokens, dict):
-        wired["parameters"]["auth_tokens"] = {k: v for k, v in tokens.items() if k in TRAVELLING_TOKENS}
+        parameters["auth_tokens"] = {k: v for k, v in tokens.items() if k in TRAVELLING_TOKENS}
     return wired
+
+
+def received_parameters(sent: Any, peer_cage: str) -> dict[str, Any]:
+    """What a callee takes of the parameters a caller sent - whatever the caller sent:
+    the caller's own keys (strings not starting with "_", except LOCAL_PARAMETERS) and, of
+    its auth_tokens, TRAVELLING_TOKENS with string values; `source_cage` is the first cage
+    of a chain of calls (`peer_cage` if the caller names none), `peer_cage` the cage that
+    connected (for a reverse call, the one that queued it)."""
+    sent = sent if isinstance(sent, dict) else {}
+    parameters = {k: v for k, v in sent.items()
+                  if isinstance(k, str) and not k.startswith("_") and k not in LOCAL_PARAMETERS}
+    tokens = sent.get("auth_tokens")
+    kept = {k: v for k, v in tokens.items() if k in TRAVELLING_TOKENS and isinstance(v, str)} \
+        if isinstance(tokens, dict) else {}
+    kept.setdefault("source_cage", peer_cage)
+    kept["peer_cage"] = peer_cage
+    parameters["auth_tokens"] = kept
+    return parameters
 
 
 def remote_error(error: Any, where: str) -> errors.ResourceError:
