@@ -589,9 +589,11 @@ def test_max_connections_refuses_with_503(in_process_cage: Callable[..., InProce
     for client in busy:
         client.send(f"GET /gate?{gate} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
     wait_until(lambda: cage.cage.intake.active == 2, 5.0, message="two requests in flight")
-    third = clients(cage.address())
-    status, headers, _ = third.response()
+    third = clients(cage.address())  # let in to send its head: only a whole head takes a slot
+    third.send(b"GET / HTTP/1.1\r\n\r\n")
+    status, headers, body = third.response()
     assert (status, headers["connection"]) == (503, "close")
+    assert body.startswith(b"too many connections"), body
     assert third.at_eof()
     gate.touch()
     for client in busy:

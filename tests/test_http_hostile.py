@@ -223,6 +223,10 @@ def write_buffered(iface: Any) -> int:
     return total
 
 
+def slots_by_ip(iface: Any) -> dict[str, int]:
+    return {ip: len(held) for ip, held in iface.slots.by_ip.items()}
+
+
 def rss_kb(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
@@ -486,11 +490,12 @@ def test_memory_stays_bounded_under_thousands_of_hostile_connections(
 def test_slowloris_holds_slots_only_until_its_header_timeout(in_process_cage: Callable[..., InProcessCage],
                                                              sockets: list[socket.socket],
                                                              loop_errors: list[str]) -> None:
-    """Heads trickled into every slot get 408 at header_timeout, well before request_timeout,
-    and meanwhile a new client takes the slot of the oldest trickler at once."""
-    header_timeout, slots = 1.0, 20
+    """Heads trickled into every place among the heads get 408 at header_timeout, well before
+    request_timeout, and meanwhile a new client takes the place of the oldest trickler at once
+    (one older than the grace)."""
+    header_timeout, slots = 1.5, 20
     cage = start(in_process_cage, max_connections=slots, max_connections_per_ip=slots, request_timeout=5.0,
-                 header_timeout=header_timeout)
+                 header_timeout=header_timeout, max_pending_heads=slots)
     address = cage.address()
     iface = interface(cage)
     opened: dict[socket.socket, float] = {}
@@ -499,7 +504,8 @@ def test_slowloris_holds_slots_only_until_its_header_timeout(in_process_cage: Ca
         opened[sock] = time.monotonic()
         sockets.append(sock)
         sock.sendall(b"GET /token?loris HTTP/1.1\r\nX-Slow: ")
-    wait_until(lambda: len(iface.connections) == slots, 5.0, message="every slot taken")
+    wait_until(lambda: len(iface.heads) == slots, 5.0, message="every place among the heads taken")
+    assert len(iface.slots) == 0, "a head holds a slot"
 
     ended: dict[socket.socket, float] = {}
     answers: dict[socket.socket, bytes] = {sock: b"" for sock in opened}
@@ -521,7 +527,7 @@ def test_slowloris_holds_slots_only_until_its_header_timeout(in_process_cage: Ca
                     sock.send(b"z")  # one byte at a time, never finishing the header
                 except OSError:
                     ended.setdefault(sock, time.monotonic())
-        if served_meanwhile is None and time.monotonic() - min(opened.values()) > 0.3:
+        if served_meanwhile is None and time.monotonic() - min(opened.values()) > iface.head_grace + 0.1:
             began = time.monotonic()
             served_meanwhile = try_served(address)
             assert time.monotonic() - began < 0.5, "the answer was not prompt"
@@ -557,26 +563,32 @@ def test_slow_body_has_the_request_deadline_not_the_header_timeout(
 class Tricklers:
     """`count` slowloris clients from `source`: each sends a head a byte every `pace` seconds and
     never finishes it. A connection the cage ends is replaced at the next tick, as slowloris
-    tools do. Runs on its own thread inside `with`."""
+    tools do, or at once with `at_once`. Runs on its own thread inside `with`."""
 
     HEAD = b"GET /token?loris HTTP/1.1\r\nX-Slow: "
 
-    def __init__(self, address: tuple[str, int], count: int, pace: float = 0.5, source: str = "127.0.0.1") -> None:
-        self.address, self.count, self.pace, self.source = address, count, pace, source
+    def __init__(self, address: tuple[str, int], count: int, pace: float = 0.5, source: str = "127.0.0.1",
+                 at_once: bool = False) -> None:
+        self.address, self.count, self.pace, self.source, self.at_once = address, count, pace, source, at_once
+        self.made = 0  # connections made
         self.ended = 0  # connections the cage ended: refused, evicted or answered 408
         self.live: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tricklers", daemon=True)
 
+    def _fill(self) -> None:
+        while len(self.live) < self.count and not self._stop.is_set():
+            try:
+                sock = connect(self.address, 2.0, self.source)
+                sock.sendall(self.HEAD)
+            except OSError:
+                return
+            self.live.append(sock)
+            self.made += 1
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            while len(self.live) < self.count:
-                try:
-                    sock = connect(self.address, 2.0, self.source)
-                    sock.sendall(self.HEAD)
-                except OSError:
-                    break
-                self.live.append(sock)
+            self._fill()
             for sock in list(self.live):
                 try:
                     sock.send(b"z")
@@ -587,6 +599,8 @@ class Tricklers:
                 readable, _, _ = select.select(self.live, [], [], left)
                 for sock in readable:  # an answer (408, 503) or the end: either way the cage let go
                     self._drop(sock)
+                if readable and self.at_once:
+                    self._fill()
         for sock in self.live:
             sock.close()
 
@@ -607,23 +621,50 @@ class Tricklers:
 def test_tricklers_do_not_keep_normal_clients_out(in_process_cage: Callable[..., InProcessCage],
                                                    loop_errors: list[str]) -> None:
     """60 slowloris clients against 20 slots, all from the normal clients' own address: the
-    normal clients are served, each taking the slot of a trickler that has waited longer."""
+    tricklers wait among the heads (within their address's share of them) and hold no slot,
+    and the normal clients are served."""
     cage = start(in_process_cage, max_connections=20, request_timeout=5.0, header_timeout=2.0)
     address = cage.address()
     iface = interface(cage)
     statuses: list[int] = []
     with Tricklers(address, 60) as tricklers:
         wait_until(lambda: len(iface.connections) >= 10 and tricklers.ended >= 20, 10.0,
-                   message="the tricklers holding slots and being turned over")
+                   message="the tricklers connected and being turned over")
         end = time.monotonic() + 4.0
         while time.monotonic() < end:
             statuses.append(try_served(address, 2.0))
             time.sleep(0.05)
     served_share = statuses.count(200) / len(statuses)
     assert served_share >= 0.9, collections.Counter(statuses)
-    assert len(iface.connections) <= 20
+    assert len(iface.slots) <= 20
     assert served(address)
     assert loop_errors == []
+
+
+def test_tricklers_that_reconnect_at_once_do_not_keep_normal_clients_out(
+        cage_process: Callable[..., CageProcess]) -> None:
+    """60 slowloris clients from the normal clients' own address, each reconnecting the moment
+    the cage closes it, against 20 slots (a cage process of its own, so that the tricklers
+    come as fast as a real attacker's). When heads held slots, every trickler turned one over
+    and reconnected at once to turn over another, and normal clients lost theirs before their
+    heads were read; now tricklers wait among the heads (their address's share is 75), hold no
+    slot and churn only at their header_timeout."""
+    process = cage_process(interfaces={"http": http_config(max_connections=20, max_pending_heads=150,
+                                                            header_timeout=2.0)},
+                           files={"interface_http.py": HANDLER}, request_timeout=5.0)
+    address = ("127.0.0.1", process.port())
+    statuses: list[int] = []
+    with Tricklers(address, 60, at_once=True) as tricklers:
+        wait_until(lambda: tricklers.made >= 60, 10.0, message="the tricklers connected")
+        end = time.monotonic() + 4.0  # two header_timeouts: the tricklers are answered 408 and come back
+        while time.monotonic() < end:
+            statuses.append(try_served(address, 2.0))
+            time.sleep(0.02)
+        made = tricklers.made
+    assert statuses.count(200) / len(statuses) >= 0.9, (collections.Counter(statuses), made)
+    assert made < 60 * 5, f"{made} trickler connections: they are being turned over"
+    assert served(address)
+    assert log_records(process, "ERR") == []
 
 
 def test_one_address_holds_only_its_share(in_process_cage: Callable[..., InProcessCage],
@@ -648,11 +689,11 @@ def test_one_address_holds_only_its_share(in_process_cage: Callable[..., InProce
     assert answers[:3] == [b""] * 3  # still sending their bodies
     for refusal in answers[3:]:
         assert refusal.startswith(b"HTTP/1.1 503 ") and refusal.endswith(b"too many connections from your address")
-    assert iface.per_ip == {"127.0.0.2": 3}
+    assert slots_by_ip(iface) == {"127.0.0.2": 3}
     for source in ("127.0.0.3", "127.0.0.4", "127.0.0.1"):
         assert try_served(address, 2.0, source) == 200
     # the cage closes a served connection just after its answer is written
-    wait_until(lambda: iface.per_ip == {"127.0.0.2": 3}, 5.0, message="only the greedy address holding slots")
+    wait_until(lambda: slots_by_ip(iface) == {"127.0.0.2": 3}, 5.0, message="only the greedy address holding slots")
 
 
 # --- 3. a thousand idle connections --------------------------------------------------------------------
@@ -661,22 +702,27 @@ def test_one_address_holds_only_its_share(in_process_cage: Callable[..., InProce
 def test_thousand_silent_connections_do_not_keep_a_client_out(
         in_process_cage: Callable[..., InProcessCage], many_files: int, sockets: list[socket.socket],
         loop_errors: list[str]) -> None:
-    """At the limit the oldest connection that has not sent a byte makes room,
-    so a client that speaks at once is served however many silent ones there are."""
+    """Silent connections hold no slot, and at the limit of heads the oldest one that has waited
+    longer than the grace makes room, so a client that speaks at once is served however many
+    silent ones there are."""
     cage = start(in_process_cage, max_connections=100, request_timeout=5.0)
     address = cage.address()
     iface = interface(cage)
+    began = time.monotonic()
     for _ in range(1000):
         sockets.append(connect(address))
-    assert len(iface.connections) <= 100
+    wait_until(lambda: len(iface.heads) == iface.max_pending_heads_per_ip, 5.0, message="the address's share of heads")
+    assert len(iface.slots) == 0
+    # heads younger than the grace are not dropped (they may be a batch of accepts not yet read)
+    wait_until(lambda: time.monotonic() - began > iface.head_grace, 5.0, message="the first heads past the grace")
     began = time.monotonic()
     assert try_served(address) == 200
     assert time.monotonic() - began < 1.0
-    # the first silent connections were closed to make room
+    # the first silent connection was closed to make room
     first = Reader(sockets[0])
     first.drain(time.monotonic() + 2.0)
     assert first.eof
-    assert len(iface.connections) <= 100
+    assert len(iface.heads) <= iface.max_pending_heads_per_ip and len(iface.slots) <= 100
     assert loop_errors == []
 
 

@@ -5,8 +5,9 @@
 config = dict(
     protocol="http",
     listener_address=("127.0.0.1", 8080),  # ("0.0.0.0", port) to listen beyond this machine
-    max_connections=100,
+    max_connections=100,  # connections whose request head is in: in flight, receiving a body, or idle keep-alive
     max_connections_per_ip=50,  # of those one client address may hold (default: half); behind a proxy, all
+    max_pending_heads=1000,  # connections still waiting for a head; one address gets the same share of them
     header_timeout=5.0,  # seconds for a request's line and headers to arrive, else 408 (at most request_timeout)
     ssl_key_cert_file=None,  # a PEM file with the key and certificate: with ssl_ca_cert_file, turns on HTTPS
     ssl_ca_cert_file=None,  # the CA that verifies client certificates (both: python3 startup.py --keys)

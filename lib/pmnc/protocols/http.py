@@ -9,12 +9,23 @@ written. If the deadline comes first, the client gets 504 at once and the
 worker's late result is dropped. One request per connection is processed at
 a time, so answers never cross between requests.
 
-Against slow and greedy clients: a request's head must arrive within
-`header_timeout` (408), one client address holds at most
-`max_connections_per_ip` connections, and at either limit a newcomer takes
-the slot of the connection that has waited longest for nothing of ours (an
-idle keep-alive one, else one still silent or trickling its head). A handler
-that fails with a deadline error gets the same 504 as one the deadline beats.
+Against slow and greedy clients, admission has two stages, because the one
+thing that tells a real client from a trickler is that it sends a whole head
+at once. A connection waiting for a request head (its first, or a keep-alive
+connection's next) is a "head": it holds no slot, it gets 408 at
+`header_timeout`, and heads are bounded on their own, `max_pending_heads` in
+all and a client address's share of them. At a heads limit a newcomer takes
+the place of the oldest head (its address's, at the share) only if that head
+has waited longer than a short grace, else it is refused (503): connections
+accepted in one batch, which asyncio makes before reading any of them, never
+evict each other, and tricklers that reconnect at once turn over at most
+`max_pending_heads` / grace connections a second. Once its head is in, a
+connection takes one of `max_connections` slots (at most
+`max_connections_per_ip` for one address) and keeps it while its request runs,
+its body arrives and it idles between keep-alive requests; with no slot free,
+the oldest idle keep-alive connection (its address's, at the share) goes, or
+the request is answered 503. A handler that fails with a deadline error gets
+the same 504 as one the deadline beats.
 """
 
 from __future__ import annotations
@@ -65,11 +76,19 @@ class Interface(interfaces.Interface):
         self.max_connections = int(take("max_connections", 100))
         # one address may not take every slot (behind a proxy, raise it to max_connections)
         self.max_connections_per_ip = int(take("max_connections_per_ip", max(1, self.max_connections // 2)))
-        # a head comes in one or two packets: seconds are plenty, and a trickler's slot is freed soon
+        # connections still waiting for a head hold no slot, but each is a descriptor: a bound of their own
+        self.max_pending_heads = int(take("max_pending_heads", 1000))
+        # a head comes in one or two packets: seconds are plenty, and a trickler is let go soon
         self.header_timeout = min(float(take("header_timeout", 5.0)), self.request_timeout)
-        if self.max_connections < 1 or self.max_connections_per_ip < 1 or self.header_timeout <= 0.0:
-            raise ConfigError(f"config_interface_{name}.py: max_connections, max_connections_per_ip and "
-                              f"header_timeout must be positive")
+        if min(self.max_connections, self.max_connections_per_ip, self.max_pending_heads) < 1 \
+                or self.header_timeout <= 0.0:
+            raise ConfigError(f"config_interface_{name}.py: max_connections, max_connections_per_ip, "
+                              f"max_pending_heads and header_timeout must be positive")
+        # one address's share of the heads is its share of the slots
+        share = min(self.max_connections_per_ip, self.max_connections) / self.max_connections
+        self.max_pending_heads_per_ip = max(1, int(self.max_pending_heads * share))
+        # a head younger than this is never evicted: time for its client's head to be read
+        self.head_grace = min(1.0, self.header_timeout / 2)
         self.ssl_key_cert_file = take("ssl_key_cert_file", None)
         self.ssl_ca_cert_file = take("ssl_ca_cert_file", None)
         self.ssl_ciphers = take("ssl_ciphers", None)
@@ -91,10 +110,10 @@ class Interface(interfaces.Interface):
             allowed_methods=frozenset(m.upper() for m in take("allowed_methods", ("GET", "POST"))),
         )
         self.handler = f"interface_{name}"
-        self.connections: set[Connection] = set()
-        self.per_ip: dict[str, int] = {}  # connections by client address
-        self.idle = _Waiting()  # idle keep-alive connections
-        self.heads = _Waiting()  # connections waiting for a request head: silent, or trickling it
+        self.connections: set[Connection] = set()  # all of them: heads and slot holders
+        self.heads = _Waiting()  # connections waiting for a request head: silent, trickling it, or a whole one unread
+        self.slots = _Waiting()  # connections whose head is in: a request in flight, a body on its way, or idle
+        self.idle = _Waiting()  # idle keep-alive connections (holding slots)
         self.ceasing = False
         self._server: asyncio.base_events.Server | None = None
 
@@ -152,45 +171,59 @@ class Interface(interfaces.Interface):
     # --- bookkeeping (on the loop) -----------------------------------------------
 
     def admit(self, connection: Connection) -> str | None:
-        """Room for one more connection, or why there is none.
+        """Room among the heads for a new connection, or a keep-alive one whose next
+        head has begun and not ended (it gives up its slot); or why there is none.
 
-        At the per-address share, that address's oldest waiting connection
-        goes; at the limit, anybody's. Waiting means for nothing of ours: an
-        idle keep-alive connection first, else the one that has waited longest
-        for a request head. A real client sends its head within milliseconds of
-        connecting, so it is never the oldest of those while tricklers and
-        silent connections are about, whatever address they come from.
+        At the per-address share of max_pending_heads, that address's oldest head
+        goes; at the limit, anybody's; but only a head older than head_grace. A
+        real client's whole head is read within milliseconds, so its connection
+        is soon out of the heads; one accepted in the same batch as a newcomer
+        has had no chance to be read, and is kept.
         """
-        ip = connection.peer_ip
-        if self.per_ip.get(ip, 0) >= self.max_connections_per_ip and not self._evict(ip):
-            return "too many connections from your address"
-        if len(self.connections) >= self.max_connections and not self._evict(None):
-            return "too many connections"
-        self.connections.add(connection)
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        self.heads.add(connection)
-        return None
-
-    def _evict(self, ip: str | None) -> bool:
-        """Close the connection (of address `ip`, if given) that has waited longest; False if none waits."""
-        for waiting in (self.idle, self.heads):
-            oldest = waiting.oldest(ip)
-            if oldest is not None:
-                oldest.close()  # its slot is free at once
-                return True
-        return False
-
-    def forget(self, connection: Connection) -> None:
-        """The connection has closed: its slot is free."""
-        if connection in self.connections:
-            self.connections.discard(connection)
-            left = self.per_ip[connection.peer_ip] - 1
-            if left:
-                self.per_ip[connection.peer_ip] = left
-            else:
-                del self.per_ip[connection.peer_ip]
+        self.slots.discard(connection)
         self.idle.discard(connection)
         self.heads.discard(connection)
+        refusal = self._room(connection.peer_ip, self.heads, self.max_pending_heads, self.max_pending_heads_per_ip,
+                             self.heads, time.monotonic() - self.head_grace)
+        if refusal is None:
+            self.connections.add(connection)
+            self.heads.add(connection)
+        return refusal
+
+    def seat(self, connection: Connection) -> str | None:
+        """A slot for a connection whose head is in, or why there is none: at the
+        per-address share, that address's oldest idle keep-alive connection goes;
+        at the limit, anybody's."""
+        refusal = self._room(connection.peer_ip, self.slots, self.max_connections, self.max_connections_per_ip,
+                             self.idle, float("inf"))
+        if refusal is None:
+            self.slots.add(connection)
+        return refusal
+
+    def _room(self, ip: str, held: _Waiting, limit: int, share: int, waiting: _Waiting,
+              cutoff: float) -> str | None:
+        if held.count(ip) >= share and not self._evict(waiting, ip, cutoff):
+            return "too many connections from your address"
+        if len(held) >= limit and not self._evict(waiting, None, cutoff):
+            return "too many connections"
+        return None
+
+    @staticmethod
+    def _evict(waiting: _Waiting, ip: str | None, cutoff: float) -> bool:
+        """Close the oldest of `waiting` (of address `ip`, if given) if it has waited since before
+        `cutoff`; False if none has."""
+        oldest = waiting.oldest(ip, cutoff)
+        if oldest is None:
+            return False
+        oldest.close()  # its place is free at once
+        return True
+
+    def forget(self, connection: Connection) -> None:
+        """The connection has closed: its place is free."""
+        self.connections.discard(connection)
+        self.heads.discard(connection)
+        self.slots.discard(connection)
+        self.idle.discard(connection)
 
     # --- the request, on a worker thread ---------------------------------------------
 
@@ -242,11 +275,12 @@ def _gzip_patterns(name: str, patterns: Any) -> tuple[re.Pattern[str], ...]:
 
 
 class _Waiting:
-    """Connections that wait for their clients, oldest first, also by client address."""
+    """Connections that wait for their clients, oldest first, also by client address,
+    each with when it began to wait here."""
 
     def __init__(self) -> None:
-        self.all: dict[Connection, None] = {}
-        self.by_ip: dict[str, dict[Connection, None]] = {}
+        self.all: dict[Connection, float] = {}
+        self.by_ip: dict[str, dict[Connection, float]] = {}
 
     def __len__(self) -> int:
         return len(self.all)
@@ -257,11 +291,14 @@ class _Waiting:
     def __iter__(self) -> Iterator[Connection]:
         return iter(self.all)
 
+    def count(self, ip: str) -> int:
+        return len(self.by_ip.get(ip, ()))
+
     def add(self, connection: Connection) -> None:
         """One already here keeps its place: its wait goes on."""
         if connection not in self.all:
-            self.all[connection] = None
-            self.by_ip.setdefault(connection.peer_ip, {})[connection] = None
+            since = self.all[connection] = time.monotonic()
+            self.by_ip.setdefault(connection.peer_ip, {})[connection] = since
 
     def discard(self, connection: Connection) -> bool:
         """Whether it was here."""
@@ -274,8 +311,12 @@ class _Waiting:
             del self.by_ip[connection.peer_ip]
         return True
 
-    def oldest(self, ip: str | None = None) -> Connection | None:
-        return next(iter(self.all if ip is None else self.by_ip.get(ip, ())), None)
+    def oldest(self, ip: str | None = None, before: float = float("inf")) -> Connection | None:
+        """The one waiting longest (of address `ip`, if given), if it began before `before`."""
+        waiting = self.all if ip is None else self.by_ip.get(ip, {})
+        for connection, since in waiting.items():
+            return connection if since < before else None
+        return None
 
 
 class Connection(asyncio.Protocol):
@@ -323,7 +364,7 @@ class Connection(asyncio.Protocol):
             return
         now = time.monotonic()
         if self.iface.idle.discard(self):  # it was idle: a new request begins, its head is waited for
-            self.iface.heads.add(self)
+            self.iface.heads.add(self)  # still holding its slot: _track decides, once this read is parsed
             self._arm(now + self.iface.header_timeout)
         if not self.unparsed and len(data) <= self.slice and len(self.queue) < MAX_PIPELINED:
             self._feed(data, now)  # the usual case: one read, one slice
@@ -332,8 +373,8 @@ class Connection(asyncio.Protocol):
         else:
             self.unparsed += data
             self._parse(now)
-        self._next()
         self._track()
+        self._next()
 
     def _parse(self, now: float) -> None:
         """Parse what was read, a slice at a time, while fewer than MAX_PIPELINED
@@ -381,8 +422,8 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._pace()
-        self._next()
         self._track()
+        self._next()
 
     def eof_received(self) -> bool:
         """The client has sent all it will (a half-close): answer what it asked, then close."""
@@ -457,18 +498,31 @@ class Connection(asyncio.Protocol):
         self._track()
 
     def _track(self) -> None:
-        """Once its head is in, a request no longer waits among the heads (it is not dropped
-        for a newcomer), and the rest of it, the body, has the request's deadline, counted
-        from when the request began."""
-        if self not in self.iface.heads:
+        """Once its head is in, a connection leaves the heads and takes a slot (or gets 503):
+        it is no longer dropped for a newcomer, and the rest of its request, the body, has the
+        request's deadline, counted from when the request began. A keep-alive connection whose
+        next head has begun and not ended gives up its slot and waits among the heads like a
+        newcomer (or gets 503)."""
+        iface = self.iface
+        if self not in iface.heads or self.closing:
             return
-        if self.current is None and not self.queue and self.refusal is None and not self.closing:
+        if self.current is None and not self.queue and self.refusal is None:
             if self.parser.in_head or not self.parser.receiving:
-                return  # the head is still awaited (not a byte of it, or only blank lines, yet)
+                # the head is still awaited (not a byte of it, or only blank lines, yet)
+                if self in iface.slots:
+                    self._refuse_for(iface.admit(self))
+                return
             began = self.first_byte if self.served == 0 else self.parser.started
             assert began is not None
-            self._arm(began + self.iface.request_timeout)
-        self.iface.heads.discard(self)
+            self._arm(began + iface.request_timeout)
+        iface.heads.discard(self)
+        if self not in iface.slots:
+            self._refuse_for(iface.seat(self))
+
+    def _refuse_for(self, refusal: str | None) -> None:
+        """503 and close if there was no room."""
+        if refusal is not None:
+            self._refuse(503, refusal)
 
     # --- the one timer ------------------------------------------------------------------
 
