@@ -618,6 +618,30 @@ def test_idle_keep_alive_connection_is_evicted_for_a_new_client(in_process_cage:
     assert idle[0].at_eof()  # the oldest idle one made room
 
 
+def test_newcomer_with_no_place_among_the_heads_has_one_read(in_process_cage: Callable[..., InProcessCage],
+                                                             clients: Callable[..., Client]) -> None:
+    """With its address's share of heads taken by one younger than the grace, a newcomer is kept
+    until its first read: a whole head is served, part of one or silence through the grace gets
+    503; with max_pending_heads newcomers so kept already, the next gets 503 at once."""
+    cage = start(in_process_cage, max_pending_heads=1, header_timeout=4.0, request_timeout=5.0)  # grace 1 s
+    iface = interface(cage)
+    clients(cage.address())  # silent, and younger than the grace throughout
+    wait_until(lambda: len(iface.heads) == 1, 5.0, message="the one place among the heads taken")
+    whole = clients(cage.address())
+    whole.send(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert whole.response()[0] == 200
+    partial = clients(cage.address())
+    partial.send(b"GET / HTTP/1.1\r\n")
+    status, _, body = partial.response()
+    assert (status, body) == (503, b"too many connections from your address")
+    assert partial.at_eof()
+    silent = clients(cage.address())
+    wait_until(lambda: len(iface.probation) == 1, 5.0, message="the silent newcomer kept")
+    assert clients(cage.address()).response()[0] == 503  # no more kept
+    assert silent.response()[0] == 503
+    assert len(iface.heads) == 1  # never dropped for a newcomer
+
+
 # --- client address behind a proxy ----------------------------------------------------------------
 
 

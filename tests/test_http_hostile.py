@@ -572,6 +572,7 @@ class Tricklers:
         self.address, self.count, self.pace, self.source, self.at_once = address, count, pace, source, at_once
         self.made = 0  # connections made
         self.ended = 0  # connections the cage ended: refused, evicted or answered 408
+        self.answers: collections.Counter[str] = collections.Counter()  # their statuses, "" for none
         self.live: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tricklers", daemon=True)
@@ -598,11 +599,19 @@ class Tricklers:
             while self.live and not self._stop.is_set() and (left := tick - time.monotonic()) > 0:
                 readable, _, _ = select.select(self.live, [], [], left)
                 for sock in readable:  # an answer (408, 503) or the end: either way the cage let go
+                    self.answers[self._status(sock)] += 1
                     self._drop(sock)
                 if readable and self.at_once:
                     self._fill()
         for sock in self.live:
             sock.close()
+
+    @staticmethod
+    def _status(sock: socket.socket) -> str:
+        try:
+            return sock.recv(65536)[9:12].decode("latin-1")
+        except OSError:
+            return ""
 
     def _drop(self, sock: socket.socket) -> None:
         self.live.remove(sock)
@@ -663,6 +672,32 @@ def test_tricklers_that_reconnect_at_once_do_not_keep_normal_clients_out(
         made = tricklers.made
     assert statuses.count(200) / len(statuses) >= 0.9, (collections.Counter(statuses), made)
     assert made < 60 * 5, f"{made} trickler connections: they are being turned over"
+    assert served(address)
+    assert log_records(process, "ERR") == []
+
+
+def test_tricklers_beyond_their_share_of_heads_do_not_keep_normal_clients_out(
+        cage_process: Callable[..., CageProcess]) -> None:
+    """60 slowloris clients reconnecting at once from the normal clients' own address, against
+    its share of 20 heads (max_pending_heads=40, max_connections=20): the heads stay full, and
+    the oldest is dropped the moment it passes the grace, so a normal client that had to find a
+    place among them was nearly always refused. Now one that finds none is kept until its first
+    read, which holds its whole head: it is served; a trickler's does not: it gets 503."""
+    process = cage_process(interfaces={"http": http_config(max_connections=20, max_pending_heads=40,
+                                                            header_timeout=2.0)},
+                           files={"interface_http.py": HANDLER}, request_timeout=5.0)
+    address = ("127.0.0.1", process.port())
+    statuses: list[int] = []
+    with Tricklers(address, 60, at_once=True) as tricklers:
+        wait_until(lambda: tricklers.made >= 60 and tricklers.ended >= 20, 10.0,
+                   message="the tricklers connected and being turned over")
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            statuses.append(try_served(address, 2.0))
+            time.sleep(0.02)
+        made, answers = tricklers.made, tricklers.answers
+    assert statuses.count(200) / len(statuses) >= 0.75, (collections.Counter(statuses), made)
+    assert answers["503"] > 0 and set(answers) <= {"503", "408", ""}, answers
     assert served(address)
     assert log_records(process, "ERR") == []
 

@@ -16,11 +16,15 @@ connection's next) is a "head": it holds no slot, it gets 408 at
 `header_timeout`, and heads are bounded on their own, `max_pending_heads` in
 all and a client address's share of them. At a heads limit a newcomer takes
 the place of the oldest head (its address's, at the share) only if that head
-has waited longer than a short grace, else it is refused (503): connections
-accepted in one batch, which asyncio makes before reading any of them, never
-evict each other, and tricklers that reconnect at once turn over at most
-`max_pending_heads` / grace connections a second. Once its head is in, a
-connection takes one of `max_connections` slots (at most
+has waited longer than a short grace: connections accepted in one batch,
+which asyncio makes before reading any of them, never evict each other, and
+tricklers that reconnect at once turn over at most `max_pending_heads` / grace
+heads a second. A newcomer that finds no place is not refused at once but
+kept "on probation" (at most `max_pending_heads` of them, beyond that 503):
+if its first read, within the grace, holds a whole head it goes on as below,
+else it gets 503. So tricklers that fill their address's share of the heads
+cost a normal client from that address one read, not its request. Once its
+head is in, a connection takes one of `max_connections` slots (at most
 `max_connections_per_ip` for one address) and keeps it while its request runs,
 its body arrives and it idles between keep-alive requests; with no slot free,
 the oldest idle keep-alive connection (its address's, at the share) goes, or
@@ -110,8 +114,9 @@ class Interface(interfaces.Interface):
             allowed_methods=frozenset(m.upper() for m in take("allowed_methods", ("GET", "POST"))),
         )
         self.handler = f"interface_{name}"
-        self.connections: set[Connection] = set()  # all of them: heads and slot holders
+        self.connections: set[Connection] = set()  # all of them: heads, on probation and slot holders
         self.heads = _Waiting()  # connections waiting for a request head: silent, trickling it, or a whole one unread
+        self.probation: set[Connection] = set()  # newcomers refused a head's place: their first read decides
         self.slots = _Waiting()  # connections whose head is in: a request in flight, a body on its way, or idle
         self.idle = _Waiting()  # idle keep-alive connections (holding slots)
         self.ceasing = False
@@ -190,6 +195,15 @@ class Interface(interfaces.Interface):
             self.heads.add(connection)
         return refusal
 
+    def on_probation(self, connection: Connection) -> bool:
+        """Keep a newcomer refused among the heads until its first read, if there are fewer
+        than max_pending_heads such: each is a descriptor."""
+        if len(self.probation) >= self.max_pending_heads:
+            return False
+        self.connections.add(connection)
+        self.probation.add(connection)
+        return True
+
     def seat(self, connection: Connection) -> str | None:
         """A slot for a connection whose head is in, or why there is none: at the
         per-address share, that address's oldest idle keep-alive connection goes;
@@ -222,6 +236,7 @@ class Interface(interfaces.Interface):
         """The connection has closed: its place is free."""
         self.connections.discard(connection)
         self.heads.discard(connection)
+        self.probation.discard(connection)
         self.slots.discard(connection)
         self.idle.discard(connection)
 
@@ -334,6 +349,7 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.refusal: tuple[int, str] | None = None  # the error that ends this connection
+        self.probation: str | None = None  # on probation: the 503's text unless its first read holds a head
         self.deadline = 0.0  # of whatever the connection waits for now, on the loop's clock
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -351,13 +367,14 @@ class Connection(asyncio.Protocol):
         self.auth_tokens = self._auth_tokens(transport)
         self.peer_ip = self.auth_tokens["peer_ip"] or ""
         refusal = self.iface.admit(self)
-        if refusal is not None:
+        if refusal is not None and not self.iface.on_probation(self):
             transport.write(error_response(503, refusal))
             transport.close()
             self.closing = True
             return
         self.first_byte = time.monotonic()  # the first request's clock starts at accept
-        self._arm(self.first_byte + self.iface.header_timeout)
+        self.probation = refusal
+        self._arm(self.first_byte + (self.iface.header_timeout if refusal is None else self.iface.head_grace))
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.refusal is not None:
@@ -502,20 +519,24 @@ class Connection(asyncio.Protocol):
         it is no longer dropped for a newcomer, and the rest of its request, the body, has the
         request's deadline, counted from when the request began. A keep-alive connection whose
         next head has begun and not ended gives up its slot and waits among the heads like a
-        newcomer (or gets 503)."""
+        newcomer (or gets 503). One on probation had its one read: a whole head, or 503."""
         iface = self.iface
-        if self not in iface.heads or self.closing:
+        if (self not in iface.heads and self.probation is None) or self.closing:
             return
         if self.current is None and not self.queue and self.refusal is None:
             if self.parser.in_head or not self.parser.receiving:
                 # the head is still awaited (not a byte of it, or only blank lines, yet)
-                if self in iface.slots:
+                if self.probation is not None:
+                    self._refuse(503, self.probation)
+                elif self in iface.slots:
                     self._refuse_for(iface.admit(self))
                 return
             began = self.first_byte if self.served == 0 else self.parser.started
             assert began is not None
             self._arm(began + iface.request_timeout)
         iface.heads.discard(self)
+        iface.probation.discard(self)
+        self.probation = None
         if self not in iface.slots:
             self._refuse_for(iface.seat(self))
 
@@ -545,6 +566,8 @@ class Connection(asyncio.Protocol):
             return
         if self.loop.time() < self.deadline:
             self.timer, self.timer_at = self.loop.call_at(self.deadline, self._on_timer), self.deadline
+        elif self.probation is not None:
+            self._refuse(503, self.probation)  # silent through its grace
         elif self.current is not None:
             self.current.expire()
         elif self in self.iface.idle:
