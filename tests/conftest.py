@@ -26,6 +26,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pmnc.facade import Pmnc
+from pmnc.loader import Loader
+from pmnc.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "lib"))
@@ -130,6 +133,19 @@ def make_tree(base: Path, cage: str = "sample", files: dict[str, str] | None = N
     for name, text in (files or {}).items():
         (cage_dir / name).write_text(text)
     return root
+
+
+class ServedLoader(Loader):
+    """A loader whose modules get their `pmnc` objects as in a cage (the runtime hands them
+    out; none of its services is started): `root` is the framework's own `pmnc`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runtime = Runtime(self)
+        self.root = self.runtime.root
+
+    def pmnc(self, module: str) -> Pmnc:
+        return self.runtime.pmnc(module)
 
 
 class CageTree:

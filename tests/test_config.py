@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import CageTree, module_source, wait_until, write_file
+from conftest import CageTree, ServedLoader, module_source, wait_until, write_file
 from pmnc.config import Config
 from pmnc.errors import ConfigError, ModuleFileIncompleteError
 from pmnc.loader import Loader
 
+MakeLoader = Callable[..., ServedLoader]
+
 
 @pytest.fixture
-def make_loader(tree: CageTree) -> Iterator[Callable[..., Loader]]:
-    loaders: list[Loader] = []
+def make_loader(tree: CageTree) -> Iterator[MakeLoader]:
+    loaders: list[ServedLoader] = []
 
-    def make(self_test: str | None = None, start: bool = False) -> Loader:
-        loader = Loader(str(tree.cages), "sample", "node1", self_test=self_test, settle=0.05)
+    def make(self_test: str | None = None, start: bool = False) -> ServedLoader:
+        loader = ServedLoader(str(tree.cages), "sample", "node1", self_test=self_test, settle=0.05)
         loaders.append(loader)
         if start:
             loader.start()
@@ -35,7 +37,7 @@ def config_of(loader: Loader, target: str) -> Config:
 # --- get and copy --------------------------------------------------------------------------
 
 
-def test_get_reads_config_of_the_calling_module(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_get_reads_config_of_the_calling_module(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "db.local", "port": 5432})
     tree.write(tree.cage, "config_web", {"host": "web.local"})
     loader = make_loader()
@@ -44,12 +46,12 @@ def test_get_reads_config_of_the_calling_module(tree: CageTree, make_loader: Cal
     assert config_of(loader, "web").get("host") == "web.local"
 
 
-def test_copy_returns_all_keys(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_copy_returns_all_keys(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "db.local", "port": 5432})
     assert config_of(make_loader(), "db").copy() == {"host": "db.local", "port": 5432}
 
 
-def test_results_are_copies(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_results_are_copies(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"hosts": ["a", "b"], "opts": {"x": 1}})
     config = config_of(make_loader(), "db")
     config.get("hosts").append("c")
@@ -59,57 +61,57 @@ def test_results_are_copies(tree: CageTree, make_loader: Callable[..., Loader]) 
     assert config.get("opts") == {"x": 1}
 
 
-def test_missing_key_without_default_is_a_config_error(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_missing_key_without_default_is_a_config_error(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "db.local"})
     with pytest.raises(ConfigError) as info:
         config_of(make_loader(), "db").get("port")
     assert str(info.value) == "config_db.py has no key 'port'"
 
 
-def test_missing_key_with_default(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_missing_key_with_default(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "db.local"})
     config = config_of(make_loader(), "db")
     assert config.get("port", 5432) == 5432
     assert config.get("port", None) is None
 
 
-def test_default_is_expanded_too(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_default_is_expanded_too(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {})
     assert config_of(make_loader(), "db").get("name", "$__cage__-db") == "sample-db"
 
 
-def test_missing_config_file(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_missing_config_file(tree: CageTree, make_loader: MakeLoader) -> None:
     with pytest.raises(ModuleNotFoundError) as info:
         config_of(make_loader(), "nothing").get("x")
     assert "config_nothing.py was not found" in str(info.value)
 
 
-def test_config_file_without_eof_is_not_read(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_config_file_without_eof_is_not_read(tree: CageTree, make_loader: MakeLoader) -> None:
     (tree.cage / "config_db.py").write_text("config = {'host': 'half'}\n")
     with pytest.raises(ModuleFileIncompleteError):
         config_of(make_loader(), "db").get("host")
 
 
-def test_config_must_be_a_dict(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_config_must_be_a_dict(tree: CageTree, make_loader: MakeLoader) -> None:
     (tree.cage / "config_db.py").write_text("config = ['host']\n# EOF\n")
     with pytest.raises(ConfigError) as info:
         config_of(make_loader(), "db").get("host")
     assert "config_db.py must define config = dict(...)" in str(info.value)
 
 
-def test_version_follows_the_module(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_version_follows_the_module(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "a"})
     assert config_of(make_loader(), "db").version == 1
 
 
-def test_pmnc_config_of_a_module_reads_its_config_file(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_pmnc_config_of_a_module_reads_its_config_file(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "db.local"})
     config = make_loader().pmnc("db").config
     assert isinstance(config, Config)
     assert config.get("host") == "db.local"
 
 
-def test_module_code_reads_config_through_pmnc(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_module_code_reads_config_through_pmnc(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "db.local"})
     (tree.cage / "db.py").write_text(module_source("""
         def host():
@@ -121,7 +123,7 @@ def test_module_code_reads_config_through_pmnc(tree: CageTree, make_loader: Call
 # --- cage folder over .shared, per file -----------------------------------------------------
 
 
-def test_cage_file_overrides_shared_per_file(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_cage_file_overrides_shared_per_file(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.shared, "config_db", {"host": "shared-db", "port": 1})
     tree.write(tree.shared, "config_web", {"host": "shared-web"})
     tree.write(tree.cage, "config_db", {"host": "cage-db"})
@@ -136,14 +138,14 @@ def test_cage_file_overrides_shared_per_file(tree: CageTree, make_loader: Callab
 # --- self-test overlay ------------------------------------------------------------------------
 
 
-def test_self_test_config_ignored_normally(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_self_test_config_ignored_normally(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "prod", "port": 1}, {"host": "test"})
     config = config_of(make_loader(), "db")
     assert config.get("host") == "prod"
     assert config.copy() == {"host": "prod", "port": 1}
 
 
-def test_self_test_config_overlays_in_self_test_mode(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_self_test_config_overlays_in_self_test_mode(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "prod", "port": 1}, {"host": "test", "extra": True})
     config = config_of(make_loader(self_test="db"), "db")
     assert config.get("host") == "test"
@@ -152,7 +154,7 @@ def test_self_test_config_overlays_in_self_test_mode(tree: CageTree, make_loader
     assert config.copy() == {"host": "test", "port": 1, "extra": True}
 
 
-def test_self_test_mode_without_self_test_config(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_self_test_mode_without_self_test_config(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "prod"})
     assert config_of(make_loader(self_test="db"), "db").get("host") == "prod"
 
@@ -160,7 +162,7 @@ def test_self_test_mode_without_self_test_config(tree: CageTree, make_loader: Ca
 # --- expansion --------------------------------------------------------------------------------------
 
 
-def test_expansion_from_config_config_and_cage_variables(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_expansion_from_config_config_and_cage_variables(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_config", {"db_host": "db.local", "env": "prod"})
     tree.write(tree.cage, "config_db", {
         "url": "pg://$db_host/${__cage__}_$env",
@@ -173,12 +175,12 @@ def test_expansion_from_config_config_and_cage_variables(tree: CageTree, make_lo
     assert config.get("state") == str(tree.cage) + "/state"
 
 
-def test_cage_variables_without_config_config(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_cage_variables_without_config_config(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"name": "$__cage__@$__node__"})
     assert config_of(make_loader(), "db").get("name") == "sample@node1"
 
 
-def test_double_dollar_and_unknown_names(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_double_dollar_and_unknown_names(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"price": "$$5", "unknown": "$nope and ${nope}", "lone": "100$"})
     config = config_of(make_loader(), "db")
     assert config.get("price") == "$5"
@@ -186,7 +188,7 @@ def test_double_dollar_and_unknown_names(tree: CageTree, make_loader: Callable[.
     assert config.get("lone") == "100$"
 
 
-def test_expansion_recurses_into_containers_but_not_keys(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_expansion_recurses_into_containers_but_not_keys(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_config", {"h": "host1"})
     tree.write(tree.cage, "config_db", {
         "nested": {"$h": ["$h", ("$h", 1)], "set": {"$h"}},
@@ -194,12 +196,12 @@ def test_expansion_recurses_into_containers_but_not_keys(tree: CageTree, make_lo
     assert config_of(make_loader(), "db").get("nested") == {"$h": ["host1", ("host1", 1)], "set": {"host1"}}
 
 
-def test_non_strings_are_left_alone(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_non_strings_are_left_alone(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"n": 5, "f": 1.5, "b": b"$x", "none": None})
     assert config_of(make_loader(), "db").copy() == {"n": 5, "f": 1.5, "b": b"$x", "none": None}
 
 
-def test_eval_strings(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_eval_strings(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_config", {"port": "8080", "host": "127.0.0.1"})
     tree.write(tree.cage, "config_db", {
         "sum": "eval(1 + 2)",
@@ -216,19 +218,19 @@ def test_eval_strings(tree: CageTree, make_loader: Callable[..., Loader]) -> Non
     assert config.get("not_eval") == "evaluate(1)"
 
 
-def test_eval_of_default(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_eval_of_default(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {})
     assert config_of(make_loader(), "db").get("timeout", "eval(2 * 5)") == 10
 
 
-def test_broken_eval_is_a_config_error(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_broken_eval_is_a_config_error(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"bad": "eval(1 +)"})
     with pytest.raises(ConfigError) as info:
         config_of(make_loader(), "db").get("bad")
     assert "config_db.py: cannot evaluate" in str(info.value)
 
 
-def test_broken_eval_does_not_spoil_other_keys(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_broken_eval_does_not_spoil_other_keys(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"bad": "eval(1 +)", "good": "eval(2 + 2)"})
     assert config_of(make_loader(), "db").get("good") == 4
 
@@ -236,7 +238,7 @@ def test_broken_eval_does_not_spoil_other_keys(tree: CageTree, make_loader: Call
 # --- edits seen after reload ------------------------------------------------------------------------
 
 
-def test_edit_is_seen_after_reload(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_edit_is_seen_after_reload(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "before"})
     loader = make_loader(start=True)
     config = config_of(loader, "db")
@@ -246,7 +248,7 @@ def test_edit_is_seen_after_reload(tree: CageTree, make_loader: Callable[..., Lo
     assert config.version == 2
 
 
-def test_edit_of_config_config_changes_expansion(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_edit_of_config_config_changes_expansion(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_config", {"db_host": "old.local"})
     tree.write(tree.cage, "config_db", {"url": "pg://$db_host/"})
     loader = make_loader(start=True)
@@ -257,7 +259,7 @@ def test_edit_of_config_config_changes_expansion(tree: CageTree, make_loader: Ca
     assert config.version == 1  # config_db itself did not change
 
 
-def test_broken_edit_keeps_old_values(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_broken_edit_keeps_old_values(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.write(tree.cage, "config_db", {"host": "good"})
     loader = make_loader(start=True)
     config = config_of(loader, "db")

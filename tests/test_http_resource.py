@@ -392,7 +392,7 @@ def start_cage(in_process_cage: Callable[..., InProcessCage], address: tuple[str
 
 
 def web(cage: InProcessCage) -> Any:
-    return cage.cage.loader.root.transaction.web
+    return cage.cage.runtime.root.transaction.web
 
 
 def fails(call: Callable[[], Any], kind: type[BaseException] = ResourceError) -> tuple[Any, float]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import CageTree, wait_until
+from conftest import CageTree, ServedLoader, wait_until
 from pmnc import errors, log
 from pmnc import request as rq
 from pmnc.errors import (
@@ -23,7 +23,8 @@ from pmnc.errors import (
     ModuleFileIncompleteError,
     ReturnValueError,
 )
-from pmnc.loader import Loader
+
+MakeLoader = Callable[..., ServedLoader]
 
 
 @pytest.fixture
@@ -38,11 +39,11 @@ def records() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
-def make_loader(tree: CageTree, records: io.StringIO) -> Iterator[Callable[..., Loader]]:
-    loaders: list[Loader] = []
+def make_loader(tree: CageTree, records: io.StringIO) -> Iterator[MakeLoader]:
+    loaders: list[ServedLoader] = []
 
-    def make(start: bool = False, **kwargs: Any) -> Loader:
-        loader = Loader(str(tree.cages), "sample", "node1", settle=0.05, **kwargs)
+    def make(start: bool = False, **kwargs: Any) -> ServedLoader:
+        loader = ServedLoader(str(tree.cages), "sample", "node1", settle=0.05, **kwargs)
         loaders.append(loader)
         if start:
             loader.start()
@@ -68,7 +69,7 @@ def version_source(value: Any, extra: str = "") -> str:
 # --- calls --------------------------------------------------------------------------------
 
 
-def test_call_forms(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_call_forms(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("calc", """
         def add(a, b=0):
             return a + b
@@ -80,7 +81,7 @@ def test_call_forms(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
     assert loader.call("calc", "add", (3,), {"b": 4}) == 7
 
 
-def test_module_calls_another_module_through_pmnc(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_module_calls_another_module_through_pmnc(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("front", """
         def greet(name):
             return pmnc.back.title(name) + " !"
@@ -92,7 +93,7 @@ def test_module_calls_another_module_through_pmnc(tree: CageTree, make_loader: C
     assert make_loader().root.front.greet("ann lee") == "Ann Lee !"
 
 
-def test_exceptions_pass_through_calls(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_exceptions_pass_through_calls(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("fails", """
         def fail():
             raise LookupError("nothing here")
@@ -101,7 +102,7 @@ def test_exceptions_pass_through_calls(tree: CageTree, make_loader: Callable[...
         make_loader().root.fails.fail()
 
 
-def test_classes_are_returned_as_classes(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_classes_are_returned_as_classes(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("shapes", """
         class Square:
             def __init__(self, side):
@@ -120,7 +121,7 @@ def test_classes_are_returned_as_classes(tree: CageTree, make_loader: Callable[.
 # --- location -----------------------------------------------------------------------------
 
 
-def test_cage_file_overrides_shared_per_file(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_cage_file_overrides_shared_per_file(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("a", version_source("shared a"), ["version"], folder=tree.shared)
     tree.module("b", version_source("shared b"), ["version"], folder=tree.shared)
     tree.module("a", version_source("cage a"), ["version"])
@@ -129,14 +130,14 @@ def test_cage_file_overrides_shared_per_file(tree: CageTree, make_loader: Callab
     assert loader.root.b.version() == "shared b"
 
 
-def test_missing_module(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_missing_module(tree: CageTree, make_loader: MakeLoader) -> None:
     with pytest.raises(errors.ModuleNotFoundError) as info:
         make_loader().root.nowhere.f()
     assert str(info.value) == "file nowhere.py was not found"
     assert isinstance(info.value, builtins.ModuleNotFoundError)
 
 
-def test_invalid_module_names(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_invalid_module_names(tree: CageTree, make_loader: MakeLoader) -> None:
     loader = make_loader()
     with pytest.raises(InvalidModuleNameError):
         loader.root._private  # noqa: B018
@@ -146,7 +147,7 @@ def test_invalid_module_names(tree: CageTree, make_loader: Callable[..., Loader]
         loader.call("../escape", "f", (), {})
 
 
-def test_new_file_created_after_start_is_served_at_once(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_new_file_created_after_start_is_served_at_once(tree: CageTree, make_loader: MakeLoader) -> None:
     loader = make_loader(start=True)
     with pytest.raises(errors.ModuleNotFoundError):
         loader.root.late.version()
@@ -157,7 +158,7 @@ def test_new_file_created_after_start_is_served_at_once(tree: CageTree, make_loa
 # --- refusing files -----------------------------------------------------------------------
 
 
-def test_file_without_eof_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_file_without_eof_is_refused(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("half", version_source(1), ["version"], eof=False)
     loader = make_loader()
     with pytest.raises(ModuleFileIncompleteError) as info:
@@ -168,12 +169,12 @@ def test_file_without_eof_is_refused(tree: CageTree, make_loader: Callable[..., 
     assert loader.root.half.version() == 1
 
 
-def test_eof_line_may_have_trailing_whitespace(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_eof_line_may_have_trailing_whitespace(tree: CageTree, make_loader: MakeLoader) -> None:
     (tree.cage / "ws.py").write_text("__all__ = ['f']\ndef f():\n    return 1\n# EOF   \n")
     assert make_loader().root.ws.f() == 1
 
 
-def test_syntax_error_is_a_broken_file(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_syntax_error_is_a_broken_file(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("bad", """
         def f(:
             pass
@@ -186,7 +187,7 @@ def test_syntax_error_is_a_broken_file(tree: CageTree, make_loader: Callable[...
         loader.root.bad.f()
 
 
-def test_error_in_module_body_is_a_broken_file(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_error_in_module_body_is_a_broken_file(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("bad", """
         RATIO = 1 / 0
         def f():
@@ -197,7 +198,7 @@ def test_error_in_module_body_is_a_broken_file(tree: CageTree, make_loader: Call
     assert str(info.value).startswith('file bad.py is broken: ZeroDivisionError("division by zero")')
 
 
-def test_non_callable_export_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_non_callable_export_is_refused(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("consts", """
         LIMIT = 5
         def f():
@@ -208,7 +209,7 @@ def test_non_callable_export_is_refused(tree: CageTree, make_loader: Callable[..
     assert "LIMIT in __all__ is neither a class nor a function" in str(info.value)
 
 
-def test_export_not_defined_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_export_not_defined_is_refused(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("ghost", """
         def f():
             pass
@@ -218,7 +219,7 @@ def test_export_not_defined_is_refused(tree: CageTree, make_loader: Callable[...
     assert "g is in __all__ but not defined" in str(info.value)
 
 
-def test_all_must_be_a_list_of_strings(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_all_must_be_a_list_of_strings(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("odd", """
         __all__ = "f"
         def f():
@@ -228,7 +229,7 @@ def test_all_must_be_a_list_of_strings(tree: CageTree, make_loader: Callable[...
         make_loader().root.odd.f()
 
 
-def test_module_without_all_exports_nothing(tree: CageTree, make_loader: Callable[..., Loader],
+def test_module_without_all_exports_nothing(tree: CageTree, make_loader: MakeLoader,
                                             records: io.StringIO) -> None:
     tree.module("open", """
         def f():
@@ -242,7 +243,7 @@ def test_module_without_all_exports_nothing(tree: CageTree, make_loader: Callabl
 # --- attribute rules ------------------------------------------------------------------------
 
 
-def test_private_attribute_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_private_attribute_is_refused(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("mod", """
         def _hidden():
             return 1
@@ -254,7 +255,7 @@ def test_private_attribute_is_refused(tree: CageTree, make_loader: Callable[...,
     assert str(info.value) == "attribute _hidden of module mod is private"
 
 
-def test_attribute_not_in_all_is_refused(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_attribute_not_in_all_is_refused(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("mod", """
         def helper():
             return 1
@@ -274,7 +275,7 @@ def test_attribute_not_in_all_is_refused(tree: CageTree, make_loader: Callable[.
 # --- annotations ------------------------------------------------------------------------------
 
 
-def test_annotations_are_enforced(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_annotations_are_enforced(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("typed", """
         def double(x: int) -> int:
             return x * 2
@@ -292,7 +293,7 @@ def test_annotations_are_enforced(tree: CageTree, make_loader: Callable[..., Loa
         loader.root.typed.lie(1)
 
 
-def test_postponed_annotations_are_enforced(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_postponed_annotations_are_enforced(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("typed", """
         from __future__ import annotations
         __all__ = ["double"]
@@ -306,7 +307,7 @@ def test_postponed_annotations_are_enforced(tree: CageTree, make_loader: Callabl
 
 
 def test_module_with_postponed_annotations_may_use_dataclasses(tree: CageTree,
-                                                               make_loader: Callable[..., Loader]) -> None:
+                                                               make_loader: MakeLoader) -> None:
     """`from __future__ import annotations` with @dataclass is everyday Python 3.11 code."""
     tree.module("points", """
         from __future__ import annotations
@@ -324,7 +325,7 @@ def test_module_with_postponed_annotations_may_use_dataclasses(tree: CageTree,
     assert (point.x, point.y) == (1, 0)
 
 
-def test_bad_default_makes_the_file_broken(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_bad_default_makes_the_file_broken(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("typed", """
         def f(x: int = "zero"):
             return x
@@ -337,7 +338,7 @@ def test_bad_default_makes_the_file_broken(tree: CageTree, make_loader: Callable
 # --- circular calls ---------------------------------------------------------------------------
 
 
-def test_mutually_recursive_modules_50_deep(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_mutually_recursive_modules_50_deep(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("ping", """
         def ping(n, trail):
             trail.append("ping")
@@ -354,7 +355,7 @@ def test_mutually_recursive_modules_50_deep(tree: CageTree, make_loader: Callabl
     assert trail[:4] == ["ping", "pong", "ping", "pong"]
 
 
-def test_recursion_within_a_module(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_recursion_within_a_module(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("fact", """
         def fact(n):
             return 1 if n <= 1 else n * pmnc.fact.fact(n - 1)
@@ -365,7 +366,7 @@ def test_recursion_within_a_module(tree: CageTree, make_loader: Callable[..., Lo
 # --- injected globals ----------------------------------------------------------------------------
 
 
-def test_injected_globals(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_injected_globals(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("whoami", """
         def info():
             return __cage__, __node__, __cage_dir__, __module__, repr(pmnc)
@@ -376,7 +377,7 @@ def test_injected_globals(tree: CageTree, make_loader: Callable[..., Loader]) ->
     assert pmnc_repr == "<pmnc of whoami in cage sample>"
 
 
-def test_pmnc_request_is_the_current_request(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_pmnc_request_is_the_current_request(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("req", """
         def current():
             return pmnc.request
@@ -387,7 +388,7 @@ def test_pmnc_request_is_the_current_request(tree: CageTree, make_loader: Callab
         assert loader.root.req.current() is request
 
 
-def test_module_log_names_the_module(tree: CageTree, make_loader: Callable[..., Loader], records: io.StringIO) -> None:
+def test_module_log_names_the_module(tree: CageTree, make_loader: MakeLoader, records: io.StringIO) -> None:
     tree.module("talk", """
         def hello():
             pmnc.log.message("hello from a module")
@@ -396,7 +397,7 @@ def test_module_log_names_the_module(tree: CageTree, make_loader: Callable[..., 
     assert logged(records, "hello from a module # talk.py:3 in hello()")
 
 
-def test_modules_are_not_importable(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_modules_are_not_importable(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("zz_cage_only", version_source(1), ["version"])
     make_loader().root.zz_cage_only.version()
     assert "zz_cage_only" not in sys.modules
@@ -405,7 +406,7 @@ def test_modules_are_not_importable(tree: CageTree, make_loader: Callable[..., L
 # --- hot reload -------------------------------------------------------------------------------------
 
 
-def test_changed_file_is_reloaded(tree: CageTree, make_loader: Callable[..., Loader], records: io.StringIO) -> None:
+def test_changed_file_is_reloaded(tree: CageTree, make_loader: MakeLoader, records: io.StringIO) -> None:
     tree.module("mod", version_source(1), ["version"])
     loader = make_loader(start=True)
     bound = loader.root.mod.version  # a reference kept across the reload
@@ -417,7 +418,7 @@ def test_changed_file_is_reloaded(tree: CageTree, make_loader: Callable[..., Loa
     assert logged(records, "module mod has been reloaded (version 2)")
 
 
-def test_reload_runs_the_body_again(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_reload_runs_the_body_again(tree: CageTree, make_loader: MakeLoader) -> None:
     body = """
         VERSION = {}
         calls = []
@@ -433,7 +434,7 @@ def test_reload_runs_the_body_again(tree: CageTree, make_loader: Callable[..., L
     assert loader.root.counter.count() == 1
 
 
-def test_broken_new_version_keeps_old_one_serving(tree: CageTree, make_loader: Callable[..., Loader],
+def test_broken_new_version_keeps_old_one_serving(tree: CageTree, make_loader: MakeLoader,
                                                   records: io.StringIO) -> None:
     tree.module("mod", version_source(1), ["version"])
     loader = make_loader(start=True)
@@ -447,7 +448,7 @@ def test_broken_new_version_keeps_old_one_serving(tree: CageTree, make_loader: C
     assert loader.version_number("mod") == 2
 
 
-def test_incomplete_new_version_keeps_old_one_serving(tree: CageTree, make_loader: Callable[..., Loader],
+def test_incomplete_new_version_keeps_old_one_serving(tree: CageTree, make_loader: MakeLoader,
                                                       records: io.StringIO) -> None:
     tree.module("mod", version_source(1), ["version"])
     loader = make_loader(start=True)
@@ -459,7 +460,7 @@ def test_incomplete_new_version_keeps_old_one_serving(tree: CageTree, make_loade
     wait_until(lambda: loader.root.mod.version() == 2, message="completed version served")
 
 
-def test_not_reloadable_module_keeps_first_version(tree: CageTree, make_loader: Callable[..., Loader],
+def test_not_reloadable_module_keeps_first_version(tree: CageTree, make_loader: MakeLoader,
                                                    records: io.StringIO) -> None:
     tree.module("fixed", version_source(1, "__reloadable__ = False"), ["version"])
     loader = make_loader(start=True)
@@ -471,7 +472,7 @@ def test_not_reloadable_module_keeps_first_version(tree: CageTree, make_loader: 
     assert loader.version_number("fixed") == 1
 
 
-def test_removed_file_keeps_serving(tree: CageTree, make_loader: Callable[..., Loader], records: io.StringIO) -> None:
+def test_removed_file_keeps_serving(tree: CageTree, make_loader: MakeLoader, records: io.StringIO) -> None:
     path = tree.module("mod", version_source(1), ["version"])
     loader = make_loader(start=True)
     assert loader.root.mod.version() == 1
@@ -480,7 +481,7 @@ def test_removed_file_keeps_serving(tree: CageTree, make_loader: Callable[..., L
     assert loader.root.mod.version() == 1
 
 
-def test_cage_copy_created_later_overrides_shared(tree: CageTree, make_loader: Callable[..., Loader]) -> None:
+def test_cage_copy_created_later_overrides_shared(tree: CageTree, make_loader: MakeLoader) -> None:
     tree.module("mod", version_source("shared"), ["version"], folder=tree.shared)
     loader = make_loader(start=True)
     assert loader.root.mod.version() == "shared"
@@ -488,7 +489,7 @@ def test_cage_copy_created_later_overrides_shared(tree: CageTree, make_loader: C
     wait_until(lambda: loader.root.mod.version() == "cage", message="cage copy served")
 
 
-def test_in_flight_call_finishes_on_old_code_while_reload_waits(tree: CageTree, make_loader: Callable[..., Loader],
+def test_in_flight_call_finishes_on_old_code_while_reload_waits(tree: CageTree, make_loader: MakeLoader,
                                                                records: io.StringIO) -> None:
     tree.module("mod", """
         def work(shared):

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CageTree, Cluster, config_source, http_config, module_source
+from conftest import CageTree, Cluster, ServedLoader, config_source, http_config, module_source
 from pmnc import errors
-from pmnc.loader import MAX_KEPT, Loader
+from pmnc.facade import MAX_KEPT
+from pmnc.loader import Loader
 from test_rpc import RUNNER_HANDLER, Runner
 
 SECRET = module_source("""
@@ -20,14 +21,14 @@ SECRET = module_source("""
 
 
 @pytest.fixture
-def loader(tree: CageTree) -> Iterator[Loader]:
-    made = Loader(str(tree.cages), "sample", "node1", settle=0.05)
+def loader(tree: CageTree) -> Iterator[ServedLoader]:
+    made = ServedLoader(str(tree.cages), "sample", "node1", settle=0.05)
     made.start()
     yield made
     made.stop()
 
 
-def test_made_up_module_names_leave_nothing_behind(tree: CageTree, loader: Loader) -> None:
+def test_made_up_module_names_leave_nothing_behind(tree: CageTree, loader: ServedLoader) -> None:
     tree.module("real", "def f():\n    return 1\n", ["f"])
     assert loader.root.real.f() == 1
     for i in range(20000):
@@ -68,7 +69,7 @@ def test_a_module_is_found_only_by_the_exact_spelling_of_its_file(tree: CageTree
     assert loader.call("config_secret", "value", (), {}) == "the secret"
 
 
-def test_file_name_sees_through_a_symlink(tree: CageTree, loader: Loader) -> None:
+def test_file_name_sees_through_a_symlink(tree: CageTree, loader: ServedLoader) -> None:
     tree.module("config_secret", SECRET, ["value"])
     os.symlink("config_secret.py", tree.cage / "Config_secret.py")
     assert loader.file_name("Config_secret") == "config_secret"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import inspect
 import io
+import logging
 import os
 import re
 import sys
@@ -498,3 +502,139 @@ def test_log_files_are_for_owner_and_group(tmp_path: Path) -> None:
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == {"sample-20240101.log": 0o640, "sample-20240102.log": 0o640,
                      "sample-20240103.log": 0o600}  # tightened, never loosened
+
+
+# --- stdlib logging bridged ------------------------------------------------------
+
+
+@pytest.fixture
+def bridged(echo: io.StringIO) -> Iterator[io.StringIO]:
+    """The bridge installed for one test; the root logger as it was afterwards."""
+    level, handlers = logging.root.level, list(logging.root.handlers)
+    log.bridge_stdlib()
+    yield echo
+    log.unbridge_stdlib()
+    assert logging.root.level == level and logging.root.handlers == handlers
+
+
+class Counted:
+    """A log argument that counts how often it was made into text."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def __str__(self) -> str:
+        self.made += 1
+        return "counted"
+
+
+def test_stdlib_warning_is_a_cage_warning_naming_its_logger(bridged: io.StringIO) -> None:
+    logging.getLogger("psycopg.pool").warning("connection %s lost", "pg-1")
+    [line] = lines(bridged)
+    assert line.split()[1] == "WRN"
+    assert messages(bridged) == ["psycopg.pool: connection pg-1 lost"]
+
+
+@pytest.mark.parametrize(("level", "code"), [
+    (logging.CRITICAL, "ERR"), (logging.ERROR, "ERR"), (logging.WARNING, "WRN"),
+    (logging.INFO, "INF"), (logging.DEBUG, "DBG"), (5, "NSE"),
+])
+def test_stdlib_levels_map_to_cage_levels(bridged: io.StringIO, level: int, code: str) -> None:
+    log.set_level("NOISE")
+    logging.getLogger("pymongo.topology").log(level, "heartbeat")
+    assert [line.split()[1] for line in lines(bridged)] == [code]
+
+
+def test_stdlib_records_below_the_cage_level_are_not_even_made(bridged: io.StringIO) -> None:
+    counted, library = Counted(), logging.getLogger("watchdog.observers")
+    library.debug("event %s", counted)
+    library.info("event %s", counted)
+    assert lines(bridged) == [] and counted.made == 0
+    assert not library.isEnabledFor(logging.INFO)  # refused by the level, before a record exists
+
+
+def test_the_bridge_follows_the_cage_level_changed_at_runtime(bridged: io.StringIO) -> None:
+    library = logging.getLogger("pymongo.command")  # not psycopg: it sets its own level, WARNING
+    log.set_level("DEBUG")
+    library.debug("query sent")
+    log.set_level("ERROR")
+    library.warning("slow query")
+    library.error("connection failed")
+    assert messages(bridged) == ["pymongo.command: query sent", "pymongo.command: connection failed"]
+
+
+def test_stdlib_exception_records_carry_the_exception(bridged: io.StringIO) -> None:
+    try:
+        raise ValueError("bad reply")
+    except ValueError:
+        logging.getLogger("pymongo").exception("monitor failed")
+    [text] = messages(bridged)
+    assert text.startswith('pymongo: monitor failed: ValueError("bad reply") in test_stdlib_exception_records')
+    assert "test_log.py:" in text
+
+
+@contextlib.contextmanager
+def bridge_alone() -> Iterator[None]:
+    """The bridge as the root logger's only handler, as in a cage: pytest's own handlers
+    (added for each test's call) would format records too, and raise on a bad format."""
+    handlers = logging.root.handlers
+    logging.root.handlers = [handler for handler in handlers if handler is log._bridge]
+    try:
+        yield
+    finally:
+        logging.root.handlers = handlers
+
+
+def test_a_broken_stdlib_format_is_logged_as_its_parts(bridged: io.StringIO) -> None:
+    with bridge_alone():
+        logging.getLogger("driver").warning("%d rows", "many")
+    assert messages(bridged) == ["driver: '%d rows' % ('many',)"]
+
+
+def test_bridging_twice_bridges_once(bridged: io.StringIO) -> None:
+    log.bridge_stdlib()
+    logging.getLogger("asyncio").warning("slow callback")
+    assert messages(bridged) == ["asyncio: slow callback"]
+
+
+def test_loggers_that_do_not_propagate_are_bridged_too(bridged: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    isolated = logging.getLogger("test_log.isolated_library")  # made after bridging
+    monkeypatch.setattr(isolated, "propagate", False)
+    monkeypatch.setattr(isolated, "handlers", [])
+    isolated.warning("lost before the next flush")
+    log.flush()  # the cage flushes every second
+    isolated.warning("seen")
+    isolated.getChild("part").warning("seen too")  # propagates to its isolated parent only: once
+    assert messages(bridged) == ["test_log.isolated_library: seen", "test_log.isolated_library.part: seen too"]
+
+
+class Recursive:
+    """An argument whose text is made by logging through stdlib again."""
+
+    def __str__(self) -> str:
+        logging.getLogger("inner").warning("from inside")
+        return "outer text"
+
+
+def test_a_record_logged_while_bridging_one_is_dropped_not_looped(bridged: io.StringIO) -> None:
+    with bridge_alone():
+        logging.getLogger("outer").warning("%s", Recursive())
+    assert messages(bridged) == ["outer: outer text"]
+
+
+def test_asyncio_task_exception_never_retrieved_reaches_the_cage_log(bridged: io.StringIO) -> None:
+    async def lost() -> None:
+        raise RuntimeError("nobody awaited me")
+
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(lost())
+        loop.run_until_complete(asyncio.wait([task]))
+    finally:
+        loop.close()
+    del task
+    gc.collect()
+    [line] = [line for line in lines(bridged) if "asyncio:" in line]
+    assert line.split()[1] == "ERR"
+    assert "asyncio: Task exception was never retrieved" in line
+    assert 'RuntimeError("nobody awaited me") in lost() (test_log.py:' in line

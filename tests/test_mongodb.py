@@ -106,12 +106,12 @@ def private_peer(tmp_path: Path) -> Iterator[MongoPeer]:
 
 
 def xa(cage: InProcessCage, **options: Any) -> Any:
-    return cage.cage.loader.root.transaction.create(**options)
+    return cage.cage.runtime.root.transaction.create(**options)
 
 
 def one(cage: InProcessCage) -> Any:
     """`pmnc.transaction`: its shortcut `.<resource>.<coll>.<op>(...)` is a one-call transaction."""
-    return cage.cage.loader.root.transaction
+    return cage.cage.runtime.root.transaction
 
 
 def run(cage: InProcessCage, register: Callable[[Any], Any]) -> Any:

@@ -509,7 +509,7 @@ def test_the_protocol_is_found_by_name_and_fails_clearly_in_a_cage(
     config = dict(protocol="oracle", server_address=("127.0.0.1", closed_port), database="FREEPDB1",
                   username="pmnc", password="secret", pool__size=2)
     cage = in_process_cage(files={"config_resource_db.py": config_source(config)})
-    transaction = cage.cage.loader.root.transaction
+    transaction = cage.cage.runtime.root.transaction
     attach(5.0)
     with pytest.raises(SQLResourceError) as info:
         transaction.db.execute("SELECT 1 FROM dual")
@@ -561,7 +561,7 @@ def start(in_process_cage: Callable[..., InProcessCage], **resource: Any) -> Any
     config = dict(protocol="oracle", dsn=DSN, pool__size=4)
     cage = in_process_cage(files={"config_resource_db.py": config_source({**config, **resource}),
                                   "config_resource_db2.py": config_source(config)})
-    return cage.cage.loader.root.transaction
+    return cage.cage.runtime.root.transaction
 
 
 def admin(*statements: str) -> list[Any]:

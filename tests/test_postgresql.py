@@ -40,7 +40,7 @@ def start(in_process_cage: Callable[..., InProcessCage], pg: PgServer, **resourc
     config = dict(pg.config(), pool__size=4, **resource)
     cage = in_process_cage(files={"config_resource_db.py": config_source(config),
                                   "config_resource_db2.py": config_source(dict(pg.config("db2"), pool__size=4))})
-    return cage.cage.loader.root.transaction
+    return cage.cage.runtime.root.transaction
 
 
 def test_statements_of_one_call_run_in_one_transaction_and_return_rows(

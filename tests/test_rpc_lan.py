@@ -51,7 +51,6 @@ RUNNER = module_source("""
     import urllib.parse
 
     from pmnc.request import Request, attached
-    from pmnc.rpc import cluster
 
     def process_request(request, response):
         url = urllib.parse.urlsplit(request["url"])
@@ -61,7 +60,7 @@ RUNNER = module_source("""
             result = [call(cage, float(query["timeout"])) for _ in range(int(query.get("n", "1")))]
         else:
             result = [{"node": loc.node, "host": loc.host, "port": loc.port, "source": loc.source}
-                      for loc in cluster.get().locator.locations(cage)]
+                      for loc in pmnc._services.cluster.get().locator.locations(cage)]
         response["content"] = json.dumps(result).encode()
         response["headers"]["content-type"] = "application/json"
 

@@ -741,14 +741,14 @@ def test_a_read_only_state_folder_is_a_clear_error(tmp_path: Path,
 def test_xa_state_commits_with_its_transaction(in_process_cage: Callable[..., InProcessCage],
                                                attach: Callable[[float], Request]) -> None:
     cage = in_process_cage()
-    pmnc = cage.cage.loader.pmnc("orders")
+    pmnc = cage.cage.runtime.pmnc("orders")
     attach(10.0)
     xa = pmnc.transaction.create()
     xa.state.set("a", 1)
     xa.state.set("b", {"two": 2})
     xa.execute()
     assert (pmnc.state.get("a"), pmnc.state.get("b")) == (1, {"two": 2})
-    assert cage.cage.loader.pmnc("other").state.get("a", "absent") == "absent"  # the module's own namespace
+    assert cage.cage.runtime.pmnc("other").state.get("a", "absent") == "absent"  # the module's own namespace
     xa = pmnc.transaction.create()
     xa.state.delete("a")
     xa.state.set("b", "bee")
@@ -759,7 +759,7 @@ def test_xa_state_commits_with_its_transaction(in_process_cage: Callable[..., In
 def test_a_failing_participant_rolls_the_state_writes_back(in_process_cage: Callable[..., InProcessCage],
                                                            attach: Callable[[float], Request]) -> None:
     cage = in_process_cage()
-    pmnc = cage.cage.loader.pmnc("orders")
+    pmnc = cage.cage.runtime.pmnc("orders")
     attach(10.0)
     pmnc.state.set("b", "kept")
     for two_phase in (False, True):
@@ -772,26 +772,26 @@ def test_a_failing_participant_rolls_the_state_writes_back(in_process_cage: Call
         assert info.value.participant_index == 2
         assert (pmnc.state.get("a", "absent"), pmnc.state.get("b"), pmnc.state.get("c", "absent")) == \
             ("absent", "kept", "absent"), f"two_phase={two_phase}"
-    assert cage.cage.loader.state.in_doubt("") == []  # no branch left prepared
+    assert cage.cage.runtime.state.in_doubt("") == []  # no branch left prepared
 
 
 def test_a_two_phase_transaction_of_state_writes(in_process_cage: Callable[..., InProcessCage],
                                                  attach: Callable[[float], Request]) -> None:
     cage = in_process_cage()
-    pmnc = cage.cage.loader.pmnc("orders")
+    pmnc = cage.cage.runtime.pmnc("orders")
     attach(10.0)
     xa = pmnc.transaction.create(two_phase=True)
     xa.state.set("x", 1)
     xa.state.set("y", 2)
     xa.execute()
     assert (pmnc.state.get("x"), pmnc.state.get("y")) == (1, 2)
-    assert cage.cage.loader.state.in_doubt("") == []
+    assert cage.cage.runtime.state.in_doubt("") == []
 
 
 def test_more_state_participants_than_threads(in_process_cage: Callable[..., InProcessCage],
                                               attach: Callable[[float], Request]) -> None:
     cage = in_process_cage(thread_count=10)
-    pmnc = cage.cage.loader.pmnc("orders")
+    pmnc = cage.cage.runtime.pmnc("orders")
     attach(20.0)
     xa = pmnc.transaction.create()
     for i in range(30):

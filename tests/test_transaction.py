@@ -94,7 +94,7 @@ def test_shortcut_calls_one_participant_and_commits(in_process_cage: Callable[..
                                                     attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
     attach(5.0)
-    pmnc = cage.cage.loader.root
+    pmnc = cage.cage.runtime.root
     assert pmnc.transaction.fake.echo("hello", suffix="!") == "hello!"
     assert pmnc.transaction.fake.echo("again") == "again"
     assert len(events(cage, "connect")) == 1, "the connection is pooled and reused"
@@ -105,7 +105,7 @@ def test_results_come_in_registration_order(in_process_cage: Callable[..., InPro
                                             attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
     attach(5.0)
-    xa = cage.cage.loader.root.transaction.create()
+    xa = cage.cage.runtime.root.transaction.create()
     xa.fake.sleep(0.2)
     xa.fake.echo("fast")
     assert xa.execute() == (0.2, "fast")
@@ -116,14 +116,14 @@ def test_empty_transaction_returns_an_empty_tuple(in_process_cage: Callable[...,
                                                   attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
     attach(5.0)
-    assert cage.cage.loader.root.transaction.create().execute() == ()
+    assert cage.cage.runtime.root.transaction.create().execute() == ()
 
 
 def test_resource_args_reach_begin_transaction(in_process_cage: Callable[..., InProcessCage],
                                                attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
     attach(5.0)
-    xa = cage.cage.loader.root.transaction.create()
+    xa = cage.cage.runtime.root.transaction.create()
     xa.fake("serializable", read_only=True).echo(1)
     xa.execute()
     assert events(cage, "begin")[-1][2:] == (("serializable",), {"read_only": True})
@@ -133,7 +133,7 @@ def test_a_failing_participant_rolls_all_back(in_process_cage: Callable[..., InP
                                               attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
     attach(5.0)
-    xa = cage.cage.loader.root.transaction.create()
+    xa = cage.cage.runtime.root.transaction.create()
     xa.fake.echo("fine")
     xa.fake.fail(False)
     with pytest.raises(ResourceError) as info:
@@ -148,7 +148,7 @@ def test_terminal_error_discards_the_connection(in_process_cage: Callable[..., I
                                                 attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
     attach(5.0)
-    pmnc = cage.cage.loader.root
+    pmnc = cage.cage.runtime.root
     with pytest.raises(ResourceError):
         pmnc.transaction.fake.fail(True)
     wait_until(lambda: len(events(cage, "disconnect")) == 1, message="the connection discarded")
@@ -161,7 +161,7 @@ def test_other_exceptions_become_unrecoverable_terminal_resource_errors(
     cage = start(in_process_cage)
     attach(5.0)
     with pytest.raises(ResourceError) as info:
-        cage.cage.loader.root.transaction.fake.crash()
+        cage.cage.runtime.root.transaction.fake.crash()
     assert str(info.value) == 'ValueError("crashed")'
     assert (info.value.recoverable, info.value.terminal, info.value.participant_index) == (False, True, 0)
     wait_until(lambda: len(events(cage, "disconnect")) == 1, message="the connection discarded")
@@ -172,7 +172,7 @@ def test_connect_failure_is_a_recoverable_resource_error(in_process_cage: Callab
     cage = start(in_process_cage, refuse_connect=True)
     attach(5.0)
     with pytest.raises(ResourceError) as info:
-        cage.cage.loader.root.transaction.fake.echo(1)
+        cage.cage.runtime.root.transaction.fake.echo(1)
     assert info.value.recoverable
     assert "cannot connect" in str(info.value) and "nobody there" in str(info.value)
 
@@ -181,7 +181,7 @@ def test_deadline_while_a_participant_works(in_process_cage: Callable[..., InPro
                                             attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
     request = attach(0.5)
-    xa = cage.cage.loader.root.transaction.create()
+    xa = cage.cage.runtime.root.transaction.create()
     xa.fake.echo(1)
     xa.fake.sleep(1.5)
     with pytest.raises(TransactionExecutionError) as info:
@@ -195,7 +195,7 @@ def test_more_participants_than_threads_fail_at_once(in_process_cage: Callable[.
                                                      attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
     request = attach(5.0)
-    xa = cage.cage.loader.root.transaction.create()
+    xa = cage.cage.runtime.root.transaction.create()
     for i in range(3):
         xa.fake.echo(i)
     with pytest.raises(TransactionExecutionError) as info:
@@ -215,7 +215,7 @@ def test_accept_may_take_the_first_result(in_process_cage: Callable[..., InProce
         done = [r for r in results if r is not xa.NoValue]
         return done[0] if done else None
 
-    xa = cage.cage.loader.root.transaction.create(accept=first, sync_commit=False)
+    xa = cage.cage.runtime.root.transaction.create(accept=first, sync_commit=False)
     xa.fake.wait_gate()
     xa.fake.echo("quick")
     assert xa.execute() == "quick"
@@ -228,7 +228,7 @@ def test_commit_failure_is_reported_with_sync_commit(in_process_cage: Callable[.
     cage = start(in_process_cage, fail_commit=True)
     attach(5.0)
     with pytest.raises(TransactionCommitError) as info:
-        cage.cage.loader.root.transaction.fake.echo(1)
+        cage.cage.runtime.root.transaction.fake.echo(1)
     assert "commit failed" in str(info.value)
 
 
@@ -236,7 +236,7 @@ def test_lifecycle_and_unknown_methods_are_refused(in_process_cage: Callable[...
                                                    attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage)
     attach(5.0)
-    pmnc = cage.cage.loader.root
+    pmnc = cage.cage.runtime.root
     for call in (pmnc.transaction.fake.disconnect, pmnc.transaction.fake.nothing_like_it):
         with pytest.raises(ResourceInputParameterError):
             call()
@@ -246,7 +246,7 @@ def test_max_time_caps_a_call_and_min_time_declines(in_process_cage: Callable[..
                                                     attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage, pool__max_time=1.0, pool__min_time=0.5)
     attach(5.0)
-    pmnc = cage.cage.loader.root
+    pmnc = cage.cage.runtime.root
     assert pmnc.transaction.fake.remain() <= 1.0
     attach(0.3)
     with pytest.raises(ResourceError) as info:
@@ -258,7 +258,7 @@ def test_idle_connections_are_swept_and_standby_kept(in_process_cage: Callable[.
                                                      attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage, pool__idle_timeout=0.2, pool__standby=1)
     attach(5.0)
-    assert cage.cage.loader.root.transaction.fake.echo(1) == "1"
+    assert cage.cage.runtime.root.transaction.fake.echo(1) == "1"
     pool = cage.cage.resources.get("fake")  # type: ignore[union-attr]
     wait_until(lambda: _swept(pool, cage), 5.0, message="the idle connection closed and a standby one connected")
 
@@ -270,7 +270,7 @@ def _swept(pool: Any, cage: InProcessCage) -> bool:
 
 def test_concurrent_transactions_share_the_pool(in_process_cage: Callable[..., InProcessCage]) -> None:
     cage = start(in_process_cage)
-    pmnc = cage.cage.loader.root
+    pmnc = cage.cage.runtime.root
     results: list[str] = []
     errors: list[BaseException] = []
 

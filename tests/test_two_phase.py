@@ -83,7 +83,7 @@ def test_both_databases_commit_and_nothing_stays_prepared(
         in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str,
         attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage, pg, Path("/nonexistent"))
-    transaction = cage.cage.loader.root.transaction
+    transaction = cage.cage.runtime.root.transaction
     attach(5.0)
     xa = transaction.create(two_phase=True)
     xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
@@ -98,7 +98,7 @@ def test_both_databases_commit_and_nothing_stays_prepared(
 def test_a_failing_participant_rolls_every_branch_back(
         in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
         attach: Callable[[float], Request]) -> None:
-    transaction = start(in_process_cage, pg, tmp_path).cage.loader.root.transaction
+    transaction = start(in_process_cage, pg, tmp_path).cage.runtime.root.transaction
     attach(5.0)
     pg.query(f"INSERT INTO {tables} (id) VALUES (7)", "db2")
     xa = transaction.create(two_phase=True)
@@ -113,7 +113,7 @@ def test_a_failing_participant_rolls_every_branch_back(
 def test_a_branch_that_cannot_prepare_rolls_the_prepared_ones_back(
         in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
         attach: Callable[[float], Request]) -> None:
-    transaction = start(in_process_cage, pg, tmp_path).cage.loader.root.transaction
+    transaction = start(in_process_cage, pg, tmp_path).cage.runtime.root.transaction
     attach(5.0)
     xa = transaction.create(two_phase=True)
     xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
@@ -129,7 +129,7 @@ def test_a_branch_that_cannot_prepare_rolls_the_prepared_ones_back(
 def test_one_participant_that_cannot_prepare_commits_last(
         in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
         attach: Callable[[float], Request]) -> None:
-    transaction = start(in_process_cage, pg, tmp_path).cage.loader.root.transaction
+    transaction = start(in_process_cage, pg, tmp_path).cage.runtime.root.transaction
     attach(5.0)
     xa = transaction.create(two_phase=True)
     xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
@@ -148,7 +148,7 @@ def test_one_participant_that_cannot_prepare_commits_last(
 def test_a_failing_last_resource_rolls_the_branches_back(
         in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
         attach: Callable[[float], Request]) -> None:
-    transaction = start(in_process_cage, pg, tmp_path, fail_commit=True).cage.loader.root.transaction
+    transaction = start(in_process_cage, pg, tmp_path, fail_commit=True).cage.runtime.root.transaction
     attach(5.0)
     xa = transaction.create(two_phase=True)
     xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
@@ -225,7 +225,7 @@ def test_a_cage_killed_between_the_phases_leaves_both_databases_consistent(
 def test_a_branch_whose_connection_is_killed_before_prepare_rolls_all_back(
         in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
         attach: Callable[[float], Request]) -> None:
-    transaction = start(in_process_cage, pg, tmp_path).cage.loader.root.transaction
+    transaction = start(in_process_cage, pg, tmp_path).cage.runtime.root.transaction
     attach(10.0)
     xa = transaction.create(two_phase=True)
     xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (1)")
@@ -250,7 +250,7 @@ def test_a_database_that_dies_in_phase_two_is_committed_by_recovery(
         "config_resource_db1.py": config_source(pg.config("db1")),
         "config_resource_db2.py": config_source(pg_server.config("db2")),
     })
-    transaction = cage.cage.loader.root.transaction
+    transaction = cage.cage.runtime.root.transaction
     original = DecisionLog.decide_commit
 
     def decide_then_crash_db2(self: DecisionLog, xid: str, branches: list[tuple[str, str]]) -> None:
@@ -296,7 +296,7 @@ def test_a_branch_that_cannot_be_rolled_back_is_rolled_back_by_recovery(
 
     monkeypatch.setattr(DecisionLog, "decide_commit", crash_db2_and_fail)
     attach(10.0)
-    xa = cage.cage.loader.root.transaction.create(two_phase=True)
+    xa = cage.cage.runtime.root.transaction.create(two_phase=True)
     xa.db1.execute(f"INSERT INTO {tables} (id) VALUES (9)")
     xa.db2.execute(f"INSERT INTO {tables} (id) VALUES (9)")
     with pytest.raises(TransactionExecutionError, match="cannot be logged"):

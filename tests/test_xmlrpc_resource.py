@@ -56,7 +56,7 @@ def resource_config(port: int, **more: Any) -> str:
 
 
 def call(cage: InProcessCage) -> Any:
-    return cage.cage.loader.root.transaction.rpc
+    return cage.cage.runtime.root.transaction.rpc
 
 
 def test_calls_the_standard_library_server(in_process_cage: Callable[..., InProcessCage], stdlib_server: _Server,
@@ -88,7 +88,7 @@ def test_unknown_method_and_bad_path(in_process_cage: Callable[..., InProcessCag
         call(cage).no_such_method()
     assert "is not supported" in info.value.description
     with pytest.raises(ResourceError) as info:
-        cage.cage.loader.root.transaction.wrong.echo(1)
+        cage.cage.runtime.root.transaction.wrong.echo(1)
     assert info.value.code == 404
 
 
@@ -99,7 +99,7 @@ def test_none_needs_allow_none(in_process_cage: Callable[..., InProcessCage], st
                                   "config_resource_nil.py": resource_config(port, allow_none=True)})
     with pytest.raises(ResourceInputParameterError):
         call(cage).echo(None)
-    assert cage.cage.loader.root.transaction.nil.echo(None) == [None]
+    assert cage.cage.runtime.root.transaction.nil.echo(None) == [None]
 
 
 def test_keyword_arguments_are_refused(in_process_cage: Callable[..., InProcessCage], stdlib_server: _Server,
@@ -112,7 +112,7 @@ def test_keyword_arguments_are_refused(in_process_cage: Callable[..., InProcessC
 def test_in_a_transaction_with_another_participant(in_process_cage: Callable[..., InProcessCage],
                                                    stdlib_server: _Server, attached_request: Request) -> None:
     cage = in_process_cage(files={"config_resource_rpc.py": resource_config(stdlib_server.server_address[1])})
-    xa = cage.cage.loader.root.transaction.create()
+    xa = cage.cage.runtime.root.transaction.create()
     xa.rpc.add(1, 2)
     xa.rpc.echo("x")
     assert xa.execute() == (3, ["x"])

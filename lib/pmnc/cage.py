@@ -1,6 +1,6 @@
 """One cage: boot, maintenance and shutdown, in the original's order.
 
-Boot:      log level → loader (watching files) → state file checked (a
+Boot:      stdlib logging bridged → log level → loader (watching files) → state file checked (a
            damaged one stops the boot) → worker pool and resource pools →
            event loop → branches of two-phase commits left prepared are
            finished (transaction.recover_in_doubt) → intake opens →
@@ -24,13 +24,16 @@ import time
 from typing import Any
 
 from pmnc import log
-from pmnc.config import Config
-from pmnc.errors import exc_string
-from pmnc.interfaces import Intake, InterfaceManager
+from pmnc.config import read_settings
+from pmnc.errors import ConfigError, ModuleError, exc_string
+from pmnc.interfaces import InterfaceManager
+from pmnc.lifecycle import Intake
 from pmnc.loader import Loader
 from pmnc.loop import EventLoopThread
 from pmnc.pools import ResourcePools
-from pmnc.rpc import cluster
+from pmnc.runtime import Runtime
+from pmnc.schema import INTERFACES_KEYS
+from pmnc.state import KEYS as STATE_KEYS
 from pmnc.state import StateStore, store_path
 from pmnc.transaction import recover_in_doubt
 from pmnc.workers import WorkerPool
@@ -43,37 +46,24 @@ class Cage:
     def __init__(self, cages_dir: str, name: str, node: str, *, self_test: str | None = None) -> None:
         self.name, self.node = name, node
         self.loader = Loader(cages_dir, name, node, self_test=self_test)
-        self.config = Config(self.loader, "interfaces")
-        self.intake = Intake()
+        self.runtime = Runtime(self.loader)
         self.interfaces = InterfaceManager(self)
-        self.pool: WorkerPool | None = None
-        self.resources: ResourcePools | None = None
-        self.loop: EventLoopThread | None = None
-        self.request_timeout = 10.0
         self._recovery_due: float | None = None
         self._recovery: threading.Thread | None = None
 
-    def setting(self, key: str, default: Any) -> Any:
-        """A key of config_interfaces, falling back to `default` if it cannot be read."""
-        try:
-            return self.config.get(key, default)
-        except Exception as e:
-            log.error(f"config_interfaces.py: {key} cannot be read, using {default!r}: {e}")
-            return default
+    def settings(self) -> dict[str, Any]:
+        """config_interfaces.py, every key (schema.INTERFACES_KEYS); ConfigError for an unknown one."""
+        return read_settings(self.loader, "interfaces", INTERFACES_KEYS)
 
     def start(self) -> None:
+        log.bridge_stdlib()  # what drivers and asyncio log through stdlib logging reaches the cage log
+        settings = self.settings()  # a key it does not know stops the boot: the cage would not run as meant
         self._apply_log_level()
         self.loader.start()
-        self.request_timeout = float(self.setting("request_timeout", 10.0))
-        thread_count = int(self.setting("thread_count", 10))
-        self.loader.state = self._open_state()
-        self.pool = WorkerPool("worker", thread_count)
-        self.loader.resources = self.resources = ResourcePools(self.loader, thread_count,
-                                                               float(self.setting("sweep_period", 15.0)))
+        self.runtime.request_timeout = settings["request_timeout"]
         self.loader.swap_timeout = self.request_timeout
-        self.loop = EventLoopThread()
-        self.loop.start()
-        cluster.attach(self.loader)  # made when first needed: by the rpc interface or a call
+        self.runtime.start(self._open_state(), thread_count=settings["thread_count"],
+                           sweep_period=settings["sweep_period"])
         self._recover()
         self.intake.open()
         log.message("as of this moment requests can be created")
@@ -83,9 +73,8 @@ class Cage:
 
     def _open_state(self) -> StateStore:
         """The state file, checked now: StateCorruptError stops the boot."""
-        megabytes = Config(self.loader, "state").get("minimum_free_space", 50.0) \
-            if self.loader.locate("config_state") else 50.0
-        store = StateStore(store_path(self.loader.cage_dir), minimum_free_space=int(float(megabytes) * 1024 * 1024))
+        megabytes = read_settings(self.loader, "state", STATE_KEYS)["minimum_free_space"]
+        store = StateStore(store_path(self.loader.cage_dir), minimum_free_space=int(megabytes * 1024 * 1024))
         store.check()
         return store
 
@@ -93,8 +82,8 @@ class Cage:
         self._apply_log_level()
         if self.loader.self_test is None:
             self.interfaces.reload()
-        if self.resources is not None:
-            self.resources.maintain()
+        if self.runtime.started:
+            self.runtime.resources.maintain()
             if self._recovery_due is not None and time.monotonic() >= self._recovery_due and \
                     (self._recovery is None or not self._recovery.is_alive()):
                 self._recovery = threading.Thread(target=self._recover, name="recovery", daemon=True)
@@ -103,19 +92,21 @@ class Cage:
 
     def _recover(self) -> None:
         """Finish two-phase branches left prepared; try again later while some are left."""
-        assert self.resources is not None
+        resources = self.runtime.resources
         try:
-            done = recover_in_doubt(self.resources) and not self.resources.decisions.decisions()
+            done = recover_in_doubt(resources) and not resources.decisions.decisions()
         except Exception as e:
             log.error(f"recovery of two-phase transactions failed: {exc_string(e)}")
             done = False
         self._recovery_due = None if done else time.monotonic() + RECOVERY_PERIOD
 
     def _apply_log_level(self) -> None:
+        """The log level of config_interfaces.py, re-read every second; kept as it is while the
+        file cannot be used."""
         try:
-            log.set_level(self.setting("log_level", "LOG"))
-        except ValueError as e:
-            log.error(f"config_interfaces.py: {e}")
+            log.set_level(self.settings()["log_level"])
+        except (ModuleError, ConfigError, ValueError) as e:
+            log.error(f"config_interfaces.py cannot be used, the log level stays as it is: {e}")
 
     def stop(self) -> None:
         log.message("the cage is shutting down")
@@ -126,15 +117,7 @@ class Cage:
         if left:
             log.warning(f"{left} request(s) did not finish within {self.request_timeout:.1f}s")
         self.interfaces.stop_all()
-        cluster.attach(None)
-        if self.resources is not None:
-            self.resources.stop()
-        if self.pool is not None:
-            self.pool.stop()
-        if self.loader.state is not None:
-            self.loader.state.close()
-        if self.loop is not None:
-            self.loop.stop()
+        self.runtime.stop()
         self.loader.stop()
 
     def run(self, stopping: threading.Event) -> None:
@@ -150,6 +133,28 @@ class Cage:
             self.stop()
         log.message("the cage has been properly shut down")
         log.flush(everything=True)  # with the counts of repeats left out of the log
+
+    # --- the runtime's services, as the interfaces reach them ------------------------------
+
+    @property
+    def request_timeout(self) -> float:
+        return self.runtime.request_timeout
+
+    @property
+    def intake(self) -> Intake:
+        return self.runtime.intake
+
+    @property
+    def pool(self) -> WorkerPool:
+        return self.runtime.workers
+
+    @property
+    def resources(self) -> ResourcePools:
+        return self.runtime.resources
+
+    @property
+    def loop(self) -> EventLoopThread:
+        return self.runtime.loop
 
     def __repr__(self) -> str:
         return f"<Cage {self.node}.{self.name} interfaces={len(self.interfaces.live)} active={self.intake.active}>"

@@ -17,6 +17,7 @@ from typing import Any
 
 from pmnc.errors import ConfigError
 from pmnc.loader import Loader, ModuleVersion
+from pmnc.schema import Schema
 
 _NO_DEFAULT = object()
 
@@ -95,6 +96,13 @@ class _Cache:
     raw: dict[str, Any]
     variables: dict[str, Any]
     expanded: dict[str, Any] = field(default_factory=dict)
+
+
+def read_settings(loader: Loader, target: str, schema: Schema) -> dict[str, Any]:
+    """config_<target>.py read against its schema: every key, expanded, defaults filled in
+    (all defaults if the file is not there); ConfigError for an unknown key."""
+    config = Config(loader, target).copy() if loader.locate(f"config_{target}") is not None else {}
+    return schema.read(config, f"config_{target}.py")
 
 
 def _dict_attr(version: ModuleVersion, attr: str, *, required: bool = True) -> dict[str, Any]:

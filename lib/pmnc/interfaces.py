@@ -14,15 +14,14 @@ each time it goes missing.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pmnc import log
-from pmnc.config import Config
-from pmnc.errors import ConfigError, IntakeClosedError, ModuleError, exc_string
-from pmnc.protocols import protocol_class
-from pmnc.request import Request
+from pmnc.config import Config, read_settings
+from pmnc.errors import ConfigError, ModuleError, exc_string
+from pmnc.loader import protocol_class
+from pmnc.schema import INTERFACES_KEYS, Key, Schema, interface_file
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
@@ -34,10 +33,21 @@ class Interface:
     protocol = ""
     handler_module = True  # requests are handled by interface_<name>.process_request
 
+    # the keys of config_interface_<name>.py (`protocol` is the manager's); a protocol extends them
+    keys = Schema(request_timeout=Key(None, float))  # None: the cage's request_timeout
+
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
+        """Reads `config` against the protocol's `keys` into `self.config` (every key, defaults
+        filled in), refusing unknown keys."""
         self.name, self.cage = name, cage
-        self.request_timeout = float(config.pop("request_timeout", cage.request_timeout))
-        self.config = config
+        if type(self).keys is Interface.keys:  # a protocol without a schema (a cage's own) pops its keys itself
+            timeout = Interface.keys.read({k: config.pop(k) for k in Interface.keys if k in config},
+                                          interface_file(name))["request_timeout"]
+            self.config = config
+        else:
+            self.config = type(self).keys.read(config, interface_file(name))
+            timeout = self.config["request_timeout"]
+        self.request_timeout: float = cage.request_timeout if timeout is None else timeout
 
     def start(self) -> None:
         """Begin serving; raise if the interface cannot serve."""
@@ -50,57 +60,6 @@ class Interface:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
-
-
-class Intake:
-    """Counts requests in flight, per interface; once closed, no request can begin."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._active: dict[str, int] = {}  # interface → requests in flight
-        self._open = False
-        self._draining = 0  # threads waiting in drain(): only then does end() notify
-
-    def open(self) -> None:
-        with self._cond:
-            self._open = True
-
-    def begin(self, *, interface: str, **kwargs: Any) -> Request:
-        with self._cond:
-            if not self._open:
-                raise IntakeClosedError("request cannot begin, request factory has been shut down")
-            self._active[interface] = self._active.get(interface, 0) + 1
-        return Request(interface=interface, **kwargs)
-
-    def end(self, request: Request) -> None:
-        assert request.interface is not None
-        with self._cond:
-            self._active[request.interface] -= 1
-            if self._draining:
-                self._cond.notify_all()
-
-    def close(self) -> int:
-        with self._cond:
-            self._open = False
-            return self.active
-
-    def drain(self, timeout: float, interface: str | None = None) -> int:
-        """Wait up to `timeout` for requests in flight (of one interface, or all);
-        returns how many remain."""
-        def left() -> int:
-            return self._active.get(interface, 0) if interface is not None else self.active
-
-        with self._cond:
-            self._draining += 1
-            try:
-                self._cond.wait_for(lambda: not left(), timeout)
-            finally:
-                self._draining -= 1
-            return left()
-
-    @property
-    def active(self) -> int:
-        return sum(self._active.values())
 
 
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # seconds before an interface that failed to start is tried again
@@ -125,8 +84,7 @@ class InterfaceManager:
         self._retry: dict[str, tuple[float, int]] = {}  # name → (when to try again, config version tried)
 
     def configured(self) -> tuple[str, ...]:
-        names = Config(self.cage.loader, "interfaces").get("interfaces", ())
-        return tuple(names)
+        return tuple(read_settings(self.cage.loader, "interfaces", INTERFACES_KEYS)["interfaces"])
 
     def start_all(self) -> None:
         for name in self.configured():

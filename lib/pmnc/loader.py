@@ -1,12 +1,14 @@
-"""Cage modules: locate, load, hot-reload, and the `pmnc` object they call through.
+"""Cage modules: locate, load, hot-reload, and call into them.
 
 Rules a cage module lives by:
 - `name.py` in the cage folder overrides `name.py` in `cages/.shared`, per file.
 - The file must hold a line `# EOF`; without it (a half-written file) it is
   not loaded. Only names in `__all__` not starting with `_` are reachable,
   and only functions (annotations enforced at call time) and classes.
-- Other modules reach it as `pmnc.name.func(...)`, resolved at each call, so
-  circular calls work and every call sees the current version.
+- Other modules reach it as `pmnc.name.func(...)` (facade.py: the `pmnc` object is
+  made for each module by the factory the runtime gives the loader), resolved at each
+  call through `Loader.call`, so circular calls work and every call sees the current
+  version.
 
 A name resolves only to a file spelt exactly `name.py` in the folder's
 listing (on a case-insensitive file system `Config_x` must not reach
@@ -30,15 +32,18 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from pmnc import log
 from pmnc import request as _request
 from pmnc.errors import (
+    ConfigError,
     InvalidMethodAccessError,
     InvalidModuleNameError,
     ModuleAccessTimedOutError,
@@ -55,11 +60,7 @@ from pmnc.typecheck import typecheck
 CAGE_MODULES = "pmnc.cage_modules"  # the sys.modules prefix of cage modules
 MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _EOF = b"# EOF"
-MAX_KEPT = 1000  # module refs and pmnc("cage") objects one `pmnc` keeps for speed; more are made anew
 MISSING_FOR = 1.0  # seconds a missing file is taken to stay missing, unless a file event says otherwise
-
-# Names the `pmnc` object answers itself; modules by these names are unreachable.
-RESERVED = frozenset({"log", "request", "config", "transaction", "state", "retry"})
 
 Signature = tuple[str, int, int, int]  # path, mtime_ns, size, inode
 
@@ -109,11 +110,10 @@ class Loader:
         self._pending: dict[str, tuple[float, float]] = {}  # name → (first, last) event time
         self._wake = threading.Condition(self._lock)
         self._stopping = False
-        self._observer: Any = None
+        self._observer: BaseObserver | None = None
         self._reloader: threading.Thread | None = None
-        self.resources: Any = None  # the cage's ResourcePools, once it has started
-        self.state: Any = None  # the cage's StateStore (state.py), once it has started
-        self.root = Pmnc(self, "__framework__")
+        # the `pmnc` global of each module, by its name (facade.Pmnc, given by the runtime)
+        self.pmnc_factory: Callable[[str], object] | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -216,9 +216,6 @@ class Loader:
     def version_number(self, name: str) -> int:
         return self.current(name).number
 
-    def pmnc(self, source: str) -> Pmnc:
-        return Pmnc(self, source)
-
     # --- loading -------------------------------------------------------------
 
     def _first_load(self, name: str) -> ModuleVersion:
@@ -299,8 +296,10 @@ class Loader:
         spec = importlib.util.spec_from_file_location(key, path)
         assert spec is not None
         module = importlib.util.module_from_spec(spec)
-        module.__dict__.update(pmnc=Pmnc(self, name), __node__=self.node, __cage__=self.cage,
-                               __cage_dir__=self.cage_dir, __module__=name)
+        module.__dict__.update(__node__=self.node, __cage__=self.cage, __cage_dir__=self.cage_dir,
+                               __module__=name)
+        if self.pmnc_factory is not None:
+            module.__dict__["pmnc"] = self.pmnc_factory(name)
         sys.modules[key] = module
         return module
 
@@ -460,128 +459,22 @@ class _FileEvents(FileSystemEventHandler):
                 self.loader.file_changed(base[:-3])
 
 
-# --- the `pmnc` object ---------------------------------------------------------
+T = TypeVar("T")
 
 
-class Pmnc:
-    """The `pmnc` global of a cage module, bound to that module's name.
-
-    `pmnc.name` is another module, `pmnc.log` this module's logger,
-    `pmnc.request` the current request, `pmnc.config` this module's config.
-    """
-
-    def __init__(self, loader: Loader, source: str) -> None:
-        self._loader = loader
-        self._source = source
-        self.log = log.ModuleLog(source)
-        self._cages: dict[str, Any] = {}  # pmnc("cage") objects, kept: they hold no state
-
-    @property
-    def request(self) -> _request.Request:
-        return _request.current()
-
-    @property
-    def config(self) -> Any:
-        config = self.__dict__.get("_config")
-        if config is None:
-            from pmnc.config import Config  # config builds on the loader, not the other way round
-
-            config = self.__dict__["_config"] = Config(self._loader, self._source)
-        return config
-
-    @property
-    def transaction(self) -> Any:
-        factory = self.__dict__.get("_transaction")
-        if factory is None:
-            from pmnc.transaction import TransactionFactory  # transactions build on the loader
-
-            factory = self.__dict__["_transaction"] = TransactionFactory(self._resources, self._source)
-        return factory
-
-    @property
-    def state(self) -> Any:
-        """`pmnc.state.get/set/delete`: this module's durable key-value namespace."""
-        state = self.__dict__.get("_state")
-        if state is None:
-            from pmnc.state import ModuleState  # the state builds on the loader
-
-            state = self.__dict__["_state"] = ModuleState(self._state_store, self._source)
-        return state
-
-    def _state_store(self) -> Any:
-        if self._loader.state is None:
-            raise ModuleError("the state is not available: the cage has not started")
-        return self._loader.state
-
-    @property
-    def retry(self) -> Any:
-        """`pmnc.retry.exit()` in a retried call: try again later, quietly."""
-        from pmnc.retry import RetryContext
-
-        return RetryContext()
-
-    def _resources(self) -> Any:
-        if self._loader.resources is None:
-            raise ModuleError("resources are not available: the cage has not started")
-        return self._loader.resources
-
-    def __getattr__(self, name: str) -> ModuleRef:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if name.startswith("_") or not MODULE_NAME.fullmatch(name):
-            raise InvalidModuleNameError(f"module name {name!r} is invalid")
-        ref = ModuleRef(self._loader, name)
-        if len(self.__dict__) < MAX_KEPT:  # refs resolve at each call, so they can be kept - not without end
-            self.__dict__[name] = ref
-        return ref
-
-    def __call__(self, target: str = "", **options: Any) -> Any:
-        """`pmnc("cage").module.func(...)`: a call to another cage (see rpc/calls.py)."""
-        if not options:
-            cached = self._cages.get(target)
-            if cached is not None:
-                return cached
-        from pmnc.rpc.calls import cage_call  # calls to other cages build on the loader
-
-        call = cage_call(self, target, **options)
-        if not options and len(self._cages) < MAX_KEPT:
-            self._cages[target] = call
-        return call
-
-    def __repr__(self) -> str:
-        return f"<pmnc of {self._source} in cage {self._loader.cage}>"
-
-
-class ModuleRef:
-    """`pmnc.name`: a late-bound reference to a module, whatever its version."""
-
-    def __init__(self, loader: Loader, name: str) -> None:
-        self._loader, self._name = loader, name
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        value = version_attr(self._loader.current(self._name), attr)
-        if isinstance(value, type):
-            return value
-        call = BoundCall(self._loader, self._name, attr)
-        self.__dict__[attr] = call
-        return call
-
-    def __repr__(self) -> str:
-        return f"<module {self._name}>"
-
-
-class BoundCall:
-    """`pmnc.name.func`: calls whatever version of `func` is current then."""
-
-    __slots__ = ("_attr", "_loader", "_name")
-
-    def __init__(self, loader: Loader, name: str, attr: str) -> None:
-        self._loader, self._name, self._attr = loader, name, attr
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._loader.call(self._name, self._attr, args, kwargs)
-
-    def __repr__(self) -> str:
-        return f"<function {self._name}.{self._attr}>"
+def protocol_class(loader: Loader, protocol: Any, kind: str, base: type[T], user: str) -> type[T]:
+    """`pmnc.protocols.<protocol>.<kind>` (an Interface or a Resource), or the cage's own
+    `protocol_<protocol>.py`, which wins: a cage can add or replace a protocol."""
+    if not isinstance(protocol, str) or not protocol.isidentifier():
+        raise ConfigError(f"{user} must name a protocol in its config file")
+    if loader.locate(f"protocol_{protocol}") is not None:
+        namespace = loader.current(f"protocol_{protocol}").module.__dict__
+    else:
+        try:
+            namespace = importlib.import_module(f"pmnc.protocols.{protocol}").__dict__
+        except ImportError:
+            raise ConfigError(f"protocol {protocol!r} of {user} is not known") from None
+    cls = namespace.get(kind)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"protocol {protocol!r} of {user} has no {kind.lower()} side")
+    return cls

@@ -14,10 +14,18 @@ first record, its first REPEAT_SHOWN records are written and the rest
 counted, and when the window ends (seen by the next such record or by
 flush(), which the cage calls every second) one line says
 `<the first text> ... and 1,200 more like it in the last 10 s`.
+
+Libraries (psycopg, pymongo, asyncio, watchdog ...) log through stdlib
+`logging`; bridge_stdlib() sends their records here as `name: text`, at the
+matching level (CRITICAL and ERROR -> ERROR, WARNING -> WARNING, INFO ->
+INFO, DEBUG -> DEBUG, lower -> NOISE), exceptions as one exc_string line.
+The root logger's level follows the cage level, so records the cage would
+drop are not even made; a level pushed by one request does not reach them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -26,6 +34,7 @@ import time
 from typing import Any, TextIO
 
 from pmnc import request as _request
+from pmnc.errors import exc_string
 
 ERROR, MESSAGE, WARNING, LOG, INFO, DEBUG, NOISE = range(1, 8)
 LEVELS = {"ERROR": ERROR, "MESSAGE": MESSAGE, "WARNING": WARNING, "LOG": LOG,
@@ -189,6 +198,8 @@ def configure(file: LogFile | None, *, echo: TextIO | None = None, echo_level: i
 
 def set_level(level: str | int) -> None:
     _sink.level = level_of(level)
+    if _bridge is not None:
+        _bridge.follow(_sink.level)
 
 
 def get_level() -> int:
@@ -262,6 +273,8 @@ def flush(*, everything: bool = False) -> None:
         _write_summaries(_sink.repeats.sweep(_monotonic(), everything))
         if _sink.file is not None:
             _sink.file.flush()
+    if _bridge is not None:
+        _bridge.adopt()
 
 
 def join(args: tuple[Any, ...]) -> str:
@@ -362,3 +375,91 @@ class _PushedLevel:
         if self._levels:
             self._levels.pop()
 
+
+
+# --- stdlib logging ----------------------------------------------------------------
+
+# The least severe stdlib level each cage level lets through: at LOG, WARNING and above.
+_STDLIB_THRESHOLD = {ERROR: logging.ERROR, MESSAGE: logging.ERROR, WARNING: logging.WARNING,
+                     LOG: logging.WARNING, INFO: logging.INFO, DEBUG: logging.DEBUG, NOISE: 1}
+
+
+def cage_level(levelno: int) -> int:
+    """The cage level of a stdlib level: `logging.WARNING` -> WARNING."""
+    if levelno >= logging.ERROR:
+        return ERROR
+    if levelno >= logging.WARNING:
+        return WARNING
+    if levelno >= logging.INFO:
+        return INFO
+    return DEBUG if levelno >= logging.DEBUG else NOISE
+
+
+class _Bridge(logging.Handler):
+    """The handler on the root logger (and on loggers that do not propagate to it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.previous_level = logging.root.level
+        self.adopted: list[logging.Logger] = []
+        self.seen = -1  # loggers known when last adopting; the manager never forgets one
+        self.busy = threading.local()  # a record logged while writing one is dropped, not looped
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = cage_level(record.levelno)
+        if not enabled(level) or getattr(self.busy, "on", False):
+            return
+        self.busy.on = True
+        try:
+            write(level, f"{record.name}: {self.text(record)}")
+        finally:
+            self.busy.on = False
+
+    @staticmethod
+    def text(record: logging.LogRecord) -> str:
+        try:
+            text = record.getMessage()
+        except Exception:  # bad arguments for the format: the parts, rather than nothing
+            text = f"{record.msg!r} % {record.args!r}"
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            return f"{text}: {exc_string(exc)}"
+        return f"{text}: {record.exc_text}" if record.exc_text else text
+
+    def follow(self, level: int) -> None:
+        logging.root.setLevel(_STDLIB_THRESHOLD[level])
+
+    def adopt(self) -> None:
+        """Add the handler to loggers that stop propagation (their records never reach the
+        root); cheap when no logger was made since the last call."""
+        loggers = logging.root.manager.loggerDict
+        if len(loggers) == self.seen:
+            return
+        self.seen = len(loggers)
+        for logger in list(loggers.values()):
+            if isinstance(logger, logging.Logger) and not logger.propagate and self not in logger.handlers:
+                logger.addHandler(self)
+                self.adopted.append(logger)
+
+
+_bridge: _Bridge | None = None
+
+
+def bridge_stdlib() -> None:
+    """Send stdlib `logging` records to the cage log; calling it again changes nothing."""
+    global _bridge
+    if _bridge is None:
+        _bridge = _Bridge()
+        logging.root.addHandler(_bridge)
+    _bridge.follow(_sink.level)
+    _bridge.adopt()
+
+
+def unbridge_stdlib() -> None:
+    """Undo bridge_stdlib(): the handlers removed, the root logger's level restored."""
+    global _bridge
+    bridge, _bridge = _bridge, None
+    if bridge is not None:
+        for logger in [logging.root, *bridge.adopted]:
+            logger.removeHandler(bridge)
+        logging.root.setLevel(bridge.previous_level)

@@ -1,7 +1,7 @@
 """Resource pools: the connections of each resource, and the threads that use them.
 
 `config_resource_<name>.py` names a `protocol`; its `pool__*` keys size the
-pool (defaults as the original's):
+pool (schema.POOL_KEYS; defaults as the original's, an unknown pool__ key refused):
 
     pool__size          threads, and connections up to size + 2  (thread_count)
     pool__standby       connections kept connected while idle      (0)
@@ -12,7 +12,7 @@ pool (defaults as the original's):
 
 Connections are reused most-recently-released first. A resource named
 `a__b` uses `config_resource_a.py` and its own pool. `state` and `pmnc`
-are built in (state.py, retry.py). Decisions are taken
+are built in (state.py, retry.py; the runtime hands their factories over). Decisions are taken
 under the pool's lock; connecting and disconnecting happen outside it.
 """
 
@@ -21,24 +21,25 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pmnc import log
 from pmnc import request as _request
 from pmnc.config import Config
 from pmnc.decisions import DecisionLog
-from pmnc.errors import ResourceError, exc_string
-from pmnc.protocols import protocol_class
+from pmnc.errors import ConfigError, ResourceError, exc_string
+from pmnc.loader import protocol_class
 from pmnc.request import Request, attached
 from pmnc.resource import Resource
+from pmnc.schema import POOL_KEYS, resource_file
 from pmnc.workers import WorkerPool
 
 if TYPE_CHECKING:
     from pmnc.loader import Loader
+    from pmnc.rpc.cluster import ClusterHandle
 
 SWEEP_TIMEOUT = 30.0  # how long one sweep (warming up standby connections) may take
-BUILT_IN = frozenset({"state", "pmnc"})  # resources every cage has, with no config file: xa.state, xa.pmnc(...)
 BUILT_IN_SIZE = 64  # participants of one of them a transaction may have at least
 
 
@@ -228,8 +229,11 @@ def _disconnect(resources: list[Resource]) -> None:
 class ResourcePools:
     """The cage's pools, made on first use from config_resource_<name>.py."""
 
-    def __init__(self, loader: Loader, thread_count: int, sweep_period: float) -> None:
-        self.loader = loader
+    def __init__(self, loader: Loader, thread_count: int, sweep_period: float, *, cluster: ClusterHandle,
+                 built_in: Mapping[str, Callable[[str], Resource]]) -> None:
+        self.loader, self.cluster = loader, cluster
+        # resources every cage has, with no config file (xa.state, xa.pmnc(...)): name → connection factory
+        self.built_in = built_in
         self.thread_count, self.sweep_period = thread_count, sweep_period
         # per instance: two instances of a cage on one machine (a.worker, b.worker) share its folder
         self.decisions = DecisionLog(os.path.join(loader.cage_dir, "state", f"{loader.node}.transactions.sqlite"))
@@ -247,44 +251,39 @@ class ResourcePools:
                                     terminal=False)
             pool = self._pools.get(name)
             if pool is None:
-                pool = self._pools[name] = self._create(name)
+                try:
+                    pool = self._pools[name] = self._create(name)
+                except ConfigError as e:  # the pool does not start: every call says why, the log too
+                    log.error(f"resource {name} cannot be used: {e}")
+                    raise
                 log.message(f"resource pool {name} has been created: {pool!r}")
         return pool
 
     def _create(self, name: str) -> ResourcePool:
-        if name in BUILT_IN:
+        if name in self.built_in:
             return self._create_built_in(name)
         config = self._config(name)
         cls = protocol_class(self.loader, config.pop("protocol", None), "Resource", Resource,
                              f"resource {name}")
-        take = config.pop
-        max_time = take("pool__max_time", None)
+        pool = POOL_KEYS.read({k: v for k, v in config.items() if k.startswith("pool__")}, resource_file(name))
         return ResourcePool(
-            name, lambda instance: cls(instance, self._resource_config(name)),
-            size=int(take("pool__size", self.thread_count)), standby=int(take("pool__standby", 0)),
-            idle_timeout=float(take("pool__idle_timeout", 30.0)), max_age=float(take("pool__max_age", 300.0)),
-            min_time=float(take("pool__min_time", 0.0)), max_time=None if max_time is None else float(max_time),
+            name, lambda instance: self._connect(cls, instance, name),
+            size=self.thread_count if pool["pool__size"] is None else pool["pool__size"],
+            standby=pool["pool__standby"], idle_timeout=pool["pool__idle_timeout"], max_age=pool["pool__max_age"],
+            min_time=pool["pool__min_time"], max_time=pool["pool__max_time"],
             transactional=cls.transactional, inline=cls.inline, preparable=cls.preparable)
 
     def _create_built_in(self, name: str) -> ResourcePool:
         """`xa.state` and `xa.pmnc(...)`: participants writing to the cage's state file. They
         only keep writes in memory until the decision, so many may share a transaction."""
-        from pmnc.retry import OutboxResource  # the state builds on pools, not the other way round
-        from pmnc.state import StateResource
+        return ResourcePool(name, self.built_in[name], size=max(self.thread_count, BUILT_IN_SIZE), idle_timeout=300.0,
+                            max_age=3600.0, transactional=True, inline=True, preparable=True)
 
-        store = self.loader.state
-        if store is None:
-            raise ResourceError("the state is not available: the cage has not started", recoverable=True,
-                                terminal=False)
-        size = max(self.thread_count, BUILT_IN_SIZE)
-
-        def factory(instance: str) -> Resource:
-            if name == "state":
-                return StateResource(instance, {}, store)
-            return OutboxResource(instance, {}, store, self.loader)
-
-        return ResourcePool(name, factory, size=size, idle_timeout=300.0, max_age=3600.0,
-                            transactional=True, inline=True, preparable=True)
+    def _connect(self, cls: type[Resource], instance: str, name: str) -> Resource:
+        """A new connection; a resource that talks to other cages (rpc) gets the cluster."""
+        if cls.needs_cluster:
+            return cls(instance, self._resource_config(name), cluster=self.cluster)  # type: ignore[call-arg]
+        return cls(instance, self._resource_config(name))
 
     def _config(self, name: str) -> dict[str, Any]:
         return Config(self.loader, "resource_" + name.partition("__")[0]).copy()

@@ -20,7 +20,7 @@ from typing import Any
 # Names a transaction may not call on a resource: they belong to the lifecycle.
 LIFECYCLE = frozenset({"connect", "disconnect", "begin_transaction", "commit", "rollback", "expire",
                        "expired", "discarded", "ttl", "config", "name", "mark_used", "transactional", "inline",
-                       "preparable", "prepare", "in_doubt", "finish_prepared"})
+                       "preparable", "needs_cluster", "prepare", "in_doubt", "finish_prepared"})
 
 
 class Resource:
@@ -34,6 +34,9 @@ class Resource:
     # transaction_options["branch"], then prepare(), then commit() or rollback();
     # in_doubt(prefix) and finish_prepared(branch, commit) serve recovery.
     preparable = False
+    # True: the connection talks to other cages, and is made as cls(name, config, cluster=...)
+    # with the cage's rpc.cluster.ClusterHandle.
+    needs_cluster = False
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         """`name` is `<resource>/<n>`; `config` the protocol's keys of its config file.

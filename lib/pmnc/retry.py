@@ -39,6 +39,7 @@ for (or from) another cage keeps only the tokens that travel (rpc/wire.py).
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 import pickle
@@ -48,11 +49,13 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pmnc import log
 from pmnc import request as _request
+from pmnc.config import Config
 from pmnc.errors import (
     IntakeClosedError,
     InvalidMethodAccessError,
@@ -64,16 +67,17 @@ from pmnc.errors import (
     ResourceInputParameterError,
     RetryExitError,
     RPCError,
-    StateError,
     exc_string,
 )
 from pmnc.loader import MODULE_NAME
-from pmnc.rpc import wire
-from pmnc.state import BufferedResource, StateStore
+from pmnc.rpc import codec, wire
+from pmnc.rpc.calls import CageLink, parse_target
+from pmnc.rpc.cluster import Cluster, ClusterHandle
+from pmnc.state import BufferedResource, StateStore, store_path
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
-    from pmnc.loader import Loader, Pmnc
+    from pmnc.loader import Loader
     from pmnc.workers import WorkUnit
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -84,6 +88,45 @@ LEASE_MARGIN = 5.0  # seconds a claim outlives the request that runs it
 MAX_PENDING_PER_SOURCE = 100000  # calls another cage may have handed over and pending here (the default)
 RECOUNT = 2.0  # seconds between counts of a source's pending calls while it is at its limit
 SECRET_TOKENS = ("password",)  # auth_tokens never written to a state file
+
+
+# The life of a row of the retry table. Its `status` is stored (state files hold these words);
+# a claim is a lease on a pending row, named by `lease` and lapsing at `visible_at`:
+#
+#   enqueue -> pending --CLAIM--> pending, leased --DONE---> done     } deleted retention_time
+#                 ^                     |         --EXPIRE-> expired  } after `finished`
+#                 +----FAIL, RELEASE----+
+#
+# FAIL: the attempt failed (or asked to be tried later): attempt + 1, due after the interval.
+# RELEASE: the claim is given back unused (the call never started): due again at once.
+# A move from a claim names its lease: one that has lapsed, and whose row another claim
+# holds, changes nothing (that claim's outcome counts). The operator's purge deletes a
+# queue's pending and expired rows, claimed or not.
+
+
+class Status(enum.StrEnum):
+    """A row's `status`, as stored."""
+
+    PENDING = "pending"  # waiting for its turn, or claimed and running
+    DONE = "done"  # kept retention_time: a call with the same id is dropped meanwhile
+    EXPIRED = "expired"  # its expires_in passed before it ran; kept as a done one is
+
+
+class Move(enum.Enum):
+    """The changes of a row after its enqueue: `sql`, with the SET clause's parameters
+    first, then the row's seq and, from a claim, its lease."""
+
+    # (before, after, from a claim - so under its lease -, the SET clause but for status)
+    CLAIM = (Status.PENDING, Status.PENDING, False, "visible_at = ?, lease = ?")
+    DONE = (Status.PENDING, Status.DONE, True, "finished = ?, payload = NULL, lease = NULL, last_error = NULL")
+    EXPIRE = (Status.PENDING, Status.EXPIRED, True, "finished = ?, payload = NULL, lease = NULL")
+    FAIL = (Status.PENDING, Status.PENDING, True, "attempt = attempt + 1, visible_at = ?, lease = NULL, last_error = ?")
+    RELEASE = (Status.PENDING, Status.PENDING, True, "visible_at = ?, lease = NULL")
+
+    def __init__(self, before: Status, after: Status, claimed: bool, sets: str) -> None:
+        self.before, self.after = before, after
+        status = "" if after is before else f"status = '{after}', "
+        self.sql = f"UPDATE retry SET {status}{sets} WHERE seq = ?{' AND lease = ?' if claimed else ''}"
 
 
 @dataclass
@@ -138,9 +181,9 @@ class Target:
         return cls(cage, queue, id, None if expires_in is None else float(expires_in))
 
 
-def new_message(loader: Loader, target: Target, module: str, method: str, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    """The RT id and the enqueue operation (state.apply_op) of one retried call."""
+def new_message(cage: str, cluster: ClusterHandle, target: Target, module: str, method: str,
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The RT id and the enqueue operation (state.apply_op) of one retried call made in `cage`."""
     if not MODULE_NAME.fullmatch(module) or module.startswith("_") or method.startswith("_") or \
             not MODULE_NAME.fullmatch(method):
         raise InvalidMethodAccessError(f"{module}.{method} cannot be called")
@@ -153,10 +196,10 @@ def new_message(loader: Loader, target: Target, module: str, method: str, args: 
         filtered = f"{parent['id']}:{target.id}"  # a named step runs once per parent call
     else:
         filtered = target.id
-    remote = target.cage != loader.cage
+    remote = target.cage != cage
     caller = _queued_request(request, remote=remote)
     if remote:
-        _check_transmittable(target.cage, module, method, args, kwargs, caller)
+        _check_transmittable(cluster.get(), target.cage, module, method, args, kwargs, caller)
     try:
         payload = pickle.dumps((tuple(args), dict(kwargs), caller), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as e:
@@ -166,7 +209,7 @@ def new_message(loader: Loader, target: Target, module: str, method: str, args: 
     row = {"queue": target.queue, "filtered_id": filtered, "rt_id": rt_id, "target": target.cage,
            "module": module, "method": method, "payload": payload, "start": now,
            "expires": None if target.expires_in is None else now + target.expires_in,
-           "attempt": 1, "status": "pending", "visible_at": now}
+           "attempt": 1, "status": Status.PENDING.value, "visible_at": now}
     return rt_id, ("enqueue", row)
 
 
@@ -193,13 +236,9 @@ def kept_tokens(tokens: dict[Any, Any], *, remote: bool) -> dict[Any, Any]:
     return {k: v for k, v in tokens.items() if k not in SECRET_TOKENS}
 
 
-def _check_transmittable(cage: str, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                         caller: dict[str, Any]) -> None:
+def _check_transmittable(cluster: Cluster, cage: str, module: str, method: str, args: tuple[Any, ...],
+                         kwargs: dict[str, Any], caller: dict[str, Any]) -> None:
     """A call for another cage must be sendable there: told now, not at every attempt."""
-    from pmnc.rpc import cluster as _cluster
-    from pmnc.rpc import codec
-
-    cluster = _cluster.get()
     try:
         codec.encode({"module": module, "method": method, "args": list(args), "kwargs": kwargs,
                       "request": caller}, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
@@ -211,8 +250,8 @@ def _check_transmittable(cage: str, module: str, method: str, args: tuple[Any, .
 class RetriedCall:
     """`pmnc("cage", queue=...)`: `.module.method(...)` queues the call and returns its RT id."""
 
-    def __init__(self, pmnc: Pmnc, target: Target) -> None:
-        self._pmnc, self._target = pmnc, target
+    def __init__(self, cage: str, store: Callable[[], StateStore], cluster: ClusterHandle, target: Target) -> None:
+        self._cage, self._store, self._cluster, self._target = cage, store, cluster, target
 
     def __getattr__(self, module: str) -> _Methods:
         if module.startswith("_") or not MODULE_NAME.fullmatch(module):
@@ -220,11 +259,9 @@ class RetriedCall:
         return _Methods(functools.partial(self._enqueue, module))
 
     def _enqueue(self, module: str, method: str, *args: Any, **kwargs: Any) -> str:
-        loader = self._pmnc._loader
-        if loader.state is None:
-            raise StateError("the state is not available: the cage has not started")
-        rt_id, op = new_message(loader, self._target, module, method, args, kwargs)
-        loader.state.apply([op])
+        store = self._store()
+        rt_id, op = new_message(self._cage, self._cluster, self._target, module, method, args, kwargs)
+        store.apply([op])
         return rt_id
 
     def __repr__(self) -> str:
@@ -247,16 +284,17 @@ class OutboxResource(BufferedResource):
     """Pool `pmnc`: `xa.pmnc("cage", queue=...).m.f(...)` - the call is queued when the
     transaction commits (in a two-phase commit, prepared with the other branches)."""
 
-    def __init__(self, name: str, config: dict[str, Any], store: StateStore, loader: Loader) -> None:
+    def __init__(self, name: str, config: dict[str, Any], store: StateStore, cage: str,
+                 cluster: ClusterHandle) -> None:
         super().__init__(name, config, store)
-        self.loader = loader
+        self.cage, self.cluster = cage, cluster
 
     def begin_transaction(self, xid: str, *, source_module_name: str, transaction_options: dict[str, Any],
                           resource_args: tuple[Any, ...], resource_kwargs: dict[str, Any]) -> None:
         super().begin_transaction(xid, source_module_name=source_module_name,
                                   transaction_options=transaction_options, resource_args=resource_args,
                                   resource_kwargs=resource_kwargs)
-        self.target = _outbox_target(self.loader, resource_args, resource_kwargs)
+        self.target = _outbox_target(self.cage, resource_args, resource_kwargs)
 
     def __getattr__(self, module: str) -> _Methods:
         if module.startswith("_"):
@@ -264,32 +302,27 @@ class OutboxResource(BufferedResource):
         return _Methods(functools.partial(self._enqueue, module))
 
     def _enqueue(self, module: str, method: str, *args: Any, **kwargs: Any) -> str:
-        rt_id, op = new_message(self.loader, self.target, module, method, args, kwargs)
+        rt_id, op = new_message(self.cage, self.cluster, self.target, module, method, args, kwargs)
         self.ops.append(op)
         return rt_id
 
 
-def _outbox_target(loader: Loader, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
-    from pmnc.rpc.calls import parse_target  # the one reading of pmnc("cage", ...)
-
-    cage, queue, reverse, options = parse_target(*args, **kwargs)
+def _outbox_target(cage: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
+    target, queue, reverse, options = parse_target(*args, **kwargs)  # the one reading of pmnc("cage", ...)
     if queue is None or reverse:
         raise ResourceInputParameterError("xa.pmnc(...) takes part in a transaction as a retried call: give "
                                           "queue=...; a synchronous call is xa.rpc__<cage>.module.method(...)")
-    return Target.parse(cage or loader.cage, queue, **options)
+    return Target.parse(target or cage, queue, **options)
 
 
 # --- the other cage's side of a hand-off ---------------------------------------------------------------
 
 
-def accept(loader: Loader, message: Any, caller: str) -> bool:
+def accept(store: StateStore, loader: Loader, message: Any, caller: str) -> bool:
     """A call handed over by cage `caller`, into this cage's state file: True once it is
     there, False if it was there already (a hand-off repeated after a crash). Refused - and
     so kept by its sender, which tries again later - for a module this cage has no file
     of, or beyond max_pending_per_source calls of `caller` pending here."""
-    store = loader.state
-    if store is None:
-        raise StateError("the state is not available: the cage has not started")
     row = _accepted_row(loader, message, caller)
     if loader.locate(row["module"]) is None:
         raise ModuleNotFoundError(f"retried call {row['rt_id']} from cage {caller}: file {row['module']}.py "
@@ -306,8 +339,6 @@ def accept(loader: Loader, message: Any, caller: str) -> bool:
 
 
 def _max_pending_per_source(loader: Loader) -> int:
-    from pmnc.config import Config  # the config builds on the loader, as this does
-
     try:
         return int(Config(loader, "interface_retry").get("max_pending_per_source", MAX_PENDING_PER_SOURCE))
     except ModuleError:  # no config_interface_retry.py: the default
@@ -347,7 +378,7 @@ class HandedOver:
     def _count(self, store: StateStore, source: str) -> int:
         prefix = handed_id(source, "")
         with store.reading() as db:
-            [(count,)] = db.execute("SELECT COUNT(*) FROM retry WHERE status = 'pending' AND target = ? "
+            [(count,)] = db.execute(f"SELECT COUNT(*) FROM retry WHERE status = '{Status.PENDING}' AND target = ? "
                                     "AND substr(filtered_id, 1, ?) = ?", (self.cage, len(prefix), prefix))
         return int(count)
 
@@ -383,7 +414,7 @@ def _accepted_row(loader: Loader, message: Any, caller: str) -> dict[str, Any]:
     payload = pickle.dumps((tuple(args), kwargs, queued), protocol=pickle.HIGHEST_PROTOCOL)
     return {"queue": queue, "filtered_id": handed_id(caller, rt_id), "rt_id": rt_id, "target": loader.cage,
             "module": module, "method": method, "payload": payload, "start": float(start),
-            "expires": None if expires is None else float(expires), "attempt": 1, "status": "pending",
+            "expires": None if expires is None else float(expires), "attempt": 1, "status": Status.PENDING.value,
             "visible_at": time.time()}
 
 
@@ -415,9 +446,9 @@ class Engine:
     """Runs the retried calls queued in one cage's state file (see the module's doc)."""
 
     def __init__(self, cage: Cage, settings: Settings, interface: str = "retry") -> None:
-        assert cage.loader.state is not None and cage.pool is not None
+        assert cage.pool is not None
         self.cage, self.settings, self.interface = cage, settings, interface
-        self.store: StateStore = cage.loader.state
+        self.store: StateStore = cage.runtime.state
         self.running: dict[str, int] = {}  # queue → calls claimed and not finished
         self._cond = threading.Condition(threading.Lock())
         self._woken = False
@@ -479,7 +510,7 @@ class Engine:
             self._stats_due = now + STATS_PERIOD
             self._report_and_purge(now)
         with self.store.reading() as db:
-            queues = db.execute("SELECT queue, MIN(visible_at) FROM retry WHERE status = 'pending' "
+            queues = db.execute(f"SELECT queue, MIN(visible_at) FROM retry WHERE status = '{Status.PENDING}' "
                                 "GROUP BY queue").fetchall()
         delay = POLL_PERIOD
         for queue, due in queues:
@@ -502,21 +533,20 @@ class Engine:
 
     def _claim(self, queue: str, count: int, now: float, db: sqlite3.Connection) -> tuple[list[Claimed], float | None]:
         if self.settings.keep_order:  # only the head, when it is due
-            head = db.execute("SELECT seq, visible_at FROM retry WHERE status = 'pending' AND queue = ? "
+            head = db.execute(f"SELECT seq, visible_at FROM retry WHERE status = '{Status.PENDING}' AND queue = ? "
                               "ORDER BY seq LIMIT 1", (queue,)).fetchone()
             if head is None or head[1] > now:
                 return [], None if head is None else head[1]
             seqs = [head[0]]
         else:
             seqs = [row[0] for row in db.execute(
-                "SELECT seq FROM retry WHERE status = 'pending' AND queue = ? AND visible_at <= ? "
+                f"SELECT seq FROM retry WHERE status = '{Status.PENDING}' AND queue = ? AND visible_at <= ? "
                 "ORDER BY seq LIMIT ?", (queue, now, count))]
         if not seqs:
             return [], None
         self._tokens += 1
         lease = f"{self._instance}.{self._tokens}"
-        db.executemany("UPDATE retry SET visible_at = ?, lease = ? WHERE seq = ?",
-                       [(now + self.settings.lease, lease, seq) for seq in seqs])
+        db.executemany(Move.CLAIM.sql, [(now + self.settings.lease, lease, seq) for seq in seqs])
         rows = db.execute(f"SELECT {_CLAIMED} FROM retry WHERE seq IN ({', '.join('?' * len(seqs))}) "
                           f"ORDER BY seq", seqs).fetchall()
         return [Claimed(*row) for row in rows], None
@@ -534,11 +564,11 @@ class Engine:
                 parameters=parameters, description=queued.get("description"),
                 log_levels=list(queued.get("log_levels") or ()), unique_id=str(queued["id"]))
         except IntakeClosedError:
-            self._finish(message, self._release_sql(message))
+            self._finish(message, Move.RELEASE, time.time())
             return
         except Exception as e:  # a payload that cannot be read will never run: say why, keep it
             log.error(f"retried call {message.rt_id} cannot be read: {exc_string(e, stack=False)}")
-            self._finish(message, self._failed_sql(message, f"cannot be read: {e}"))
+            self._fail(message, f"cannot be read: {e}")
             return
         with self._cond:
             self.running[message.queue] = self.running.get(message.queue, 0) + 1
@@ -555,8 +585,7 @@ class Engine:
         what = f"retried call {message.rt_id} ({message.module}.{message.method}, attempt {message.attempt})"
         if message.expires is not None and time.time() >= message.expires:
             log.warning(f"{what} has expired, dropped")
-            self._finish(message, ("UPDATE retry SET status = 'expired', finished = ?, payload = NULL, lease = NULL "
-                                   "WHERE seq = ? AND lease = ?", (time.time(), message.seq, message.lease)))
+            self._finish(message, Move.EXPIRE, time.time())
             return
         try:
             if message.target == self.cage.name:
@@ -565,16 +594,14 @@ class Engine:
                 self._hand_over(message, args, kwargs, queued)
         except RetryExitError as e:
             log.info(f"{what} asks to be tried again later{': ' + str(e) if str(e) else ''}")
-            self._finish(message, self._failed_sql(message, "exit()"))
+            self._fail(message, "exit()")
         except Exception as e:
             delay = self.settings.interval(message.attempt)
             log.warning(f"{what} has failed, next attempt in {delay:.0f}s: {exc_string(e, stack=False)}")
-            self._finish(message, self._failed_sql(message, exc_string(e, stack=False)))
+            self._fail(message, exc_string(e, stack=False))
         else:
             log.info(f"{what} is done")
-            self._finish(message, ("UPDATE retry SET status = 'done', finished = ?, payload = NULL, lease = NULL, "
-                                   "last_error = NULL WHERE seq = ? AND lease = ?",
-                                   (time.time(), message.seq, message.lease)))
+            self._finish(message, Move.DONE, time.time())
 
     def _hand_over(self, message: Claimed, args: tuple[Any, ...], kwargs: dict[str, Any],
                    queued: dict[str, Any]) -> None:
@@ -582,28 +609,19 @@ class Engine:
         handed = {"queue": message.queue, "rt_id": message.rt_id, "module": message.module,
                   "method": message.method, "args": list(args), "kwargs": kwargs, "request": queued,
                   "start": message.start, "expires": message.expires}
-        transaction = self.cage.loader.root.transaction
         try:
-            getattr(transaction, f"rpc__{message.target}").hand_over(handed)
+            CageLink(self.cage.runtime.transactions, message.target).hand_over(handed)
         except RPCError as e:
             raise e.remote from None
 
-    def _failed_sql(self, message: Claimed, error: str) -> tuple[str, tuple[Any, ...]]:
-        return ("UPDATE retry SET attempt = attempt + 1, visible_at = ?, lease = NULL, last_error = ? "
-                "WHERE seq = ? AND lease = ?",
-                (time.time() + self.settings.interval(message.attempt), error[:2000], message.seq, message.lease))
+    def _fail(self, message: Claimed, error: str) -> None:
+        self._finish(message, Move.FAIL, time.time() + self.settings.interval(message.attempt), error[:2000])
 
-    @staticmethod
-    def _release_sql(message: Claimed) -> tuple[str, tuple[Any, ...]]:
-        """A claim given back unused (the call never started): visible again at once."""
-        return ("UPDATE retry SET visible_at = ?, lease = NULL WHERE seq = ? AND lease = ?",
-                (time.time(), message.seq, message.lease))
-
-    def _finish(self, message: Claimed, update: tuple[str, tuple[Any, ...]]) -> None:
+    def _finish(self, message: Claimed, move: Move, *values: Any) -> None:
         """Record the outcome, unless the lease has lapsed and another claim holds the row
         (then that claim's outcome counts). Not synced: a crash may forget it, and the
         call runs again - at least once, never lost."""
-        sql, params = update
+        sql, params = move.sql, (*values, message.seq, message.lease)
         try:
             self.store.transact(lambda db: db.execute(sql, params), durable=False)
         except Exception as e:
@@ -612,7 +630,7 @@ class Engine:
 
     def _done(self, message: Claimed, request: _request.Request, unit: WorkUnit | None) -> None:
         if not message.ran:  # expired in the queue, or the pool stopped: not an attempt
-            self._finish(message, self._release_sql(message))
+            self._finish(message, Move.RELEASE, time.time())
         self.cage.intake.end(request)
         with self._cond:
             self.running[message.queue] -= 1
@@ -623,8 +641,9 @@ class Engine:
 
     def _report_and_purge(self, now: float) -> None:
         retention = self.settings.retention_time
-        self.store.transact(lambda db: db.execute("DELETE FROM retry WHERE status IN ('done', 'expired') "
-                                                  "AND finished < ?", (now - retention,)), durable=False)
+        self.store.transact(lambda db: db.execute(f"DELETE FROM retry WHERE status IN ('{Status.DONE}', "
+                                                  f"'{Status.EXPIRED}') AND finished < ?", (now - retention,)),
+                            durable=False)
         counts = queue_counts(self.store, now)
         for queue, numbers in sorted(counts.items()):
             if self._last_counts.get(queue) != numbers:
@@ -642,7 +661,7 @@ def queue_counts(store: StateStore, now: float | None = None) -> dict[str, dict[
     for queue, status, retrying, running, count in rows:
         numbers = counts.setdefault(queue, {"pending": 0, "retrying": 0, "running": 0, "done": 0, "expired": 0})
         numbers[status] = numbers.get(status, 0) + count
-        if status == "pending":
+        if status == Status.PENDING:
             numbers["retrying"] += count if retrying else 0
             numbers["running"] += count if running else 0
     return counts
@@ -675,8 +694,6 @@ RETRY_USAGE = "python3 startup.py --retry cage list [queue] | --retry cage purge
 def main(cages_dir: str, argv: list[str]) -> int:
     """List a cage's retried calls, or purge the pending and expired ones of a queue. Works
     on a running cage too: a purged call being run finishes, and is not run again."""
-    from pmnc.state import store_path
-
     listing = len(argv) in (2, 3) and argv[1] == "list"
     if not (listing or (len(argv) == 3 and argv[1] == "purge")):
         print(f"startup.py: usage: {RETRY_USAGE}", file=sys.stderr)
@@ -691,7 +708,8 @@ def main(cages_dir: str, argv: list[str]) -> int:
         if command == "purge":
             assert queue is not None
             purged = store.transact(lambda db: db.execute(
-                "DELETE FROM retry WHERE queue = ? AND status IN ('pending', 'expired')", (queue,)).rowcount)
+                f"DELETE FROM retry WHERE queue = ? AND status IN ('{Status.PENDING}', '{Status.EXPIRED}')",
+                (queue,)).rowcount)
             print(f"queue {queue} of cage {cage}: {purged} pending or expired call(s) purged")
             return 0
         _print_queues(store, queue)
@@ -710,7 +728,7 @@ def _print_queues(store: StateStore, only: str | None) -> None:
         print(f"queue {queue}: {describe_counts(numbers)}")
         with store.reading() as db:
             rows = db.execute("SELECT rt_id, filtered_id, target, module, method, attempt, visible_at, expires, "
-                              "last_error FROM retry WHERE queue = ? AND status = 'pending' ORDER BY seq",
+                              f"last_error FROM retry WHERE queue = ? AND status = '{Status.PENDING}' ORDER BY seq",
                               (queue,)).fetchall()
         for rt_id, filtered, target, module, method, attempt, visible_at, expires, error in rows:
             source = filtered[:-len(rt_id) - 1] if filtered.endswith("/" + rt_id) else None

@@ -41,11 +41,15 @@ from pmnc import log
 from pmnc import request as _request
 from pmnc.errors import StateCorruptError, StateError, exc_string
 from pmnc.resource import Resource
+from pmnc.schema import Key, Schema
 
 T = TypeVar("T")
 
 FILE_NAME = "state.sqlite"
-MINIMUM_FREE_SPACE = 50 * 1024 * 1024  # bytes: below this on the state's disk, durable writes are refused
+KEYS = Schema(  # of config_state.py
+    minimum_free_space=Key(50.0, float),  # megabytes: with less free on the state's disk, writes are refused
+)
+MINIMUM_FREE_SPACE = int(KEYS["minimum_free_space"].default * 1024 * 1024)  # bytes
 BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's (no request deadline to go by)
 FOLDER_MODE, FILE_MODE = 0o700, 0o600  # for the owner only
 

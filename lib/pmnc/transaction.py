@@ -29,6 +29,7 @@ prepare and a durable decision, see "two-phase commit" below):
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,52 @@ NoValue = _NoValue()
 Accept = Callable[["Transaction", list[Any]], Any]
 
 
+# A participant's state is two fields, each written by one side under Transaction._cond
+# and waited for by the other:
+#
+#   decision (the coordinator's)   NONE -> PREPARE -> COMMIT | ROLLBACK   a branch of a two-phase commit
+#                                  NONE -> COMMIT | ROLLBACK              any other participant
+#       COMMIT may yet become ROLLBACK: when the last resource's commit fails or is not
+#       confirmed in time, every participant is told to roll back, that one too.
+#   stage (the participant's)      OPEN -> PREPARED -> COMMITTED | COMMIT_FAILED
+#                                  OPEN -> PREPARE_FAILED
+#                                  OPEN -> COMMITTED | COMMIT_FAILED
+#       A rollback is not reported: nobody waits for one.
+#
+# Before either, `result` is NoValue until the call returns, then its value or its
+# ResourceError: what accept() sees.
+
+
+class Decision(enum.Enum):
+    """What the coordinator has told a participant to do after its call."""
+
+    NONE = "none"  # nothing yet: wait
+    PREPARE = "prepare"  # phase 1 of a two-phase commit, then wait again
+    COMMIT = "commit"
+    ROLLBACK = "rollback"
+
+
+class Stage(enum.Enum):
+    """How far a participant has got after its call."""
+
+    OPEN = "open"  # its call runs, or has run and waits for the decision
+    PREPARED = "prepared"
+    PREPARE_FAILED = "prepare failed"  # `error` says why
+    COMMITTED = "committed"  # or, on a resource that is not transactional, simply done
+    COMMIT_FAILED = "commit failed"  # `error` says why
+
+
+_NEXT_STAGES: dict[Stage, frozenset[Stage]] = {
+    Stage.OPEN: frozenset({Stage.PREPARED, Stage.PREPARE_FAILED, Stage.COMMITTED, Stage.COMMIT_FAILED}),
+    Stage.PREPARED: frozenset({Stage.COMMITTED, Stage.COMMIT_FAILED}),
+    Stage.PREPARE_FAILED: frozenset(),
+    Stage.COMMITTED: frozenset(),
+    Stage.COMMIT_FAILED: frozenset(),
+}
+_COMMIT_KNOWN = frozenset({Stage.COMMITTED, Stage.COMMIT_FAILED})
+_DECIDED = frozenset({Decision.COMMIT, Decision.ROLLBACK})
+
+
 class Participant:
     """One registered call: `xa.<resource>(*resource_args).<attrs>(*args, **kwargs)`."""
 
@@ -68,11 +115,10 @@ class Participant:
         self.args, self.kwargs = args, kwargs
         self.resource_args, self.resource_kwargs = resource_args, resource_kwargs
         self.result: Any = NoValue
-        self.commit: bool | None = None  # the decision, once made
-        self.committed: bool | BaseException | None = None  # the commit's outcome, once known
         self.branch: str | None = None  # its id as a branch of a two-phase commit
-        self.prepare = False  # phase 1 has been asked for
-        self.prepared: bool | BaseException | None = None  # phase 1's outcome, once known
+        self.decision = Decision.NONE
+        self.stage = Stage.OPEN
+        self.error: BaseException | None = None  # why PREPARE_FAILED or COMMIT_FAILED
 
     @property
     def call(self) -> str:
@@ -158,24 +204,26 @@ class Transaction:
                         f"request deadline waiting for participant {waiting.index} ({waiting.call})", waiting.index)
 
     def _signal(self, *, commit: bool) -> None:
+        decision = Decision.COMMIT if commit else Decision.ROLLBACK
         with self._cond:
             for participant in self._participants:
-                participant.commit = commit
+                participant.decision = decision
             self._cond.notify_all()
 
     def _wait_commits(self, request: _request.Request) -> None:
         waiting = [p for p in self._participants if not isinstance(p.result, BaseException)]
         with self._cond:
-            self._cond.wait_for(lambda: all(p.committed is not None for p in waiting),
+            self._cond.wait_for(lambda: all(p.stage in _COMMIT_KNOWN for p in waiting),
                                 None if request.deadline is None else request.remain)
         for participant in waiting:
-            if participant.committed is None:
+            stage = participant.stage  # once: it may still move
+            if stage not in _COMMIT_KNOWN:
                 raise TransactionCommitError(f"participant {participant.index} ({participant.call}) has not "
                                              f"confirmed its commit in time, the outcome is unknown",
                                              participant.index)
-            if isinstance(participant.committed, BaseException):
+            if stage is Stage.COMMIT_FAILED:
                 raise TransactionCommitError(f"participant {participant.index} ({participant.call}) failed to "
-                                             f"commit: {participant.committed}", participant.index)
+                                             f"commit: {participant.error}", participant.index)
 
     # --- a participant, on a thread of its resource's pool ------------------------------------
 
@@ -187,7 +235,7 @@ class Transaction:
                 if pool.transactional:
                     self._finish(participant, resource, _request.current())
                 else:
-                    self._committed(participant, True)  # nothing to commit: the call was the effect
+                    self._reach(participant, Stage.COMMITTED)  # nothing to commit: the call was the effect
         except ResourceError as e:
             self._report(participant, e)
 
@@ -200,14 +248,14 @@ class Transaction:
 
     def _finish(self, participant: Participant, resource: Resource, request: _request.Request) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: participant.commit is not None or participant.prepare,
+            self._cond.wait_for(lambda: participant.decision is not Decision.NONE,
                                 None if request.deadline is None else request.remain)
-            commit = participant.commit
-        if commit is None and participant.prepare:
+            decision = participant.decision
+        if decision is Decision.PREPARE:
             self._finish_branch(participant, resource)
             return
-        if not commit:
-            if commit is None:
+        if decision is not Decision.COMMIT:
+            if decision is Decision.NONE:
                 log.warning(f"transaction {self.xid}: no decision for {participant.call} in time, rolling back")
             _quietly(resource, "rollback")
             return
@@ -216,10 +264,9 @@ class Transaction:
         except Exception as e:
             log.error(f"transaction {self.xid}: {participant.call} failed to commit: {exc_string(e)}")
             resource.expire()
-            outcome: bool | BaseException = e
+            self._reach(participant, Stage.COMMIT_FAILED, e)
         else:
-            outcome = True
-        self._committed(participant, outcome)
+            self._reach(participant, Stage.COMMITTED)
 
     # --- two-phase commit --------------------------------------------------------------------
     #
@@ -265,30 +312,32 @@ class Transaction:
         branches = [p for p in self._participants if p.branch is not None]
         with self._cond:
             for participant in branches:
-                participant.prepare = True
+                participant.decision = Decision.PREPARE
             self._cond.notify_all()
-            self._cond.wait_for(lambda: all(p.prepared is not None for p in branches),
+            self._cond.wait_for(lambda: all(p.stage is not Stage.OPEN for p in branches),
                                 None if request.deadline is None else request.remain)
         for participant in branches:
-            if participant.prepared is None:
+            stage = participant.stage  # once: it may still move
+            if stage is Stage.OPEN:
                 raise TransactionExecutionError(f"request deadline waiting for participant {participant.index} "
                                                 f"({participant.call}) to prepare", participant.index)
-            if isinstance(participant.prepared, BaseException):
+            if stage is Stage.PREPARE_FAILED:
                 raise TransactionExecutionError(f"participant {participant.index} ({participant.call}) failed to "
-                                                f"prepare: {participant.prepared}", participant.index)
+                                                f"prepare: {participant.error}", participant.index)
 
     def _commit_last_resource(self, request: _request.Request) -> None:
         last = next((p for p in self._participants if p.branch is None), None)
         if last is None:
             return
         with self._cond:
-            last.commit = True
+            last.decision = Decision.COMMIT
             self._cond.notify_all()
-            self._cond.wait_for(lambda: last.committed is not None,
+            self._cond.wait_for(lambda: last.stage in _COMMIT_KNOWN,
                                 None if request.deadline is None else request.remain)
-        if last.committed is not True:
-            what = "has not confirmed its commit in time" if last.committed is None else \
-                f"failed to commit: {last.committed}"
+        stage = last.stage  # once: it may still move
+        if stage is not Stage.COMMITTED:
+            what = "has not confirmed its commit in time" if stage is not Stage.COMMIT_FAILED else \
+                f"failed to commit: {last.error}"
             raise TransactionCommitError(f"participant {last.index} ({last.call}), the last resource, {what}; "
                                          f"the prepared branches roll back", last.index)
 
@@ -310,10 +359,10 @@ class Transaction:
     def _wait_phase_two(self, request: _request.Request) -> None:
         branches = [p for p in self._participants if p.branch is not None]
         with self._cond:
-            self._cond.wait_for(lambda: all(p.committed is not None for p in branches),
+            self._cond.wait_for(lambda: all(p.stage in _COMMIT_KNOWN for p in branches),
                                 None if request.deadline is None else request.remain)
         for participant in branches:
-            if participant.committed is not True:
+            if participant.stage is not Stage.COMMITTED:
                 log.warning(f"transaction {self.xid}: {participant.call} has not committed yet; it is decided "
                             f"and logged, and will be committed")
 
@@ -325,21 +374,21 @@ class Transaction:
         except Exception as e:
             log.warning(f"transaction {self.xid}: {participant.call} failed to prepare: {exc_string(e, stack=False)}")
             resource.expire()
-            self._prepared(participant, e)
+            self._reach(participant, Stage.PREPARE_FAILED, e)
             _quietly(resource, "rollback")
             return
-        self._prepared(participant, True)
+        self._reach(participant, Stage.PREPARED)
         with self._cond:
-            self._cond.wait_for(lambda: participant.commit is not None, DECISION_WAIT)
-            commit = participant.commit
-        if commit is None:  # the coordinator is gone: recovery decides (presumed abort)
+            self._cond.wait_for(lambda: participant.decision in _DECIDED, DECISION_WAIT)
+            decision = participant.decision
+        if decision not in _DECIDED:  # the coordinator is gone: recovery decides (presumed abort)
             log.error(f"transaction {self.xid}: no decision for the prepared {participant.call}, left to recovery")
             resource.expire()
             _active.discard(self.xid)
             return
         with _request.attached(_request.Request(timeout=PHASE_TWO_TIMEOUT, interface="__transaction__",
                                                 protocol="__transaction__")):
-            if not commit:
+            if decision is Decision.ROLLBACK:
                 _quietly(resource, "rollback")
                 return
             try:
@@ -348,35 +397,32 @@ class Transaction:
                 log.error(f"transaction {self.xid}: {participant.call} failed to commit its prepared branch, "
                           f"recovery will: {exc_string(e, stack=False)}")
                 resource.expire()
-                self._committed(participant, e)
+                self._reach(participant, Stage.COMMIT_FAILED, e)
                 self._branch_finished()
                 return
-        self._committed(participant, True)
+        self._reach(participant, Stage.COMMITTED)
         self._branch_finished()
-
-    def _prepared(self, participant: Participant, outcome: bool | BaseException) -> None:
-        with self._cond:
-            participant.prepared = outcome
-            self._cond.notify_all()
 
     def _branch_finished(self) -> None:
         """After phase 2 of a branch: once all are through, the decision is forgotten if
         all committed (else recovery finishes from it), and recovery may look again."""
         branches = [p for p in self._participants if p.branch is not None]
         with self._cond:
-            if self._finished or not all(p.committed is not None for p in branches):
+            if self._finished or not all(p.stage in _COMMIT_KNOWN for p in branches):
                 return
             self._finished = True
-        if all(p.committed is True for p in branches):
+        if all(p.stage is Stage.COMMITTED for p in branches):
             try:
                 self._pools.decisions.forget(self.xid)
             except Exception as e:
                 log.warning(f"transaction {self.xid}: its decision cannot be forgotten: {e}")
         _active.discard(self.xid)
 
-    def _committed(self, participant: Participant, outcome: bool | BaseException) -> None:
+    def _reach(self, participant: Participant, stage: Stage, error: BaseException | None = None) -> None:
+        """Report how far the participant has got, `error` saying why it failed."""
         with self._cond:
-            participant.committed = outcome
+            assert stage in _NEXT_STAGES[participant.stage], f"{participant.call}: {participant.stage} -> {stage}"
+            participant.stage, participant.error = stage, error
             self._cond.notify_all()
 
     def _report(self, participant: Participant, result: Any) -> None:
@@ -575,6 +621,20 @@ class TransactionFactory:
         return Transaction(self._pools(), self._source, accept=accept, sync_commit=sync_commit,
                            two_phase=two_phase, **options)
 
+    def call_one(self, resource: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`pmnc.transaction.<resource>.<method>(*args, **kwargs)`, for framework code that
+        knows the method it calls (rpc/calls.py's CageLink)."""
+        return self.run_one(Participant(0, resource, (method,), args, kwargs, (), {}))
+
+    def run_one(self, participant: Participant) -> Any:
+        """A transaction of one call: its result."""
+        pool = self._pools().get(participant.resource)
+        if pool.inline:  # what execute() would do, without a Transaction to build
+            return _run_inline(new_unique_id("XA"), self._source, {}, participant, pool)
+        xa = self.create()
+        xa._participants.append(participant)
+        return xa.execute()[0]
+
     def __getattr__(self, resource: str) -> _Shortcut:
         if resource.startswith("_"):
             raise AttributeError(resource)
@@ -598,11 +658,5 @@ class _Shortcut:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self._attrs:  # pmnc.transaction.db(read_only=True): options for the call that follows
             return _Shortcut(self._factory, self._resource, (), args, kwargs)
-        pool = self._factory._pools().get(self._resource)
-        participant = Participant(0, self._resource, self._attrs, args, kwargs, self._resource_args,
-                                  self._resource_kwargs)
-        if pool.inline:  # what execute() would do, without a Transaction to build
-            return _run_inline(new_unique_id("XA"), self._factory._source, {}, participant, pool)
-        xa = self._factory.create()
-        xa._participants.append(participant)
-        return xa.execute()[0]
+        return self._factory.run_one(Participant(0, self._resource, self._attrs, args, kwargs, self._resource_args,
+                                                 self._resource_kwargs))

@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import functools
 import re
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
@@ -58,6 +59,7 @@ from pmnc.protocols.httpwire import (
 )
 from pmnc.request import Request
 from pmnc.request import current as current_request
+from pmnc.schema import Key
 from pmnc.workers import WorkUnit
 
 if TYPE_CHECKING:
@@ -69,21 +71,41 @@ SLICE, MAX_SLICE = 512, 262144  # bytes parsed at a time: see Connection._parse
 
 class Interface(interfaces.Interface):
     protocol = "http"
+    keys = interfaces.Interface.keys.extend(
+        listener_address=Key(None),  # (host, port)
+        max_connections=Key(100, int),
+        # one address may not take every slot (behind a proxy, raise it to max_connections)
+        max_connections_per_ip=Key(None, int),  # None: half of max_connections
+        # connections still waiting for a head hold no slot, but each is a descriptor: a bound of their own
+        max_pending_heads=Key(1000, int),
+        # a head comes in one or two packets: seconds are plenty, and a trickler is let go soon
+        header_timeout=Key(5.0, float),
+        ssl_key_cert_file=Key(None), ssl_ca_cert_file=Key(None), ssl_ciphers=Key(None),
+        ssl_client_cert_required=Key(False, bool),
+        ssl_protocol=Key(None),  # the original's; accepted for compatibility and ignored: TLS 1.2 or later
+        gzip_content_types=Key(()),  # regexes, each matching a whole content type, e.g. "text/.+"
+        response_encoding=Key("utf-8", str),
+        original_ip_header_fields=Key((), tuple),
+        keep_alive_support=Key(True, bool),
+        keep_alive_idle_timeout=Key(120.0, float),
+        keep_alive_max_requests=Key(1000, int),
+        error_tracebacks=Key(False, bool),
+        max_url_size=Key(8192, int), max_header_size=Key(65536, int), max_body_size=Key(1048576, int),
+        allowed_methods=Key(("GET", "POST")),
+    )
 
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
         super().__init__(name, cage, config)
-        take = config.pop
-        address = take("listener_address", None)
+        s = self.config
+        address = s["listener_address"]
         if not (isinstance(address, (tuple, list)) and len(address) == 2):
             raise ConfigError(f"config_interface_{name}.py: listener_address must be (host, port)")
         self.host, self.port = str(address[0]), int(address[1])
-        self.max_connections = int(take("max_connections", 100))
-        # one address may not take every slot (behind a proxy, raise it to max_connections)
-        self.max_connections_per_ip = int(take("max_connections_per_ip", max(1, self.max_connections // 2)))
-        # connections still waiting for a head hold no slot, but each is a descriptor: a bound of their own
-        self.max_pending_heads = int(take("max_pending_heads", 1000))
-        # a head comes in one or two packets: seconds are plenty, and a trickler is let go soon
-        self.header_timeout = min(float(take("header_timeout", 5.0)), self.request_timeout)
+        self.max_connections: int = s["max_connections"]
+        per_ip = s["max_connections_per_ip"]
+        self.max_connections_per_ip: int = max(1, self.max_connections // 2) if per_ip is None else per_ip
+        self.max_pending_heads: int = s["max_pending_heads"]
+        self.header_timeout = min(s["header_timeout"], self.request_timeout)
         if min(self.max_connections, self.max_connections_per_ip, self.max_pending_heads) < 1 \
                 or self.header_timeout <= 0.0:
             raise ConfigError(f"config_interface_{name}.py: max_connections, max_connections_per_ip, "
@@ -93,25 +115,23 @@ class Interface(interfaces.Interface):
         self.max_pending_heads_per_ip = max(1, int(self.max_pending_heads * share))
         # a head younger than this is never evicted: time for its client's head to be read
         self.head_grace = min(1.0, self.header_timeout / 2)
-        self.ssl_key_cert_file = take("ssl_key_cert_file", None)
-        self.ssl_ca_cert_file = take("ssl_ca_cert_file", None)
-        self.ssl_ciphers = take("ssl_ciphers", None)
-        self.ssl_client_cert_required = bool(take("ssl_client_cert_required", False))
+        self.ssl_key_cert_file: str | None = s["ssl_key_cert_file"]
+        self.ssl_ca_cert_file: str | None = s["ssl_ca_cert_file"]
+        self.ssl_ciphers: str | None = s["ssl_ciphers"]
+        self.ssl_client_cert_required: bool = s["ssl_client_cert_required"]
         if self.ssl_client_cert_required and not (self.ssl_key_cert_file and self.ssl_ca_cert_file):
             raise ConfigError(f"config_interface_{name}.py: ssl_client_cert_required needs HTTPS "
                               f"(ssl_key_cert_file and ssl_ca_cert_file)")
-        self.gzip_content_types = _gzip_patterns(name, take("gzip_content_types", ()))
-        self.response_encoding = str(take("response_encoding", "utf-8"))
-        self.original_ip_header_fields = tuple(take("original_ip_header_fields", ()))
-        self.keep_alive_support = bool(take("keep_alive_support", True))
-        self.keep_alive_idle_timeout = float(take("keep_alive_idle_timeout", 120.0))
-        self.keep_alive_max_requests = int(take("keep_alive_max_requests", 1000))
-        self.error_tracebacks = bool(take("error_tracebacks", False))
+        self.gzip_content_types = _gzip_patterns(name, s["gzip_content_types"])
+        self.response_encoding: str = s["response_encoding"]
+        self.original_ip_header_fields: tuple[str, ...] = s["original_ip_header_fields"]
+        self.keep_alive_support: bool = s["keep_alive_support"]
+        self.keep_alive_idle_timeout: float = s["keep_alive_idle_timeout"]
+        self.keep_alive_max_requests: int = s["keep_alive_max_requests"]
+        self.error_tracebacks: bool = s["error_tracebacks"]
         self.limits = Limits(
-            max_url_size=int(take("max_url_size", 8192)),
-            max_header_size=int(take("max_header_size", 65536)),
-            max_body_size=int(take("max_body_size", 1048576)),
-            allowed_methods=frozenset(m.upper() for m in take("allowed_methods", ("GET", "POST"))),
+            max_url_size=s["max_url_size"], max_header_size=s["max_header_size"], max_body_size=s["max_body_size"],
+            allowed_methods=frozenset(m.upper() for m in s["allowed_methods"]),
         )
         self.handler = f"interface_{name}"
         self.connections: set[Connection] = set()  # all of them: heads, on probation and slot holders
@@ -334,6 +354,47 @@ class _Waiting:
         return None
 
 
+class Phase(enum.Enum):
+    """Where a connection is in its life: what it waits for, and so what its one timer does.
+
+    Phase          waits for                                 held in      at its deadline
+    ON_PROBATION   its first read to hold a whole head       probation    503 (the refusal it had)
+    HEAD_AWAITED   a request head, first or next             heads        408, or a quiet close *
+    SEATED         the body, or the client to take answers   slots        408, or a quiet close *
+    IN_FLIGHT      the worker, for the request's answer      slots        504 (`_InFlight.expire`)
+    IDLE           a keep-alive client's next request        slots, idle  a quiet close
+    CLOSED         nothing: closed, or closing                -            nothing
+
+    * a quiet close if nothing of a request has begun on a connection that has served one
+    (a keep-alive client that sent only blank lines, say); 408 otherwise.
+
+    Moves (`Connection._enter`, `_NEXT`): accept → HEAD_AWAITED, or ON_PROBATION with no
+    place among the heads (or CLOSED at once, with no place on probation either); a whole
+    head (or a bad request) → SEATED once it has a slot; SEATED → IN_FLIGHT as its request
+    starts; IN_FLIGHT → IDLE, HEAD_AWAITED (the next head has begun) or SEATED (its body, or
+    more requests, are coming); IDLE → HEAD_AWAITED at the next byte. Any phase → CLOSED,
+    which is final. Whether a connection reads (`paused`) or may answer (`write_paused`) is
+    backpressure, and goes across phases: flags, not phases.
+    """
+
+    ON_PROBATION = "on probation"
+    HEAD_AWAITED = "head awaited"
+    SEATED = "seated"
+    IN_FLIGHT = "in flight"
+    IDLE = "idle"
+    CLOSED = "closed"
+
+
+_NEXT: dict[Phase, frozenset[Phase]] = {  # the moves `Connection._enter` allows; see Phase
+    Phase.ON_PROBATION: frozenset({Phase.SEATED, Phase.CLOSED}),
+    Phase.HEAD_AWAITED: frozenset({Phase.SEATED, Phase.CLOSED}),
+    Phase.SEATED: frozenset({Phase.IN_FLIGHT, Phase.CLOSED}),
+    Phase.IN_FLIGHT: frozenset({Phase.SEATED, Phase.HEAD_AWAITED, Phase.IDLE, Phase.CLOSED}),
+    Phase.IDLE: frozenset({Phase.HEAD_AWAITED, Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+
+
 class Connection(asyncio.Protocol):
     """One client connection; lives on the event loop only."""
 
@@ -344,12 +405,12 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = RequestParser(interface.limits)
         self.queue: collections.deque[HttpRequest | Continue] = collections.deque()
-        self.current: _InFlight | None = None
+        self.phase = Phase.HEAD_AWAITED  # connection_made decides
+        self.current: _InFlight | None = None  # in IN_FLIGHT
         self.served = 0
-        self.closing = False
         self.paused = False
         self.refusal: tuple[int, str] | None = None  # the error that ends this connection
-        self.probation: str | None = None  # on probation: the 503's text unless its first read holds a head
+        self.probation = ""  # in ON_PROBATION: the 503's text unless its first read holds a head
         self.deadline = 0.0  # of whatever the connection waits for now, on the loop's clock
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -358,6 +419,13 @@ class Connection(asyncio.Protocol):
         self.slice = SLICE
         self.eof = False
         self.write_paused = False
+
+    @property
+    def closing(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer_ip} {self.phase.value} served={self.served}>"
 
     # --- asyncio callbacks ---------------------------------------------------------
 
@@ -370,17 +438,22 @@ class Connection(asyncio.Protocol):
         if refusal is not None and not self.iface.on_probation(self):
             transport.write(error_response(503, refusal))
             transport.close()
-            self.closing = True
+            self.phase = Phase.CLOSED
             return
         self.first_byte = time.monotonic()  # the first request's clock starts at accept
-        self.probation = refusal
+        if refusal is None:
+            self.phase = Phase.HEAD_AWAITED
+        else:
+            self.phase, self.probation = Phase.ON_PROBATION, refusal
         self._arm(self.first_byte + (self.iface.header_timeout if refusal is None else self.iface.head_grace))
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.refusal is not None:
             return
         now = time.monotonic()
-        if self.iface.idle.discard(self):  # it was idle: a new request begins, its head is waited for
+        if self.phase is Phase.IDLE:  # a new request begins, its head is waited for
+            self._enter(Phase.HEAD_AWAITED)
+            self.iface.idle.discard(self)
             self.iface.heads.add(self)  # still holding its slot: _track decides, once this read is parsed
             self._arm(now + self.iface.header_timeout)
         if not self.unparsed and len(data) <= self.slice and len(self.queue) < MAX_PIPELINED:
@@ -449,7 +522,7 @@ class Connection(asyncio.Protocol):
         return bool(self.current is not None or self.queue or self.unparsed)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self._enter(Phase.CLOSED)
         self._cancel_timer()
         self.iface.forget(self)
         self.queue.clear()
@@ -486,6 +559,7 @@ class Connection(asyncio.Protocol):
             self._refuse(503, "the cage is shutting down")
             return
         keep_alive = self._may_keep_alive(http)
+        self._enter(Phase.IN_FLIGHT)
         self.current = _InFlight(self, request, http, keep_alive)
         assert request.deadline is not None
         self._arm(request.deadline)
@@ -503,13 +577,17 @@ class Connection(asyncio.Protocol):
         if not keep_alive or self.iface.ceasing:
             self.close()
         elif self.queue or self.refusal is not None or self.eof:
+            self._enter(Phase.SEATED)
             self._next()
         elif self.parser.in_head:  # the next request has begun: its head is waited for from now
+            self._enter(Phase.HEAD_AWAITED)
             self.iface.heads.add(self)
             self._arm(time.monotonic() + self.iface.header_timeout)
         elif self.parser.receiving:
+            self._enter(Phase.SEATED)
             self._arm(time.monotonic() + self.iface.request_timeout)
         else:
+            self._enter(Phase.IDLE)
             self.iface.idle.add(self)
             self._arm(time.monotonic() + self.iface.keep_alive_idle_timeout)
         self._track()
@@ -521,12 +599,12 @@ class Connection(asyncio.Protocol):
         next head has begun and not ended gives up its slot and waits among the heads like a
         newcomer (or gets 503). One on probation had its one read: a whole head, or 503."""
         iface = self.iface
-        if (self not in iface.heads and self.probation is None) or self.closing:
+        if self.phase is not Phase.HEAD_AWAITED and self.phase is not Phase.ON_PROBATION:
             return
         if self.current is None and not self.queue and self.refusal is None:
             if self.parser.in_head or not self.parser.receiving:
                 # the head is still awaited (not a byte of it, or only blank lines, yet)
-                if self.probation is not None:
+                if self.phase is Phase.ON_PROBATION:
                     self._refuse(503, self.probation)
                 elif self in iface.slots:
                     self._refuse_for(iface.admit(self))
@@ -536,7 +614,7 @@ class Connection(asyncio.Protocol):
             self._arm(began + iface.request_timeout)
         iface.heads.discard(self)
         iface.probation.discard(self)
-        self.probation = None
+        self._enter(Phase.SEATED)
         if self not in iface.slots:
             self._refuse_for(iface.seat(self))
 
@@ -544,6 +622,12 @@ class Connection(asyncio.Protocol):
         """503 and close if there was no room."""
         if refusal is not None:
             self._refuse(503, refusal)
+
+    def _enter(self, phase: Phase) -> None:
+        """Move to `phase`; from CLOSED, nowhere (a late answer may still come to a closed connection)."""
+        if self.phase is not Phase.CLOSED:
+            assert phase in _NEXT[self.phase], f"a connection moves from {self.phase.name} to {phase.name}"
+            self.phase = phase
 
     # --- the one timer ------------------------------------------------------------------
 
@@ -562,20 +646,26 @@ class Connection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self.timer = None
-        if self.closing:
-            return
-        if self.loop.time() < self.deadline:
+        if not self.closing and self.loop.time() < self.deadline:
             self.timer, self.timer_at = self.loop.call_at(self.deadline, self._on_timer), self.deadline
-        elif self.probation is not None:
-            self._refuse(503, self.probation)  # silent through its grace
-        elif self.current is not None:
-            self.current.expire()
-        elif self in self.iface.idle:
-            self.close()  # idle for keep_alive_idle_timeout
-        elif self.parser.receiving or self.served == 0:
+        else:
+            _AT_DEADLINE[self.phase](self)
+
+    def _probation_over(self) -> None:
+        self._refuse(503, self.probation)  # silent through its grace
+
+    def _expire(self) -> None:
+        assert self.current is not None
+        self.current.expire()
+
+    def _late(self) -> None:
+        if self.parser.receiving or self.served == 0:
             self._refuse(408, "request was not received in time")
         else:
             self.close()  # bytes that never became a request
+
+    def _closed(self) -> None:
+        """Nothing to do: a late answer to a closed connection may have armed the timer."""
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -588,7 +678,7 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
     def close(self) -> None:
-        self.closing = True
+        self._enter(Phase.CLOSED)
         self._cancel_timer()
         self.iface.forget(self)  # its slot is free now, not when the socket is gone
         if self.transport is not None:
@@ -626,6 +716,16 @@ class Connection(asyncio.Protocol):
                     if key == "commonName":
                         tokens["peer_cn"] = value
         return tokens
+
+
+_AT_DEADLINE: dict[Phase, Callable[[Connection], None]] = {  # what the timer does; see Phase
+    Phase.ON_PROBATION: Connection._probation_over,
+    Phase.HEAD_AWAITED: Connection._late,
+    Phase.SEATED: Connection._late,
+    Phase.IN_FLIGHT: Connection._expire,
+    Phase.IDLE: Connection.close,  # idle for keep_alive_idle_timeout
+    Phase.CLOSED: Connection._closed,
+}
 
 
 class _InFlight:

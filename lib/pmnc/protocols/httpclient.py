@@ -22,6 +22,7 @@ import httptools
 from pmnc import request as _request
 from pmnc import resource
 from pmnc.errors import ConfigError, ResourceError, ResourceInputParameterError, exc_string
+from pmnc.schema import RESOURCE_KEYS, Key, resource_file
 
 MAX_RESPONSE_SIZE = 16 * 1024 * 1024  # the original's limit
 _READ = 65536
@@ -113,6 +114,20 @@ def _broken(description: str) -> ResourceError:
     return ResourceError(description, recoverable=False, terminal=True)
 
 
+# The keys of config_resource_<name>.py (a module constant, not a class attribute: any name
+# of the xmlrpc resource built on this one is a remote method).
+KEYS = RESOURCE_KEYS.extend(
+    server_address=Key(None),  # (host, port)
+    connect_timeout=Key(3.0, float),
+    extra_headers=Key({}),  # sent with every request; a call's own headers win
+    http_version=Key("HTTP/1.1", str),
+    max_response_size=Key(MAX_RESPONSE_SIZE, int),
+    ssl_ca_cert_file=Key(None), ssl_key_cert_file=Key(None), ssl_ciphers=Key(None),  # TLS if a CA is given
+    ssl_server_hostname=Key(None), ssl_ignore_hostname=Key(False, bool),
+    ssl_protocol=Key(None),  # the original's; accepted for compatibility and ignored: TLS 1.2 or later
+)
+
+
 class Resource(resource.Resource):
     """One keep-alive connection to an HTTP(S) server."""
 
@@ -121,30 +136,29 @@ class Resource(resource.Resource):
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
-        take = config.pop
-        address = take("server_address", None)
+        s = self.config = KEYS.read(config, resource_file(name))
+        address = s["server_address"]
         if not (isinstance(address, (tuple, list)) and len(address) == 2):
             raise ConfigError(f"resource {name}: server_address must be (host, port)")
         self.host, self.port = str(address[0]), int(address[1])
-        self.connect_timeout = float(take("connect_timeout", 3.0))
-        self.extra_headers = {str(k).lower(): str(v) for k, v in dict(take("extra_headers", {}) or {}).items()}
-        self.http_version = str(take("http_version", "HTTP/1.1"))
+        self.connect_timeout: float = s["connect_timeout"]
+        self.extra_headers = {str(k).lower(): str(v) for k, v in dict(s["extra_headers"] or {}).items()}
+        self.http_version: str = s["http_version"]
         if self.http_version not in ("HTTP/1.0", "HTTP/1.1"):
             raise ConfigError(f"resource {name}: http_version must be HTTP/1.0 or HTTP/1.1")
-        self.max_response_size = int(take("max_response_size", MAX_RESPONSE_SIZE))
-        self._tls = self._ssl_context(take)
-        self.server_hostname = take("ssl_server_hostname", None) or self.host
+        self.max_response_size: int = s["max_response_size"]
+        self._tls = self._ssl_context(s)
+        self.server_hostname: str = s["ssl_server_hostname"] or self.host
         self.sock: socket.socket | None = None
 
     @staticmethod
-    def _ssl_context(take: Any) -> ssl.SSLContext | None:
-        ca, key_cert = take("ssl_ca_cert_file", None), take("ssl_key_cert_file", None)
-        ignore_hostname, ciphers = bool(take("ssl_ignore_hostname", False)), take("ssl_ciphers", None)
+    def _ssl_context(s: dict[str, Any]) -> ssl.SSLContext | None:
+        ca, key_cert, ciphers = s["ssl_ca_cert_file"], s["ssl_key_cert_file"], s["ssl_ciphers"]
         if not ca:
             return None
         context = ssl.create_default_context(cafile=ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = not ignore_hostname
+        context.check_hostname = not s["ssl_ignore_hostname"]
         if key_cert:
             context.load_cert_chain(key_cert)
         if ciphers:

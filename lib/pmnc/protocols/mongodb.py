@@ -96,15 +96,22 @@ from pymongo.uri_parser import parse_uri
 from pmnc import log, resource
 from pmnc import request as _request
 from pmnc.errors import ConfigError, ResourceError, ResourceInputParameterError, exc_string
+from pmnc.schema import RESOURCE_KEYS, Key, resource_file
 
 T = TypeVar("T")
 Document = dict[str, Any]
 
 OPERATIONS = frozenset({"insert_one", "insert_many", "find", "find_one", "update_one", "update_many", "delete_one",
                         "delete_many", "aggregate", "count_documents"})
-# resource_name: the "b" of a pool named mongo__b (pools.py); nothing here depends on it
-CONFIG_KEYS = frozenset({"server_address", "database", "username", "password", "connect_timeout", "uri",
-                         "transactions", "resource_name", "protocol"})
+# The keys of config_resource_<name>.py (a module constant: resource attributes are collections);
+# resource_name, the "b" of a pool named mongo__b (pools.py), is accepted and nothing depends on it.
+KEYS = RESOURCE_KEYS.extend(
+    uri=Key(None),  # mongodb:// or mongodb+srv://, instead of server_address, username and password
+    server_address=Key(None), username=Key(None), password=Key(None),
+    database=Key(None),  # or the uri's path
+    connect_timeout=Key(3.0, float),
+    transactions=Key("auto"),  # "auto": if the server has them; True: required; False: never
+)
 NO_DEADLINE = 3600.0  # what an infinite request may wait, as the http resource
 DISCONNECT_TIMEOUT = 1.0  # closing sends endSessions: never worth more than this
 
@@ -147,14 +154,12 @@ class Resource(resource.Resource):
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
-        unknown = sorted(set(config) - CONFIG_KEYS)
-        if unknown:
-            raise ConfigError(f"resource {name}: unknown config keys: {', '.join(unknown)}")
-        self._uri, self._database = _target(name, config)
-        self._connect_timeout = float(config.get("connect_timeout", 3.0))
+        s = self.config = KEYS.read(config, resource_file(name))
+        self._uri, self._database = _target(name, s)
+        self._connect_timeout: float = s["connect_timeout"]
         if self._connect_timeout <= 0:
             raise ConfigError(f"resource {name}: connect_timeout must be positive")
-        self._transactions = config.get("transactions", "auto")
+        self._transactions = s["transactions"]
         if self._transactions not in ("auto", True, False):
             raise ConfigError(f"resource {name}: transactions must be \"auto\", True or False")
         self._client: pymongo.MongoClient[Document] | None = None

@@ -60,7 +60,8 @@ import oracledb
 from pmnc import log
 from pmnc import request as _request
 from pmnc.errors import ConfigError, ResourceDeadlineError, ResourceInputParameterError, SQLResourceError
-from pmnc.protocols.sql import Row, SQLResource, Statement
+from pmnc.protocols.sql import SQL_KEYS, Row, SQLResource, Statement
+from pmnc.schema import Key
 
 # Errors that end one statement and leave the session sound, so the connection is kept:
 # unique/foreign/check constraints and NOT NULL (1, 1400, 2290-2292), no data / too many
@@ -91,21 +92,29 @@ BIND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 REF_CURSOR = "result"  # the OUT SYS_REFCURSOR parameter of a procedure called with EXECUTE
 
 
+# The keys of config_resource_<name>.py (a module constant: resource attributes are the user's calls).
+KEYS = SQL_KEYS.extend(
+    dsn=Key(None),  # an Easy Connect string or a connect descriptor, instead of server_address and database
+    server_address=Key(("127.0.0.1", 1521)), database=Key(None),  # database: the service name
+    username=Key(None), password=Key(None),
+    connect_timeout=Key(3.0, float),
+    application_name=Key("pmnc", str),  # V$SESSION.PROGRAM
+)
+
+
 class Resource(SQLResource):
     arrays = False
     has_time = False
     preparable = True  # can be a branch of a two-phase commit
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
-        super().__init__(name, config)
-        take = config.pop
-        dsn = take("dsn", None)
-        address = take("server_address", ("127.0.0.1", 1521))
-        database = take("database", None)
+        super().__init__(name, config, KEYS)
+        s = self.config
+        dsn, database = s["dsn"], s["database"]
         self.params: dict[str, Any] = {}
         if dsn is None:
             try:
-                host, port = address
+                host, port = s["server_address"]
                 self.params.update(host=str(host), port=int(port))
             except (TypeError, ValueError):
                 raise ConfigError(f"resource {name}: server_address must be (host, port)") from None
@@ -116,21 +125,14 @@ class Resource(SQLResource):
             raise ConfigError(f"resource {name}: dsn must be an Easy Connect string or a connect descriptor")
         self.dsn: str | None = dsn
         for key, param in (("username", "user"), ("password", "password")):
-            value = take(key, None)
-            if value is not None:
-                self.params[param] = str(value)
+            if s[key] is not None:
+                self.params[param] = str(s[key])
         if dsn is None and "user" not in self.params:
             raise ConfigError(f"resource {name}: username is required without a dsn")
-        try:
-            self.connect_timeout = float(take("connect_timeout", 3.0))
-            if not self.connect_timeout > 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ConfigError(f"resource {name}: connect_timeout must be a positive number of seconds") from None
-        self.params["program"] = str(take("application_name", "pmnc"))[:48]
-        unknown = sorted(k for k in config if k != "resource_name")
-        if unknown:
-            raise ConfigError(f"resource {name}: unknown config key(s) {', '.join(unknown)}")
+        self.connect_timeout: float = s["connect_timeout"]
+        if not self.connect_timeout > 0:
+            raise ConfigError(f"resource {name}: connect_timeout must be a positive number of seconds")
+        self.params["program"] = s["application_name"][:48]
         self.conn: oracledb.Connection | None = None
         self.branch: str | None = None  # the two-phase commit branch in progress
         self.prepared: bool | None = None  # after prepare(): whether the branch has anything to commit

@@ -33,7 +33,8 @@ from psycopg.rows import dict_row
 from pmnc import log
 from pmnc import request as _request
 from pmnc.errors import ConfigError, ResourceDeadlineError, ResourceInputParameterError, SQLResourceError
-from pmnc.protocols.sql import SQLResource, Statement
+from pmnc.protocols.sql import SQL_KEYS, SQLResource, Statement
+from pmnc.schema import Key
 
 # SQLSTATE classes after which the connection is still good (as the original's):
 # warnings, no data, cardinality, data, integrity, syntax/access, check option, PL/pgSQL.
@@ -64,40 +65,40 @@ class DeadlineReached(Exception):
     """The request's deadline came while the server had not answered."""
 
 
+# The keys of config_resource_<name>.py (a module constant: resource attributes are the user's calls).
+KEYS = SQL_KEYS.extend(
+    dsn=Key(None),  # a libpq conninfo or URI, instead of the next four
+    server_address=Key(("127.0.0.1", 5432)), database=Key("postgres"), username=Key("postgres"), password=Key(None),
+    connect_timeout=Key(3.0, float),
+    # statements run this many times on a connection become server-side prepared ones
+    # (None: never, for poolers such as pgbouncer in transaction mode)
+    prepare_threshold=Key(5),
+    application_name=Key("pmnc", str),
+)
+
+
 class Resource(SQLResource):
     arrays = True
     preparable = True  # can be a branch of a two-phase commit
     inline = True  # every wait on the server ends at the deadline (_Connection.wait)
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
-        super().__init__(name, config)
-        take = config.pop
-        dsn = take("dsn", None)
-        address = take("server_address", ("127.0.0.1", 5432))
+        super().__init__(name, config, KEYS)
+        s = self.config
         self.params: dict[str, Any] = {}
-        if dsn is None:
+        if s["dsn"] is None:  # with a dsn, database, username and password are ignored
             try:
-                host, port = address
+                host, port = s["server_address"]
             except (TypeError, ValueError):
                 raise ConfigError(f"resource {name}: server_address must be (host, port)") from None
-            self.params.update(host=str(host), port=int(port), dbname=take("database", "postgres"),
-                               user=take("username", "postgres"))
-            password = take("password", None)
-            if password is not None:
-                self.params["password"] = str(password)
-        else:
-            for key in ("database", "username", "password"):
-                take(key, None)
-        self.dsn = "" if dsn is None else str(dsn)
-        self.connect_timeout = float(take("connect_timeout", 3.0))
-        # statements run this many times on a connection become server-side prepared ones
-        # (None: never, for poolers such as pgbouncer in transaction mode)
-        threshold = take("prepare_threshold", 5)
+            self.params.update(host=str(host), port=int(port), dbname=s["database"], user=s["username"])
+            if s["password"] is not None:
+                self.params["password"] = str(s["password"])
+        self.dsn = "" if s["dsn"] is None else str(s["dsn"])
+        self.connect_timeout: float = s["connect_timeout"]
+        threshold = s["prepare_threshold"]
         self.prepare_threshold = None if threshold is None else int(threshold)
-        self.params["application_name"] = str(take("application_name", "pmnc"))[:63]
-        unknown = sorted(k for k in config if k != "resource_name")
-        if unknown:
-            raise ConfigError(f"resource {name}: unknown config key(s) {', '.join(unknown)}")
+        self.params["application_name"] = s["application_name"][:63]
         self.conn: _Connection | None = None
         self.cursor: psycopg.Cursor[dict[str, Any]] | None = None
         self.session: tuple[psycopg.IsolationLevel, bool] | None = None  # as last set, on session_of

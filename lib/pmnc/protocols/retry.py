@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
 from pmnc.errors import ConfigError
-from pmnc.retry import MAX_PENDING_PER_SOURCE, Engine, Settings
+from pmnc.retry import Engine, Settings
+from pmnc.schema import Key
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
@@ -33,24 +34,22 @@ class Interface(interfaces.Interface):
     protocol = "retry"
     handler_module = False  # no interface_<name>.py: calls go to the modules they name
 
+    # the defaults are the engine's (retry.Settings)
+    keys = interfaces.Interface.keys.extend(
+        queue_count=Key(Settings.queue_count, int), keep_order=Key(Settings.keep_order, bool),
+        retry_interval=Key(Settings.retry_interval, float), backoff=Key(Settings.backoff, bool),
+        max_retry_interval=Key(Settings.max_retry_interval, float),
+        retention_time=Key(Settings.retention_time, float),
+        max_pending_per_source=Key(Settings.max_pending_per_source, int))
+
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
         super().__init__(name, cage, config)
-        take = config.pop
-        try:
-            self.settings = Settings(
-                queue_count=int(take("queue_count", 4)), keep_order=bool(take("keep_order", False)),
-                retry_interval=float(take("retry_interval", 120.0)), backoff=bool(take("backoff", False)),
-                max_retry_interval=float(take("max_retry_interval", 3600.0)),
-                retention_time=float(take("retention_time", 3 * 86400.0)), request_timeout=self.request_timeout,
-                max_pending_per_source=int(take("max_pending_per_source", MAX_PENDING_PER_SOURCE)))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"config_interface_{name}.py: {e}") from None
+        settings = {key: self.config[key] for key in self.keys if key != "request_timeout"}
+        self.settings = Settings(**settings, request_timeout=self.request_timeout)
         if self.settings.queue_count < 1 or self.settings.retry_interval < 0 or self.settings.retention_time < 0 \
                 or self.settings.max_pending_per_source < 0:
             raise ConfigError(f"config_interface_{name}.py: queue_count must be at least 1, retry_interval, "
                               f"retention_time and max_pending_per_source not negative")
-        if config:
-            raise ConfigError(f"config_interface_{name}.py: unknown key(s) {', '.join(sorted(config))}")
         self.engine: Engine | None = None
 
     def start(self) -> None:

@@ -4,25 +4,28 @@
 
 One poller thread per source cage long-polls it (over the same mutual TLS
 connections as any call, pool `rpc__<source>`) for calls made there with
-`pmnc("<this cage>:reverse").m.f(...)`, runs each on the worker pool as the
-caller's request (its id, log levels, the time it has left less a margin)
-and posts the answer back. A failed poll is retried after `retry_interval`.
+`pmnc("<this cage>:reverse").m.f(...)`, runs each as the caller's request
+(its id, log levels, the time it has left less a margin; rpc/callee.py) through
+the one request lifecycle (lifecycle.py, `submit`) and posts the answer back.
+A failed poll is retried after `retry_interval`.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
 from pmnc.errors import ConfigError, IntakeClosedError, exc_string
-from pmnc.protocols.rpc import callee_request, run_call
+from pmnc.lifecycle import Outcome
 from pmnc.request import Request, attached
 from pmnc.rpc import wire
-from pmnc.rpc.identity import CAGE_NAME, Identity
-from pmnc.transaction import TransactionFactory
-from pmnc.workers import WorkUnit
+from pmnc.rpc.callee import Callee
+from pmnc.rpc.calls import CageLink
+from pmnc.rpc.identity import CAGE_NAME
+from pmnc.schema import Key, names
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
@@ -35,19 +38,27 @@ class Interface(interfaces.Interface):
     protocol = "revrpc"
     handler_module = False  # no interface_<name>.py: calls go to the modules they name
 
+    keys = interfaces.Interface.keys.extend(
+        source_cages=Key((), names),  # the cages to poll for reverse calls
+        retry_interval=Key(1.0, float),  # seconds before a failed poll is tried again
+        deny_modules=Key((), names),  # fnmatch patterns of modules the source cages may not call
+    )
+
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
         super().__init__(name, cage, config)
-        sources = config.pop("source_cages", ())
-        self.sources = (sources,) if isinstance(sources, str) else tuple(sources)
-        if not self.sources or not all(isinstance(s, str) and CAGE_NAME.fullmatch(s) for s in self.sources):
+        self.sources: tuple[str, ...] = self.config["source_cages"]
+        if not self.sources or not all(CAGE_NAME.fullmatch(s) for s in self.sources):
             raise ConfigError(f"config_interface_{name}.py: source_cages must name the cages to poll")
-        self.retry_interval = float(config.pop("retry_interval", 1.0))
-        self.deny_modules = tuple(str(p) for p in config.pop("deny_modules", ()))
+        self.retry_interval: float = self.config["retry_interval"]
+        self.deny_modules: tuple[str, ...] = self.config["deny_modules"]
         self.stopping = threading.Event()
-        self.transaction: TransactionFactory = cage.loader.root.transaction
+        self.links = {source: CageLink(cage.runtime.transactions, source) for source in self.sources}
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self.lifecycle = self.cage.runtime.lifecycle
+        self.callee = Callee(self.lifecycle, cage=self.cage.name, interface=self.name, protocol=self.protocol,
+                             request_timeout=self.request_timeout, deny_modules=self.deny_modules)
         for source in self.sources:
             thread = threading.Thread(target=self._poll_loop, args=(source,), name=f"{self.name}:{source}",
                                       daemon=True)
@@ -87,25 +98,23 @@ class Interface(interfaces.Interface):
     def _poll(self, source: str) -> list[dict[str, Any]]:
         request = Request(timeout=POLL_TIMEOUT, interface=self.name, protocol=self.protocol)
         with attached(request):
-            calls = getattr(self.transaction, f"rpc__{source}").poll(request.remain)
+            calls = self.links[source].poll(request.remain)
         return [c for c in calls if isinstance(c, dict)]
 
     def _start(self, source: str, call: dict[str, Any]) -> None:
         try:
-            request = callee_request(self, call, Identity("", source), time.monotonic())
+            request = self.callee.request(call, source, time.monotonic())
         except IntakeClosedError as e:  # shutting down: say so rather than let the caller wait
             self._post_error(source, call, e)
             return
         except Exception as e:
             log.warning(f"interface {self.name}: a malformed call from cage {source}: {exc_string(e, stack=False)}")
             return
-        assert self.cage.pool is not None
-        self.cage.pool.submit(request, self._run, source, call,
-                              when_done=lambda unit: self._done(unit, request))
+        self.lifecycle.submit(request, self._run, source, call, when_done=functools.partial(self._done, request))
 
     def _run(self, source: str, call: dict[str, Any]) -> None:
-        reply = run_call(self.cage, self.deny_modules, call, Identity("", source))
-        accepted = getattr(self.transaction, f"rpc__{source}").post(str(call.get("call_id")), reply)
+        reply = self.callee.run(call, source)
+        accepted = self.links[source].post(str(call.get("call_id")), reply)
         if not accepted:
             log.warning(f"interface {self.name}: cage {source} no longer waits for the answer to "
                         f"{call.get('module')}.{call.get('method')}")
@@ -114,16 +123,12 @@ class Interface(interfaces.Interface):
         request = Request(timeout=POLL_TIMEOUT, interface=self.name, protocol=self.protocol)
         try:
             with attached(request):
-                getattr(self.transaction, f"rpc__{source}").post(str(call.get("call_id")),
-                                                                {"error": wire.error_dict(error)})
+                self.links[source].post(str(call.get("call_id")), {"error": wire.error_dict(error)})
         except Exception as e:
             log.warning(f"interface {self.name}: cage {source} cannot be told: {exc_string(e, stack=False)}")
 
-    def _done(self, unit: WorkUnit, request: Request) -> None:
-        self.cage.intake.end(request)
-        if unit.cancelled():
-            log.warning(f"interface {self.name}: reverse call {request.unique_id} expired before it could run")
-            return
-        error = unit.exception()
-        if error is not None:
-            log.warning(f"interface {self.name}: reverse call {request.unique_id}: {exc_string(error, stack=False)}")
+    def _done(self, request: Request, outcome: Outcome) -> None:
+        """The call has run, or never will (expired in the queue, the cage stopping)."""
+        if outcome.error is not None:
+            log.warning(f"interface {self.name}: reverse call {request.unique_id}: "
+                        f"{exc_string(outcome.error, stack=False)}")

@@ -19,7 +19,8 @@ thread of its own that reads a frame (codec.py), runs the call as a request
 - the caller's id, log levels and parameters, a deadline of the caller's
 time left less a margin - and writes the answer: `pmnc.<module>.<method>(
 *args, **kwargs)` for any name in the module's `__all__`, unless
-`deny_modules` matches the module. The call runs on the connection's own
+`deny_modules` matches the module (rpc/callee.py, shared with revrpc), through
+the one request lifecycle (lifecycle.py, `call`). The call runs on the connection's own
 thread when one of the worker pool's `thread_count` slots is free and
 nothing waits (no hand-off between threads: less than half the CPU per call
 of serving it on the event loop and running it on a worker, measured with
@@ -40,8 +41,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import fnmatch
-import functools
 import os
 import random
 import select
@@ -66,24 +65,22 @@ from pmnc.errors import (
     RPCDeadlineError,
     exc_string,
 )
-from pmnc.loader import MODULE_NAME
-from pmnc.rpc import cluster as _cluster
 from pmnc.rpc import codec, wire
+from pmnc.rpc.callee import Callee, remain
+from pmnc.rpc.cluster import Cluster, ClusterHandle
 from pmnc.rpc.identity import Identity, peer_identity
 from pmnc.rpc.locator import Location
 from pmnc.rpc.reverse import POLL_MARGIN
+from pmnc.schema import RESOURCE_KEYS, Key, names, resource_file
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
-    from pmnc.loader import Loader
 
 HANDSHAKE_TIMEOUT = 3.0  # seconds a connection has for its whole TLS handshake (config handshake_timeout)
 RECV_SIZE = 262144  # bytes asked for by one read
 LATE_AFTER = 0.25  # seconds on the way after which the callee checks that the caller is still there
 GOODBYE_GRACE = 1.0  # seconds a stopping cage refuses calls that crossed its goodbye before it closes
 ACCEPT_BACKOFF = (0.05, 1.0)  # seconds between attempts while accept fails (first, at most)
-MAX_ID_LENGTH = 128  # characters of a caller's request id
-MAX_LOG_LEVELS = 8  # of a caller's stack of log levels, the innermost kept
 _WOKEN = object()  # what a read returns when the interface has been told to cease
 
 
@@ -94,18 +91,27 @@ class Interface(interfaces.Interface):
     protocol = "rpc"
     handler_module = False  # no interface_<name>.py: calls go to the modules they name
 
+    keys = interfaces.Interface.keys.extend(
+        listener_address=Key(("127.0.0.1", 0)),  # (host, port); port 0: any free one, advertised to the flock
+        max_connections=Key(200, int),  # authenticated connections at once
+        max_handshakes=Key(32, int),  # connections still in their TLS handshake; the oldest goes for a new one
+        handshake_timeout=Key(HANDSHAKE_TIMEOUT, float),  # seconds for the whole TLS handshake
+        deny_modules=Key((), names),  # fnmatch patterns of modules other cages may not call
+        idle_timeout=Key(600.0, float),  # seconds an idle connection is kept
+    )
+
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
         super().__init__(name, cage, config)
-        take = config.pop
-        address = take("listener_address", ("127.0.0.1", 0))
+        config = self.config
+        address = config["listener_address"]
         if not (isinstance(address, (tuple, list)) and len(address) == 2):
             raise ConfigError(f"config_interface_{name}.py: listener_address must be (host, port)")
         self.host, self.port = str(address[0]), int(address[1])
-        self.max_connections = int(take("max_connections", 200))
-        self.max_handshakes = int(take("max_handshakes", 32))
-        self.handshake_timeout = float(take("handshake_timeout", HANDSHAKE_TIMEOUT))
-        self.deny_modules = tuple(str(p) for p in take("deny_modules", ()))
-        self.idle_timeout = float(take("idle_timeout", 600.0))
+        self.max_connections: int = config["max_connections"]
+        self.max_handshakes: int = config["max_handshakes"]
+        self.handshake_timeout: float = config["handshake_timeout"]
+        self.deny_modules: tuple[str, ...] = config["deny_modules"]
+        self.idle_timeout: float = config["idle_timeout"]
         self.connections: set[Connection] = set()  # authenticated
         self.handshaking: dict[Connection, None] = {}  # not yet, oldest first
         self.lock = threading.Lock()
@@ -117,9 +123,10 @@ class Interface(interfaces.Interface):
         self.wake_r = self.wake_w = -1  # a pipe made readable at cease: it wakes every connection's wait
 
     def start(self) -> None:
-        assert self.cage.pool is not None
-        self.pool = self.cage.pool
-        self.cluster = _cluster.get()
+        self.lifecycle = self.cage.runtime.lifecycle
+        self.callee = Callee(self.lifecycle, cage=self.cage.name, interface=self.name, protocol=self.protocol,
+                             request_timeout=self.request_timeout, deny_modules=self.deny_modules)
+        self.cluster = self.cage.runtime.cluster.get()
         self.context = self.cluster.keys.server_context()
         self.context.num_tickets = 0  # connections live long; no session resumption to offer
         self.limit, self.use_pickle = self.cluster.max_frame_size, self.cluster.use_pickle
@@ -223,16 +230,16 @@ class Interface(interfaces.Interface):
     # --- one call ----------------------------------------------------------------------------
 
     def run_call(self, envelope: dict[str, Any], caller: Identity) -> dict[str, Any]:
-        return run_call(self.cage, self.deny_modules, envelope, caller)
+        return self.callee.run(envelope, caller.cage)
 
     def accept_retried(self, envelope: dict[str, Any], caller: Identity) -> dict[str, Any]:
         """A retried call handed over by another cage: into our state file (retry.py)."""
         message = envelope.get("message")
         module = message.get("module") if isinstance(message, dict) else None
         try:
-            if isinstance(module, str) and _denied(self.cage.loader, module, self.deny_modules):
+            if isinstance(module, str) and self.callee.denied(module):
                 raise InvalidMethodAccessError(f"module {module} is not callable from other cages")
-            return {"result": retry.accept(self.cage.loader, message, caller.cage)}
+            return {"result": retry.accept(self.cage.runtime.state, self.cage.loader, message, caller.cage)}
         except Exception as e:
             log.warning(f"a retried call from cage {caller.cage} is refused: {exc_string(e, stack=False)}")
             return {"error": wire.error_dict(e)}
@@ -405,7 +412,7 @@ class Connection:
             if kind == "retry":
                 return self._call(envelope, arrived, iface.accept_retried)
             if kind == "poll":
-                return codec.encode({"result": self._poll(_remain(envelope))}, limit=iface.limit)
+                return codec.encode({"result": self._poll(remain(envelope))}, limit=iface.limit)
             if kind == "post":
                 accepted = iface.cluster.reverse.post(self.caller.cage, str(envelope.get("call_id")),
                                                       envelope.get("reply"))
@@ -424,20 +431,18 @@ class Connection:
         if _late(envelope) and self._caller_gone():
             raise ProtocolError("a call that arrived after its caller had gone (the network held it up)")
         try:
-            request = callee_request(iface, envelope, self.caller, arrived)
+            request = iface.callee.request(envelope, self.caller.cage, arrived)
         except IntakeClosedError:  # stopping, and the goodbye not yet said: not run, go elsewhere
             return iface.refused
         try:
-            reply = iface.pool.call(request, run, envelope, self.caller)
-        except (RequestExpiredError, RuntimeError) as e:
-            reply = {"error": wire.error_dict(e)}
-        finally:
-            iface.cage.intake.end(request)
-        if request.expired:  # a late answer is never sent: the caller is told it is late
+            reply = iface.lifecycle.call(request, run, envelope, self.caller)
+        except RequestExpiredError:  # in the queue, or a late answer, which is never sent
             log.warning(f"request {request.unique_id} from cage {self.caller.cage} has not been answered in "
                         f"time, the caller gets a deadline error")
             reply = {"error": wire.error_dict(DeadlineError(f"request deadline has expired in cage "
                                                             f"{iface.cage.name}"))}
+        except RuntimeError as e:  # the worker pool has stopped
+            reply = {"error": wire.error_dict(e)}
         return answer_frame(reply, iface.limit, iface.use_pickle, self.caller.cage)
 
     def _caller_gone(self) -> bool:
@@ -508,35 +513,6 @@ def _ready(fds: list[int], timeout: float, events: int = select.POLLIN) -> list[
     return [fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
 
 
-def dispatch(cage: Cage, deny_modules: tuple[str, ...], envelope: dict[str, Any], caller: Identity) -> Any:
-    """`pmnc.<module>.<method>(*args, **kwargs)` for a call from `caller`, if it may be made."""
-    module, method = envelope.get("module"), envelope.get("method")
-    args, kwargs = envelope.get("args", ()), envelope.get("kwargs", {})
-    if not (isinstance(module, str) and isinstance(method, str) and MODULE_NAME.fullmatch(module)
-            and not module.startswith("_") and not method.startswith("_")
-            and isinstance(args, (list, tuple)) and isinstance(kwargs, dict)
-            and all(isinstance(k, str) for k in kwargs)):
-        raise InvalidMethodAccessError(f"a malformed call from cage {caller.cage}")
-    if envelope.get("target") != cage.name:
-        raise InvalidMethodAccessError(f"a call for cage {envelope.get('target')!r} has reached cage {cage.name}")
-    if _denied(cage.loader, module, deny_modules):
-        raise InvalidMethodAccessError(f"module {module} is not callable from other cages")
-    log.debug(f"call {module}.{method} from cage {caller.cage}")
-    return cage.loader.call(module, method, tuple(args), kwargs)
-
-
-def _denied(loader: Loader, module: str, deny_modules: tuple[str, ...]) -> bool:
-    """deny_modules matched against the name called and against the file it resolves to,
-    so that a symlink or another spelling of a denied module is no way round them."""
-    return bool(deny_modules) and (_matches(module, deny_modules)
-                                   or _matches(loader.file_name(module), deny_modules))
-
-
-@functools.lru_cache(maxsize=4096)
-def _matches(module: str, deny_modules: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(module, pattern) for pattern in deny_modules)
-
-
 def answer_frame(reply: dict[str, Any], limit: int, use_pickle: bool, caller: str) -> bytes:
     """The frame of an answer; one that cannot be encoded becomes the error saying why."""
     try:
@@ -544,38 +520,6 @@ def answer_frame(reply: dict[str, Any], limit: int, use_pickle: bool, caller: st
     except ProtocolError as e:
         log.warning(f"the answer to cage {caller} cannot be sent: {e}")
         return codec.encode({"error": wire.error_dict(e)}, limit=limit)
-
-
-def run_call(cage: Cage, deny_modules: tuple[str, ...], envelope: dict[str, Any], caller: Identity) -> dict[str, Any]:
-    """The answer to a call: its result, or the error it raised (logged)."""
-    try:
-        return {"result": dispatch(cage, deny_modules, envelope, caller)}
-    except Exception as e:
-        log.warning(f"call {envelope.get('module')}.{envelope.get('method')} from cage {caller.cage} "
-                    f"failed: {exc_string(e, stack=False)}")
-        log.debug(f"call failed: {exc_string(e)}")
-        return {"error": wire.error_dict(e)}
-
-
-def callee_request(iface: interfaces.Interface, envelope: dict[str, Any], caller: Identity,
-                   arrived: float) -> _request.Request:
-    """The caller's request continued here: its id, log levels and parameters (only what
-    may travel, see wire.received_parameters), with the time it had left less the margin
-    for the way back, and no more than our own timeout. Log levels quieter than this
-    cage's own are dropped: a caller may ask for more detail in our log, never for less."""
-    wanted: dict[str, Any] = envelope["request"]
-    timeout = min(wire.callee_timeout(_remain(envelope)), iface.request_timeout)
-    unique_id = wanted["id"]
-    if not (isinstance(unique_id, str) and 0 < len(unique_id) <= MAX_ID_LENGTH):
-        raise ValueError(f"a request id must be a string of 1 to {MAX_ID_LENGTH} characters")
-    floor = log.get_level()
-    levels = [x for x in wanted.get("log_levels") or () if isinstance(x, int) and floor <= x <= log.NOISE]
-    description = wanted.get("description")
-    return iface.cage.intake.begin(
-        timeout=timeout, interface=iface.name, protocol=iface.protocol,
-        parameters=wire.received_parameters(wanted.get("parameters"), caller.cage),
-        description=description if isinstance(description, str) else None, log_levels=levels[-MAX_LOG_LEVELS:],
-        unique_id=unique_id, start=arrived)
 
 
 def _late(envelope: dict[str, Any]) -> bool:
@@ -589,13 +533,6 @@ def _late(envelope: dict[str, Any]) -> bool:
     return time.time() - sent > LATE_AFTER
 
 
-def _remain(envelope: dict[str, Any]) -> float:
-    remain = float(envelope["request"]["remain"])
-    if not 0.0 <= remain < 1e9:  # NaN and infinity included
-        raise ValueError("remain must be a number of seconds")
-    return remain
-
-
 # --- the caller ---------------------------------------------------------------------------
 
 
@@ -604,10 +541,12 @@ class Resource(resource.Resource):
 
     transactional = False  # the call is the effect
     inline = True  # every wait is bounded by the deadline
+    needs_cluster = True
 
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
-        super().__init__(name, config)
-        self.target = str(config.pop("resource_name", ""))
+    def __init__(self, name: str, config: dict[str, Any], *, cluster: ClusterHandle) -> None:
+        super().__init__(name, RESOURCE_KEYS.read(config, resource_file(name)))
+        self.cluster = cluster
+        self.target = self.config["resource_name"] or ""
         self.channels: dict[str, _Channel] = {}
 
     def disconnect(self) -> None:
@@ -630,7 +569,7 @@ class Resource(resource.Resource):
     def exchange(self, envelope: dict[str, Any], request: _request.Request) -> Any:
         if not self.target:
             raise ResourceInputParameterError("resource rpc needs a target: use pmnc(\"cage\") or rpc__<cage>")
-        cluster = _cluster.get()
+        cluster = self.cluster.get()
         envelope["source"], envelope["target"] = [cluster.node, cluster.cage], self.target
         try:
             frame = codec.encode(envelope, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
@@ -653,14 +592,14 @@ class Resource(resource.Resource):
             raise wire.remote_error(reply["error"], f"cage {channel.location.name}")
         return reply["result"]
 
-    def _forget(self, channel: _Channel, cluster: _cluster.Cluster) -> None:
+    def _forget(self, channel: _Channel, cluster: Cluster) -> None:
         """An instance that is stopping: its connection closed, the instance skipped."""
         channel.close()
         if self.channels.get(channel.location.instance) is channel:
             del self.channels[channel.location.instance]
         cluster.locator.failed(channel.location)
 
-    def _channel(self, cluster: _cluster.Cluster, request: _request.Request, stopping: set[str]) -> _Channel:
+    def _channel(self, cluster: Cluster, request: _request.Request, stopping: set[str]) -> _Channel:
         """A connection to one live instance, picked at random: an open one if this
         connection has it, else a new one; failing ones, and those `stopping` (more are
         found on the way: then the instances are looked up again), are skipped within
@@ -691,7 +630,7 @@ class Resource(resource.Resource):
                 raise ResourceError(f"cage {self.target} cannot be reached: {'; '.join(failures) or 'no time left'}",
                                     recoverable=True, terminal=False)
 
-    def _locations(self, cluster: _cluster.Cluster, request: _request.Request, stopping: set[str]) -> list[Location]:
+    def _locations(self, cluster: Cluster, request: _request.Request, stopping: set[str]) -> list[Location]:
         """The live instances of the target but those `stopping`, in random order;
         discovered if none is known."""
         locations = [loc for loc in cluster.locator.locations(self.target) if loc.instance not in stopping]
@@ -743,13 +682,13 @@ class _ModuleOfCage:
 class _Channel:
     """One TLS socket to one instance; one call at a time."""
 
-    def __init__(self, sock: ssl.SSLSocket, location: Location, cluster: _cluster.Cluster) -> None:
+    def __init__(self, sock: ssl.SSLSocket, location: Location, cluster: Cluster) -> None:
         self.sock, self.location = sock, location
         self.decoder = codec.FrameDecoder(cluster.max_frame_size, cluster.use_pickle)
         self.gone = False  # the instance has said it is stopping
 
     @classmethod
-    def connect(cls, location: Location, cluster: _cluster.Cluster, timeout: float) -> _Channel:
+    def connect(cls, location: Location, cluster: Cluster, timeout: float) -> _Channel:
         try:
             raw = socket.create_connection((location.host, location.port), timeout=max(timeout, 0.001))
         except OSError as e:
@@ -794,7 +733,7 @@ class _Channel:
             pass
         return False  # the end of the stream, or bytes nobody asked for
 
-    def exchange(self, frame: bytes, request: _request.Request, cluster: _cluster.Cluster) -> Any:
+    def exchange(self, frame: bytes, request: _request.Request, cluster: Cluster) -> Any:
         """The answer to `frame`; a refusal if the instance is stopping and has not run it
         (then `gone` is set, as it is when a goodbye follows the answer)."""
         try:

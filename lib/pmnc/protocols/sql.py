@@ -34,6 +34,7 @@ from typing import Any
 
 from pmnc import log, resource
 from pmnc.errors import ConfigError, ResourceError, ResourceInputParameterError
+from pmnc.schema import RESOURCE_KEYS, Key, Schema, resource_file
 
 INT64 = (-2 ** 63, 2 ** 63 - 1)
 SCALARS = (type(None), bool, int, float, decimal.Decimal, str, bytes, datetime.date, datetime.datetime,
@@ -122,6 +123,10 @@ def parse(sql: Any) -> Statement:
     return _parse(sql) if isinstance(sql, str) else Statement(sql)
 
 
+# The keys every SQL resource's config_resource_<name>.py may hold; a protocol extends them.
+SQL_KEYS = RESOURCE_KEYS.extend(decimal_precision=Key((28, 8)))  # (precision, scale) a Decimal must fit
+
+
 class SQLResource(resource.Resource):
     """The base of SQL resources; subclasses implement `_run(statement, params)`."""
 
@@ -129,9 +134,11 @@ class SQLResource(resource.Resource):
     arrays = False  # lists bind as arrays (PostgreSQL)
     has_time = True  # datetime.time binds
 
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
+    def __init__(self, name: str, config: dict[str, Any], keys: Schema = SQL_KEYS) -> None:
+        """Reads `config` against `keys` (the protocol's, extending SQL_KEYS) into `self.config`."""
         super().__init__(name, config)
-        precision = config.pop("decimal_precision", (28, 8))
+        self.config = keys.read(config, resource_file(name))
+        precision = self.config["decimal_precision"]
         try:
             digits, scale = (int(x) for x in precision)
             if not 0 < digits <= 1000 or not 0 <= scale <= digits:

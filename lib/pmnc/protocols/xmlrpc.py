@@ -23,8 +23,10 @@ from xml.etree import ElementTree
 from pmnc import log, resource
 from pmnc.errors import ProtocolError, ResourceError, ResourceInputParameterError, exc_string
 from pmnc.protocols.http import Interface as HttpInterface
+from pmnc.protocols.httpclient import KEYS as HTTP_RESOURCE_KEYS
 from pmnc.protocols.httpclient import Resource as HttpResource
 from pmnc.protocols.httpwire import HttpRequest, error_response, render
+from pmnc.schema import Key, resource_file
 
 if TYPE_CHECKING:
     from pmnc.cage import Cage
@@ -140,10 +142,12 @@ def _refuse_dtd(*_: Any) -> None:
 class Interface(HttpInterface):
     protocol = "xmlrpc"
 
+    keys = HttpInterface.keys.extend(allow_none=Key(False, bool))
+
     def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
         config["allowed_methods"] = ("POST",)  # an XML-RPC call is a POST: anything else gets 405
         super().__init__(name, cage, config)
-        self.allow_none = bool(self.config.pop("allow_none", False))
+        self.allow_none: bool = self.config["allow_none"]
         self.content_type = f"text/xml; charset={self.response_encoding}"
         deadline = xmlrpc.client.Fault(504, "request deadline has expired")
         self._deadline_answer = self._render(self._dumps(deadline), keep_alive=False)[0]
@@ -192,6 +196,11 @@ class Interface(HttpInterface):
 # --- resource ------------------------------------------------------------------------------------------
 
 
+# The keys of config_resource_<name>.py: the HTTP resource's and three more.
+KEYS = HTTP_RESOURCE_KEYS.extend(server_uri=Key("/xmlrpc", str), request_encoding=Key("utf-8", str),
+                                 allow_none=Key(False, bool))
+
+
 class Resource(resource.Resource):
     """`pmnc.transaction.<name>.Some.Method(*args)`: one call to an XML-RPC server.
 
@@ -206,10 +215,11 @@ class Resource(resource.Resource):
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
-        self._server_uri = str(config.pop("server_uri", "/xmlrpc"))
-        self._encoding = str(config.pop("request_encoding", "utf-8"))
-        self._allow_none = bool(config.pop("allow_none", False))
-        self._http = HttpResource(name, config)
+        s = self.config = KEYS.read(config, resource_file(name))
+        self._server_uri: str = s["server_uri"]
+        self._encoding: str = s["request_encoding"]
+        self._allow_none: bool = s["allow_none"]
+        self._http = HttpResource(name, {k: v for k, v in config.items() if k in HTTP_RESOURCE_KEYS})
 
     def connect(self) -> None:
         self._http.connect()

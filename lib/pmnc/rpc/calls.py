@@ -1,4 +1,5 @@
-"""`pmnc("cage")`: the caller's side of a call to another cage, in each of its forms.
+"""`pmnc("cage")`: the caller's side of a call to another cage, in each of its forms,
+and `CageLink`, the framework's own typed way to another cage.
 
     pmnc("worker").m.f(x)            a synchronous call: a one-participant transaction
                                      on pool rpc__worker (xa.rpc__worker.m.f(x) inside a larger one)
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pmnc import request as _request
-from pmnc.config import Config
+from pmnc.config import read_settings
 from pmnc.errors import (
     InvalidMethodAccessError,
     InvalidModuleNameError,
@@ -26,16 +27,13 @@ from pmnc.errors import (
     ResourceInputParameterError,
     RPCError,
 )
-from pmnc.loader import MODULE_NAME
-from pmnc.retry import RetriedCall, Target
-from pmnc.rpc import cluster as _cluster
+from pmnc.loader import MODULE_NAME, Loader
 from pmnc.rpc import codec, wire
-
-if TYPE_CHECKING:
-    from pmnc.loader import Pmnc
+from pmnc.rpc.cluster import Cluster, ClusterHandle
+from pmnc.schema import INTERFACES_KEYS
+from pmnc.transaction import TransactionFactory
 
 _TARGET = re.compile(r"([A-Za-z0-9_-]{1,32})?(?::(reverse|retry))?")
-DEFAULT_TIMEOUT = 10.0
 
 
 def parse_target(target: str = "", *, queue: str | None = None,
@@ -55,20 +53,37 @@ def parse_target(target: str = "", *, queue: str | None = None,
     return cage, queue, mode == "reverse", options
 
 
-def cage_call(pmnc: Pmnc, target: str = "", *, queue: str | None = None, **options: Any) -> CageCall | RetriedCall:
-    cage, queue, reverse, options = parse_target(target, queue=queue, **options)
-    if queue is not None:
-        if reverse:
-            raise InvalidModuleNameError("a call is either reverse or retried, not both")
-        return RetriedCall(pmnc, Target.parse(cage or pmnc._loader.cage, queue, **options))
-    if cage is None:
-        raise InvalidModuleNameError("pmnc(\"\") needs a cage name, or queue= for a retried call to this cage")
-    return CageCall(pmnc, cage, reverse=reverse)
+class CageLink:
+    """The framework's typed way to another cage: each method is a one-call transaction
+    on pool `rpc__<cage>` (protocols/rpc.py's Resource), bounded by the current request."""
+
+    def __init__(self, transactions: TransactionFactory, cage: str) -> None:
+        self._transactions, self._pool = transactions, f"rpc__{cage}"
+
+    def call(self, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """`pmnc.<module>.<method>(*args, **kwargs)` there; a remote exception comes as RPCError."""
+        return self._transactions.call_one(self._pool, "call", module, method, args, kwargs)
+
+    def poll(self, wait: float) -> list[dict[str, Any]]:
+        """The reverse calls that cage has queued for this one, waiting up to `wait` seconds."""
+        return list(self._transactions.call_one(self._pool, "poll", wait))
+
+    def post(self, call_id: str, reply: dict[str, Any]) -> bool:
+        """The answer to reverse call `call_id`: True if that cage still waited for it."""
+        return bool(self._transactions.call_one(self._pool, "post", call_id, reply))
+
+    def hand_over(self, message: dict[str, Any]) -> bool:
+        """A retried call into that cage's state file: True once it is there, False if it was already."""
+        return bool(self._transactions.call_one(self._pool, "hand_over", message))
 
 
 class CageCall:
-    def __init__(self, pmnc: Pmnc, cage: str, *, reverse: bool) -> None:
-        self._pmnc, self._cage, self._reverse = pmnc, cage, reverse
+    """`pmnc("cage")` and `pmnc("cage:reverse")`: `.module.method(...)` runs there."""
+
+    def __init__(self, transactions: TransactionFactory, loader: Loader, cluster: ClusterHandle, cage: str, *,
+                 reverse: bool) -> None:
+        self._link = CageLink(transactions, cage)
+        self._loader, self._cluster, self._cage, self._reverse = loader, cluster, cage, reverse
 
     def __getattr__(self, module: str) -> _Module:
         if module.startswith("_") or not MODULE_NAME.fullmatch(module):
@@ -79,19 +94,13 @@ class CageCall:
     def _call(self, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = _request.current()
         if request.infinite:
-            config = self._pmnc.__dict__.get("_interfaces_config")
-            if config is None:
-                config = self._pmnc.__dict__["_interfaces_config"] = Config(self._pmnc._loader, "interfaces")
-            timeout = float(config.get("request_timeout", DEFAULT_TIMEOUT))
+            timeout = read_settings(self._loader, "interfaces", INTERFACES_KEYS)["request_timeout"]
             with _request.attached(_request.Request(timeout=timeout, interface="__rpc__", protocol="rpc")):
                 return self._call(module, method, args, kwargs)
         if self._reverse:
-            return _reverse_call(self._cage, module, method, args, kwargs, request)
-        shortcut = self.__dict__.get("_shortcut")
-        if shortcut is None:  # pmnc.transaction.rpc__<cage>.call, kept: it holds no state
-            shortcut = self.__dict__["_shortcut"] = getattr(self._pmnc.transaction, f"rpc__{self._cage}").call
+            return _reverse_call(self._cluster.get(), self._cage, module, method, args, kwargs, request)
         try:
-            return shortcut(module, method, args, kwargs)
+            return self._link.call(module, method, args, kwargs)
         except RPCError as e:
             raise e.remote from None
 
@@ -119,10 +128,9 @@ def _invoke(cage: CageCall, module: str, method: str, *args: Any, **kwargs: Any)
     return cage._call(module, method, args, kwargs)
 
 
-def _reverse_call(cage: str, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+def _reverse_call(cluster: Cluster, cage: str, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                   request: _request.Request) -> Any:
     """Queue the call for `cage` to fetch (see reverse.py) and wait for its answer."""
-    cluster = _cluster.get()
     envelope = {"kind": "call", "module": module, "method": method, "args": args, "kwargs": kwargs,
                 "request": wire.wire_request(request), "source": [cluster.node, cluster.cage], "target": cage}
     try:

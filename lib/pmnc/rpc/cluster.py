@@ -1,7 +1,7 @@
 """The cage's place in its cluster: config_cluster.py, the keys, the locator, reverse calls.
 
-Made on first use (the rpc interface starting, or the first call to another
-cage) and stopped with the cage. One cage runs per process, so there is one.
+The runtime holds its `ClusterHandle`: the cluster is made on first use (the rpc
+interface starting, or the first call to another cage) and stopped with the cage.
 """
 
 from __future__ import annotations
@@ -12,35 +12,47 @@ import threading
 from typing import TYPE_CHECKING
 
 from pmnc import log
-from pmnc.config import Config
+from pmnc.config import read_settings
 from pmnc.errors import ConfigError, ResourceError
 from pmnc.rpc.codec import DEFAULT_LIMIT
 from pmnc.rpc.identity import CAGE_NAME, ClusterKeys, keys_folder
 from pmnc.rpc.locator import Locator
 from pmnc.rpc.reverse import ReverseCalls
+from pmnc.schema import Key, Schema
 
 if TYPE_CHECKING:
     from pmnc.loader import Loader
 
 
+KEYS = Schema(  # of config_cluster.py
+    flock_id=Key("DEFAULT", str),  # cages see and call only cages of the same flock
+    ssl_keys_dir=Key(None, str),  # None: cages/.shared/ssl_keys (made if missing)
+    broadcast_address=Key(None),  # LAN discovery: ("<bind ip>/<broadcast ip>", port); None: this machine only
+    advertise_period=Key(5.0, float),  # seconds between adverts on the LAN
+    discovery_timeout=Key(3.0, float),  # seconds a call may spend finding and connecting to an instance
+    exact_locations=Key(None),  # static locations, for networks without broadcast: {"cage": ("host:port", ...)}
+    use_pickle=Key(False, bool),  # pickle instead of msgpack: only where every cage is trusted with code
+    max_frame_size=Key(DEFAULT_LIMIT, int),  # bytes: the largest call or answer accepted
+)
+
+
 class Cluster:
     def __init__(self, loader: Loader) -> None:
-        config = Config(loader, "cluster").copy()
-        take = config.pop
+        config = read_settings(loader, "cluster", KEYS)
         self.cage, self.node = loader.cage, loader.node
-        self.flock = str(take("flock_id", "DEFAULT"))
+        self.flock: str = config["flock_id"]
         if not CAGE_NAME.fullmatch(self.flock):
             raise ConfigError(f"config_cluster.py: flock_id {self.flock!r}: 1 to 32 of A-Z a-z 0-9 _ -")
-        self.discovery_timeout = float(take("discovery_timeout", 3.0))
-        self.use_pickle = bool(take("use_pickle", False))
-        self.max_frame_size = int(take("max_frame_size", DEFAULT_LIMIT))
+        self.discovery_timeout: float = config["discovery_timeout"]
+        self.use_pickle: bool = config["use_pickle"]
+        self.max_frame_size: int = config["max_frame_size"]
         cages_dir = os.path.dirname(loader.shared_dir)
-        self.keys = ClusterKeys.ensure(keys_folder(cages_dir, take("ssl_keys_dir", None)), self.flock, self.cage)
+        self.keys = ClusterKeys.ensure(keys_folder(cages_dir, config["ssl_keys_dir"]), self.flock, self.cage)
         self.client_context: ssl.SSLContext = self.keys.client_context()
         self.locator = Locator(cages_dir=cages_dir, flock=self.flock, cage=self.cage, node=self.node,
-                               hmac_key=self.keys.hmac_key, broadcast_address=take("broadcast_address", None),
-                               advertise_period=float(take("advertise_period", 5.0)),
-                               exact_locations=take("exact_locations", None))
+                               hmac_key=self.keys.hmac_key, broadcast_address=config["broadcast_address"],
+                               advertise_period=config["advertise_period"],
+                               exact_locations=config["exact_locations"])
         self.reverse = ReverseCalls()
         self.locator.start()
 
@@ -49,33 +61,35 @@ class Cluster:
         self.reverse.stop()
 
 
-_lock = threading.Lock()
-_cluster: Cluster | None = None
-_loader: Loader | None = None
+class ClusterHandle:
+    """The cage's Cluster, made on first use (the rpc interface starting, or the first call
+    to another cage) between `start()` and `stop()` of the cage."""
 
+    def __init__(self, loader: Loader) -> None:
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._cluster: Cluster | None = None
+        self._running = False
 
-def attach(loader: Loader | None) -> None:
-    """The cage (its loader) whose cluster `get()` makes; None when it stops."""
-    global _loader, _cluster
-    with _lock:
-        cluster, _cluster, _loader = _cluster, None, loader
-    if cluster is not None:
-        cluster.stop()
+    def start(self) -> None:
+        with self._lock:
+            self._running = True
 
+    def stop(self) -> None:
+        with self._lock:
+            cluster, self._cluster, self._running = self._cluster, None, False
+        if cluster is not None:
+            cluster.stop()
 
-def get() -> Cluster:
-    global _cluster
-    cluster = _cluster
-    if cluster is not None:
-        return cluster
-    with _lock:
-        if _cluster is None:
-            if _loader is None:
-                raise ResourceError("cage-to-cage calls need a running cage", recoverable=True, terminal=False)
-            _cluster = Cluster(_loader)
-            log.message(f"cluster: cage {_loader.cage} of flock {_cluster.flock}, keys in {_cluster.keys.folder}")
-        return _cluster
-
-
-def peek() -> Cluster | None:
-    return _cluster
+    def get(self) -> Cluster:
+        cluster = self._cluster
+        if cluster is not None:
+            return cluster
+        with self._lock:
+            if self._cluster is None:
+                if not self._running:
+                    raise ResourceError("cage-to-cage calls need a running cage", recoverable=True, terminal=False)
+                self._cluster = Cluster(self._loader)
+                log.message(f"cluster: cage {self._loader.cage} of flock {self._cluster.flock}, "
+                            f"keys in {self._cluster.keys.folder}")
+            return self._cluster

@@ -1,0 +1,200 @@
+"""The life of a request, one for every interface: `Lifecycle`, and the `Intake` where
+requests begin and end.
+
+The intake counts the requests in flight per interface; once closed (the cage
+stopping), no request can begin, and the cage waits for those in flight to end.
+How a protocol plugs in: docs/protocols.md.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pmnc import log
+from pmnc.errors import IntakeClosedError, RequestExpiredError
+from pmnc.loader import Loader
+from pmnc.request import Request
+from pmnc.workers import WorkerPool, WorkUnit
+
+
+class Intake:
+    """Counts requests in flight, per interface; once closed, no request can begin."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active: dict[str, int] = {}  # interface → requests in flight
+        self._open = False
+        self._draining = 0  # threads waiting in drain(): only then does end() notify
+
+    def open(self) -> None:
+        with self._cond:
+            self._open = True
+
+    def begin(self, *, interface: str, **kwargs: Any) -> Request:
+        with self._cond:
+            if not self._open:
+                raise IntakeClosedError("request cannot begin, request factory has been shut down")
+            self._active[interface] = self._active.get(interface, 0) + 1
+        return Request(interface=interface, **kwargs)
+
+    def end(self, request: Request) -> None:
+        assert request.interface is not None
+        with self._cond:
+            self._active[request.interface] -= 1
+            if self._draining:
+                self._cond.notify_all()
+
+    def close(self) -> int:
+        with self._cond:
+            self._open = False
+            return self.active
+
+    def drain(self, timeout: float, interface: str | None = None) -> int:
+        """Wait up to `timeout` for requests in flight (of one interface, or all);
+        returns how many remain."""
+        def left() -> int:
+            return self._active.get(interface, 0) if interface is not None else self.active
+
+        with self._cond:
+            self._draining += 1
+            try:
+                self._cond.wait_for(lambda: not left(), timeout)
+            finally:
+                self._draining -= 1
+            return left()
+
+    @property
+    def active(self) -> int:
+        return sum(self._active.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a submitted request's work: its result, or the error it raised (or why
+    it never ran: expired in the queue, the cage stopping)."""
+
+    result: Any = None
+    error: BaseException | None = None
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+_settling = threading.Lock()  # guards every InFlight's settling; held for a few instructions
+
+
+class InFlight:
+    """A submitted request. Whoever comes first settles it and ends it at the intake: the work's
+    outcome (handed to `when_done`), the interface's deadline (`expire`) or its client leaving
+    (`abandon`). What comes later is dropped: a result that comes after the deadline is logged
+    and never answered with."""
+
+    __slots__ = ("_intake", "_settled", "_unit", "_when_done", "request")
+
+    def __init__(self, intake: Intake, request: Request, when_done: Callable[[Outcome], None]) -> None:
+        self._intake, self.request, self._when_done = intake, request, when_done
+        self._unit: WorkUnit | None = None
+        self._settled = False
+
+    def expire(self) -> bool:
+        """The deadline came first: True if this settles the request (work still queued never
+        starts; the interface answers with its deadline error now), False if the outcome is
+        already on its way to `when_done`."""
+        if not self._settle():
+            return False
+        if self._unit is not None:
+            self._unit.cancel()
+        return True
+
+    def abandon(self) -> None:
+        """Nobody waits for the answer any more: work still queued never starts."""
+        if self._settle() and self._unit is not None:
+            self._unit.cancel()
+
+    def _settle(self) -> bool:
+        with _settling:
+            if self._settled:
+                return False
+            self._settled = True
+        self._intake.end(self.request)
+        return True
+
+    def _finished(self, unit: WorkUnit) -> None:
+        """On the worker's thread: the work is done, or was cancelled."""
+        if unit.cancelled() and self._settled:
+            return  # expired or abandoned: cancelled by the interface
+        if not self._settle():
+            if self.request.expired:
+                log.warning(f"request {self.request.unique_id} finished {self.request.expired_for:.1f}s "
+                            f"after its deadline, the result is discarded")
+            return
+        self._when_done(_outcome(unit, self.request))
+
+    def _refused(self, error: BaseException) -> None:
+        if self._settle():
+            self._when_done(Outcome(error=error))
+
+
+def _outcome(unit: WorkUnit, request: Request) -> Outcome:
+    if unit.cancelled():  # only the pool stopping cancels work nobody has settled
+        return Outcome(error=RequestExpiredError("request has expired and will not be processed")
+                       if request.expired else IntakeClosedError("the cage is shutting down"))
+    error = unit.exception()
+    return Outcome(error=error) if error is not None else Outcome(result=unit.result())
+
+
+class Lifecycle:
+    """One request's life, for every interface:
+
+        begin at the intake → run inline or queued earliest deadline first (workers.py)
+        → the handler through the loader → end at the intake, once → a late answer dropped
+
+    An interface is a thin adapter: it turns what arrives into a `begin`, runs `call` (a
+    thread of its own waits) or `submit` (an event loop or a poller does not), and turns the
+    result into its wire's answer."""
+
+    def __init__(self, intake: Intake, workers: WorkerPool, loader: Loader) -> None:
+        self.intake, self.workers, self.loader = intake, workers, loader
+
+    def begin(self, *, interface: str, protocol: str, timeout: float, **kwargs: Any) -> Request:
+        """A new request, counted at the intake; IntakeClosedError once the cage is stopping."""
+        return self.intake.begin(interface=interface, protocol=protocol, timeout=timeout, **kwargs)
+
+    def handle(self, module: str, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        """`pmnc.<module>.<method>(*args, **kwargs)`: the handler, its current version."""
+        return self.loader.call(module, method, args, kwargs or {})
+
+    def call(self, request: Request, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` for `request` now: on this thread if a worker slot is free and nothing
+        waits, else queued and waited for. The request ends here. Past the deadline - in the
+        queue, or with an answer that came late - RequestExpiredError: a late answer is dropped."""
+        try:
+            result = self.workers.call(request, fn, *args)
+        except RequestExpiredError:
+            raise
+        except Exception:
+            if request.expired:
+                raise RequestExpiredError("request deadline has expired while it was being processed") from None
+            raise
+        finally:
+            self.intake.end(request)
+        if request.expired:
+            raise RequestExpiredError("request deadline has expired while it was being processed")
+        return result
+
+    def submit(self, request: Request, fn: Callable[..., Any], *args: Any,
+               when_done: Callable[[Outcome], None]) -> InFlight:
+        """Queue `fn(*args)` for `request`; `when_done(outcome)` is called once, on the worker's
+        thread (at once, here, if the cage is stopping), unless the interface settled the request
+        first (InFlight.expire/abandon)."""
+        flight = InFlight(self.intake, request, when_done)
+        try:
+            flight._unit = self.workers.submit(request, fn, *args, when_done=flight._finished)
+        except RuntimeError:  # the worker pool has stopped
+            flight._refused(IntakeClosedError("the cage is shutting down"))
+        return flight

@@ -1,0 +1,122 @@
+"""The cage's services in one typed object: what `Cage` builds and hands to everything else.
+
+    loader        cage modules (loader.py)               made with the cage
+    intake        requests in flight (interfaces.py)     made with the cage
+    cluster       other cages (rpc/cluster.py)           made on first use, between start and stop
+    transactions  the framework's own pmnc.transaction   made with the cage
+    root          the framework's own `pmnc` object      made with the cage
+    state         the state file (state.py)              from start to stop
+    workers       the EDF worker pool (workers.py)       from start to stop
+    lifecycle     a request's life (lifecycle.py)        from start to stop
+    resources     the resource pools (pools.py)          from start to stop
+    loop          the asyncio loop (loop.py)             from start to stop
+
+A service asked for outside its time raises a clear error rather than hand out None.
+The loader is given the factory of each module's `pmnc` object (facade.py) here, so
+the loader itself knows nothing of what the `pmnc` object exposes.
+"""
+
+from __future__ import annotations
+
+from pmnc.errors import ModuleError
+from pmnc.facade import Pmnc
+from pmnc.lifecycle import Intake, Lifecycle
+from pmnc.loader import Loader
+from pmnc.loop import EventLoopThread
+from pmnc.pools import ResourcePools
+from pmnc.resource import Resource
+from pmnc.retry import OutboxResource
+from pmnc.rpc.cluster import ClusterHandle
+from pmnc.state import StateResource, StateStore
+from pmnc.transaction import TransactionFactory
+from pmnc.workers import WorkerPool
+
+
+class Runtime:
+    def __init__(self, loader: Loader, *, request_timeout: float = 10.0) -> None:
+        self.loader = loader
+        self.name, self.node = loader.cage, loader.node
+        self.request_timeout = request_timeout
+        self.intake = Intake()
+        self.cluster = ClusterHandle(loader)
+        self.transactions = TransactionFactory(lambda: self.resources, "__framework__")
+        self.root = Pmnc(self, "__framework__")
+        self._state: StateStore | None = None
+        self._workers: WorkerPool | None = None
+        self._lifecycle: Lifecycle | None = None
+        self._resources: ResourcePools | None = None
+        self._loop: EventLoopThread | None = None
+        loader.pmnc_factory = self.pmnc
+
+    def pmnc(self, module: str) -> Pmnc:
+        """The `pmnc` global of cage module `module`."""
+        return Pmnc(self, module)
+
+    # --- the services of a running cage ------------------------------------------------
+
+    def start(self, state: StateStore, *, thread_count: int, sweep_period: float) -> None:
+        """The state file (checked by the caller), worker pool, resource pools and loop."""
+        self._state = state
+        self._workers = WorkerPool("worker", thread_count)
+        self._lifecycle = Lifecycle(self.intake, self._workers, self.loader)
+        built_in = {"state": self._state_resource, "pmnc": self._outbox_resource}
+        self._resources = ResourcePools(self.loader, thread_count, sweep_period, cluster=self.cluster,
+                                        built_in=built_in)
+        self._loop = EventLoopThread()
+        self._loop.start()
+        self.cluster.start()
+
+    def stop(self) -> None:
+        """After the interfaces have stopped: other cages, resources, workers, state, loop."""
+        self.cluster.stop()
+        if self._resources is not None:
+            self._resources.stop()
+        if self._workers is not None:
+            self._workers.stop()
+        if self._state is not None:
+            self._state.close()
+        if self._loop is not None:
+            self._loop.stop()
+
+    @property
+    def started(self) -> bool:
+        return self._resources is not None
+
+    @property
+    def state(self) -> StateStore:
+        if self._state is None:
+            raise ModuleError("the state is not available: the cage has not started")
+        return self._state
+
+    @property
+    def workers(self) -> WorkerPool:
+        if self._workers is None:
+            raise ModuleError("the worker pool is not available: the cage has not started")
+        return self._workers
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        if self._lifecycle is None:
+            raise ModuleError("requests cannot be run: the cage has not started")
+        return self._lifecycle
+
+    @property
+    def resources(self) -> ResourcePools:
+        if self._resources is None:
+            raise ModuleError("resources are not available: the cage has not started")
+        return self._resources
+
+    @property
+    def loop(self) -> EventLoopThread:
+        if self._loop is None:
+            raise ModuleError("the event loop is not available: the cage has not started")
+        return self._loop
+
+    def _state_resource(self, instance: str) -> Resource:
+        return StateResource(instance, {}, self.state)
+
+    def _outbox_resource(self, instance: str) -> Resource:
+        return OutboxResource(instance, {}, self.state, self.name, self.cluster)
+
+    def __repr__(self) -> str:
+        return f"<Runtime of cage {self.node}.{self.name}>"

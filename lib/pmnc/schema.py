@@ -1,0 +1,120 @@
+"""Config schemas: the keys a config file may hold, with their defaults and types, in one place.
+
+    KEYS = Schema(max_connections=Key(100, int), ssl_ciphers=Key(None, str))
+    settings = KEYS.read(config, "config_interface_http.py")  # every key, defaults filled in
+    settings["max_connections"]                                # 100, or the config's, as an int
+
+A key the schema does not know is refused with a ConfigError naming the
+file and the key (and the closest known key): a typo must not pass
+silently. A protocol's schema extends its base's (`Interface.keys.extend(...)`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+from pmnc.errors import ConfigError
+
+
+class Key(NamedTuple):
+    """One key: its default, and the conversion a value given in the file goes
+    through (int, float, ...). None stays None where the default is None."""
+
+    default: Any = None
+    convert: Callable[[Any], Any] | None = None
+
+
+class Schema(Mapping[str, Key]):
+    """The keys of one kind of config file; read() turns a config dict into its settings."""
+
+    def __init__(self, **keys: Key) -> None:
+        self._keys = keys
+
+    def extend(self, **keys: Key) -> Schema:
+        """This schema's keys and more (a key given again takes its new default and conversion)."""
+        return Schema(**{**self._keys, **keys})
+
+    def read(self, config: Mapping[str, Any], file: str) -> dict[str, Any]:
+        """Every key of the schema, from `config` or its default; `config` is left as it was."""
+        unknown = sorted(k for k in config if k not in self._keys)
+        if unknown:
+            raise ConfigError(f"{file}: {self._unknown(unknown)}")
+        return {key: self._value(file, key, config) for key in self._keys}
+
+    def _value(self, file: str, key: str, config: Mapping[str, Any]) -> Any:
+        default, convert = self._keys[key]
+        if key not in config:
+            return default
+        value = config[key]
+        if convert is None or (value is None and default is None):
+            return value
+        try:
+            return convert(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{file}: {key} must be {getattr(convert, '__name__', 'valid')}, "
+                              f"not {value!r}") from None
+
+    def _unknown(self, keys: list[str]) -> str:
+        hints = [(key, difflib.get_close_matches(key, self._keys, n=1)) for key in keys]
+        hints = [(key, close) for key, close in hints if close]
+        if len(keys) == 1:
+            text = f"unknown config key: {keys[0]}"
+            return text + (f" (did you mean {hints[0][1][0]}?)" if hints else "")
+        text = f"unknown config keys: {', '.join(keys)}"
+        return text + (f" (did you mean {', '.join(f'{c[0]} for {k}' for k, c in hints)}?)" if hints else "")
+
+    def __getitem__(self, key: str) -> Key:
+        return self._keys[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"<Schema {', '.join(self._keys)}>"
+
+
+def names(value: Any) -> tuple[str, ...]:
+    """A conversion: one name (or pattern), or a list of them, as a tuple of strings."""
+    return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def interface_file(name: str) -> str:
+    return f"config_interface_{name}.py"
+
+
+def resource_file(name: str) -> str:
+    """The file of resource instance `db/3` (or of pool `a__b`, whose connections read config_resource_a.py)."""
+    return f"config_resource_{name.partition('/')[0].partition('__')[0]}.py"
+
+
+# The keys pools.py gives every resource besides its config file's own: for a pool
+# named `a__b` (config_resource_a.py), the "b". Resource schemas extend this one.
+RESOURCE_KEYS = Schema(resource_name=Key(None, str))
+
+# The pool__* keys of config_resource_<name>.py, read by pools.py (defaults as the original's).
+POOL_KEYS = Schema(
+    pool__size=Key(None, int),  # threads, and connections up to size + 2 (None: the cage's thread_count)
+    pool__standby=Key(0, int),  # connections kept connected while idle
+    pool__idle_timeout=Key(30.0, float),  # an unused connection is closed after this
+    pool__max_age=Key(300.0, float),  # any connection is closed after this
+    pool__min_time=Key(0.0, float),  # a call with less time left is declined
+    pool__max_time=Key(None, float),  # a call may take at most this (None: no limit)
+)
+
+
+# --- the framework's own config files ----------------------------------------------------------
+
+# config_interfaces.py: the cage's own settings (read by cage.py, interfaces.py, rpc/calls.py).
+# config_state.py and config_cluster.py have theirs in state.py and rpc/cluster.py.
+INTERFACES_KEYS = Schema(
+    interfaces=Key((), tuple),  # names of the interfaces to run, each with its config_interface_<name>.py
+    request_timeout=Key(10.0, float),  # seconds every request gets, from its first byte to its answer
+    thread_count=Key(10, int),  # worker threads: how many requests run at once
+    sweep_period=Key(15.0, float),  # seconds between sweeps of resource pools
+    log_level=Key("LOG", str),  # ERROR MESSAGE WARNING LOG INFO DEBUG NOISE; read every second
+)
