@@ -124,7 +124,7 @@ def pmnc_client(cage: Cage, resource: str, duration: float) -> Callable[[], Call
 
     def make() -> Callable[[], bytes]:
         attached(Request(timeout=duration + 60.0, interface="bench", protocol="bench")).__enter__()
-        target = getattr(cage.loader.root.transaction, resource)
+        target = getattr(cage.runtime.root.transaction, resource)
 
         def get() -> bytes:
             status, _, body = target.get("/")

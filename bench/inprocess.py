@@ -48,7 +48,7 @@ class InProcessCage:
     @property
     def transaction(self) -> Any:
         """What a module of this cage knows as `pmnc.transaction`."""
-        return self.cage.loader.root.transaction
+        return self.cage.runtime.root.transaction
 
     def log_text(self) -> str:
         return "".join(read_text(p) for p in sorted((self.cage_dir / "logs").glob("*.log")))

@@ -588,7 +588,7 @@ def test_max_connections_refuses_with_503(in_process_cage: Callable[..., InProce
     busy = [clients(cage.address()) for _ in range(2)]
     for client in busy:
         client.send(f"GET /gate?{gate} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
-    wait_until(lambda: cage.cage.intake.active == 2, 5.0, message="two requests in flight")
+    wait_until(lambda: cage.cage.runtime.intake.active == 2, 5.0, message="two requests in flight")
     third = clients(cage.address())  # let in to send its head: only a whole head takes a slot
     third.send(b"GET / HTTP/1.1\r\n\r\n")
     status, headers, body = third.response()

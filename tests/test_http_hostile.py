@@ -422,7 +422,7 @@ def test_fuzzed_clients_beside_good_ones(in_process_cage: Callable[..., InProces
 
     round_of()
     # every connection ends and no request is left counted
-    wait_until(lambda: not iface.connections and cage.cage.intake.active == 0, 5.0,
+    wait_until(lambda: not iface.connections and cage.cage.runtime.intake.active == 0, 5.0,
                message="all connections closed and no request in flight")
     assert served(address)
     assert loop_errors == []
@@ -889,7 +889,7 @@ def test_pipelined_expect_100_continue_waits_for_the_earlier_answer(
     with connect(cage.address()) as sock:
         sock.sendall(f"GET /gate?{gate} HTTP/1.1\r\n\r\n"
                      "POST /token?second HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n".encode())
-        wait_until(lambda: cage.cage.intake.active == 1, 5.0, message="the first request in flight")
+        wait_until(lambda: cage.cage.runtime.intake.active == 1, 5.0, message="the first request in flight")
         reader = Reader(sock)
         reader.drain(time.monotonic() + 0.3)
         early = [status for status, _, _ in reader.responses]
@@ -944,14 +944,14 @@ def test_reset_harms_neither_the_cage_nor_others(in_process_cage: Callable[..., 
         else:
             more = b"GET /token?later HTTP/1.1\r\n\r\n" * 5 if moment == "with requests queued" else b""
             victim.sendall(f"GET /gate?{gate} HTTP/1.1\r\n\r\n".encode() + more)
-            wait_until(lambda: cage.cage.intake.active == 1, 5.0, message="the request in flight")
+            wait_until(lambda: cage.cage.runtime.intake.active == 1, 5.0, message="the request in flight")
         wait_until(lambda: len(iface.connections) == 2, 5.0, message="the victim connected")
         reset(victim)
         wait_until(lambda: len(iface.connections) == 1, 5.0, message="the reset connection gone")
-        wait_until(lambda: cage.cage.intake.active == 0, 5.0, message="no request left in flight")
+        wait_until(lambda: cage.cage.runtime.intake.active == 0, 5.0, message="no request left in flight")
         token_exchange(good, good_reader)  # the same keep-alive connection goes on
     gate.touch()
     assert served(address)
-    wait_until(lambda: not iface.connections and cage.cage.intake.active == 0, 5.0, message="all closed")
+    wait_until(lambda: not iface.connections and cage.cage.runtime.intake.active == 0, 5.0, message="all closed")
     assert loop_errors == []
     assert_quiet_log(cage)

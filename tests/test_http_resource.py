@@ -928,7 +928,7 @@ def test_standby_tls_connection_is_used_as_it_is(in_process_cage: Callable[..., 
     """TLS 1.3 session tickets wait unread on a connection never used: not a sign it was closed."""
     server = servers(server_tls(pki.server_file))
     cage = start_cage(in_process_cage, server.address, ssl_ca_cert_file=str(pki.ca_file), pool__standby=1)
-    pool = cage.cage.resources.get("web")  # type: ignore[union-attr]
+    pool = cage.cage.runtime.resources.get("web")
     pool.sweep()
     wait_until(lambda: server.accepted == 1, 5.0, message="the standby connection accepted")
     attach(5.0)
@@ -970,7 +970,7 @@ def test_idle_connections_are_closed_when_swept(in_process_cage: Callable[..., I
     cage = start_cage(in_process_cage, server.address, pool__idle_timeout=0.3)
     attach(5.0)
     assert web(cage).get("/")[0] == 200
-    pool = cage.cage.resources.get("web")  # type: ignore[union-attr]
+    pool = cage.cage.runtime.resources.get("web")
     began = time.monotonic()
 
     def swept() -> bool:
@@ -1003,7 +1003,7 @@ def test_standby_connection_closed_by_the_server_is_replaced(
     closed meanwhile must not fail the first call that takes it."""
     server = raw_servers(read=True)
     cage = start_cage(in_process_cage, server.address, pool__standby=1)
-    pool = cage.cage.resources.get("web")  # type: ignore[union-attr]
+    pool = cage.cage.runtime.resources.get("web")
     pool.sweep()
     assert pool.free == 1
     wait_until(lambda: server.accepted == 1, 5.0, message="the standby connection accepted")

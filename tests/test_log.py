@@ -510,6 +510,7 @@ def test_log_files_are_for_owner_and_group(tmp_path: Path) -> None:
 @pytest.fixture
 def bridged(echo: io.StringIO) -> Iterator[io.StringIO]:
     """The bridge installed for one test; the root logger as it was afterwards."""
+    log.unbridge_stdlib()  # left by a cage that did not stop
     level, handlers = logging.root.level, list(logging.root.handlers)
     log.bridge_stdlib()
     yield echo

@@ -122,7 +122,7 @@ def run(cage: InProcessCage, register: Callable[[Any], Any]) -> Any:
 
 
 def pool(cage: InProcessCage, name: str) -> ResourcePool:
-    return cage.cage.resources.get(name)  # type: ignore[no-any-return,union-attr]
+    return cage.cage.runtime.resources.get(name)
 
 
 def settled(cage: InProcessCage, name: str) -> None:

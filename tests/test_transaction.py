@@ -259,7 +259,7 @@ def test_idle_connections_are_swept_and_standby_kept(in_process_cage: Callable[.
     cage = start(in_process_cage, pool__idle_timeout=0.2, pool__standby=1)
     attach(5.0)
     assert cage.cage.runtime.root.transaction.fake.echo(1) == "1"
-    pool = cage.cage.resources.get("fake")  # type: ignore[union-attr]
+    pool = cage.cage.runtime.resources.get("fake")
     wait_until(lambda: _swept(pool, cage), 5.0, message="the idle connection closed and a standby one connected")
 
 

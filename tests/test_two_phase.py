@@ -91,7 +91,7 @@ def test_both_databases_commit_and_nothing_stays_prepared(
     assert xa.execute() == (([],), ([],))
     assert rows(pg, tables) == ([1], [1])
     assert prepared(pg) == []
-    decisions = cage.cage.resources.decisions  # type: ignore[union-attr]
+    decisions = cage.cage.runtime.resources.decisions
     assert decisions.decisions() == {} and decisions.resources() == ["db1", "db2"]
 
 
@@ -264,11 +264,11 @@ def test_a_database_that_dies_in_phase_two_is_committed_by_recovery(
     xa.db2.execute(f"INSERT INTO {tables} (id) VALUES (5)")
     assert xa.execute() == (([],), ([],))  # decided: the caller is told it committed
     assert rows(pg, tables)[0] == [5]
-    decisions = cage.cage.resources.decisions  # type: ignore[union-attr]
+    decisions = cage.cage.runtime.resources.decisions
     wait_until(lambda: len(decisions.decisions()) == 1, 5.0, message="the decision kept for recovery")
-    assert not recover_in_doubt(cage.cage.resources)  # type: ignore[arg-type]  # db2 is down: not yet
+    assert not recover_in_doubt(cage.cage.runtime.resources)  # db2 is down: not yet
     pg_server.start()
-    assert recover_in_doubt(cage.cage.resources)  # type: ignore[arg-type]
+    assert recover_in_doubt(cage.cage.runtime.resources)
     assert [r[0] for r in pg_server.query(f"SELECT id FROM {tables}", "db2")] == [5]
     assert pg_server.query("SELECT gid FROM pg_prepared_xacts", "postgres") == []
     assert decisions.decisions() == {}
@@ -304,7 +304,7 @@ def test_a_branch_that_cannot_be_rolled_back_is_rolled_back_by_recovery(
     wait_until(lambda: prepared(pg) == [], 5.0, message="db1's branch rolled back")
     pg_server.start()
     assert len(pg_server.query("SELECT gid FROM pg_prepared_xacts", "postgres")) == 1  # db2's survived
-    assert recover_in_doubt(cage.cage.resources)  # type: ignore[arg-type]
+    assert recover_in_doubt(cage.cage.runtime.resources)
     assert pg_server.query("SELECT gid FROM pg_prepared_xacts", "postgres") == []
     assert pg_server.query(f"SELECT id FROM {tables}", "db2") == [] and rows(pg, tables)[0] == []
 
@@ -313,8 +313,7 @@ def test_recovery_touches_only_the_branches_of_its_own_instance(
         in_process_cage: Callable[..., InProcessCage], pg: PgServer, tables: str, tmp_path: Path,
         attach: Callable[[float], Request]) -> None:
     cage = start(in_process_cage, pg, tmp_path).cage
-    resources = cage.resources
-    assert resources is not None
+    resources = cage.runtime.resources
     resources.decisions.remember_resource("db1")
     ours = f"{branch_prefix(cage.node, cage.name)}XA-20260101000000-000000000001:0"
     other_instance = f"{branch_prefix('elsewhere', cage.name)}XA-20260101000000-000000000002:0"

@@ -13,8 +13,8 @@ Every 1 s: re-read the log level; start, stop or restart interfaces whose
            left out (log.flush).
 Shutdown:  interfaces cease (no new requests) → intake closes → requests in
            flight get up to `request_timeout` → interfaces stop → resource
-           pools, worker pool, loop and loader stop → "the cage has been
-           properly shut down".
+           pools, worker pool, loop and loader stop → stdlib logging is let go →
+           "the cage has been properly shut down".
 """
 
 from __future__ import annotations
@@ -27,16 +27,12 @@ from pmnc import log
 from pmnc.config import read_settings
 from pmnc.errors import ConfigError, ModuleError, exc_string
 from pmnc.interfaces import InterfaceManager
-from pmnc.lifecycle import Intake
 from pmnc.loader import Loader
-from pmnc.loop import EventLoopThread
-from pmnc.pools import ResourcePools
 from pmnc.runtime import Runtime
 from pmnc.schema import INTERFACES_KEYS
 from pmnc.state import KEYS as STATE_KEYS
 from pmnc.state import StateStore, store_path
 from pmnc.transaction import recover_in_doubt
-from pmnc.workers import WorkerPool
 
 MAINTENANCE_PERIOD = 1.0
 RECOVERY_PERIOD = 30.0  # seconds between attempts to finish two-phase branches left prepared
@@ -47,7 +43,7 @@ class Cage:
         self.name, self.node = name, node
         self.loader = Loader(cages_dir, name, node, self_test=self_test)
         self.runtime = Runtime(self.loader)
-        self.interfaces = InterfaceManager(self)
+        self.interfaces = InterfaceManager(self.runtime)
         self._recovery_due: float | None = None
         self._recovery: threading.Thread | None = None
 
@@ -61,11 +57,11 @@ class Cage:
         self._apply_log_level()
         self.loader.start()
         self.runtime.request_timeout = settings["request_timeout"]
-        self.loader.swap_timeout = self.request_timeout
+        self.loader.swap_timeout = self.runtime.request_timeout
         self.runtime.start(self._open_state(), thread_count=settings["thread_count"],
                            sweep_period=settings["sweep_period"])
         self._recover()
-        self.intake.open()
+        self.runtime.intake.open()
         log.message("as of this moment requests can be created")
         if self.loader.self_test is None:
             self.interfaces.start_all()
@@ -111,14 +107,15 @@ class Cage:
     def stop(self) -> None:
         log.message("the cage is shutting down")
         self.interfaces.cease_all()
-        active = self.intake.close()
+        active = self.runtime.intake.close()
         log.message(f"request intake is closed, {active} request(s) in flight")
-        left = self.intake.drain(self.request_timeout)
+        left = self.runtime.intake.drain(self.runtime.request_timeout)
         if left:
-            log.warning(f"{left} request(s) did not finish within {self.request_timeout:.1f}s")
+            log.warning(f"{left} request(s) did not finish within {self.runtime.request_timeout:.1f}s")
         self.interfaces.stop_all()
         self.runtime.stop()
         self.loader.stop()
+        log.unbridge_stdlib()  # a process may run another cage after this one (tests, self-test)
 
     def run(self, stopping: threading.Event) -> None:
         """Serve until `stopping` is set, with maintenance every second."""
@@ -134,27 +131,6 @@ class Cage:
         log.message("the cage has been properly shut down")
         log.flush(everything=True)  # with the counts of repeats left out of the log
 
-    # --- the runtime's services, as the interfaces reach them ------------------------------
-
-    @property
-    def request_timeout(self) -> float:
-        return self.runtime.request_timeout
-
-    @property
-    def intake(self) -> Intake:
-        return self.runtime.intake
-
-    @property
-    def pool(self) -> WorkerPool:
-        return self.runtime.workers
-
-    @property
-    def resources(self) -> ResourcePools:
-        return self.runtime.resources
-
-    @property
-    def loop(self) -> EventLoopThread:
-        return self.runtime.loop
-
     def __repr__(self) -> str:
-        return f"<Cage {self.node}.{self.name} interfaces={len(self.interfaces.live)} active={self.intake.active}>"
+        return (f"<Cage {self.node}.{self.name} interfaces={len(self.interfaces.live)} "
+                f"active={self.runtime.intake.active}>")

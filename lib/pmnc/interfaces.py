@@ -1,9 +1,12 @@
-"""Interfaces: the incoming side of a cage, and the intake of requests.
+"""Interfaces: the incoming side of a cage - the base class every protocol's interface
+extends, and the manager that starts them and keeps them in step with their config.
 
-`config_interface_<name>.py` names a `protocol`; the interface is built as
-`pmnc.protocols.<protocol>.Interface(name, cage, config)` and handles each
-request through `interface_<name>.process_request(request, response)`,
-looked up per request so it hot-reloads. Lifecycle: start → cease (stop
+`config_interface_<name>.py` names a `protocol` (its keys are read against the
+protocol's schema, `keys`); the interface is built as
+`pmnc.protocols.<protocol>.Interface(name, runtime, config)` and runs each
+request through the one lifecycle (lifecycle.py; docs/protocols.md), usually
+into `interface_<name>.process_request(...)`, looked up per request so it
+hot-reloads. Lifecycle: start → cease (stop
 intake, let in-flight requests finish) → stop. An interface whose config
 file changes is restarted (if the new config fails, the old one keeps
 serving until the file changes again); one that fails to start is logged
@@ -24,7 +27,7 @@ from pmnc.loader import protocol_class
 from pmnc.schema import INTERFACES_KEYS, Key, Schema, interface_file
 
 if TYPE_CHECKING:
-    from pmnc.cage import Cage
+    from pmnc.runtime import Runtime
 
 
 class Interface:
@@ -36,10 +39,11 @@ class Interface:
     # the keys of config_interface_<name>.py (`protocol` is the manager's); a protocol extends them
     keys = Schema(request_timeout=Key(None, float))  # None: the cage's request_timeout
 
-    def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
+    def __init__(self, name: str, runtime: Runtime, config: dict[str, Any]) -> None:
         """Reads `config` against the protocol's `keys` into `self.config` (every key, defaults
         filled in), refusing unknown keys."""
-        self.name, self.cage = name, cage
+        self.name, self.runtime = name, runtime
+        self.handler = f"interface_{name}"  # the module whose process_request handles requests, if handler_module
         if type(self).keys is Interface.keys:  # a protocol without a schema (a cage's own) pops its keys itself
             timeout = Interface.keys.read({k: config.pop(k) for k in Interface.keys if k in config},
                                           interface_file(name))["request_timeout"]
@@ -47,7 +51,7 @@ class Interface:
         else:
             self.config = type(self).keys.read(config, interface_file(name))
             timeout = self.config["request_timeout"]
-        self.request_timeout: float = cage.request_timeout if timeout is None else timeout
+        self.request_timeout: float = runtime.request_timeout if timeout is None else timeout
 
     def start(self) -> None:
         """Begin serving; raise if the interface cannot serve."""
@@ -76,15 +80,15 @@ class Failure(NamedTuple):
 class InterfaceManager:
     """Starts the configured interfaces and keeps them in step with their config."""
 
-    def __init__(self, cage: Cage) -> None:
-        self.cage = cage
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.live: dict[str, tuple[Interface, int]] = {}  # name → (interface, config version)
         self.failures: dict[str, Failure] = {}  # configured interfaces that failed to start
         self.missing_handlers: set[str] = set()  # live interfaces whose handler module is missing
         self._retry: dict[str, tuple[float, int]] = {}  # name → (when to try again, config version tried)
 
     def configured(self) -> tuple[str, ...]:
-        return tuple(read_settings(self.cage.loader, "interfaces", INTERFACES_KEYS)["interfaces"])
+        return tuple(read_settings(self.runtime.loader, "interfaces", INTERFACES_KEYS)["interfaces"])
 
     def start_all(self) -> None:
         for name in self.configured():
@@ -132,7 +136,7 @@ class InterfaceManager:
         """Say loudly, once each time, that a live interface's handler module has gone (or is back)."""
         for name, (interface, _) in self.live.items():
             module = f"interface_{name}"
-            missing = interface.handler_module and self.cage.loader.locate(module) is None
+            missing = interface.handler_module and self.runtime.loader.locate(module) is None
             if missing and name not in self.missing_handlers:
                 self.missing_handlers.add(name)
                 log.error(f"interface {name}: its handler module {module}.py is missing, "
@@ -145,7 +149,7 @@ class InterfaceManager:
     def _until_restart(self, module: str) -> str:
         """A version loaded before the file went keeps serving (see loader): for how long."""
         try:
-            return f" once the cage restarts (version {self.cage.loader.version_number(module)} serves until then)"
+            return f" once the cage restarts (version {self.runtime.loader.version_number(module)} serves until then)"
         except ModuleError:
             return ""
 
@@ -169,7 +173,7 @@ class InterfaceManager:
 
     def _config_version(self, name: str) -> int | None:
         try:
-            return self.cage.loader.version_number("config_interface_" + name)
+            return self.runtime.loader.version_number("config_interface_" + name)
         except ModuleError:
             return None
 
@@ -197,10 +201,10 @@ class InterfaceManager:
         log.error(f"interface {name} failed to start: {error}, next attempt in {delay:.0f}s")
 
     def _create(self, name: str) -> Interface:
-        config = Config(self.cage.loader, "interface_" + name).copy()
-        cls = protocol_class(self.cage.loader, config.pop("protocol", None), "Interface", Interface,
+        config = Config(self.runtime.loader, "interface_" + name).copy()
+        cls = protocol_class(self.runtime.loader, config.pop("protocol", None), "Interface", Interface,
                              f"interface {name}")
-        return cls(name, self.cage, config)
+        return cls(name, self.runtime, config)
 
     def _stop(self, name: str) -> None:
         interface, _ = self.live.pop(name)
@@ -209,7 +213,7 @@ class InterfaceManager:
 
     def _finish(self, interface: Interface) -> None:
         """Give a ceased interface's requests in flight their time, then stop it."""
-        left = self.cage.intake.drain(interface.request_timeout, interface.name)
+        left = self.runtime.intake.drain(interface.request_timeout, interface.name)
         if left:
             log.warning(f"interface {interface.name}: {left} request(s) did not finish "
                         f"within {interface.request_timeout:.1f}s")

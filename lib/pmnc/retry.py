@@ -69,16 +69,16 @@ from pmnc.errors import (
     RPCError,
     exc_string,
 )
+from pmnc.lifecycle import Lifecycle, Outcome
 from pmnc.loader import MODULE_NAME
 from pmnc.rpc import codec, wire
 from pmnc.rpc.calls import CageLink, parse_target
 from pmnc.rpc.cluster import Cluster, ClusterHandle
 from pmnc.state import BufferedResource, StateStore, store_path
+from pmnc.transaction import TransactionFactory
 
 if TYPE_CHECKING:
-    from pmnc.cage import Cage
     from pmnc.loader import Loader
-    from pmnc.workers import WorkUnit
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_ID_LENGTH = 256
@@ -445,17 +445,17 @@ _CLAIMED = "seq, queue, rt_id, target, module, method, payload, start, expires, 
 class Engine:
     """Runs the retried calls queued in one cage's state file (see the module's doc)."""
 
-    def __init__(self, cage: Cage, settings: Settings, interface: str = "retry") -> None:
-        assert cage.pool is not None
+    def __init__(self, lifecycle: Lifecycle, store: StateStore, transactions: TransactionFactory, *, cage: str,
+                 node: str, settings: Settings, interface: str = "retry") -> None:
+        self.lifecycle, self.store, self.transactions = lifecycle, store, transactions
         self.cage, self.settings, self.interface = cage, settings, interface
-        self.store: StateStore = cage.runtime.state
         self.running: dict[str, int] = {}  # queue → calls claimed and not finished
         self._cond = threading.Condition(threading.Lock())
         self._woken = False
         self._ceasing = self._stopping = False
         self._thread: threading.Thread | None = None
         self._tokens = 0
-        self._instance = f"{cage.node}.{cage.name}.{os.getpid()}"
+        self._instance = f"{node}.{cage}.{os.getpid()}"
         self._stats_due = 0.0
         self._last_counts: dict[str, dict[str, int]] = {}
         self._failing = False  # the last round failed: said once, not every second
@@ -559,7 +559,7 @@ class Engine:
             parameters = dict(queued.get("parameters") or {})
             parameters["retry"] = {"id": message.rt_id, "attempt": message.attempt, "start": message.start,
                                    "deadline": message.expires}
-            request = self.cage.intake.begin(
+            request = self.lifecycle.begin(
                 interface=self.interface, protocol="retry", timeout=self.settings.request_timeout,
                 parameters=parameters, description=queued.get("description"),
                 log_levels=list(queued.get("log_levels") or ()), unique_id=str(queued["id"]))
@@ -572,12 +572,8 @@ class Engine:
             return
         with self._cond:
             self.running[message.queue] = self.running.get(message.queue, 0) + 1
-        assert self.cage.pool is not None
-        try:
-            self.cage.pool.submit(request, self._execute, message, args, kwargs, queued,
-                                  when_done=functools.partial(self._done, message, request))
-        except RuntimeError:  # the pool is stopping
-            self._done(message, request, None)
+        self.lifecycle.submit(request, self._execute, message, args, kwargs, queued,
+                              when_done=functools.partial(self._done, message))
 
     def _execute(self, message: Claimed, args: tuple[Any, ...], kwargs: dict[str, Any],
                  queued: dict[str, Any]) -> None:
@@ -588,8 +584,8 @@ class Engine:
             self._finish(message, Move.EXPIRE, time.time())
             return
         try:
-            if message.target == self.cage.name:
-                self.cage.loader.call(message.module, message.method, tuple(args), kwargs)
+            if message.target == self.cage:
+                self.lifecycle.handle(message.module, message.method, tuple(args), kwargs)
             else:
                 self._hand_over(message, args, kwargs, queued)
         except RetryExitError as e:
@@ -610,7 +606,7 @@ class Engine:
                   "method": message.method, "args": list(args), "kwargs": kwargs, "request": queued,
                   "start": message.start, "expires": message.expires}
         try:
-            CageLink(self.cage.runtime.transactions, message.target).hand_over(handed)
+            CageLink(self.transactions, message.target).hand_over(handed)
         except RPCError as e:
             raise e.remote from None
 
@@ -628,10 +624,9 @@ class Engine:
             log.error(f"the outcome of retried call {message.rt_id} cannot be recorded, it will run again "
                       f"after its lease: {exc_string(e, stack=False)}")
 
-    def _done(self, message: Claimed, request: _request.Request, unit: WorkUnit | None) -> None:
-        if not message.ran:  # expired in the queue, or the pool stopped: not an attempt
+    def _done(self, message: Claimed, outcome: Outcome) -> None:
+        if not message.ran:  # expired in the queue, or the cage is stopping: not an attempt
             self._finish(message, Move.RELEASE, time.time())
-        self.cage.intake.end(request)
         with self._cond:
             self.running[message.queue] -= 1
             self._woken = True

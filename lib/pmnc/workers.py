@@ -1,11 +1,12 @@
 """The cage's worker pool: `thread_count` threads, earliest deadline first.
 
-Interfaces submit (request, function) pairs and get a `WorkUnit`: a small
-future whose result is waited for (`result(timeout)`) or handed to a
-callback (`when_done`, given at submit). An interface whose connections
-have threads of their own may instead `call()`: the function runs on the
-calling thread when one of the `size` slots is free and nothing waits,
-sparing two thread hand-offs, and is queued like any unit otherwise. A unit whose request has expired by the time a
+The request lifecycle (lifecycle.py, for every interface) and the resource
+pools submit (request, function) pairs and get a `WorkUnit`: a small future
+whose result is waited for (`result(timeout)`) or handed to a callback
+(`when_done`, given at submit). A caller with a thread of its own may instead
+`call()`: the function runs on the calling thread when one of the `size`
+slots is free and nothing waits, sparing two thread hand-offs, and is queued
+like any unit otherwise. A unit whose request has expired by the time a
 worker takes it is never started (it fails with RequestExpiredError), and a
 cancelled unit (the interface gave up at the deadline) is skipped. Threads
 start lazily and retire after being idle.

@@ -1,12 +1,13 @@
-"""The HTTP(S) interface: an asyncio listener feeding the worker pool.
+"""The HTTP(S) interface: an asyncio listener, an adapter over the one request lifecycle.
 
 Path of one request: bytes arrive on the cage's event loop → `RequestParser`
 → a `Request` whose clock started at the connection's accept (or at the
-first byte of a later keep-alive request) → the worker pool (earliest
-deadline first) → `interface_<name>.process_request(request, response)` →
-the response is checked and rendered on the worker → back on the loop and
-written. If the deadline comes first, the client gets 504 at once and the
-worker's late result is dropped. One request per connection is processed at
+first byte of a later keep-alive request), begun at the intake → the worker
+pool, earliest deadline first (`lifecycle.submit`) →
+`interface_<name>.process_request(request, response)` → the response is
+checked and rendered on the worker → back on the loop and written. If the
+deadline comes first, the client gets 504 at once and the worker's late
+result is dropped. One request per connection is processed at
 a time, so answers never cross between requests.
 
 Against slow and greedy clients, admission has two stages, because the one
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
 from pmnc.errors import ConfigError, DeadlineError, IntakeClosedError, exc_string
+from pmnc.lifecycle import Outcome
 from pmnc.protocols.httpclient import Resource as Resource  # the resource side of protocol "http"
 from pmnc.protocols.httpwire import (
     Continue,
@@ -60,10 +62,9 @@ from pmnc.protocols.httpwire import (
 from pmnc.request import Request
 from pmnc.request import current as current_request
 from pmnc.schema import Key
-from pmnc.workers import WorkUnit
 
 if TYPE_CHECKING:
-    from pmnc.cage import Cage
+    from pmnc.runtime import Runtime
 
 MAX_PIPELINED = 16  # parsed requests a connection may hold before we stop reading
 SLICE, MAX_SLICE = 512, 262144  # bytes parsed at a time: see Connection._parse
@@ -94,8 +95,8 @@ class Interface(interfaces.Interface):
         allowed_methods=Key(("GET", "POST")),
     )
 
-    def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
-        super().__init__(name, cage, config)
+    def __init__(self, name: str, runtime: Runtime, config: dict[str, Any]) -> None:
+        super().__init__(name, runtime, config)
         s = self.config
         address = s["listener_address"]
         if not (isinstance(address, (tuple, list)) and len(address) == 2):
@@ -133,7 +134,6 @@ class Interface(interfaces.Interface):
             max_url_size=s["max_url_size"], max_header_size=s["max_header_size"], max_body_size=s["max_body_size"],
             allowed_methods=frozenset(m.upper() for m in s["allowed_methods"]),
         )
-        self.handler = f"interface_{name}"
         self.connections: set[Connection] = set()  # all of them: heads, on probation and slot holders
         self.heads = _Waiting()  # connections waiting for a request head: silent, trickling it, or a whole one unread
         self.probation: set[Connection] = set()  # newcomers refused a head's place: their first read decides
@@ -145,10 +145,9 @@ class Interface(interfaces.Interface):
     # --- lifecycle (called from the cage thread) --------------------------------
 
     def start(self) -> None:
-        assert self.cage.loop is not None
-        self.cage_loop = self.cage.loop
-        self.loop = self.cage.loop.loop
-        self._server = self.cage.loop.run(self._listen(), timeout=3.0)
+        self.lifecycle = self.runtime.lifecycle
+        self.loop = self.runtime.loop.loop
+        self._server = self.runtime.loop.run(self._listen(), timeout=3.0)
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = (host, port)
         scheme = "https" if self._server_ssl else "http"
@@ -190,8 +189,7 @@ class Interface(interfaces.Interface):
             connection.close()
 
     def _on_loop(self, coro: Any) -> None:
-        assert self.cage.loop is not None
-        self.cage.loop.run(coro, timeout=3.0)
+        self.runtime.loop.run(coro, timeout=3.0)
 
     # --- bookkeeping (on the loop) -----------------------------------------------
 
@@ -269,7 +267,7 @@ class Interface(interfaces.Interface):
         response = new_response(keep_alive)
         accept_encoding = http.headers.get("accept-encoding", "")  # before the handler may change the headers
         try:
-            self.cage.loader.call(self.handler, "process_request", (request, response), {})
+            self.lifecycle.handle(self.handler, "process_request", (request, response))
             if self.ceasing:  # the connection closes after this answer: say so
                 keep_alive = False
                 response["headers"]["connection"] = "close"
@@ -552,8 +550,8 @@ class Connection(asyncio.Protocol):
             self._parse(time.monotonic())
         started = self.first_byte if self.served == 0 else http.started
         try:
-            request = self.iface.cage.intake.begin(
-                timeout=self.iface.request_timeout, interface=self.iface.name, protocol=self.iface.protocol,
+            request = self.iface.lifecycle.begin(
+                interface=self.iface.name, protocol=self.iface.protocol, timeout=self.iface.request_timeout,
                 parameters={"auth_tokens": self._request_tokens(http)}, start=started)
         except IntakeClosedError:
             self._refuse(503, "the cage is shutting down")
@@ -729,30 +727,23 @@ _AT_DEADLINE: dict[Phase, Callable[[Connection], None]] = {  # what the timer do
 
 
 class _InFlight:
-    """One request between the loop and a worker: whoever comes first answers.
-
-    The worker's result and the connection's timer (`expire`) race; the first
-    wins, the loser is dropped. `abandon` is the client going away.
-    """
+    """One request between the loop and a worker. Whoever comes first answers (the lifecycle
+    decides, see lifecycle.InFlight): the worker's outcome, posted to the loop, or the
+    connection's timer (`expire`); `abandon` is the client going away."""
 
     def __init__(self, connection: Connection, request: Request, http: HttpRequest, keep_alive: bool) -> None:
         self.connection, self.request = connection, request
-        self.answered = False
         iface = connection.iface
-        assert iface.cage.pool is not None
-        self.unit = iface.cage.pool.submit(request, iface.handle, http, keep_alive,
-                                           when_done=functools.partial(iface.cage_loop.post, self._done))
+        self.flight = iface.lifecycle.submit(request, iface.handle, http, keep_alive,
+                                             when_done=functools.partial(iface.runtime.loop.post, self._done))
 
-    def _done(self, unit: WorkUnit) -> None:
-        if self.answered:
-            if not unit.cancelled() and self.request.expired:
-                log.warning(f"request {self.request.unique_id} finished "
-                            f"{self.request.expired_for:.1f}s after its deadline, the result is discarded")
-            return
-        self._end()
+    def _done(self, outcome: Outcome) -> None:
+        """On the loop: the worker's answer, or why there is none."""
+        if self.connection.current is not self:
+            return  # the client has gone
         try:
-            data, keep_alive = unit.result()
-        except Exception as e:  # expired in the queue, or the pool stopped
+            data, keep_alive = outcome.value()
+        except Exception as e:  # expired in the queue, or the cage is stopping
             if self.request.expired:
                 data = self.connection.iface.deadline_response()[0]
             else:
@@ -761,21 +752,14 @@ class _InFlight:
         self.connection.finished(data, keep_alive)
 
     def expire(self) -> None:
-        """The deadline came first: the client gets 504 (or its protocol's equivalent) now."""
-        if self.answered:
+        """The deadline came first: the client gets 504 (or its protocol's equivalent) now -
+        unless the answer is already on its way to the loop."""
+        if not self.flight.expire():
             return
-        self._end()
-        self.unit.cancel()  # never started if it is still queued
         data, what = self.connection.iface.deadline_response()
         log.warning(f"request {self.request.unique_id} has not been answered in "
                     f"{self.connection.iface.request_timeout:.1f}s, the client gets {what}")
         self.connection.finished(data, False)
 
     def abandon(self) -> None:
-        if not self.answered:
-            self._end()
-            self.unit.cancel()
-
-    def _end(self) -> None:
-        self.answered = True
-        self.connection.iface.cage.intake.end(self.request)
+        self.flight.abandon()

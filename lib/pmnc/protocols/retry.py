@@ -27,7 +27,7 @@ from pmnc.retry import Engine, Settings
 from pmnc.schema import Key
 
 if TYPE_CHECKING:
-    from pmnc.cage import Cage
+    from pmnc.runtime import Runtime
 
 
 class Interface(interfaces.Interface):
@@ -42,8 +42,8 @@ class Interface(interfaces.Interface):
         retention_time=Key(Settings.retention_time, float),
         max_pending_per_source=Key(Settings.max_pending_per_source, int))
 
-    def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
-        super().__init__(name, cage, config)
+    def __init__(self, name: str, runtime: Runtime, config: dict[str, Any]) -> None:
+        super().__init__(name, runtime, config)
         settings = {key: self.config[key] for key in self.keys if key != "request_timeout"}
         self.settings = Settings(**settings, request_timeout=self.request_timeout)
         if self.settings.queue_count < 1 or self.settings.retry_interval < 0 or self.settings.retention_time < 0 \
@@ -53,7 +53,9 @@ class Interface(interfaces.Interface):
         self.engine: Engine | None = None
 
     def start(self) -> None:
-        self.engine = Engine(self.cage, self.settings, self.name)
+        runtime = self.runtime
+        self.engine = Engine(runtime.lifecycle, runtime.state, runtime.transactions, cage=runtime.name,
+                             node=runtime.node, settings=self.settings, interface=self.name)
         self.engine.start()
         order = "in order, one at a time" if self.settings.keep_order else \
             f"up to {self.settings.queue_count} at once per queue"

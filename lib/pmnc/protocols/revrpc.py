@@ -28,7 +28,7 @@ from pmnc.rpc.identity import CAGE_NAME
 from pmnc.schema import Key, names
 
 if TYPE_CHECKING:
-    from pmnc.cage import Cage
+    from pmnc.runtime import Runtime
 
 POLL_TIMEOUT = 10.0  # each poll's request, as the original's
 OUTAGE_LOG_PERIOD = 60.0  # seconds between log lines while a source cannot be polled
@@ -44,20 +44,20 @@ class Interface(interfaces.Interface):
         deny_modules=Key((), names),  # fnmatch patterns of modules the source cages may not call
     )
 
-    def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
-        super().__init__(name, cage, config)
+    def __init__(self, name: str, runtime: Runtime, config: dict[str, Any]) -> None:
+        super().__init__(name, runtime, config)
         self.sources: tuple[str, ...] = self.config["source_cages"]
         if not self.sources or not all(CAGE_NAME.fullmatch(s) for s in self.sources):
             raise ConfigError(f"config_interface_{name}.py: source_cages must name the cages to poll")
         self.retry_interval: float = self.config["retry_interval"]
         self.deny_modules: tuple[str, ...] = self.config["deny_modules"]
         self.stopping = threading.Event()
-        self.links = {source: CageLink(cage.runtime.transactions, source) for source in self.sources}
+        self.links = {source: CageLink(runtime.transactions, source) for source in self.sources}
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self.lifecycle = self.cage.runtime.lifecycle
-        self.callee = Callee(self.lifecycle, cage=self.cage.name, interface=self.name, protocol=self.protocol,
+        self.lifecycle = self.runtime.lifecycle
+        self.callee = Callee(self.lifecycle, cage=self.runtime.name, interface=self.name, protocol=self.protocol,
                              request_timeout=self.request_timeout, deny_modules=self.deny_modules)
         for source in self.sources:
             thread = threading.Thread(target=self._poll_loop, args=(source,), name=f"{self.name}:{source}",

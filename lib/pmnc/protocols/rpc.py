@@ -74,7 +74,7 @@ from pmnc.rpc.reverse import POLL_MARGIN
 from pmnc.schema import RESOURCE_KEYS, Key, names, resource_file
 
 if TYPE_CHECKING:
-    from pmnc.cage import Cage
+    from pmnc.runtime import Runtime
 
 HANDSHAKE_TIMEOUT = 3.0  # seconds a connection has for its whole TLS handshake (config handshake_timeout)
 RECV_SIZE = 262144  # bytes asked for by one read
@@ -100,8 +100,8 @@ class Interface(interfaces.Interface):
         idle_timeout=Key(600.0, float),  # seconds an idle connection is kept
     )
 
-    def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
-        super().__init__(name, cage, config)
+    def __init__(self, name: str, runtime: Runtime, config: dict[str, Any]) -> None:
+        super().__init__(name, runtime, config)
         config = self.config
         address = config["listener_address"]
         if not (isinstance(address, (tuple, list)) and len(address) == 2):
@@ -123,10 +123,10 @@ class Interface(interfaces.Interface):
         self.wake_r = self.wake_w = -1  # a pipe made readable at cease: it wakes every connection's wait
 
     def start(self) -> None:
-        self.lifecycle = self.cage.runtime.lifecycle
-        self.callee = Callee(self.lifecycle, cage=self.cage.name, interface=self.name, protocol=self.protocol,
+        self.lifecycle = self.runtime.lifecycle
+        self.callee = Callee(self.lifecycle, cage=self.runtime.name, interface=self.name, protocol=self.protocol,
                              request_timeout=self.request_timeout, deny_modules=self.deny_modules)
-        self.cluster = self.cage.runtime.cluster.get()
+        self.cluster = self.runtime.cluster.get()
         self.context = self.cluster.keys.server_context()
         self.context.num_tickets = 0  # connections live long; no session resumption to offer
         self.limit, self.use_pickle = self.cluster.max_frame_size, self.cluster.use_pickle
@@ -239,7 +239,7 @@ class Interface(interfaces.Interface):
         try:
             if isinstance(module, str) and self.callee.denied(module):
                 raise InvalidMethodAccessError(f"module {module} is not callable from other cages")
-            return {"result": retry.accept(self.cage.runtime.state, self.cage.loader, message, caller.cage)}
+            return {"result": retry.accept(self.runtime.state, self.runtime.loader, message, caller.cage)}
         except Exception as e:
             log.warning(f"a retried call from cage {caller.cage} is refused: {exc_string(e, stack=False)}")
             return {"error": wire.error_dict(e)}
@@ -440,7 +440,7 @@ class Connection:
             log.warning(f"request {request.unique_id} from cage {self.caller.cage} has not been answered in "
                         f"time, the caller gets a deadline error")
             reply = {"error": wire.error_dict(DeadlineError(f"request deadline has expired in cage "
-                                                            f"{iface.cage.name}"))}
+                                                            f"{iface.runtime.name}"))}
         except RuntimeError as e:  # the worker pool has stopped
             reply = {"error": wire.error_dict(e)}
         return answer_frame(reply, iface.limit, iface.use_pickle, self.caller.cage)

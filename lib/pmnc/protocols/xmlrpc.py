@@ -29,7 +29,7 @@ from pmnc.protocols.httpwire import HttpRequest, error_response, render
 from pmnc.schema import Key, resource_file
 
 if TYPE_CHECKING:
-    from pmnc.cage import Cage
+    from pmnc.runtime import Runtime
 
 # --- interface -----------------------------------------------------------------------------------------
 
@@ -144,9 +144,9 @@ class Interface(HttpInterface):
 
     keys = HttpInterface.keys.extend(allow_none=Key(False, bool))
 
-    def __init__(self, name: str, cage: Cage, config: dict[str, Any]) -> None:
+    def __init__(self, name: str, runtime: Runtime, config: dict[str, Any]) -> None:
         config["allowed_methods"] = ("POST",)  # an XML-RPC call is a POST: anything else gets 405
-        super().__init__(name, cage, config)
+        super().__init__(name, runtime, config)
         self.allow_none: bool = self.config["allow_none"]
         self.content_type = f"text/xml; charset={self.response_encoding}"
         deadline = xmlrpc.client.Fault(504, "request deadline has expired")
@@ -170,7 +170,7 @@ class Interface(HttpInterface):
         request = {"method": method, "args": args}
         response: dict[str, Any] = {"result": None}
         try:
-            self.cage.loader.call(self.handler, "process_request", (request, response), {})
+            self.lifecycle.handle(self.handler, "process_request", (request, response))
             result = response.get("result")
             if result is None and not self.allow_none:
                 result = []  # as the original: a client without allow_none could not read a nil
