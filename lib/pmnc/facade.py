@@ -16,6 +16,7 @@ the loader a factory of these objects, one per module.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 from pmnc import log
@@ -67,29 +68,22 @@ class Pmnc:
     def request(self) -> _request.Request:
         return _request.current()
 
-    @property
+    # made on first use and kept in the instance's __dict__ (as module refs are, see __getattr__)
+
+    @functools.cached_property
     def config(self) -> Config:
-        config = self.__dict__.get("_config")
-        if config is None:
-            config = self.__dict__["_config"] = Config(self._loader, self._source)
-        return config
+        return Config(self._loader, self._source)
 
-    @property
+    @functools.cached_property
     def transaction(self) -> TransactionFactory:
-        factory = self.__dict__.get("_transaction")
-        if factory is None:
-            services = self._services
-            factory = self.__dict__["_transaction"] = TransactionFactory(lambda: services.resources, self._source)
-        return factory
+        services = self._services
+        return TransactionFactory(lambda: services.resources, self._source)
 
-    @property
+    @functools.cached_property
     def state(self) -> ModuleState:
         """`pmnc.state.get/set/delete`: this module's durable key-value namespace."""
-        state = self.__dict__.get("_state")
-        if state is None:
-            services = self._services
-            state = self.__dict__["_state"] = ModuleState(lambda: services.state, self._source)
-        return state
+        services = self._services
+        return ModuleState(lambda: services.state, self._source)
 
     @property
     def retry(self) -> RetryContext:

@@ -18,6 +18,8 @@ the loader itself knows nothing of what the `pmnc` object exposes.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pmnc.errors import ModuleError
 from pmnc.facade import Pmnc
 from pmnc.lifecycle import Intake, Lifecycle
@@ -84,33 +86,23 @@ class Runtime:
 
     @property
     def state(self) -> StateStore:
-        if self._state is None:
-            raise ModuleError("the state is not available: the cage has not started")
-        return self._state
+        return _running(self._state, "the state is not available")
 
     @property
     def workers(self) -> WorkerPool:
-        if self._workers is None:
-            raise ModuleError("the worker pool is not available: the cage has not started")
-        return self._workers
+        return _running(self._workers, "the worker pool is not available")
 
     @property
     def lifecycle(self) -> Lifecycle:
-        if self._lifecycle is None:
-            raise ModuleError("requests cannot be run: the cage has not started")
-        return self._lifecycle
+        return _running(self._lifecycle, "requests cannot be run")
 
     @property
     def resources(self) -> ResourcePools:
-        if self._resources is None:
-            raise ModuleError("resources are not available: the cage has not started")
-        return self._resources
+        return _running(self._resources, "resources are not available")
 
     @property
     def loop(self) -> EventLoopThread:
-        if self._loop is None:
-            raise ModuleError("the event loop is not available: the cage has not started")
-        return self._loop
+        return _running(self._loop, "the event loop is not available")
 
     def _state_resource(self, instance: str) -> Resource:
         return StateResource(instance, {}, self.state)
@@ -120,3 +112,13 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<Runtime of cage {self.node}.{self.name}>"
+
+
+T = TypeVar("T")
+
+
+def _running(service: T | None, unavailable: str) -> T:
+    """A service of the running cage, or ModuleError saying it is not there yet (or any more)."""
+    if service is None:
+        raise ModuleError(f"{unavailable}: the cage has not started")
+    return service

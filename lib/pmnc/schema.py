@@ -53,7 +53,7 @@ class Schema(Mapping[str, Key]):
         try:
             return convert(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{file}: {key} must be {getattr(convert, '__name__', 'valid')}, "
+            raise ConfigError(f"{file}: {key} must be {_EXPECTED.get(convert, getattr(convert, '__name__', 'valid'))}, "
                               f"not {value!r}") from None
 
     def _unknown(self, keys: list[str]) -> str:
@@ -81,6 +81,16 @@ class Schema(Mapping[str, Key]):
 def names(value: Any) -> tuple[str, ...]:
     """A conversion: one name (or pattern), or a list of them, as a tuple of strings."""
     return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def address(value: Any) -> tuple[str, int]:
+    """A conversion: (host, port)."""
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError("not (host, port)")
+    return str(value[0]), int(value[1])
+
+
+_EXPECTED: dict[Callable[[Any], Any], str] = {address: "(host, port)", names: "a name or a list of names"}
 
 
 def interface_file(name: str) -> str:

@@ -61,7 +61,7 @@ from pmnc.protocols.httpwire import (
 )
 from pmnc.request import Request
 from pmnc.request import current as current_request
-from pmnc.schema import Key
+from pmnc.schema import Key, address
 
 if TYPE_CHECKING:
     from pmnc.runtime import Runtime
@@ -73,7 +73,7 @@ SLICE, MAX_SLICE = 512, 262144  # bytes parsed at a time: see Connection._parse
 class Interface(interfaces.Interface):
     protocol = "http"
     keys = interfaces.Interface.keys.extend(
-        listener_address=Key(None),  # (host, port)
+        listener_address=Key(None, address),  # (host, port)
         max_connections=Key(100, int),
         # one address may not take every slot (behind a proxy, raise it to max_connections)
         max_connections_per_ip=Key(None, int),  # None: half of max_connections
@@ -98,10 +98,9 @@ class Interface(interfaces.Interface):
     def __init__(self, name: str, runtime: Runtime, config: dict[str, Any]) -> None:
         super().__init__(name, runtime, config)
         s = self.config
-        address = s["listener_address"]
-        if not (isinstance(address, (tuple, list)) and len(address) == 2):
+        if s["listener_address"] is None:
             raise ConfigError(f"config_interface_{name}.py: listener_address must be (host, port)")
-        self.host, self.port = str(address[0]), int(address[1])
+        self.host, self.port = s["listener_address"]
         self.max_connections: int = s["max_connections"]
         per_ip = s["max_connections_per_ip"]
         self.max_connections_per_ip: int = max(1, self.max_connections // 2) if per_ip is None else per_ip

@@ -22,7 +22,7 @@ import httptools
 from pmnc import request as _request
 from pmnc import resource
 from pmnc.errors import ConfigError, ResourceError, ResourceInputParameterError, exc_string
-from pmnc.schema import RESOURCE_KEYS, Key, resource_file
+from pmnc.schema import RESOURCE_KEYS, Key, address, resource_file
 
 MAX_RESPONSE_SIZE = 16 * 1024 * 1024  # the original's limit
 _READ = 65536
@@ -117,7 +117,7 @@ def _broken(description: str) -> ResourceError:
 # The keys of config_resource_<name>.py (a module constant, not a class attribute: any name
 # of the xmlrpc resource built on this one is a remote method).
 KEYS = RESOURCE_KEYS.extend(
-    server_address=Key(None),  # (host, port)
+    server_address=Key(None, address),  # (host, port)
     connect_timeout=Key(3.0, float),
     extra_headers=Key({}),  # sent with every request; a call's own headers win
     http_version=Key("HTTP/1.1", str),
@@ -137,10 +137,9 @@ class Resource(resource.Resource):
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         s = self.config = KEYS.read(config, resource_file(name))
-        address = s["server_address"]
-        if not (isinstance(address, (tuple, list)) and len(address) == 2):
-            raise ConfigError(f"resource {name}: server_address must be (host, port)")
-        self.host, self.port = str(address[0]), int(address[1])
+        if s["server_address"] is None:
+            raise ConfigError(f"{resource_file(name)}: server_address must be (host, port)")
+        self.host, self.port = s["server_address"]
         self.connect_timeout: float = s["connect_timeout"]
         self.extra_headers = {str(k).lower(): str(v) for k, v in dict(s["extra_headers"] or {}).items()}
         self.http_version: str = s["http_version"]

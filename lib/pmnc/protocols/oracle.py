@@ -61,7 +61,7 @@ from pmnc import log
 from pmnc import request as _request
 from pmnc.errors import ConfigError, ResourceDeadlineError, ResourceInputParameterError, SQLResourceError
 from pmnc.protocols.sql import SQL_KEYS, Row, SQLResource, Statement
-from pmnc.schema import Key
+from pmnc.schema import Key, address
 
 # Errors that end one statement and leave the session sound, so the connection is kept:
 # unique/foreign/check constraints and NOT NULL (1, 1400, 2290-2292), no data / too many
@@ -95,7 +95,7 @@ REF_CURSOR = "result"  # the OUT SYS_REFCURSOR parameter of a procedure called w
 # The keys of config_resource_<name>.py (a module constant: resource attributes are the user's calls).
 KEYS = SQL_KEYS.extend(
     dsn=Key(None),  # an Easy Connect string or a connect descriptor, instead of server_address and database
-    server_address=Key(("127.0.0.1", 1521)), database=Key(None),  # database: the service name
+    server_address=Key(("127.0.0.1", 1521), address), database=Key(None),  # database: the service name
     username=Key(None), password=Key(None),
     connect_timeout=Key(3.0, float),
     application_name=Key("pmnc", str),  # V$SESSION.PROGRAM
@@ -113,11 +113,8 @@ class Resource(SQLResource):
         dsn, database = s["dsn"], s["database"]
         self.params: dict[str, Any] = {}
         if dsn is None:
-            try:
-                host, port = s["server_address"]
-                self.params.update(host=str(host), port=int(port))
-            except (TypeError, ValueError):
-                raise ConfigError(f"resource {name}: server_address must be (host, port)") from None
+            host, port = s["server_address"]
+            self.params.update(host=host, port=port)
             if not database:
                 raise ConfigError(f"resource {name}: database (the service name) is required without a dsn")
             self.params["service_name"] = str(database)

@@ -32,9 +32,9 @@ from psycopg.rows import dict_row
 
 from pmnc import log
 from pmnc import request as _request
-from pmnc.errors import ConfigError, ResourceDeadlineError, ResourceInputParameterError, SQLResourceError
+from pmnc.errors import ResourceDeadlineError, ResourceInputParameterError, SQLResourceError
 from pmnc.protocols.sql import SQL_KEYS, SQLResource, Statement
-from pmnc.schema import Key
+from pmnc.schema import Key, address
 
 # SQLSTATE classes after which the connection is still good (as the original's):
 # warnings, no data, cardinality, data, integrity, syntax/access, check option, PL/pgSQL.
@@ -68,7 +68,8 @@ class DeadlineReached(Exception):
 # The keys of config_resource_<name>.py (a module constant: resource attributes are the user's calls).
 KEYS = SQL_KEYS.extend(
     dsn=Key(None),  # a libpq conninfo or URI, instead of the next four
-    server_address=Key(("127.0.0.1", 5432)), database=Key("postgres"), username=Key("postgres"), password=Key(None),
+    server_address=Key(("127.0.0.1", 5432), address), database=Key("postgres"), username=Key("postgres"),
+    password=Key(None),
     connect_timeout=Key(3.0, float),
     # statements run this many times on a connection become server-side prepared ones
     # (None: never, for poolers such as pgbouncer in transaction mode)
@@ -87,11 +88,8 @@ class Resource(SQLResource):
         s = self.config
         self.params: dict[str, Any] = {}
         if s["dsn"] is None:  # with a dsn, database, username and password are ignored
-            try:
-                host, port = s["server_address"]
-            except (TypeError, ValueError):
-                raise ConfigError(f"resource {name}: server_address must be (host, port)") from None
-            self.params.update(host=str(host), port=int(port), dbname=s["database"], user=s["username"])
+            host, port = s["server_address"]
+            self.params.update(host=host, port=port, dbname=s["database"], user=s["username"])
             if s["password"] is not None:
                 self.params["password"] = str(s["password"])
         self.dsn = "" if s["dsn"] is None else str(s["dsn"])

@@ -54,7 +54,6 @@ from typing import TYPE_CHECKING, Any
 from pmnc import interfaces, log, resource, retry
 from pmnc import request as _request
 from pmnc.errors import (
-    ConfigError,
     DeadlineError,
     IntakeClosedError,
     InvalidMethodAccessError,
@@ -71,7 +70,7 @@ from pmnc.rpc.cluster import Cluster, ClusterHandle
 from pmnc.rpc.identity import Identity, peer_identity
 from pmnc.rpc.locator import Location
 from pmnc.rpc.reverse import POLL_MARGIN
-from pmnc.schema import RESOURCE_KEYS, Key, names, resource_file
+from pmnc.schema import RESOURCE_KEYS, Key, address, names, resource_file
 
 if TYPE_CHECKING:
     from pmnc.runtime import Runtime
@@ -92,7 +91,7 @@ class Interface(interfaces.Interface):
     handler_module = False  # no interface_<name>.py: calls go to the modules they name
 
     keys = interfaces.Interface.keys.extend(
-        listener_address=Key(("127.0.0.1", 0)),  # (host, port); port 0: any free one, advertised to the flock
+        listener_address=Key(("127.0.0.1", 0), address),  # (host, port); port 0: any free one, advertised to the flock
         max_connections=Key(200, int),  # authenticated connections at once
         max_handshakes=Key(32, int),  # connections still in their TLS handshake; the oldest goes for a new one
         handshake_timeout=Key(HANDSHAKE_TIMEOUT, float),  # seconds for the whole TLS handshake
@@ -103,10 +102,7 @@ class Interface(interfaces.Interface):
     def __init__(self, name: str, runtime: Runtime, config: dict[str, Any]) -> None:
         super().__init__(name, runtime, config)
         config = self.config
-        address = config["listener_address"]
-        if not (isinstance(address, (tuple, list)) and len(address) == 2):
-            raise ConfigError(f"config_interface_{name}.py: listener_address must be (host, port)")
-        self.host, self.port = str(address[0]), int(address[1])
+        self.host, self.port = config["listener_address"]
         self.max_connections: int = config["max_connections"]
         self.max_handshakes: int = config["max_handshakes"]
         self.handshake_timeout: float = config["handshake_timeout"]
