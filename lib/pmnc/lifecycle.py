@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pmnc import log
@@ -71,13 +70,14 @@ class Intake:
         return sum(self._active.values())
 
 
-@dataclass(frozen=True, slots=True)
 class Outcome:
     """What became of a submitted request's work: its result, or the error it raised (or why
-    it never ran: expired in the queue, the cage stopping)."""
+    it never ran: expired in the queue, the cage stopping). One per request: kept light."""
 
-    result: Any = None
-    error: BaseException | None = None
+    __slots__ = ("error", "result")
+
+    def __init__(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
 
     def value(self) -> Any:
         if self.error is not None:
@@ -144,8 +144,7 @@ def _outcome(unit: WorkUnit, request: Request) -> Outcome:
     if unit.cancelled():  # only the pool stopping cancels work nobody has settled
         return Outcome(error=RequestExpiredError("request has expired and will not be processed")
                        if request.expired else IntakeClosedError("the cage is shutting down"))
-    error = unit.exception()
-    return Outcome(error=error) if error is not None else Outcome(result=unit.result())
+    return Outcome(*unit.settled())
 
 
 class Lifecycle:
@@ -160,10 +159,10 @@ class Lifecycle:
 
     def __init__(self, intake: Intake, workers: WorkerPool, loader: Loader) -> None:
         self.intake, self.workers, self.loader = intake, workers, loader
-
-    def begin(self, *, interface: str, protocol: str, timeout: float, **kwargs: Any) -> Request:
-        """A new request, counted at the intake; IntakeClosedError once the cage is stopping."""
-        return self.intake.begin(interface=interface, protocol=protocol, timeout=timeout, **kwargs)
+        # begin(interface=..., protocol=..., timeout=..., **request_options): a new request,
+        # counted at the intake; IntakeClosedError once the cage is stopping. The intake's own
+        # method, not a wrapper: it runs once per request on the event loop.
+        self.begin = intake.begin
 
     def handle(self, module: str, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         """`pmnc.<module>.<method>(*args, **kwargs)`: the handler, its current version."""

@@ -82,6 +82,11 @@ class WorkUnit:
             raise CancelledError()
         return self._error
 
+    def settled(self) -> tuple[Any, BaseException | None]:
+        """(result, error) of a unit that is done - for its when_done callback, which needs
+        no wait and no lock."""
+        return self._result, self._error
+
     def _start(self) -> bool:
         with _states:
             if self._state != _QUEUED:

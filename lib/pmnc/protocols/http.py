@@ -145,7 +145,8 @@ class Interface(interfaces.Interface):
 
     def start(self) -> None:
         self.lifecycle = self.runtime.lifecycle
-        self.loop = self.runtime.loop.loop
+        self.loop_thread = self.runtime.loop  # answers come back to the loop through it
+        self.loop = self.loop_thread.loop
         self._server = self.runtime.loop.run(self._listen(), timeout=3.0)
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = (host, port)
@@ -734,7 +735,7 @@ class _InFlight:
         self.connection, self.request = connection, request
         iface = connection.iface
         self.flight = iface.lifecycle.submit(request, iface.handle, http, keep_alive,
-                                             when_done=functools.partial(iface.runtime.loop.post, self._done))
+                                             when_done=functools.partial(iface.loop_thread.post, self._done))
 
     def _done(self, outcome: Outcome) -> None:
         """On the loop: the worker's answer, or why there is none."""
