@@ -171,6 +171,16 @@ def try_served(address: tuple[str, int], timeout: float = 1.0, source: str = "12
     return status
 
 
+def statuses_over(address: tuple[str, int], seconds: float, pause: float) -> list[int]:
+    """Fresh clients one after another for `seconds` (a `pause` between them): their statuses."""
+    statuses: list[int] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        statuses.append(try_served(address, 2.0))
+        time.sleep(pause)
+    return statuses
+
+
 def log_records(cage: InProcessCage | CageProcess, code: str) -> list[str]:
     return [line for line in cage.log_text().splitlines() if f" {code} [" in line[:20]]
 
@@ -635,14 +645,10 @@ def test_tricklers_do_not_keep_normal_clients_out(in_process_cage: Callable[...,
     cage = start(in_process_cage, max_connections=20, request_timeout=5.0, header_timeout=2.0)
     address = cage.address()
     iface = interface(cage)
-    statuses: list[int] = []
     with Tricklers(address, 60) as tricklers:
         wait_until(lambda: len(iface.connections) >= 10 and tricklers.ended >= 20, 10.0,
                    message="the tricklers connected and being turned over")
-        end = time.monotonic() + 4.0
-        while time.monotonic() < end:
-            statuses.append(try_served(address, 2.0))
-            time.sleep(0.05)
+        statuses = statuses_over(address, 4.0, 0.05)
     served_share = statuses.count(200) / len(statuses)
     assert served_share >= 0.9, collections.Counter(statuses)
     assert len(iface.slots) <= 20
@@ -662,13 +668,9 @@ def test_tricklers_that_reconnect_at_once_do_not_keep_normal_clients_out(
                                                             header_timeout=2.0)},
                            files={"interface_http.py": HANDLER}, request_timeout=5.0)
     address = ("127.0.0.1", process.port())
-    statuses: list[int] = []
     with Tricklers(address, 60, at_once=True) as tricklers:
         wait_until(lambda: tricklers.made >= 60, 10.0, message="the tricklers connected")
-        end = time.monotonic() + 4.0  # two header_timeouts: the tricklers are answered 408 and come back
-        while time.monotonic() < end:
-            statuses.append(try_served(address, 2.0))
-            time.sleep(0.02)
+        statuses = statuses_over(address, 4.0, 0.02)  # two header_timeouts: the tricklers get 408, come back
         made = tricklers.made
     assert statuses.count(200) / len(statuses) >= 0.9, (collections.Counter(statuses), made)
     assert made < 60 * 5, f"{made} trickler connections: they are being turned over"
@@ -687,14 +689,10 @@ def test_tricklers_beyond_their_share_of_heads_do_not_keep_normal_clients_out(
                                                             header_timeout=2.0)},
                            files={"interface_http.py": HANDLER}, request_timeout=5.0)
     address = ("127.0.0.1", process.port())
-    statuses: list[int] = []
     with Tricklers(address, 60, at_once=True) as tricklers:
         wait_until(lambda: tricklers.made >= 60 and tricklers.ended >= 20, 10.0,
                    message="the tricklers connected and being turned over")
-        end = time.monotonic() + 4.0
-        while time.monotonic() < end:
-            statuses.append(try_served(address, 2.0))
-            time.sleep(0.02)
+        statuses = statuses_over(address, 4.0, 0.02)
         made, answers = tricklers.made, tricklers.answers
     assert statuses.count(200) / len(statuses) >= 0.75, (collections.Counter(statuses), made)
     assert answers["503"] > 0 and set(answers) <= {"503", "408", ""}, answers
