@@ -19,17 +19,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lib" / "pmnc"
 RANKS = {
     # 0 base: what everything may use
     "__init__": 0, "errors": 0, "request": 0, "log": 0, "rwlock": 0, "typecheck": 0,
-    "loop": 0, "keys": 0, "resource": 0,
+    "loop": 0, "keys": 0, "resource": 0, "timeout": 0, "threads": 0, "interlocked": 0,
     # 1 core
     "workers": 1, "loader": 1, "config": 1, "schema": 1, "state": 1, "decisions": 1, "lifecycle": 1,
     # 2 services
-    "transaction": 2, "pools": 2, "retry": 2, "rpc": 2,
+    "transaction": 2, "pools": 2, "retry": 2, "rpc": 2, "resource_pool": 2,
     # 3 runtime
-    "runtime": 3, "facade": 3,
+    "runtime": 3, "facade": 3, "framework": 3,
     # 4 protocols
     "interfaces": 4, "protocols": 4,
     # 5 cage
-    "cage": 5, "selftest": 5, "supervisor": 5,
+    "cage": 5, "selftest": 5, "self_test": 5, "supervisor": 5,
 }
 LAYERS = ["base", "core", "services", "runtime", "protocols", "cage"]
 

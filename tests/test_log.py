@@ -236,7 +236,7 @@ def test_finite_request_description_appended(echo: io.StringIO, monkeypatch: pyt
     with rq.attached(request):
         line = handler()
         log.message("framework")
-    tail = request.unique_id[-4:]
+    tail = "RQ-" + request.unique_id[-4:]
     assert messages(echo) == [
         f"served # mod.py:{line} in handler() by {tail} (GET /) via http +5.0s",
         f"framework # by {tail} (GET /) via http +5.0s",

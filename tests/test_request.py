@@ -128,9 +128,18 @@ def test_setting_remain_revives_an_expired_request(clock: Clock) -> None:
     assert request.remain == 2.0
 
 
-def test_expires_in(clock: Clock) -> None:
+def test_expires_in_is_a_test_that_never_moves_the_deadline(clock: Clock) -> None:
+    request = finite(1.0)
+    assert not request.expires_in(0.5)
+    clock.advance(0.6)
+    assert request.expires_in(0.5)
+    assert not request.expired
+    assert not Request(timeout=None).expires_in(86400.0)
+
+
+def test_deadline_in_moves_the_deadline(clock: Clock) -> None:
     request = finite(5.0)
-    request.expires_in(0.5)
+    request.deadline_in(0.5)
     assert request.remain == 0.5
     clock.advance(0.5)
     assert request.expired
@@ -164,7 +173,7 @@ def test_infinite_request_remain_error_is_a_timeout_error() -> None:
 
 def test_description_format(clock: Clock) -> None:
     request = finite(5.0, description="GET /index")
-    tail = request.unique_id[-4:]
+    tail = "RQ-" + request.unique_id[-4:]
     assert request.description == f"{tail} (GET /index) via http +5.0s"
     clock.advance(1.25)
     assert request.description == f"{tail} (GET /index) via http +3.8s"
@@ -173,14 +182,14 @@ def test_description_format(clock: Clock) -> None:
 def test_description_after_expiry_is_negative(clock: Clock) -> None:
     request = finite(1.0)
     clock.advance(2.5)
-    assert request.description == f"{request.unique_id[-4:]} via http -1.5s"
+    assert request.description == f"RQ-{request.unique_id[-4:]} via http -1.5s"
 
 
 def test_describe_sets_the_text(clock: Clock) -> None:
     request = finite(2.0)
-    assert request.description == f"{request.unique_id[-4:]} via http +2.0s"
+    assert request.description == f"RQ-{request.unique_id[-4:]} via http +2.0s"
     request.describe("POST /api")
-    assert request.description == f"{request.unique_id[-4:]} (POST /api) via http +2.0s"
+    assert request.description == f"RQ-{request.unique_id[-4:]} (POST /api) via http +2.0s"
 
 
 def test_infinite_request_has_no_description() -> None:
@@ -229,8 +238,8 @@ def test_to_dict_wire_form() -> None:
     request = finite(30.0, description="desc", log_levels=[6],
                      parameters={"auth_tokens": {"user": "u"}, "_private": 1, 5: "non-str key"})
     d = request.to_dict()
-    assert set(d) == {"id", "deadline", "interface", "protocol", "description", "log_levels", "parameters"}
-    assert d["id"] == request.unique_id
+    assert set(d) == {"unique_id", "deadline", "interface", "protocol", "description", "log_levels", "parameters"}
+    assert d["unique_id"] == request.unique_id
     assert d["deadline"] == pytest.approx(time.time() + 30.0, abs=1.0)
     assert d["interface"] == "http" and d["protocol"] == "http"
     assert d["description"] == "desc"
@@ -243,7 +252,7 @@ def test_round_trip_keeps_identity_and_deadline() -> None:
     copy = Request.from_dict(request.to_dict())
     assert copy.unique_id == request.unique_id
     assert (copy.interface, copy.protocol) == ("http", "http")
-    assert (copy.description or "").startswith(f"{request.unique_id[-4:]} (desc) via http +")
+    assert (copy.description or "").startswith(f"RQ-{request.unique_id[-4:]} (desc) via http +")
     assert copy.log_levels == [5, 6]
     assert copy.parameters == {"a": 1}
     assert copy.remain == pytest.approx(request.remain, abs=0.5)
@@ -403,3 +412,88 @@ def test_fake_request_attaches() -> None:
     assert request.remain == pytest.approx(3.0, abs=0.5)
     infinite = rq.fake_request()
     assert rq.current() is infinite and infinite.infinite
+
+
+def test_to_dict_copies_parameters_deeply() -> None:
+    tokens: dict[str, str] = {}
+    d = finite(30.0, parameters={"auth_tokens": tokens}).to_dict()
+    tokens["user"] = "later"
+    assert d["parameters"] == {"auth_tokens": {}}
+
+
+def test_from_dict_reads_what_an_older_pmnc_wrote() -> None:
+    d = finite(30.0).to_dict()
+    d["id"] = d.pop("unique_id")
+    assert Request.from_dict(d).unique_id == d["id"]
+
+
+# --- the original's waits and log levels ------------------------------------------------------
+
+
+class _Queue:
+    """What Request.pop needs of a queue: pop(timeout) -> item or None."""
+
+    def __init__(self, *items: object) -> None:
+        self.items, self.timeouts = list(items), []  # type: ignore[var-annotated]
+
+    def pop(self, timeout: float | None = None) -> object:
+        self.timeouts.append(timeout)
+        return self.items.pop(0) if self.items else None
+
+
+def test_pop_waits_no_longer_than_the_deadline(clock: Clock) -> None:
+    queue = _Queue("first")
+    request = finite(2.0)
+    assert request.pop(queue) == "first"
+    clock.advance(1.5)
+    assert request.pop(queue) is None
+    assert queue.timeouts == [2.0, 0.5]
+    assert Request(timeout=None).pop(_Queue()) is None
+
+
+def test_acquire_shared_within_the_deadline() -> None:
+    from pmnc.rwlock import SharedLock
+    lock = SharedLock()
+    assert lock.acquire_exclusive(1.0)
+    got: list[bool] = []
+
+    def other() -> None:
+        rq.attach(finite(0.2))
+        got.append(rq.current().acquire_shared(lock))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(5.0)
+    assert got == [False]  # the exclusive holder kept it past the other's deadline
+    lock.release_exclusive()
+    request = finite(1.0)
+    assert request.acquire_shared(lock) and request.acquire_shared_fast(lock)
+    lock.release_shared()
+    lock.release_shared()
+
+
+def test_log_level_stack() -> None:
+    request = finite(5.0)
+    assert request.log_level is None
+    request.push_log_level(3)
+    request.push_log_level(6)
+    assert request.log_level == 6
+    request.pop_log_level()
+    assert request.log_level == 3
+    request.pop_log_level()
+    with pytest.raises(IndexError):
+        request.pop_log_level()
+
+
+def test_fake_request_as_the_original() -> None:
+    request = rq.fake_request(5.0)
+    assert rq.current() is request
+    assert (request.interface, request.protocol) == ("__fake__", "n/a")
+    assert request.parameters == {"auth_tokens": {}}
+    assert rq.fake_request().infinite and isinstance(rq.current(), rq.InfiniteRequest)
+
+
+def test_self_test_is_seen_by_every_request_of_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert finite(1.0).self_test is None
+    monkeypatch.setattr(Request, "_self_test", "mod")
+    assert finite(1.0).self_test == "mod" and Request(timeout=None).self_test == "mod"

@@ -200,7 +200,7 @@ def test_a_call_returns_the_result_and_continues_the_callers_request(cluster: Cl
     # the callee has what the caller had left (5 s, not its own request_timeout of 10 s), less a margin
     assert 0.0 < seen["caller_remain"] - seen["remain"] < 1.0
     # the description is the caller's own words, not the caller's formatted log prefix
-    assert seen["description"].startswith(f"{seen['id'][-4:]} (order 7) via rpc ")
+    assert seen["description"].startswith(f"RQ-{seen['id'][-4:]} (order 7) via rpc ")
     # the caller's DEBUG level holds in the worker, whose own level is LOG
     worker.wait_for_log(r"DBG .*context\(\) has been called")
 

@@ -87,7 +87,8 @@ def test_file_names() -> None:
 def test_pool_keys_have_the_documented_defaults() -> None:
     assert POOL_KEYS.read({}, "config_resource_db.py") == {
         "pool__size": None, "pool__standby": 0, "pool__idle_timeout": 30.0, "pool__max_age": 300.0,
-        "pool__min_time": 0.0, "pool__max_time": None}
+        "pool__min_time": 0.0, "pool__max_time": None, "pool__cache_size": None, "pool__cache_policy": None,
+        "pool__cache_default_ttl": None, "pool__cache_evict_period": None, "pool__cache_group_interval": None}
     assert POOL_KEYS.read({"pool__size": "4", "pool__max_time": 2}, "f.py")["pool__max_time"] == 2.0
     with pytest.raises(ConfigError, match=r"config_resource_db.py: unknown config key: pool__sise "
                                           r"\(did you mean pool__size\?\)"):

@@ -204,7 +204,7 @@ def test_anything_and_nothing() -> None:
 
     assert accepts(f, object())
     assert accepts(f, None)
-    assert not accepts(g, None)
+    assert accepts(g, None)  # `-> nothing`: the original's "returns no value"
     assert not accepts(g, 1)
 
 

@@ -1,5 +1,8 @@
 # The engine of retried calls: pmnc("cage", queue="retry", id=..., expires_in=...).module.method(...)
 # (see lib/pmnc/retry.py). Calls are queued in cages/<cage>/state/state.sqlite whether or not this runs.
+# This interface, `retry`, runs queue "retry" and every queue without a retry interface of its own.
+# A queue with settings of its own: copy this file to cages/<cage>/config_interface_<queue>.py and
+# add "<queue>" to config_interfaces.py's `interfaces` (max_pending_per_source is read from here only).
 
 config = dict(
     protocol="retry",

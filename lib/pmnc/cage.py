@@ -44,8 +44,17 @@ class Cage:
         self.loader = Loader(cages_dir, name, node, self_test=self_test)
         self.runtime = Runtime(self.loader)
         self.interfaces = InterfaceManager(self.runtime)
+        self.runtime.interface_lookup = self._interface
         self._recovery_due: float | None = None
         self._recovery: threading.Thread | None = None
+
+    def _interface(self, name: str) -> Any:
+        """`pmnc.interfaces.get_interface(name)`: the running interface `name`, or None."""
+        found = getattr(self.interfaces, "get", None)  # the manager's own lookup sees self-tests' too
+        if found is not None:
+            return found(name)
+        live = self.interfaces.live.get(name)
+        return live[0] if live is not None else None
 
     def settings(self) -> dict[str, Any]:
         """config_interfaces.py, every key (schema.INTERFACES_KEYS); ConfigError for an unknown one."""
@@ -118,7 +127,9 @@ class Cage:
         log.unbridge_stdlib()  # a process may run another cage after this one (tests, self-test)
 
     def run(self, stopping: threading.Event) -> None:
-        """Serve until `stopping` is set, with maintenance every second."""
+        """Serve until `stopping` is set (or pmnc.startup.exit() sets it), with maintenance
+        every second."""
+        self.runtime.on_exit = stopping.set
         self.start()
         try:
             while not stopping.wait(MAINTENANCE_PERIOD):

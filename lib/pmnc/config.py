@@ -6,6 +6,11 @@ its `# EOF` line) holding `config = dict(...)` and optionally
 are expanded: `$name` from `config_config`'s `config` plus `__node__`,
 `__cage__` and `__cage_dir__` (unknown `$x` kept, `$$` → `$`), and a string
 `"eval(...)"` is evaluated after expansion, to produce non-string values.
+
+A config file written for the original exports its own `get` / `copy` (lambdas calling
+back `pmnc.config.get_(config, self_test_config, key, default)` / `copy_`): those are
+honoured, so a file that fetches its values elsewhere keeps doing so. A missing key
+without a default is None, as in the original.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pmnc.errors import ConfigError
 from pmnc.loader import Loader, ModuleVersion
 from pmnc.schema import Schema
 
-_NO_DEFAULT = object()
+_OWN = ("get", "copy")  # what an original config file exports itself
 
 
 class Config:
@@ -28,6 +33,7 @@ class Config:
 
     def __init__(self, loader: Loader, target: str) -> None:
         self._loader = loader
+        self._target = target
         self.module = "config_" + target
         self._cache: _Cache | None = None
 
@@ -35,18 +41,54 @@ class Config:
     def version(self) -> int:
         return self._loader.version_number(self.module)
 
-    def get(self, key: str, default: Any = _NO_DEFAULT) -> Any:
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key` in this module's config file, expanded; `default` (expanded
+        too) when the file has no such key."""
+        if self._exports("get"):
+            return self._loader.call(self.module, "get", (key, default), {}, source=self._target)
         cache = self._current()
         if key in cache.raw:
             if key not in cache.expanded:
                 cache.expanded[key] = self._expand(cache.raw[key], cache.variables)
             return copy.deepcopy(cache.expanded[key])
-        if default is _NO_DEFAULT:
-            raise ConfigError(f"{self.module}.py has no key {key!r}")
         return self._expand(default, cache.variables)
 
     def copy(self) -> dict[str, Any]:
+        if self._exports("copy"):
+            values = self._loader.call(self.module, "copy", (), {}, source=self._target)
+            if not isinstance(values, dict):
+                raise ConfigError(f"{self.module}.py: its copy() must return a dict")
+            return values
         return {key: self.get(key) for key in self._current().raw}
+
+    # --- what an original config file calls back ------------------------------------
+
+    def get_(self, config: dict[str, Any], self_test_config: dict[str, Any], key: str, default: Any = None) -> Any:
+        """`pmnc.config.get_(config, self_test_config, key, default)` in config file `X.py`
+        (whose `pmnc.config` this is): the value of `key`, the self-test one in a self-test."""
+        if self._loader.self_test is not None and key in self_test_config:
+            value = self_test_config[key]
+        else:
+            value = config.get(key, default)
+        return self._expand_for_file(value)
+
+    def copy_(self, config: dict[str, Any], self_test_config: dict[str, Any]) -> dict[str, Any]:
+        values = dict(config)
+        if self._loader.self_test is not None:
+            values.update(self_test_config)
+        return {key: self._expand_for_file(value) for key, value in values.items()}
+
+    def _expand_for_file(self, value: Any) -> Any:
+        # this is the pmnc.config of the config file itself; config_config is never expanded
+        if self._target == "config_config":
+            return value
+        return self._expand(value, self._variables(of=self._target))
+
+    def _exports(self, name: str) -> bool:
+        """Whether the config file exports its own `name` (written for the original)."""
+        if self._loader.locate(self.module) is None:
+            return False
+        return name in self._loader.current(self.module).attrs
 
     def _current(self) -> _Cache:
         version = self._loader.current(self.module).number, self._variables_version()
@@ -66,10 +108,10 @@ class Config:
             return 0
         return self._loader.version_number("config_config")
 
-    def _variables(self) -> dict[str, Any]:
+    def _variables(self, of: str | None = None) -> dict[str, Any]:
         loader = self._loader
         variables: dict[str, Any] = {}
-        if self.module != "config_config" and loader.locate("config_config", cached=True) is not None:
+        if (of or self.module) != "config_config" and loader.locate("config_config", cached=True) is not None:
             variables.update(_dict_attr(loader.current("config_config"), "config"))
         variables.update(__node__=loader.node, __cage__=loader.cage, __cage_dir__=loader.cage_dir)
         return variables

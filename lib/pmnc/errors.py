@@ -10,6 +10,7 @@ import builtins
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from types import TracebackType
 
 
@@ -203,13 +204,118 @@ class RetryExitError(PmncError):
 class RPCError(ResourceError):
     """The code called in another cage raised; `remote` is that exception, rebuilt here.
 
-    `pmnc("cage").m.f()` raises `remote` itself; inside a larger transaction the
-    participant's error is this one, as for any other resource.
+    A participant's error inside a larger transaction (`xa.rpc__cage.m.f()`) is this
+    class itself, as for any other resource. `pmnc("cage").m.f()` raises `RPCError.like(
+    remote)`: an RPCError that is also of the remote type, so that `except ValueError`
+    and `except RPCError` (the original's) both catch a remote ValueError.
     """
 
     def __init__(self, description: str, remote: BaseException | None = None) -> None:
         super().__init__(description, recoverable=False, terminal=False)
         self.remote = remote if remote is not None else RemoteError(description)
+
+    @classmethod
+    def like(cls, remote: BaseException) -> RPCError:
+        """An RPCError posing as `remote`: of its type too, with its name, message, args and
+        attributes, so that logs, tracebacks and HTTP error bodies read as `remote` would."""
+        while type(remote) in _MADE:  # already posing: pose as what it poses as
+            remote = remote.remote  # type: ignore[attr-defined]
+        exc = _posing(remote)
+        if exc is None:  # a type that cannot be combined or made empty: its RemoteError
+            exc = _posing(RemoteError(str(remote), _type_name(type(remote)), getattr(remote, "remote_traceback", "")))
+            assert exc is not None
+        return exc
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# The class made per remote type (see RPCError.like): it derives from both and poses as the
+# remote type. Every builtin exception's layout combines with RPCError's (that of
+# BaseException); a remote type whose instances cannot be made empty (ExceptionGroup) or
+# that refuses to be combined falls back to RemoteError.
+_POSING: dict[type[BaseException], type[RPCError] | None] = {}
+_MADE: set[type] = set()
+
+
+def _posing_class(remote_type: type[BaseException]) -> type[RPCError] | None:
+    try:
+        return _POSING[remote_type]
+    except KeyError:
+        pass
+    bases = (remote_type,) if issubclass(remote_type, RPCError) else (RPCError, remote_type)
+    namespace = {"__module__": remote_type.__module__, "__qualname__": remote_type.__qualname__,
+                 "__str__": _remote_text,
+                 "__reduce__": _reduce, "__doc__": f"RPCError and {remote_type.__qualname__}: see RPCError.like"}
+    made: type[RPCError] | None
+    try:
+        made = type(remote_type.__name__, bases, namespace)
+    except TypeError:
+        made = None
+    made = _POSING.setdefault(remote_type, made)
+    if made is not None:
+        _MADE.add(made)
+    return made
+
+
+def _remote_text(exc: RPCError) -> str:
+    return str(exc.remote)
+
+
+def _reduce(exc: RPCError) -> tuple[object, tuple[BaseException]]:
+    return _like_again, (exc.remote,)
+
+
+# Builtin exceptions keep some of their state in C fields rather than in the instance dict.
+_BUILTIN_FIELDS = ("errno", "strerror", "filename", "filename2", "characters_written", "name", "path", "obj",
+                   "msg", "lineno", "offset", "text", "end_lineno", "end_offset", "print_file_and_line",
+                   "encoding", "object", "start", "end", "reason", "code", "value")
+
+
+def builtin_fields(exc: BaseException) -> dict[str, object]:
+    """The fields a builtin exception type keeps outside the instance dict (an OSError's
+    errno and filename ...), those set."""
+    builtin = [c for c in type(exc).__mro__ if c.__module__ == "builtins"]
+    fields = {}
+    for field in _BUILTIN_FIELDS:
+        if any(field in vars(c) for c in builtin):
+            value = getattr(exc, field, None)
+            if value is not None:
+                fields[field] = value
+    return fields
+
+
+def _posing(remote: BaseException) -> RPCError | None:
+    cls = _posing_class(type(remote))
+    if cls is None:
+        return None
+    try:
+        exc = cls.__new__(cls, *remote.args)
+    except Exception:
+        try:
+            exc = cls.__new__(cls)
+        except Exception:
+            return None
+    exc.args = remote.args
+    for field, value in builtin_fields(remote).items():
+        try:
+            setattr(exc, field, value)
+        except (AttributeError, TypeError, ValueError):
+            pass
+    fields = vars(remote)
+    exc.__dict__.update(fields)  # remote_traceback, a remote ResourceError's code and flags, ...
+    for key, value in (("description", str(remote)), ("code", None), ("recoverable", False), ("terminal", False)):
+        exc.__dict__.setdefault(key, value)  # RPCError's own state, where the remote had none
+    if "__notes__" in fields:
+        exc.__notes__ = list(fields["__notes__"])
+    exc.remote = remote
+    return exc
+
+
+def _like_again(remote: BaseException) -> RPCError:
+    """What unpickling a posing exception makes (its class poses under a name it does not own)."""
+    return RPCError.like(remote)
 
 
 class RemoteError(PmncError):
@@ -258,6 +364,22 @@ def exc_string(exc: BaseException | None = None, *, stack: bool = True, skip: in
     return " in ".join([head, " <- ".join(frames)]) if frames else head
 
 
+def trace_string(*, tb: Sequence[traceback.FrameSummary] | None = None, skip: int = 0) -> str:
+    """The calling stack as `inner() (file.py:N) <- outer() (file.py:M)`, the original's helper.
+
+    The caller comes first; `skip` drops that many innermost frames, the caller's
+    included. `tb`, a summary from `traceback.extract_tb` or `extract_stack`, is
+    formatted instead of the stack.
+    """
+    if tb is None:
+        tb = traceback.extract_stack(sys._getframe(1 + skip))
+    return " <- ".join(_describe(tb))
+
+
 def _frames(tb: TracebackType | None) -> list[str]:
-    summary = traceback.extract_tb(tb)
+    return _describe(traceback.extract_tb(tb))
+
+
+def _describe(summary: Sequence[traceback.FrameSummary]) -> list[str]:
+    """Innermost first, base file names only."""
     return [f"{f.name}() ({os.path.basename(f.filename)}:{f.lineno})" for f in reversed(summary)]

@@ -8,6 +8,8 @@ config, transactions, state, retried calls and other cages.
     pmnc.state.get("key")                   this module's durable namespace (state.py)
     pmnc.retry.exit()                       in a retried call (retry.py)
     pmnc("worker").m.f(x)                   another cage (rpc/calls.py, retry.py)
+    pmnc.startup.exit(), pmnc.shared_queues.get("q"), ...   the original's framework modules (framework.py)
+    pmnc.config_interfaces.get("key")       a config file read from anywhere, as the original could
 
 It sits above everything it exposes; what it needs of the running cage it asks of
 `Services` (the runtime), so the loader below knows nothing of it: the runtime hands
@@ -19,7 +21,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Protocol
 
-from pmnc import log
+from pmnc import framework, log
 from pmnc import request as _request
 from pmnc.config import Config
 from pmnc.errors import InvalidModuleNameError
@@ -34,7 +36,7 @@ from pmnc.transaction import TransactionFactory
 MAX_KEPT = 1000  # module refs and pmnc("cage") objects one `pmnc` keeps for speed; more are made anew
 
 # Names the `pmnc` object answers itself; modules by these names are unreachable.
-RESERVED = frozenset({"log", "request", "config", "transaction", "state", "retry"})
+RESERVED = frozenset({"log", "request", "config", "transaction", "state", "retry", *framework.MODULES})
 
 
 class Services(Protocol):
@@ -52,6 +54,15 @@ class Services(Protocol):
 
     @property
     def cluster(self) -> ClusterHandle: ...
+
+    @property
+    def shared(self) -> framework.Shared: ...
+
+    def exit(self) -> None: ...
+
+    def interface(self, name: str) -> Any: ...
+
+    def thread_count(self) -> int: ...
 
 
 class Pmnc:
@@ -90,12 +101,14 @@ class Pmnc:
         """`pmnc.retry.exit()` in a retried call: try again later, quietly."""
         return RetryContext()
 
-    def __getattr__(self, name: str) -> ModuleRef:
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
         if name.startswith("_") or not MODULE_NAME.fullmatch(name):
             raise InvalidModuleNameError(f"module name {name!r} is invalid")
-        ref = ModuleRef(self._loader, name)
+        built_in = framework.MODULES.get(name)
+        ref = built_in(self._services, self._source) if built_in is not None else \
+            ModuleRef(self._loader, name, self._source)
         if len(self.__dict__) < MAX_KEPT:  # refs resolve at each call, so they can be kept - not without end
             self.__dict__[name] = ref
         return ref
@@ -129,35 +142,53 @@ class Pmnc:
 
 
 class ModuleRef:
-    """`pmnc.name`: a late-bound reference to a module, whatever its version."""
+    """`pmnc.name`: a late-bound reference to a module, whatever its version, called from
+    module `source`."""
 
-    def __init__(self, loader: Loader, name: str) -> None:
-        self._loader, self._name = loader, name
+    def __init__(self, loader: Loader, name: str, source: str) -> None:
+        self._loader, self._name, self._source = loader, name, source
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):
             raise AttributeError(attr)
-        value = version_attr(self._loader.current(self._name), attr)
+        version = self._loader.current(self._name)
+        if attr in _CONFIG_READERS and attr not in version.attrs and self._name.startswith("config_"):
+            # pmnc.config_x.get(...) on a config file that exports nothing (pmnc's own form)
+            return getattr(Config(self._loader, self._name[len("config_"):]), attr)
+        value = version_attr(version, attr, self._source)
         if isinstance(value, type):
             return value
-        call = BoundCall(self._loader, self._name, attr)
-        self.__dict__[attr] = call
+        call = BoundCall(self._loader, self._name, attr, self._source)
+        if version.dynamic is None:  # __get_module_attr__ may answer differently next time
+            self.__dict__[attr] = call
         return call
 
     def __repr__(self) -> str:
         return f"<module {self._name}>"
 
 
+_CONFIG_READERS = ("get", "copy")
+
+
 class BoundCall:
-    """`pmnc.name.func`: calls whatever version of `func` is current then."""
+    """`pmnc.name.func`: calls whatever version of `func` is current then; `pmnc.name.func.a.b`
+    passes ["a", "b"] to a func that declares `__call_attributes`."""
 
-    __slots__ = ("_attr", "_loader", "_name")
+    __slots__ = ("_attr", "_attributes", "_loader", "_name", "_source")
 
-    def __init__(self, loader: Loader, name: str, attr: str) -> None:
-        self._loader, self._name, self._attr = loader, name, attr
+    def __init__(self, loader: Loader, name: str, attr: str, source: str,
+                 attributes: tuple[str, ...] = ()) -> None:
+        self._loader, self._name, self._attr, self._source = loader, name, attr, source
+        self._attributes = attributes
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._loader.call(self._name, self._attr, args, kwargs)
+        return self._loader.call(self._name, self._attr, args, kwargs, source=self._source,
+                                 attributes=self._attributes)
+
+    def __getattr__(self, attr: str) -> BoundCall:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return BoundCall(self._loader, self._name, self._attr, self._source, (*self._attributes, attr))
 
     def __repr__(self) -> str:
-        return f"<function {self._name}.{self._attr}>"
+        return f"<function {self._name}.{'.'.join((self._attr, *self._attributes))}>"

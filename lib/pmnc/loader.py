@@ -3,8 +3,17 @@
 Rules a cage module lives by:
 - `name.py` in the cage folder overrides `name.py` in `cages/.shared`, per file.
 - The file must hold a line `# EOF`; without it (a half-written file) it is
-  not loaded. Only names in `__all__` not starting with `_` are reachable,
-  and only functions (annotations enforced at call time) and classes.
+  not loaded (a compiled `name.pyc` needs none, and a `name.py` wins over it).
+  Only names in `__all__` not starting with `_` are reachable, and only functions
+  (annotations enforced at call time) and classes; a name in `__all__` that is
+  neither fails where it is used. `__get_module_attr__` in `__all__` answers
+  other names.
+- As in the original: `__name__` is the bare module name; a function declaring the
+  keyword-only `__source_module_name` / `__call_attributes` gets the caller's module
+  name / the attributes after its own (`pmnc.m.f.a.b()` → ["a", "b"]); a caller's
+  `__module_properties={}` gets {"version": N}; instances of exported classes carry
+  `__containing_module__`; a module `__module_loader__` may substitute the file to load
+  (`before_reload`) and is told of each load (`after_reload`).
 - Other modules reach it as `pmnc.name.func(...)` (facade.py: the `pmnc` object is
   made for each module by the factory the runtime gives the loader), resolved at each
   call through `Loader.call`, so circular calls work and every call sees the current
@@ -25,14 +34,17 @@ serving; `__reloadable__ = False` opts a module out.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import inspect
+import marshal
 import os
 import re
 import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -60,6 +72,9 @@ from pmnc.typecheck import typecheck
 CAGE_MODULES = "pmnc.cage_modules"  # the sys.modules prefix of cage modules
 MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _EOF = b"# EOF"
+_EXTENSIONS = (".py", ".pyc")  # in this order: name.py in .shared wins over name.pyc in the cage
+HOOKS = "__module_loader__"  # the module whose before_reload/after_reload see every other load
+INJECTED = ("__source_module_name", "__call_attributes")  # keyword-only parameters the loader fills
 MISSING_FOR = 1.0  # seconds a missing file is taken to stay missing, unless a file event says otherwise
 
 Signature = tuple[str, int, int, int]  # path, mtime_ns, size, inode
@@ -74,8 +89,17 @@ class ModuleVersion:
     path: str
     signature: Signature
     module: types.ModuleType
-    attrs: dict[str, Any]  # exported name → class or type-checked function
+    attrs: dict[str, Any]  # exported name → class factory or type-checked function, or why it cannot be
     reloadable: bool
+    injected: dict[str, frozenset[str]] = field(default_factory=dict)  # function → INJECTED names it declares
+    dynamic: Callable[..., Any] | None = None  # __get_module_attr__, when in __all__
+
+
+class _Unusable:
+    """A name in `__all__` that cannot be called: the error is raised where it is used."""
+
+    def __init__(self, error: ModuleError) -> None:
+        self.error = error
 
 
 @dataclass
@@ -175,18 +199,20 @@ class Loader:
         return found[1]
 
     def _find(self, name: str) -> tuple[str, str] | None:
-        """(path, real module name) of the file spelt exactly `name.py`, the cage's first."""
-        base = name + ".py"
-        for folder in (self.cage_dir, self.shared_dir):
-            path = os.path.join(folder, base)
-            if not os.path.isfile(path):  # cheap, and enough for names that have no file at all
-                continue
-            listing = self._listings.get(folder)
-            if listing is None or base not in listing:  # new since listed, or another spelling
-                listing = self._listings[folder] = _list_modules(folder)
-            real = listing.get(base)
-            if real is not None:
-                return path, real
+        """(path, real module name) of the file spelt exactly `name.py` (else `name.pyc`),
+        the cage's first."""
+        for extension in _EXTENSIONS:
+            base = name + extension
+            for folder in (self.cage_dir, self.shared_dir):
+                path = os.path.join(folder, base)
+                if not os.path.isfile(path):  # cheap, and enough for names that have no file at all
+                    continue
+                listing = self._listings.get(folder)
+                if listing is None or base not in listing:  # new since listed, or another spelling
+                    listing = self._listings[folder] = _list_modules(folder)
+                real = listing.get(base)
+                if real is not None:
+                    return path, real
         return None
 
     # --- access --------------------------------------------------------------
@@ -198,9 +224,11 @@ class Loader:
             return mod.version
         return self._first_load(name)
 
-    def call(self, name: str, attr: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """`pmnc.name.attr(*args, **kwargs)`, holding the module's lock shared
-        so that a reload waits for this call to finish."""
+    def call(self, name: str, attr: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             source: str | None = None, attributes: tuple[str, ...] = ()) -> Any:
+        """`pmnc.name.attr(*args, **kwargs)` (from module `source`; `pmnc.name.attr.a.b(...)`
+        has `attributes` ("a", "b")), holding the module's lock shared so that a reload
+        waits for this call to finish."""
         self.current(name)
         mod = self._modules[name]
         request = _request.current()
@@ -209,7 +237,16 @@ class Loader:
         try:
             version = mod.version
             assert version is not None
-            return version_attr(version, attr)(*args, **kwargs)
+            function = version_attr(version, attr, source)
+            properties = kwargs.pop("__module_properties", None) if "__module_properties" in kwargs else None
+            injected = version.injected.get(attr)
+            if injected or attributes:
+                kwargs = _inject(version, attr, injected or frozenset(), kwargs, source, attributes)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if isinstance(properties, dict):
+                    properties["version"] = version.number
         finally:
             mod.lock.release_shared()
 
@@ -219,7 +256,8 @@ class Loader:
     # --- loading -------------------------------------------------------------
 
     def _first_load(self, name: str) -> ModuleVersion:
-        if not MODULE_NAME.fullmatch(name) or name.startswith("_"):
+        # a name with a leading _ is nobody's to call, but the hooks' file is the loader's own to load
+        if not MODULE_NAME.fullmatch(name) or (name.startswith("_") and name != HOOKS):
             raise InvalidModuleNameError(f"module name {name!r} is invalid")
         while True:
             with self._lock:
@@ -263,47 +301,79 @@ class Loader:
 
     def _load(self, name: str, path: str, signature: Signature, number: int) -> ModuleVersion:
         """Build a version from the file; raises ModuleError if it cannot serve."""
+        path = self._before_reload(name, path)
         base = os.path.basename(path)
-        try:
-            with open(path, "rb") as f:
-                source = f.read()
-        except OSError as e:
-            raise ModuleNotFoundError(f"file {base} cannot be read: {e}") from None
-        if not any(line.rstrip() == _EOF for line in source.splitlines()):
-            raise ModuleFileIncompleteError(f"file {base} is incomplete: it has no # EOF line")
+        code = _compiled(path, base)
         key = f"{CAGE_MODULES}.{name}"
         serving = sys.modules.get(key)
         module = self._new_module(key, name, path)
+        facade = module.__dict__.get("pmnc")
         try:
             try:
-                exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
+                with _findable_as(name, module):
+                    exec(code, module.__dict__)
             except Exception as e:
                 raise ModuleFileBrokenError(f"file {base} is broken: {exc_string(e, skip=1)}") from None
-            exports = self._exports(name, module)
+            if facade is not None:  # `import pmnc.resource_pool` (the original's idiom) rebinds the name
+                module.__dict__["pmnc"] = facade
+            _registered_as(module, name, key)
+            version = ModuleVersion(name, number, path, signature, module, {},
+                                    bool(module.__dict__.get("__reloadable__", True)))
+            self._exports(version)
         except ModuleError:
             if serving is not None:
                 sys.modules[key] = serving  # the version that keeps serving stays findable
             else:
                 sys.modules.pop(key, None)
             raise
-        return ModuleVersion(name, number, path, signature, module, exports,
-                             bool(module.__dict__.get("__reloadable__", True)))
+        self._after_reload(name, module)
+        return version
 
     def _new_module(self, key: str, name: str, path: str) -> types.ModuleType:
         # Registered under a name no real module has: dataclasses, pickle and
         # typing look classes' modules up in sys.modules, but `import name`
-        # must not find cage code.
+        # must not find cage code. Its code sees the bare name, as in the original.
         spec = importlib.util.spec_from_file_location(key, path)
         assert spec is not None
         module = importlib.util.module_from_spec(spec)
-        module.__dict__.update(__node__=self.node, __cage__=self.cage, __cage_dir__=self.cage_dir,
-                               __module__=name)
+        module.__dict__.update(__name__=name, __node__=self.node, __cage__=self.cage,
+                               __cage_dir__=self.cage_dir, __module__=name)
         if self.pmnc_factory is not None:
             module.__dict__["pmnc"] = self.pmnc_factory(name)
         sys.modules[key] = module
         return module
 
-    def _exports(self, name: str, module: types.ModuleType) -> dict[str, Any]:
+    # --- the __module_loader__ hooks -------------------------------------------------
+
+    def _hooks(self, name: str) -> ModuleVersion | None:
+        if name == HOOKS or self.locate(HOOKS, cached=True) is None:
+            return None
+        return self.current(HOOKS)
+
+    def _before_reload(self, name: str, path: str) -> str:
+        """The file to load for `name`: `path`, or what __module_loader__.before_reload says."""
+        hooks = self._hooks(name)
+        hook = hooks.module.__dict__.get("before_reload") if hooks is not None else None
+        if hook is None:
+            return path
+        try:
+            chosen = hook(name, path, path)
+        except Exception as e:
+            raise ModuleFileBrokenError(f"{HOOKS}.before_reload refused module {name}: {exc_string(e)}") from None
+        return chosen if isinstance(chosen, str) and chosen else path
+
+    def _after_reload(self, name: str, module: types.ModuleType) -> None:
+        hooks = self._hooks(name)
+        hook = hooks.module.__dict__.get("after_reload") if hooks is not None else None
+        if hook is not None:
+            try:
+                hook(module)
+            except Exception as e:  # the original ignored these too: the module has loaded
+                log.error(f"{HOOKS}.after_reload failed for module {name}: {exc_string(e)}")
+
+    def _exports(self, version: ModuleVersion) -> None:
+        """Fill the version's reachable attributes from `__all__`."""
+        name, module = version.name, version.module
         base = os.path.basename(module.__file__ or name)
         names = module.__dict__.get("__all__")
         if names is None:
@@ -315,25 +385,16 @@ class Loader:
         names = list(names)
         if self.self_test == name and "self_test" not in names:
             names.append("self_test")
-        attrs = {}
+        if "__get_module_attr__" in names:
+            version.dynamic = _dynamic_lookup(base, module.__dict__.get("__get_module_attr__"))
         for attr in names:
             if attr.startswith("_"):
                 continue
             if attr not in module.__dict__:
-                raise ModuleFileBrokenError(f"file {base} is broken: {attr} is in __all__ but not defined")
-            attrs[attr] = self._exported(base, attr, module.__dict__[attr])
-        return attrs
-
-    @staticmethod
-    def _exported(base: str, attr: str, value: Any) -> Any:
-        if isinstance(value, type):
-            return value
-        if not callable(value):
-            raise ModuleFileBrokenError(f"file {base} is broken: {attr} in __all__ is neither a class nor a function")
-        try:
-            return typecheck(value)
-        except TypeCheckError as e:
-            raise ModuleFileBrokenError(f"file {base} is broken: {e}") from None
+                version.attrs[attr] = _Unusable(InvalidMethodAccessError(
+                    f"attribute {attr} is in __all__ of module {name} but not defined"))
+                continue
+            version.attrs[attr] = _exported(version, base, attr, module.__dict__[attr])
 
     # --- reloading -----------------------------------------------------------
 
@@ -412,15 +473,139 @@ class Loader:
         log.message(f"module {mod.name} has been reloaded (version {new.number})")
 
 
-def version_attr(version: ModuleVersion, attr: str) -> Any:
-    """An exported attribute of a version, or a clear error saying why not."""
-    try:
-        return version.attrs[attr]
-    except KeyError:
-        pass
+def version_attr(version: ModuleVersion, attr: str, source: str | None = None) -> Any:
+    """An exported attribute of a version, or a clear error saying why not. `source`:
+    the calling module, for `__get_module_attr__`."""
+    found = version.attrs.get(attr)
+    if found is not None:
+        if isinstance(found, _Unusable):
+            raise type(found.error)(*found.error.args)
+        return found
     if attr.startswith("_"):
-        raise InvalidMethodAccessError(f"attribute {attr} of module {version.name} is private") from None
-    raise InvalidMethodAccessError(f"attribute {attr} is not declared in __all__ of module {version.name}") from None
+        raise InvalidMethodAccessError(f"attribute {attr} of module {version.name} is private")
+    if version.dynamic is not None:
+        return _looked_up(version, attr, source)
+    raise InvalidMethodAccessError(f"attribute {attr} is not declared in __all__ of module {version.name}")
+
+
+def _exported(version: ModuleVersion, base: str, attr: str, value: Any) -> Any:
+    """A class as a factory whose instances know their module, a function type-checked
+    (a bad annotation is a broken file), anything else an _Unusable."""
+    if isinstance(value, type):
+        return _factory(value, version.module)
+    if not callable(value):
+        return _Unusable(InvalidMethodAccessError(
+            f"attribute {attr} in module {version.name} is neither a class nor a function"))
+    injected = _injected(value)
+    if injected:
+        version.injected[attr] = injected
+    try:
+        return typecheck(value)
+    except TypeCheckError as e:
+        raise ModuleFileBrokenError(f"file {base} is broken: {e}") from None
+
+
+def _factory(cls: type, module: types.ModuleType) -> Any:
+    """What `pmnc.m.Class` is: the class itself, its instances marked with `__containing_module__`
+    (set on the class: an instance with __slots__ could take no attribute of its own)."""
+    if cls.__dict__.get("__containing_module__") is not module:
+        try:
+            cls.__containing_module__ = module  # type: ignore[attr-defined]
+        except TypeError:  # a built-in type re-exported: nothing to mark
+            pass
+    return cls
+
+
+def _injected(function: Any) -> frozenset[str]:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return frozenset()
+    return frozenset(n for n in INJECTED if n in parameters and parameters[n].kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _inject(version: ModuleVersion, attr: str, injected: frozenset[str], kwargs: dict[str, Any],
+            source: str | None, attributes: tuple[str, ...]) -> dict[str, Any]:
+    if attributes and "__call_attributes" not in injected:
+        raise InvalidMethodAccessError(f"method {attr} of module {version.name} does not take "
+                                       f"call attributes (.{'.'.join(attributes)})")
+    kwargs = dict(kwargs)
+    if "__source_module_name" in injected:
+        kwargs["__source_module_name"] = source or "__framework__"
+    if "__call_attributes" in injected:
+        kwargs["__call_attributes"] = list(attributes)
+    return kwargs
+
+
+def _dynamic_lookup(base: str, function: Any) -> Callable[..., Any]:
+    if not inspect.isfunction(function):
+        raise ModuleFileBrokenError(f"file {base} is broken: __get_module_attr__ in __all__ is not a function")
+    return function
+
+
+def _looked_up(version: ModuleVersion, attr: str, source: str | None) -> Any:
+    """`__get_module_attr__(attr, __source_module_name=source)`, asked at every call (the
+    original kept the first answer for every caller); its answer follows the rules of
+    `__all__`."""
+    assert version.dynamic is not None
+    value = version.dynamic(attr, __source_module_name=source or "__framework__")
+    base = os.path.basename(version.path)
+    found = _exported(version, base, attr, value)
+    if isinstance(found, _Unusable):
+        raise type(found.error)(*found.error.args)
+    return found
+
+
+@contextlib.contextmanager
+def _findable_as(name: str, module: types.ModuleType) -> Iterator[None]:
+    """While the body runs, sys.modules[name] is the module - dataclasses look a class's
+    module up by the name its code saw - unless a real module has that name (which the
+    code then cannot mean)."""
+    if name in sys.modules or importlib.util.find_spec(name) is not None:
+        yield
+        return
+    sys.modules[name] = module
+    try:
+        yield
+    finally:
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+
+
+def _registered_as(module: types.ModuleType, name: str, key: str) -> None:
+    """Classes and functions the module defined name it by its sys.modules key (the code
+    saw the bare name), so pickle, dataclasses and typing find their module."""
+    for value in list(module.__dict__.values()):
+        if isinstance(value, (type, types.FunctionType)) and getattr(value, "__module__", None) == name:
+            try:
+                value.__module__ = key
+            except (AttributeError, TypeError):
+                pass
+
+
+def _compiled(path: str, base: str) -> types.CodeType:
+    """The code of a module file: source with its `# EOF` line, or a compiled .pyc."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModuleNotFoundError(f"file {base} cannot be read: {e}") from None
+    if path.endswith(".pyc"):
+        if data[:4] != importlib.util.MAGIC_NUMBER or len(data) < 16:
+            raise ModuleFileBrokenError(f"file {base} is broken: not compiled by this version of Python")
+        try:
+            code = marshal.loads(data[16:])
+        except (ValueError, EOFError, TypeError) as e:
+            raise ModuleFileBrokenError(f"file {base} is broken: {e}") from None
+        if not isinstance(code, types.CodeType):
+            raise ModuleFileBrokenError(f"file {base} is broken: it holds no module code")
+        return code
+    if not any(line.rstrip() == _EOF for line in data.splitlines()):
+        raise ModuleFileIncompleteError(f"file {base} is incomplete: it has no # EOF line")
+    try:
+        return compile(data, path, "exec", dont_inherit=True)
+    except Exception as e:
+        raise ModuleFileBrokenError(f"file {base} is broken: {exc_string(e, skip=1)}") from None
 
 
 def _list_modules(folder: str) -> dict[str, str]:
@@ -430,7 +615,7 @@ def _list_modules(folder: str) -> dict[str, str]:
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.endswith(".py"):
+                if entry.name.endswith(_EXTENSIONS):
                     real = os.path.realpath(entry.path) if entry.is_symlink() else entry.name
                     found[entry.name] = os.path.splitext(os.path.basename(real))[0]
     except OSError:
@@ -454,27 +639,50 @@ class _FileEvents(FileSystemEventHandler):
         if event.event_type in ("opened", "closed_no_write") or event.is_directory:
             return
         for path in (event.src_path, getattr(event, "dest_path", "")):
-            base = os.path.basename(os.fsdecode(path))
-            if base.endswith(".py") and MODULE_NAME.fullmatch(base[:-3]):
-                self.loader.file_changed(base[:-3])
+            stem, extension = os.path.splitext(os.path.basename(os.fsdecode(path)))
+            if extension in _EXTENSIONS and MODULE_NAME.fullmatch(stem):
+                self.loader.file_changed(stem)
 
 
 T = TypeVar("T")
 
 
+# The original's protocol names for what pmnc's protocols are now (a config file written for
+# the original names its driver): the pmnc protocol, and the prefix of its class there.
+PROTOCOL_ALIASES = {"postgresql_psycopg": ("postgresql", ""), "postgresql_pg8000": ("postgresql", ""),
+                    "oracle_cx": ("oracle", "Sid")}  # oracle.SidResource: `database` is a SID
+
+# The original's protocols pmnc does not have, with what to do instead.
+_OWN_FILE = ("write a protocol_{p}.py of the cage's own (in its folder or .shared) with a {kind} class, "
+             "see docs/protocols.md")
+PROTOCOLS_NOT_SHIPPED = {
+    "mysql_pymysql": "pmnc has no MySQL resource: " + _OWN_FILE,
+    "sqlserver_adodb": "pmnc has no SQL Server resource: " + _OWN_FILE,
+    **{name: "pmnc does not ship it: " + _OWN_FILE
+       for name in ("callable", "cmdexec", "email", "file", "jms", "schedule", "smpp", "tcp", "udp", "void")},
+    "state": "the state resource is built in: use xa.state / pmnc.transaction.state with no config file",
+}
+
+
 def protocol_class(loader: Loader, protocol: Any, kind: str, base: type[T], user: str) -> type[T]:
     """`pmnc.protocols.<protocol>.<kind>` (an Interface or a Resource), or the cage's own
-    `protocol_<protocol>.py`, which wins: a cage can add or replace a protocol."""
+    `protocol_<protocol>.py`, which wins: a cage can add or replace a protocol. The
+    original's names of pmnc's protocols (PROTOCOL_ALIASES) name them too."""
     if not isinstance(protocol, str) or not protocol.isidentifier():
         raise ConfigError(f"{user} must name a protocol in its config file")
+    prefix = ""
     if loader.locate(f"protocol_{protocol}") is not None:
         namespace = loader.current(f"protocol_{protocol}").module.__dict__
+    elif protocol in PROTOCOLS_NOT_SHIPPED:
+        raise ConfigError(f"protocol {protocol!r} of {user} is one of the original's that pmnc does not have: "
+                          f"{PROTOCOLS_NOT_SHIPPED[protocol].format(p=protocol, kind=kind)}")
     else:
+        module, prefix = PROTOCOL_ALIASES.get(protocol, (protocol, ""))
         try:
-            namespace = importlib.import_module(f"pmnc.protocols.{protocol}").__dict__
+            namespace = importlib.import_module(f"pmnc.protocols.{module}").__dict__
         except ImportError:
             raise ConfigError(f"protocol {protocol!r} of {user} is not known") from None
-    cls = namespace.get(kind)
+    cls = namespace.get(prefix + kind)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigError(f"protocol {protocol!r} of {user} has no {kind.lower()} side")
     return cls

@@ -1,12 +1,15 @@
 """Requests: the unit of work, its absolute deadline, and the current request.
 
 The deadline lives here and nowhere else. Every layer that waits derives its
-own timeout from `request.remain`; `wait`, `acquire` and `pop` below are the
-one way to wait on a thread-level primitive within a request's time.
+own timeout from `request.remain`; `wait`, `acquire`, `acquire_shared` and `pop`
+below are the one way to wait on a thread-level primitive within a request's time.
+The API is the original's (`expires_in(t)` is its yes/no test, `to_dict` its keys);
+`deadline_in(t)` and the `remain` setter move the deadline.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 import threading
@@ -28,7 +31,15 @@ MAX_DESCRIPTION = 1000
 
 
 class _Lock(Protocol):
-    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+    def acquire(self, *, timeout: float) -> bool: ...  # a threading lock, or pmnc.shared_locks.get(name)
+
+
+class _SharedLock(Protocol):
+    def acquire_shared(self, timeout: float | None = ...) -> bool: ...
+
+
+class _Queue(Protocol):
+    def pop(self, timeout: float | None = ...) -> Any: ...
 
 
 _ids = random.Random()  # seeded from os.urandom; far cheaper per id than os.urandom itself
@@ -52,6 +63,9 @@ class Request:
     """
 
     _sequence = itertools.count()
+    # The module under self-test (selftest.py), for every request of the process, as the
+    # original's class attribute; a request may also be given its own.
+    _self_test: str | None = None
 
     def __init__(
         self,
@@ -75,7 +89,6 @@ class Request:
         self.log_levels: list[int] = list(log_levels or ())
         self.start = monotonic() if start is None else start
         self.deadline: float | None = None if timeout is None else self.start + timeout
-        self.self_test: str | None = None
         # A tie-breaker so equal deadlines keep arrival order in the EDF queue.
         self.sequence = next(self._sequence)
 
@@ -96,8 +109,14 @@ class Request:
     def remain(self, value: float) -> None:
         self.deadline = monotonic() + value
 
-    def expires_in(self, timeout: float) -> None:
+    def deadline_in(self, timeout: float) -> None:
+        """Move the deadline to `timeout` seconds from now (what the `remain` setter does)."""
         self.remain = timeout
+
+    def expires_in(self, timeout: float) -> bool:
+        """Whether the deadline comes within `timeout` seconds (never, for an infinite request):
+        the original's test before starting something that takes that long."""
+        return self.deadline is not None and monotonic() + timeout >= self.deadline
 
     @property
     def expired(self) -> bool:
@@ -147,11 +166,27 @@ class Request:
         left = self.deadline - monotonic()
         sign = "+" if left >= 0 else "-"
         what = f" ({self._description})" if self._description else ""
-        return f"{self.unique_id[-4:]}{what} via {self.interface} {sign}{abs(left):.1f}s"
+        return f"RQ-{self.unique_id[-4:]}{what} via {self.interface} {sign}{abs(left):.1f}s"
+
+    @property
+    def self_test(self) -> str | None:
+        """The name of the module under self-test, None in a cage that serves."""
+        return self._self_test
+
+    @self_test.setter
+    def self_test(self, module: str | None) -> None:
+        self._self_test = module
 
     @property
     def log_level(self) -> int | None:
         return self.log_levels[-1] if self.log_levels else None
+
+    def push_log_level(self, level: int) -> None:
+        self.log_levels.append(level)
+
+    def pop_log_level(self) -> None:
+        """IndexError when none was pushed, as the original."""
+        self.log_levels.pop()
 
     # --- waits bounded by the deadline ---------------------------------------
 
@@ -163,7 +198,19 @@ class Request:
 
     def acquire(self, lock: _Lock) -> bool:
         timeout = self._timeout()
-        return lock.acquire(True, -1 if timeout is None else timeout)
+        return lock.acquire(timeout=-1 if timeout is None else timeout)
+
+    def acquire_shared(self, lock: _SharedLock) -> bool:
+        """A shared (reader) lock such as `pmnc.shared_locks.get(name)`'s, within the deadline."""
+        return lock.acquire_shared(self._timeout())
+
+    def acquire_shared_fast(self, lock: _SharedLock) -> bool:
+        """The same, but a lock free at once is taken even after the deadline."""
+        return lock.acquire_shared(0.0) or self.acquire_shared(lock)
+
+    def pop(self, queue: _Queue) -> Any:
+        """The next item of a queue such as `pmnc.shared_queues.get(name)`'s, or None at the deadline."""
+        return queue.pop(self._timeout())
 
     def clone(self) -> Request:
         """The same request for another thread: same id and deadline, its own
@@ -178,12 +225,13 @@ class Request:
     # --- serialisation -------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form, with an absolute epoch deadline, as the original's."""
+        """The wire form, with an absolute epoch deadline, as the original's (and its keys)."""
         if self.deadline is None:
             raise DeadlineError("infinite request cannot be serialised")
-        parameters = {k: v for k, v in self.parameters.items() if isinstance(k, str) and not k.startswith("_")}
+        parameters = {k: copy.deepcopy(v) for k, v in self.parameters.items()
+                      if isinstance(k, str) and not k.startswith("_")}
         return {
-            "id": self.unique_id,
+            "unique_id": self.unique_id,
             "deadline": self.epoch_deadline,
             "interface": self.interface,
             "protocol": self.protocol,
@@ -193,8 +241,9 @@ class Request:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], timeout: float | None = None) -> Request:
-        """Rebuild with the same id; deadline = min(timeout, time left on `d`)."""
+    def from_dict(cls, d: dict[str, Any], *, timeout: float | None = None) -> Request:
+        """Rebuild with the same id; deadline = min(timeout, time left on `d`) (a timeout
+        of 0 or None: the time left). `id` is read where an older pmnc wrote it."""
         left = max(float(d["deadline"]) - time.time(), 0.0)
         if timeout:
             left = min(left, timeout)
@@ -205,7 +254,7 @@ class Request:
             parameters=dict(d.get("parameters") or {}),
             description=d.get("description"),
             log_levels=list(d.get("log_levels") or ()),
-            unique_id=d["id"],
+            unique_id=d["unique_id"] if "unique_id" in d else d["id"],
         )
 
     def __repr__(self) -> str:
@@ -244,11 +293,18 @@ def attached(request: Request) -> Iterator[Request]:
         attach(previous)
 
 
+class InfiniteRequest(Request):
+    """A request that never expires: what the framework's own threads run under."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+
+
 def fake_request(timeout: float | None = None, interface: str = "__fake__") -> Request:
     """Attach a test request to the current thread, as the original's helper."""
     if timeout is None:
-        request = Request(timeout=None)
+        request: Request = InfiniteRequest()
     else:
-        request = Request(timeout=timeout, interface=interface, protocol=interface)
+        request = Request(timeout=timeout, interface=interface, protocol="n/a", parameters={"auth_tokens": {}})
     attach(request)
     return request

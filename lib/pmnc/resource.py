@@ -45,9 +45,20 @@ class Resource:
         self.config = config
         self.created = time.monotonic()
         self.used = self.created
-        self.idle_timeout = 30.0
+        self.idle_timeout = 30.0  # the pool sets its pool__idle_timeout / pool__max_age where given
         self.max_age = 300.0
         self.discarded = False  # expire() was called: never reuse, whatever the timers say
+
+    @classmethod
+    def _construct(cls, name: str, config: dict[str, Any], *, cluster: Any = None, pool_size: int = 0) -> Resource:
+        """How a pool makes a connection: the one place that knows how a protocol's class is
+        constructed (pmnc.resource_pool's original-style bases take `(name, **config)`).
+        `cluster` is the cage's rpc.cluster.ClusterHandle, for a class that `needs_cluster`;
+        `pool_size` the threads of the pool. Private, so that no transaction can call it:
+        pools.py is its only caller."""
+        if cls.needs_cluster:
+            return cls(name, config, cluster=cluster)  # type: ignore[call-arg]
+        return cls(name, config)
 
     # --- lifecycle, overridden by protocols ---------------------------------------
 

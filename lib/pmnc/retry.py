@@ -1,4 +1,4 @@
-"""Retried calls: queued durably by the caller, run at least once by the `retry` interface.
+"""Retried calls: queued durably by the caller, run at least once by the cage's retry interfaces.
 
     rt_id = pmnc("worker", queue="retry", id="order-42", expires_in=3600.0).orders.ship(42)
     pmnc(queue="local").m.f(x)           # this cage
@@ -11,8 +11,10 @@ queue already holds its id - the caller's `id` (inside a retried call,
 `<parent RT id>:<id>`), else the RT id - is dropped with a warning, for as
 long as the first is pending and `retention_time` after it finished.
 
-The engine (`Engine`, run by the `retry` interface, protocols/retry.py):
-claims ready rows in a short write that moves their `visible_at` past the
+The engine (`Engine`, one per interface of protocol "retry", protocols/retry.py)
+runs the queue named like its interface; the one of the interface named
+`retry` also runs every queue that no other engine of the cage runs (`Queues`).
+It claims ready rows in a short write that moves their `visible_at` past the
 lease (a claim is a lease: a worker that dies lets it lapse and the row
 comes back), runs each on the cage's worker pool as the request that
 queued it (same id and parameters, plus `parameters["retry"]` = id,
@@ -287,22 +289,25 @@ class OutboxResource(BufferedResource):
     def __init__(self, name: str, config: dict[str, Any], store: StateStore, cage: str,
                  cluster: ClusterHandle) -> None:
         super().__init__(name, config, store)
-        self.cage, self.cluster = cage, cluster
+        self._cage, self._cluster = cage, cluster
+        self._target: Target | None = None
 
     def begin_transaction(self, xid: str, *, source_module_name: str, transaction_options: dict[str, Any],
                           resource_args: tuple[Any, ...], resource_kwargs: dict[str, Any]) -> None:
         super().begin_transaction(xid, source_module_name=source_module_name,
                                   transaction_options=transaction_options, resource_args=resource_args,
                                   resource_kwargs=resource_kwargs)
-        self.target = _outbox_target(self.cage, resource_args, resource_kwargs)
+        self._target = _outbox_target(self._cage, resource_args, resource_kwargs)
 
-    def __getattr__(self, module: str) -> _Methods:
-        if module.startswith("_"):
-            raise AttributeError(module)
-        return _Methods(functools.partial(self._enqueue, module))
+    def _route(self, attrs: tuple[str, ...]) -> Callable[..., Any] | None:
+        """`xa.pmnc(...).module.method`: any module name, even one like an attribute here."""
+        if len(attrs) != 2:
+            return None
+        return functools.partial(self._enqueue, *attrs)
 
     def _enqueue(self, module: str, method: str, *args: Any, **kwargs: Any) -> str:
-        rt_id, op = new_message(self.cage, self.cluster, self.target, module, method, args, kwargs)
+        assert self._target is not None
+        rt_id, op = new_message(self._cage, self._cluster, self._target, module, method, args, kwargs)
         self.ops.append(op)
         return rt_id
 
@@ -442,13 +447,63 @@ class Claimed:
 _CLAIMED = "seq, queue, rt_id, target, module, method, payload, start, expires, attempt, lease"
 
 
+CATCH_ALL = "retry"  # the interface whose engine also runs the queues no other engine runs
+
+
+class Queues:
+    """Which engine runs which queue of one state file: the engine of interface Q runs queue
+    Q; that of interface `retry` runs queue retry and every queue without an engine of its own.
+    So no queue has two engines (interface names are unique), and a queue moves when an
+    engine comes or goes - its claims then in force are leases, which the new engine's
+    claims respect: a call being run is neither run again nor lost, and a new engine with
+    keep_order waits for the head that is running. (Only queue_count is not shared: for
+    that moment the calls the old engine runs are not counted by the new one.)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engines: dict[str, Engine] = {}  # queue named like the interface → its engine
+
+    def join(self, engine: Engine) -> None:
+        """`engine` runs its queue from now on (taking over from the engine of an interface
+        being restarted, which claims nothing more by then)."""
+        with self._lock:
+            self._engines[engine.queue] = engine
+        self._wake_all()
+
+    def leave(self, engine: Engine) -> None:
+        with self._lock:
+            if self._engines.get(engine.queue) is engine:
+                del self._engines[engine.queue]
+        self._wake_all()  # the catch-all takes the queue over at once
+
+    def runs(self, engine: Engine, queue: str) -> bool:
+        with self._lock:
+            return (self._engines.get(queue) or self._engines.get(CATCH_ALL)) is engine
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            engines = list(self._engines.values())
+        for engine in engines:
+            engine.wake()
+
+
+_queues: weakref.WeakKeyDictionary[StateStore, Queues] = weakref.WeakKeyDictionary()
+
+
 class Engine:
-    """Runs the retried calls queued in one cage's state file (see the module's doc)."""
+    """Runs the retried calls of the queues `Queues` gives it in one cage's state file (see
+    the module's doc): the queue named `interface` and, for the interface `retry`, the queues
+    without an engine of their own. Each engine counts, reports and purges its own queues,
+    so that nothing is done twice (hand-overs from other cages are not the engines' work:
+    the rpc interface takes them, `accept`)."""
 
     def __init__(self, lifecycle: Lifecycle, store: StateStore, transactions: TransactionFactory, *, cage: str,
-                 node: str, settings: Settings, interface: str = "retry") -> None:
+                 node: str, settings: Settings, interface: str = CATCH_ALL) -> None:
         self.lifecycle, self.store, self.transactions = lifecycle, store, transactions
         self.cage, self.settings, self.interface = cage, settings, interface
+        self.queue = interface  # the queue named like the interface
+        self.queues = _queues.setdefault(store, Queues())
+        self._adopted: set[str] = set()  # queues without an engine of their own this one runs (the catch-all)
         self.running: dict[str, int] = {}  # queue → calls claimed and not finished
         self._cond = threading.Condition(threading.Lock())
         self._woken = False
@@ -462,6 +517,7 @@ class Engine:
 
     def start(self) -> None:
         self.store.listeners.append(self.wake)
+        self.queues.join(self)
         self._thread = threading.Thread(target=self._loop, name=f"{self.interface}:engine", daemon=True)
         self._thread.start()
 
@@ -471,11 +527,14 @@ class Engine:
         self.wake()
 
     def stop(self) -> None:
+        """After cease and the drain of the calls running: the queue goes to the catch-all
+        (not at cease, so that no other engine runs it while this one's calls finish)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self.wake in self.store.listeners:
             self.store.listeners.remove(self.wake)
+        self.queues.leave(self)
         if self._thread is not None:
             self._thread.join(5.0)
 
@@ -489,11 +548,12 @@ class Engine:
             try:
                 delay = self._round()
                 if self._failing:
-                    log.message("retried calls: the state file can be used again")
+                    log.message(f"interface {self.interface}: retried calls can be run again")
                     self._failing = False
             except Exception as e:
                 if not self._failing:
-                    log.error(f"retried calls cannot be run: {exc_string(e, stack=False)}")
+                    log.error(f"interface {self.interface}: retried calls cannot be run: "
+                              f"{exc_string(e, stack=False)}")
                     self._failing = True
                 delay = POLL_PERIOD
             with self._cond:
@@ -513,7 +573,7 @@ class Engine:
             queues = db.execute(f"SELECT queue, MIN(visible_at) FROM retry WHERE status = '{Status.PENDING}' "
                                 "GROUP BY queue").fetchall()
         delay = POLL_PERIOD
-        for queue, due in queues:
+        for queue, due in self._own(queues):
             free = self._limit() - self.running.get(queue, 0)
             if free <= 0:
                 continue
@@ -527,6 +587,18 @@ class Engine:
             for message in claimed:
                 self._dispatch(message)
         return max(delay, 0.005)
+
+    def _own(self, rows: list[Any]) -> list[Any]:
+        """The rows (queue first) of the queues this engine runs now; the catch-all says
+        once each time it takes up a queue that has no engine of its own."""
+        own = [row for row in rows if self.queues.runs(self, row[0])]
+        kept = {queue for queue in self._adopted if self.queues.runs(self, queue)}  # empty for a while, still ours
+        adopted = {row[0] for row in own if row[0] != self.queue}
+        for queue in sorted(adopted - kept):
+            log.message(f"interface {self.interface} runs the retried calls of queue {queue}, which has no "
+                        f"retry interface of its own")
+        self._adopted = kept | adopted
+        return own
 
     def _limit(self) -> int:
         return 1 if self.settings.keep_order else max(self.settings.queue_count, 1)
@@ -635,11 +707,16 @@ class Engine:
     # --- what operators see ----------------------------------------------------------------------
 
     def _report_and_purge(self, now: float) -> None:
-        retention = self.settings.retention_time
-        self.store.transact(lambda db: db.execute(f"DELETE FROM retry WHERE status IN ('{Status.DONE}', "
-                                                  f"'{Status.EXPIRED}') AND finished < ?", (now - retention,)),
-                            durable=False)
-        counts = queue_counts(self.store, now)
+        """Of this engine's queues: finished ids older than its retention_time deleted, and
+        the counts that changed logged."""
+        with self.store.reading() as db:
+            queues = [q for (q,) in db.execute("SELECT DISTINCT queue FROM retry") if self.queues.runs(self, q)]
+        if queues:
+            before = now - self.settings.retention_time
+            self.store.transact(lambda db: db.executemany(
+                f"DELETE FROM retry WHERE status IN ('{Status.DONE}', '{Status.EXPIRED}') AND queue = ? "
+                "AND finished < ?", [(queue, before) for queue in queues]), durable=False)
+        counts = {q: n for q, n in queue_counts(self.store, now).items() if self.queues.runs(self, q)}
         for queue, numbers in sorted(counts.items()):
             if self._last_counts.get(queue) != numbers:
                 log.log(f"retry queue {queue}: {describe_counts(numbers)}")

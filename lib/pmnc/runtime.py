@@ -10,6 +10,7 @@
     lifecycle     a request's life (lifecycle.py)        from start to stop
     resources     the resource pools (pools.py)          from start to stop
     loop          the asyncio loop (loop.py)             from start to stop
+    shared        shared queues, locks, private pools    made with the cage (framework.py)
 
 A service asked for outside its time raises a clear error rather than hand out None.
 The loader is given the factory of each module's `pmnc` object (facade.py) here, so
@@ -18,8 +19,11 @@ the loader itself knows nothing of what the `pmnc` object exposes.
 
 from __future__ import annotations
 
-from typing import TypeVar
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from pmnc import framework
 from pmnc.errors import ModuleError
 from pmnc.facade import Pmnc
 from pmnc.lifecycle import Intake, Lifecycle
@@ -43,6 +47,11 @@ class Runtime:
         self.cluster = ClusterHandle(loader)
         self.transactions = TransactionFactory(lambda: self.resources, "__framework__")
         self.root = Pmnc(self, "__framework__")
+        self.shared = framework.Shared()
+        self.exit_asked = threading.Event()  # pmnc.startup.exit(): the cage is to stop, for good
+        self.on_exit: Callable[[], None] | None = None  # what the Cage does when it is asked
+        self.interface_lookup: Callable[[str], Any] | None = None  # name → running interface (the Cage's)
+        self._thread_count = 10
         self._state: StateStore | None = None
         self._workers: WorkerPool | None = None
         self._lifecycle: Lifecycle | None = None
@@ -59,6 +68,7 @@ class Runtime:
     def start(self, state: StateStore, *, thread_count: int, sweep_period: float) -> None:
         """The state file (checked by the caller), worker pool, resource pools and loop."""
         self._state = state
+        self._thread_count = thread_count
         self._workers = WorkerPool("worker", thread_count)
         self._lifecycle = Lifecycle(self.intake, self._workers, self.loader)
         built_in = {"state": self._state_resource, "pmnc": self._outbox_resource}
@@ -71,6 +81,7 @@ class Runtime:
     def stop(self) -> None:
         """After the interfaces have stopped: other cages, resources, workers, state, loop."""
         self.cluster.stop()
+        self.shared.stop()
         if self._resources is not None:
             self._resources.stop()
         if self._workers is not None:
@@ -103,6 +114,20 @@ class Runtime:
     @property
     def loop(self) -> EventLoopThread:
         return _running(self._loop, "the event loop is not available")
+
+    # --- what the original's framework modules ask (framework.py) -------------------------
+
+    def exit(self) -> None:
+        """`pmnc.startup.exit()`: stop this cage as a stop signal to its supervisor would."""
+        self.exit_asked.set()
+        if self.on_exit is not None:
+            self.on_exit()
+
+    def interface(self, name: str) -> Any:
+        return self.interface_lookup(name) if self.interface_lookup is not None else None
+
+    def thread_count(self) -> int:
+        return self._thread_count
 
     def _state_resource(self, instance: str) -> Resource:
         return StateResource(instance, {}, self.state)

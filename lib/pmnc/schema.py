@@ -7,6 +7,16 @@
 A key the schema does not know is refused with a ConfigError naming the
 file and the key (and the closest known key): a typo must not pass
 silently. A protocol's schema extends its base's (`Interface.keys.extend(...)`).
+
+A key the original framework had in this file but pmnc keeps elsewhere, or has
+dropped, is `moved`: refused with a message saying where it lives now, so a
+config written for the original is never silently half-read:
+
+    Schema(..., moved={"broadcast_address": "config_cluster.py"})
+    # ConfigError: config_interface_rpc.py: key broadcast_address now lives in config_cluster.py
+
+A key honoured with a caveat has a `note`: given the value from the file, the
+text to log (once per process, file and key), or None.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import difflib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+from pmnc import log
 from pmnc.errors import ConfigError
 
 
@@ -24,27 +35,47 @@ class Key(NamedTuple):
 
     default: Any = None
     convert: Callable[[Any], Any] | None = None
+    note: Callable[[Any], str | None] | None = None  # the converted value -> a line to log once, or None
 
 
 class Schema(Mapping[str, Key]):
-    """The keys of one kind of config file; read() turns a config dict into its settings."""
+    """The keys of one kind of config file; read() turns a config dict into its settings.
+    `moved` maps keys this file no longer holds to where they live now."""
 
-    def __init__(self, **keys: Key) -> None:
+    def __init__(self, *, moved: Mapping[str, str] | None = None, **keys: Key) -> None:
         self._keys = keys
+        self._moved = dict(moved or {})
+        both = set(keys) & set(self._moved)
+        assert not both, f"keys both known and moved: {both}"
 
-    def extend(self, **keys: Key) -> Schema:
-        """This schema's keys and more (a key given again takes its new default and conversion)."""
-        return Schema(**{**self._keys, **keys})
+    @property
+    def moved(self) -> Mapping[str, str]:
+        return self._moved
+
+    def extend(self, *, moved: Mapping[str, str] | None = None, **keys: Key) -> Schema:
+        """This schema's keys and more (a key given again takes its new default and conversion;
+        a key given now is no longer moved, a key moved now is no longer known)."""
+        moved = dict(moved or {})
+        return Schema(moved={k: v for k, v in {**self._moved, **moved}.items() if k not in keys},
+                      **{k: v for k, v in {**self._keys, **keys}.items() if k not in moved})
 
     def read(self, config: Mapping[str, Any], file: str) -> dict[str, Any]:
         """Every key of the schema, from `config` or its default; `config` is left as it was."""
+        moved = [k for k in config if k in self._moved]
+        if moved:
+            raise ConfigError(f"{file}: " + "; ".join(_moved_text(k, self._moved[k]) for k in moved))
         unknown = sorted(k for k in config if k not in self._keys)
         if unknown:
             raise ConfigError(f"{file}: {self._unknown(unknown)}")
-        return {key: self._value(file, key, config) for key in self._keys}
+        settings = {key: self._value(file, key, config) for key in self._keys}
+        for key in config:
+            note = self._keys[key].note
+            if note is not None:
+                _note_once(file, key, note(settings[key]))
+        return settings
 
     def _value(self, file: str, key: str, config: Mapping[str, Any]) -> Any:
-        default, convert = self._keys[key]
+        default, convert, _ = self._keys[key]
         if key not in config:
             return default
         value = config[key]
@@ -53,8 +84,9 @@ class Schema(Mapping[str, Key]):
         try:
             return convert(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{file}: {key} must be {_EXPECTED.get(convert, getattr(convert, '__name__', 'valid'))}, "
-                              f"not {value!r}") from None
+            expected = _EXPECTED.get(convert) or getattr(convert, "expected", None) or \
+                getattr(convert, "__name__", "valid")
+            raise ConfigError(f"{file}: {key} must be {expected}, not {value!r}") from None
 
     def _unknown(self, keys: list[str]) -> str:
         hints = [(key, difflib.get_close_matches(key, self._keys, n=1)) for key in keys]
@@ -76,6 +108,24 @@ class Schema(Mapping[str, Key]):
 
     def __repr__(self) -> str:
         return f"<Schema {', '.join(self._keys)}>"
+
+
+def _moved_text(key: str, where: str) -> str:
+    """`where` is a config file (and more words), or why pmnc has no such key."""
+    if where.startswith("config_"):
+        return f"key {key} now lives in {where}"
+    return f"key {key} is not used by pmnc: {where}"
+
+
+_noted: set[tuple[str, str, str]] = set()  # (file, key, text) already logged
+
+
+def _note_once(file: str, key: str, text: str | None) -> None:
+    """A caveat about a key, logged once per process: config files are read per connection."""
+    if text is None or (file, key, text) in _noted:
+        return
+    _noted.add((file, key, text))
+    log.warning(f"{file}: {key}: {text}")
 
 
 def names(value: Any) -> tuple[str, ...]:
@@ -114,6 +164,12 @@ POOL_KEYS = Schema(
     pool__max_age=Key(300.0, float),  # any connection is closed after this
     pool__min_time=Key(0.0, float),  # a call with less time left is declined
     pool__max_time=Key(None, float),  # a call may take at most this (None: no limit)
+    # a cache of call results, when pool__cache_size is set (pools.ResultCache)
+    pool__cache_size=Key(None, int),  # entries kept (None or 0: no cache)
+    pool__cache_policy=Key(None, str),  # what goes first: lru (None) lfu weight useless old random
+    pool__cache_default_ttl=Key(None, float),  # seconds an entry lives (None: until evicted)
+    pool__cache_evict_period=Key(None, float),  # seconds between evictions (None: 10.0)
+    pool__cache_group_interval=Key(None, float),  # seconds of hits a pool__cache_group is valued by
 )
 
 

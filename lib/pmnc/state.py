@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from pmnc import log
 from pmnc import request as _request
-from pmnc.errors import StateCorruptError, StateError, exc_string
+from pmnc.errors import NotAvailableError, StateCorruptError, StateError, exc_string
 from pmnc.resource import Resource
 from pmnc.schema import Key, Schema
 
@@ -475,8 +475,40 @@ class ModuleState:
     def delete(self, key: str) -> None:
         self._store().apply([delete_op(self._module, key)])
 
+    # the original's raw BerkeleyDB API, which pmnc does not have: one log line says what to do
+    def get_database(self, *args: Any, **kwargs: Any) -> Any:
+        raise _no_raw_state("get_database")
+
+    def get_queue(self, *args: Any, **kwargs: Any) -> Any:
+        raise _no_raw_state("get_queue")
+
+    def implicit_transaction(self, *args: Any, **kwargs: Any) -> Any:
+        raise _no_raw_state("implicit_transaction")
+
+    def explicit_transaction(self, *args: Any, **kwargs: Any) -> Any:
+        raise _no_raw_state("explicit_transaction")
+
+    def start_transaction(self, *args: Any, **kwargs: Any) -> Any:
+        raise _no_raw_state("start_transaction")
+
     def __repr__(self) -> str:
         return f"<state of module {self._module}>"
+
+
+_RAW_STATE_ADVICE = ("pmnc keeps the state in SQLite, not BerkeleyDB: use pmnc.state.get/set/delete "
+                     "(one durable write each), xa.state.get/set/delete inside pmnc.transaction for "
+                     "several at once, and pmnc.shared_queues or retried calls (pmnc(queue=...)) "
+                     "where a BerkeleyDB queue was used")
+_told: set[str] = set()
+
+
+def _no_raw_state(name: str) -> NotAvailableError:
+    """The error for the original's raw state API, logged once per name in a process."""
+    text = f"pmnc.state.{name}() is the original's raw BerkeleyDB API, which pmnc does not have: {_RAW_STATE_ADVICE}"
+    if name not in _told:
+        _told.add(name)
+        log.error(text)
+    return NotAvailableError(text)
 
 
 class BufferedResource(Resource):

@@ -27,13 +27,14 @@ from pmnc import log
 from pmnc.errors import StateCorruptError, exc_string
 
 TARGET = re.compile(r"(?:([A-Za-z0-9_-]{1,32})\.)?([A-Za-z0-9_-]{1,32})")
-USAGE = ("usage: python3 startup.py [node.]cage | --self-test cage module | --keys ca|server|client|cage DIR ... | "
-         "--retry cage list [queue] | --retry cage purge queue")
+USAGE = ("usage: python3 startup.py [node.]cage | --self-test cage module [sub-folder ...] | "
+         "--keys ca|server|client|cage DIR ... | --retry cage list [queue] | --retry cage purge queue")
 CHILD_FLAG = "--cage-process"
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 EXIT_REFUSED = 3  # the cage refuses to start (a damaged state file): restarting would not help
 EXIT_TERMINATED = 4  # the cage process shut down cleanly on its own SIGTERM, its supervisor did not ask
+EXIT_ASKED = 5  # the cage stopped itself (pmnc.startup.exit()): the supervisor ends too
 STABLE_AFTER = 60.0  # a cage that ran this long before dying restarts without delay
 STOP_GRACE = 120.0  # how long the primary waits for a stopping cage before killing it
 
@@ -49,9 +50,10 @@ def main(root: str, argv: list[str]) -> int:
         if argv[:1] == ["--self-test"]:
             from pmnc.selftest import run_self_test
 
-            if len(argv) != 3:
+            if len(argv) < 3:
                 raise UsageError(USAGE)
-            return run_self_test(root, check_cage(root, argv[1]), argv[2])
+            cage_dir = os.path.join(root, "cages", check_cage(root, argv[1]))
+            return run_self_test(cage_dir, argv[2], required_dirs=argv[3:])
         if argv[:1] == ["--retry"]:
             from pmnc.retry import main as retry_main
 
@@ -156,6 +158,9 @@ class Supervisor:
             code = self._run_child(mode)
             if self.stopping.is_set():
                 return 0
+            if code == EXIT_ASKED:
+                log.message("the cage has stopped itself (pmnc.startup.exit()), the supervisor ends")
+                return 0
             if code == EXIT_REFUSED:
                 log.error("the cage has refused to start (see above) and is not restarted")
                 return 1
@@ -236,13 +241,16 @@ def run_cage(root: str, node: str, cage: str, mode: str, files: str = "") -> int
     log.message(f"the cage is {STARTING.get(mode, 'starting up')}, pid {os.getpid()}")
     raise_descriptor_limit()
     try:
-        Cage(os.path.join(root, "cages"), cage, node).run(stopping)
+        running = Cage(os.path.join(root, "cages"), cage, node)
+        running.run(stopping)
     except StateCorruptError as e:
         log.error(f"the cage refuses to start: {e}")
         return EXIT_REFUSED
     except Exception as e:
         log.error(f"the cage has failed: {exc_string(e)}")
         return 1
+    if running.runtime.exit_asked.is_set():
+        return EXIT_ASKED
     return EXIT_TERMINATED if terminated.is_set() else 0
 
 

@@ -30,8 +30,10 @@ prepare and a durable decision, see "two-phase commit" below):
 from __future__ import annotations
 
 import enum
+import inspect
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pmnc import log
@@ -43,6 +45,7 @@ from pmnc.errors import (
     TransactionExecutionError,
     exc_string,
 )
+from pmnc.pools import WAIT_EXPIRED, cache_ticket
 from pmnc.request import new_unique_id
 from pmnc.resource import LIFECYCLE, Resource
 
@@ -229,19 +232,28 @@ class Transaction:
 
     def _run(self, participant: Participant, pool: ResourcePool) -> None:
         try:
-            with pool.connection() as resource:
-                result = self._invoke(participant, resource, pool)
-                self._report(participant, result)
-                if pool.transactional:
-                    self._finish(participant, resource, _request.current())
-                else:
-                    self._reach(participant, Stage.COMMITTED)  # nothing to commit: the call was the effect
+            # a branch of a two-phase commit must run to be prepared: never from the cache
+            cache = _CacheUse(participant, pool, cacheable=participant.branch is None)
+            if cache.hit is not NoValue:
+                self._report(participant, cache.hit)
+                self._reach(participant, Stage.COMMITTED)  # nothing ran, nothing to commit
+                return
+            try:
+                with pool.connection() as resource:
+                    result = self._invoke(participant, resource, pool, cache)
+                    self._report(participant, result)
+                    if pool.transactional:
+                        self._finish(participant, resource, _request.current())
+                    else:
+                        self._reach(participant, Stage.COMMITTED)  # nothing to commit: the call was the effect
+            finally:
+                cache.finish()
         except ResourceError as e:
             self._report(participant, e)
 
-    def _invoke(self, participant: Participant, resource: Resource, pool: ResourcePool) -> Any:
+    def _invoke(self, participant: Participant, resource: Resource, pool: ResourcePool, cache: _CacheUse) -> Any:
         options = self._options if participant.branch is None else {**self._options, "branch": participant.branch}
-        return _invoke(self.xid, self._source, options, participant, resource, pool)
+        return _invoke(self.xid, self._source, options, participant, resource, pool, cache)
 
     def _run_inline(self, participant: Participant, pool: ResourcePool) -> Any:
         return _run_inline(self.xid, self._source, self._options, participant, pool)
@@ -491,7 +503,7 @@ def _recover_resource(pool: ResourcePool, prefix: str, decided: dict[str, Any]) 
 
 
 def _invoke(xid: str, source: str, options: dict[str, Any], participant: Participant, resource: Resource,
-            pool: ResourcePool) -> Any:
+            pool: ResourcePool, cache: _CacheUse) -> Any:
     """Begin and call, within the pool's time limits; a failure rolls back and
     leaves as a ResourceError (a terminal one discards the connection)."""
     request = _request.current()
@@ -501,7 +513,7 @@ def _invoke(xid: str, source: str, options: dict[str, Any], participant: Partici
         resource.begin_transaction(xid, source_module_name=source, transaction_options=options,
                                    resource_args=participant.resource_args,
                                    resource_kwargs=participant.resource_kwargs)
-        result = _method(resource, participant.attrs)(*participant.args, **participant.kwargs)
+        result = cache.call(_method(resource, participant.attrs), participant.args)
     except Exception as e:
         error = _resource_error(e)
         _quietly(resource, "rollback")
@@ -520,11 +532,17 @@ def _run_inline(xid: str, source: str, options: dict[str, Any], participant: Par
     done on the caller's thread, sparing the hand-offs. Its success is the decision, so
     it commits at once (when there is anything to commit)."""
     try:
-        with pool.connection() as resource:
-            result = _invoke(xid, source, options, participant, resource, pool)
-            if pool.transactional:
-                _commit_inline(xid, participant, resource)
-            return result
+        cache = _CacheUse(participant, pool, cacheable=True)
+        if cache.hit is not NoValue:
+            return cache.hit
+        try:
+            with pool.connection() as resource:
+                result = _invoke(xid, source, options, participant, resource, pool, cache)
+                if pool.transactional:
+                    _commit_inline(xid, participant, resource)
+                return result
+        finally:
+            cache.finish()
     except ResourceError as e:
         e.participant_index = 0
         raise
@@ -547,6 +565,125 @@ def _cap_time(request: _request.Request, pool: ResourcePool) -> None:
                             f"less than its pool__min_time", recoverable=True, terminal=False)
 
 
+# The pool__cache_* kwargs a call may pass (the original's): they steer its pool's result
+# cache (pools.ResultCache) and never reach the resource, whether the pool has a cache or not.
+CACHE_CALL_KEYS = ("pool__cache_key", "pool__cache_ttl", "pool__cache_weight", "pool__cache_group",
+                   "pool__cache_wrap", "pool__cache_get", "pool__cache_put", "pool__cache_read_keys",
+                   "pool__cache_write_keys")
+_DEFAULT_KEY = object()
+
+
+class _CacheUse:
+    """What one call does with its pool's result cache: `kwargs` are its own without the
+    pool__cache_* ones, `hit` the cached result (NoValue: the call must run, through call()).
+
+    The key is (attrs, args, kwargs), or the call's pool__cache_key: a value, a function of
+    (attrs, args, kwargs), or None for no caching. pool__cache_get / pool__cache_put replace
+    the cache's own get and put; pool__cache_wrap turns a result into what is cached and
+    returned; pool__cache_weight is what the result is worth (else the seconds it took).
+    A cache that fails is logged and the call runs uncached, as in the original."""
+
+    def __init__(self, participant: Participant, pool: ResourcePool, *, cacheable: bool) -> None:
+        self.kwargs, options = _cache_options(participant)
+        self.wrap: Callable[[Any], Any] | None = options.pop("pool__cache_wrap", None)
+        self.weight: float | None = options.pop("pool__cache_weight", None)
+        self.pool = pool
+        self.hit: Any = NoValue
+        self._pending = False  # got from the cache, not yet put back: identical calls may be waiting
+        key = options.pop("pool__cache_key", _DEFAULT_KEY)
+        get, put = options.pop("pool__cache_get", None), options.pop("pool__cache_put", None)
+        if pool.cache is None or not cacheable or key is None:
+            return
+        self._get, self._put = get or pool.cache.get, put or pool.cache.put
+        self._options, self._ticket = options, cache_ticket()  # options: ttl, group, read and write keys
+        request = _request.current()
+        try:
+            self._key = self._make_key(key, participant)
+            value = self._get(self._key, pool__cache_timeout=None if request.deadline is None else request.remain,
+                              pool__cache_transaction_id=self._ticket, **options)
+        except Exception as e:
+            log.error(f"cache of resource {pool.name}: get failed, the call runs uncached: {exc_string(e)}")
+            return
+        self._pending = True
+        if value is WAIT_EXPIRED:
+            self.finish()
+            raise ResourceError(f"request deadline waiting for a cached result from resource {pool.name}",
+                                recoverable=True, terminal=False)
+        if value is not None:
+            self.hit = value
+            self.finish()
+
+    def _make_key(self, key: Any, participant: Participant) -> Hashable:
+        if key is _DEFAULT_KEY:
+            key = (participant.attrs, participant.args, frozenset(self.kwargs.items()))
+        elif inspect.isfunction(key):
+            key = key(participant.attrs, participant.args, self.kwargs)
+        hash(key)  # an unhashable one fails here, not inside the cache
+        return key  # type: ignore[no-any-return]
+
+    def call(self, method: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """The call itself; its result (None if it failed) goes to the cache at once: an
+        identical call waiting for it may be another participant of this transaction."""
+        started, outcome = time.monotonic(), None
+        try:
+            value = method(*args, **self.kwargs)
+            if value is not None and self.wrap is not None:
+                value = self.wrap(value)
+            outcome = value
+            return value
+        finally:
+            self.finish(outcome, self.weight if self.weight is not None else time.monotonic() - started)
+
+    def finish(self, result: Any = None, weight: float | None = None) -> None:
+        """Put the result (None: nothing to cache) back, once; waiting calls are woken."""
+        if not self._pending:
+            return
+        self._pending = False
+        try:
+            self._put(self._key, result, pool__cache_weight=weight, pool__cache_transaction_id=self._ticket,
+                      **self._options)
+        except Exception as e:
+            log.error(f"cache of resource {self.pool.name}: put failed: {exc_string(e)}")
+
+
+def _cache_options(participant: Participant) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The call's kwargs split into its own and its checked pool__cache_* ones."""
+    kwargs, options = {}, {}
+    for name, value in participant.kwargs.items():
+        if not name.startswith("pool__cache_"):
+            kwargs[name] = value
+        elif name in CACHE_CALL_KEYS:
+            options[name] = _cache_option(name, value)
+        else:
+            raise ResourceInputParameterError(f"{name} is not a cache option of a call to resource "
+                                              f"{participant.resource} (these are {', '.join(CACHE_CALL_KEYS)})")
+    if options.get("pool__cache_read_keys") is not None and options.get("pool__cache_write_keys") is not None:
+        raise ResourceInputParameterError("a call either reads (pool__cache_read_keys) or writes "
+                                          "(pool__cache_write_keys), not both")
+    return kwargs, options
+
+
+def _cache_option(name: str, value: Any) -> Any:
+    if value is None or name in ("pool__cache_key", "pool__cache_group"):
+        return value
+    if name in ("pool__cache_ttl", "pool__cache_weight"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (name == "pool__cache_ttl" and value < 0):
+            raise ResourceInputParameterError(f"{name} must be a number{' of seconds' * (name == 'pool__cache_ttl')}, "
+                                              f"not {value!r}")
+        return float(value)
+    if name in ("pool__cache_read_keys", "pool__cache_write_keys"):
+        try:
+            keys = frozenset(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else None
+        except TypeError:  # unhashable items
+            keys = None
+        if keys is None or not all(isinstance(k, str) for k in keys):
+            raise ResourceInputParameterError(f"{name} must be a set (or list) of strings, not {value!r}")
+        return keys or None  # none at all: as not given, as the original
+    if not callable(value):
+        raise ResourceInputParameterError(f"{name} must be callable, not {value!r}")
+    return value
+
+
 def default_accept(xa: Transaction, results: list[Any]) -> Any:
     """All succeeded: commit and return them in order. One failed: roll back at once."""
     for result in results:
@@ -556,9 +693,19 @@ def default_accept(xa: Transaction, results: list[Any]) -> Any:
 
 
 def _method(resource: Resource, attrs: tuple[str, ...]) -> Callable[..., Any]:
-    """Replay `xa.res.a.b` on the connection: `resource.a.b`, public names only."""
-    if not attrs or attrs[0] in LIFECYCLE or any(a.startswith("_") for a in attrs):
+    """Replay `xa.res.a.b` on the connection: `resource.a.b`, public names only - or, for a
+    resource whose names are the user's own (another cage's modules), what its `_route` says,
+    so a module named `commit` or `name` is never taken for the resource's own attribute."""
+    if not attrs or any(a.startswith("_") for a in attrs):
         raise ResourceInputParameterError(f"{'.'.join(attrs) or '()'} cannot be called on resource {resource.name}")
+    route = getattr(resource, "_route", None)
+    if route is not None:
+        found = route(attrs)
+        if found is None:
+            raise ResourceInputParameterError(f"resource {resource.name} has no method {'.'.join(attrs)}")
+        return found  # type: ignore[no-any-return]
+    if attrs[0] in LIFECYCLE:
+        raise ResourceInputParameterError(f"{'.'.join(attrs)} cannot be called on resource {resource.name}")
     target: Any = resource
     try:
         for attr in attrs:

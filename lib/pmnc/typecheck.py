@@ -6,6 +6,10 @@ or list literal (same type and length, each element checked), any callable
 `X | None`, `Optional[X]`, `list[int]`, `dict[str, int]`, `tuple[int, ...]`,
 `Literal[...]`, `Any`. Positional parameters are checked however they are
 passed; defaults are checked once, when the function is wrapped.
+
+The original's extras live here too (the top-level `typecheck` module only
+re-exports them): `typecheck_with_exceptions` to raise other error classes,
+and `disable()` to stop wrapping from then on.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = [
     "anything",
     "by_regex",
     "dict_of",
+    "disable",
     "either",
     "list_of",
     "nothing",
@@ -34,8 +39,17 @@ __all__ = [
     "set_of",
     "tuple_of",
     "typecheck",
+    "typecheck_with_exceptions",
     "with_attr",
 ]
+
+_enabled = True  # off for good once disable() is called, as in the original
+
+
+def disable() -> None:
+    """Functions wrapped from now on come back unchanged (those wrapped before stay checked)."""
+    global _enabled
+    _enabled = False
 
 
 class _Predicate:
@@ -73,7 +87,7 @@ def either(*specs: Any) -> _Predicate:
 
 
 anything = _Predicate(lambda v: True, "anything")
-nothing = _Predicate(lambda v: False, "nothing")
+nothing = _Predicate(lambda v: v is None, "nothing")  # `-> nothing`: returns no value, as the original
 
 
 def _container_of(kind: type[Any], spec: Any) -> _Predicate:
@@ -157,7 +171,7 @@ class _Signature:
         self.var_positional: Check | None = None
         self.var_keyword: Check | None = None
         for name, param in sig.parameters.items():
-            check = compile_spec(hints[name]) if name in hints else None
+            check = _compile_named(name, hints[name]) if name in hints else None
             self._check_default(func, name, param, check)
             if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
                 self.positional.append((name, check))
@@ -169,18 +183,26 @@ class _Signature:
                 self.var_keyword = check
             elif check is not None and param.kind != param.POSITIONAL_ONLY:
                 self.by_name[name] = check
-        self.result = compile_spec(hints["return"]) if "return" in hints else None
+        self.result = _compile_named("return", hints["return"]) if "return" in hints else None
 
     @staticmethod
     def _check_default(func: Callable[..., Any], name: str, param: inspect.Parameter, check: Check | None) -> None:
         if check is not None and param.default is not param.empty and not check(param.default):
-            raise TypeCheckSpecificationError(
-                f"default value for {name} of {func.__qualname__}() fails its own check: {param.default!r}")
+            raise TypeCheckSpecificationError(  # the original's words first: its self-tests compare prefixes
+                f"the default value for {name} is incompatible with its typecheck: "
+                f"{_short(param.default)} in {func.__qualname__}() fails its own check")
 
     @property
     def empty(self) -> bool:
         return (self.result is None and self.var_positional is None and self.var_keyword is None
                 and not self.by_name and all(c is None for _, c in self.positional))
+
+
+def _compile_named(name: str, spec: Any) -> Check:
+    try:
+        return compile_spec(spec)
+    except TypeCheckSpecificationError as e:
+        raise TypeCheckSpecificationError(f"invalid typecheck for {name}: {e}") from None
 
 
 def _annotations(func: Callable[..., Any]) -> dict[str, Any]:
@@ -191,16 +213,20 @@ def _annotations(func: Callable[..., Any]) -> dict[str, Any]:
         raise TypeCheckSpecificationError(f"annotations of {func.__qualname__}() cannot be resolved: {e}") from None
 
 
-def typecheck(func: Callable[..., Any]) -> Callable[..., Any]:
+def typecheck(func: Callable[..., Any], *, input_parameter_error: type[Exception] = InputParameterError,
+              return_value_error: type[Exception] = ReturnValueError) -> Callable[..., Any]:
     """Wrap `func` to check its annotated parameters and result; unannotated
-    functions come back unchanged."""
+    functions, functions already wrapped, and every function after `disable()`
+    come back unchanged. A failed check raises the given error classes."""
+    if not _enabled or getattr(func, "__pmnc_checked__", False):
+        return func  # already checked: the loader must not hide a cage's own error classes behind ours
     sig = _Signature(func)
     if sig.empty:
         return func
     name = func.__name__
 
-    def bad_input(param: str, value: Any) -> InputParameterError:
-        return InputParameterError(f"{name}() has got an incompatible value for {param}: {_short(value)}")
+    def bad_input(param: str, value: Any) -> Exception:
+        return input_parameter_error(f"{name}() has got an incompatible value for {param}: {_short(value)}")
 
     @functools.wraps(func)
     def checked(*args: Any, **kwargs: Any) -> Any:
@@ -218,11 +244,24 @@ def typecheck(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise bad_input(param, value)
         result = func(*args, **kwargs)
         if sig.result is not None and not sig.result(result):
-            raise ReturnValueError(f"{name}() has returned an incompatible value: {_short(result)}")
+            raise return_value_error(f"{name}() has returned an incompatible value: {_short(result)}")
         return result
 
     checked.__pmnc_checked__ = True  # type: ignore[attr-defined]
     return checked
+
+
+def typecheck_with_exceptions(
+    *, input_parameter_error: type[Exception] | None = None, return_value_error: type[Exception] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`@typecheck_with_exceptions(input_parameter_error=E)`: a typecheck raising `E` (say, a
+    resource's ResourceInputParameterError) instead of InputParameterError; None keeps ours."""
+    for param, value in (("input_parameter_error", input_parameter_error), ("return_value_error", return_value_error)):
+        if value is not None and not (isinstance(value, type) and issubclass(value, Exception)):
+            raise InputParameterError(
+                f"typecheck_with_exceptions() has got an incompatible value for {param}: {_short(value)}")
+    inputs, results = input_parameter_error or InputParameterError, return_value_error or ReturnValueError
+    return lambda func: typecheck(func, input_parameter_error=inputs, return_value_error=results)
 
 
 def _short(value: Any) -> str:

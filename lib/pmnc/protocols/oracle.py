@@ -327,6 +327,17 @@ class Resource(SQLResource):
             raise error from None
 
 
+class SidResource(Resource):
+    """Protocol `oracle_cx` (the original's name, loader.PROTOCOL_ALIASES): its `database` was
+    the instance's SID, as cx_Oracle's makedsn(host, port, database) took it, not a service
+    name. Everything else is this protocol's."""
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        if "service_name" in self.params:
+            self.params["sid"] = self.params.pop("service_name")
+
+
 def call_timeout(request: _request.Request) -> int | None:
     """The driver's call timeout (ms, 0: none) for a round trip starting now; None
     once the deadline has passed (the driver's 0 would mean no timeout at all)."""

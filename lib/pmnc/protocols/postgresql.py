@@ -3,7 +3,9 @@
 Config (`config_resource_postgresql_1.py`): `server_address=(host, port)`,
 `database`, `username`, `password`, `connect_timeout`, `decimal_precision`,
 or a `dsn` (libpq conninfo or URI) instead of the first four. The
-application name the server sees is `<node>.<cage>`.
+application name the server sees is `<node>.<cage>`. The original's protocol
+names `postgresql_psycopg` and `postgresql_pg8000` name this one (loader.py),
+and their config files work as they are (pg8000's `server_encoding = None` too).
 
 - Each participant is one local transaction on its own connection; the
   resource kwargs `isolation_level` ("READ COMMITTED", "REPEATABLE READ",
@@ -32,9 +34,9 @@ from psycopg.rows import dict_row
 
 from pmnc import log
 from pmnc import request as _request
-from pmnc.errors import ResourceDeadlineError, ResourceInputParameterError, SQLResourceError
+from pmnc.errors import ConfigError, ResourceDeadlineError, ResourceInputParameterError, SQLResourceError
 from pmnc.protocols.sql import SQL_KEYS, SQLResource, Statement
-from pmnc.schema import Key, address
+from pmnc.schema import Key, address, resource_file
 
 # SQLSTATE classes after which the connection is still good (as the original's):
 # warnings, no data, cardinality, data, integrity, syntax/access, check option, PL/pgSQL.
@@ -75,6 +77,9 @@ KEYS = SQL_KEYS.extend(
     # (None: never, for poolers such as pgbouncer in transaction mode)
     prepare_threshold=Key(5),
     application_name=Key("pmnc", str),
+    # the original's (protocol postgresql_pg8000): None, its "ask the server", is what psycopg
+    # always does; a name is refused, see Resource.__init__
+    server_encoding=Key(None),
 )
 
 
@@ -86,6 +91,9 @@ class Resource(SQLResource):
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config, KEYS)
         s = self.config
+        if s["server_encoding"] is not None:
+            raise ConfigError(f"{resource_file(name)}: server_encoding is not needed any more, remove it: the "
+                              f"driver learns the server's encoding when it connects and converts every text")
         self.params: dict[str, Any] = {}
         if s["dsn"] is None:  # with a dsn, database, username and password are ignored
             host, port = s["server_address"]

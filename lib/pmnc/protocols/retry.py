@@ -1,6 +1,12 @@
-"""The `retry` interface: runs this cage's retried calls (the engine is pmnc/retry.py).
+"""Interfaces of protocol "retry": each runs the retried calls of the queue named like it
+(the engine is pmnc/retry.py); the one named `retry` also runs every queue that has no
+retry interface of its own. A queue of its own settings, as in the original:
 
-config_interface_retry.py (the original's keys, and two of ours):
+    cp cages/.shared/config_interface_retry.py cages/<cage>/config_interface_orders.py
+    # and "orders" in config_interfaces.py's `interfaces`; then pmnc(queue="orders") calls
+    # run with the settings of config_interface_orders.py
+
+config_interface_<queue>.py (the original's keys, and two of ours):
 
     queue_count         calls of one queue run at once                         (4)
     keep_order          one call of a queue at a time, in the order queued;
@@ -12,9 +18,10 @@ config_interface_retry.py (the original's keys, and two of ours):
     request_timeout     seconds one attempt may take      (the cage's request_timeout)
     max_pending_per_source  calls another cage may have handed over here and pending;
                         beyond it a hand-over is refused and the call stays
-                        with its sender, tried again later                     (100000)
+                        with its sender, tried again later (cage-wide: read
+                        from config_interface_retry.py only)                   (100000)
 
-Calls can be queued whether or not the interface runs; it only runs them.
+Calls can be queued whether or not an interface runs their queue; it only runs them.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
 from pmnc.errors import ConfigError
-from pmnc.retry import Engine, Settings
+from pmnc.retry import CATCH_ALL, MAX_PENDING_PER_SOURCE, QUEUE_NAME, Engine, Settings
 from pmnc.schema import Key
 
 if TYPE_CHECKING:
@@ -50,6 +57,9 @@ class Interface(interfaces.Interface):
                 or self.settings.max_pending_per_source < 0:
             raise ConfigError(f"config_interface_{name}.py: queue_count must be at least 1, retry_interval, "
                               f"retention_time and max_pending_per_source not negative")
+        if not QUEUE_NAME.fullmatch(name):
+            raise ConfigError(f"interface {name} of protocol retry runs the queue of its name, and {name!r} "
+                              f"is not a queue name: 1 to 64 of A-Z a-z 0-9 _ . -")
         self.engine: Engine | None = None
 
     def start(self) -> None:
@@ -57,10 +67,22 @@ class Interface(interfaces.Interface):
         self.engine = Engine(runtime.lifecycle, runtime.state, runtime.transactions, cage=runtime.name,
                              node=runtime.node, settings=self.settings, interface=self.name)
         self.engine.start()
+        log.message(f"interface {self.name} runs the retried calls of {self._queues()}, {self._manner()}")
+        if self.name != CATCH_ALL and self.settings.max_pending_per_source != MAX_PENDING_PER_SOURCE:
+            log.warning(f"interface {self.name}: max_pending_per_source is not used here, the limit is "
+                        f"the cage's: set it in config_interface_{CATCH_ALL}.py")
+
+    def _queues(self) -> str:
+        if self.name == CATCH_ALL:
+            return f"queue {CATCH_ALL} and of every queue without a retry interface of its own"
+        return f"queue {self.name}"
+
+    def _manner(self) -> str:
+        per_queue = " per queue" if self.name == CATCH_ALL else ""
         order = "in order, one at a time" if self.settings.keep_order else \
-            f"up to {self.settings.queue_count} at once per queue"
-        log.message(f"interface {self.name} runs retried calls {order}, retrying every "
-                    f"{self.settings.retry_interval:g}s{' with back-off' if self.settings.backoff else ''}")
+            f"up to {self.settings.queue_count} at once{per_queue}"
+        backoff = " with back-off" if self.settings.backoff else ""
+        return f"{order}, retrying every {self.settings.retry_interval:g}s{backoff}"
 
     def cease(self) -> None:
         if self.engine is not None:
@@ -69,3 +91,4 @@ class Interface(interfaces.Interface):
     def stop(self) -> None:
         if self.engine is not None:
             self.engine.stop()
+            log.message(f"interface {self.name} no longer runs the retried calls of {self._queues()}")

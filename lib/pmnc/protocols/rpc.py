@@ -35,6 +35,13 @@ it works again. Connections still in their TLS handshake are counted apart
 `handshake_timeout` for all of it. When the interface ceases, idle
 connections get the goodbye at once, busy ones after their answer; calls
 that crossed it are refused for a short grace, then the connections close.
+
+The original's config keys: `random_port` (the interface's port, negative for
+a block such as -63000 = 63000..63999) and the resource's `discovery_timeout`
+are honoured; `marshaling_methods` is accepted, with one log line if it asks
+for pickle (pmnc sends and accepts msgpack unless config_cluster.py says
+use_pickle); the rest (`broadcast_address`, `flock_id`, `exact_locations`,
+`max_packet_size`, `ssl_*`, ...) are refused with where they live now.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 from pmnc import interfaces, log, resource, retry
 from pmnc import request as _request
 from pmnc.errors import (
+    ConfigError,
     DeadlineError,
     IntakeClosedError,
     InvalidMethodAccessError,
@@ -66,11 +74,12 @@ from pmnc.errors import (
 )
 from pmnc.rpc import codec, wire
 from pmnc.rpc.callee import Callee, remain
+from pmnc.rpc.calls import OPS
 from pmnc.rpc.cluster import Cluster, ClusterHandle
 from pmnc.rpc.identity import Identity, peer_identity
 from pmnc.rpc.locator import Location
 from pmnc.rpc.reverse import POLL_MARGIN
-from pmnc.schema import RESOURCE_KEYS, Key, address, names, resource_file
+from pmnc.schema import RESOURCE_KEYS, Key, address, interface_file, names, resource_file
 
 if TYPE_CHECKING:
     from pmnc.runtime import Runtime
@@ -81,6 +90,74 @@ LATE_AFTER = 0.25  # seconds on the way after which the callee checks that the c
 GOODBYE_GRACE = 1.0  # seconds a stopping cage refuses calls that crossed its goodbye before it closes
 ACCEPT_BACKOFF = (0.05, 1.0)  # seconds between attempts while accept fails (first, at most)
 _WOKEN = object()  # what a read returns when the interface has been told to cease
+_OPS = {name: f"_{op}" for op, name in OPS.items()}  # rpc/calls.py's names of the operations -> methods
+
+
+# --- keys of the original's config_interface_rpc.py / config_resource_rpc.py ---------------------------
+
+# Where pmnc keeps what these files held in the original (schema.py refuses them, saying so).
+MOVED_FROM_BOTH = {
+    "broadcast_address": "config_cluster.py",
+    "flock_id": "config_cluster.py",
+    "max_packet_size": "config_cluster.py, as max_frame_size",
+}
+_SSL_MOVED = ("config_cluster.py, as ssl_keys_dir: the folder of the flock's own CA and keys, made by pmnc "
+              "(cages/.shared/ssl_keys by default)")
+MOVED_FROM_INTERFACE = {
+    **MOVED_FROM_BOTH,
+    "disable_broadcast": "config_cluster.py: cages broadcast only where broadcast_address is set there",
+    "separate_thread_pool": "config_interfaces.py, as thread_count: calls from other cages share the cage's "
+                            "workers, earliest deadline first",
+    **{key: _SSL_MOVED for key in ("ssl_key_cert_file", "ssl_ca_cert_file", "ssl_ciphers", "ssl_protocol")},
+}
+EXACT_LOCATIONS_MOVED = 'config_cluster.py, as exact_locations = {"cage": ("host:port", ...)}'
+MULTIPLE_ALLOWANCE_MOVED = ("the first instances found are called at once and others are learnt from their "
+                            "adverts; config_cluster.py's discovery_timeout bounds the search")
+MARSHALING_METHODS = ("msgpack", "pickle")
+
+
+def _marshaling(value: Any) -> tuple[str, ...]:
+    methods = names(value)
+    if not methods or any(m not in MARSHALING_METHODS for m in methods):
+        raise ValueError(value)
+    return methods
+
+
+_marshaling.expected = "a list of msgpack and pickle"  # type: ignore[attr-defined]
+
+
+def _marshaling_note(methods: tuple[str, ...] | None) -> str | None:
+    if methods is None or "pickle" not in methods:
+        return None
+    return ("pmnc refuses pickle from other cages (a peer could run code here) and sends msgpack; to use "
+            "pickle, set use_pickle=True in config_cluster.py, only where every cage is trusted")
+
+
+MARSHALING = Key(None, _marshaling, _marshaling_note)
+
+
+def port_choices(random_port: int) -> list[int]:
+    """The original's `random_port`: a port (0: any free one), or, negative, a port of the block
+    its trailing zeros span (-63000: 63000..63999), in random order."""
+    if random_port >= 0:
+        return [random_port]
+    base = -random_port
+    span = 1
+    while base % (span * 10) == 0 and span < base:
+        span *= 10
+    ports = [p for p in range(base, base + span) if p <= 65535]
+    random.shuffle(ports)
+    return ports
+
+
+def _random_port(value: Any) -> int:
+    port = int(value)
+    if not -65535 <= port <= 65535:
+        raise ValueError(value)
+    return port
+
+
+_random_port.expected = "a port, or a negative block of ports such as -63000"  # type: ignore[attr-defined]
 
 
 # --- the callee ------------------------------------------------------------------------------
@@ -97,12 +174,21 @@ class Interface(interfaces.Interface):
         handshake_timeout=Key(HANDSHAKE_TIMEOUT, float),  # seconds for the whole TLS handshake
         deny_modules=Key((), names),  # fnmatch patterns of modules other cages may not call
         idle_timeout=Key(600.0, float),  # seconds an idle connection is kept
+        random_port=Key(None, _random_port),  # the original's: the port of listener_address, -63000 any of 63000..63999
+        marshaling_methods=MARSHALING,  # the original's; msgpack is what pmnc accepts
+        moved=MOVED_FROM_INTERFACE,
     )
 
     def __init__(self, name: str, runtime: Runtime, config: dict[str, Any]) -> None:
         super().__init__(name, runtime, config)
         config = self.config
         self.host, self.port = config["listener_address"]
+        self.ports = [self.port]
+        if config["random_port"] is not None:
+            if self.port:
+                raise ConfigError(f"{interface_file(name)}: give the port in listener_address or random_port, "
+                                  f"not both")
+            self.ports = port_choices(config["random_port"])
         self.max_connections: int = config["max_connections"]
         self.max_handshakes: int = config["max_handshakes"]
         self.handshake_timeout: float = config["handshake_timeout"]
@@ -127,7 +213,7 @@ class Interface(interfaces.Interface):
         self.context.num_tickets = 0  # connections live long; no session resumption to offer
         self.limit, self.use_pickle = self.cluster.max_frame_size, self.cluster.use_pickle
         self.refused = codec.encode(wire.REFUSED, limit=self.limit)  # see _goodbye
-        listener = socket.create_server((self.host, self.port), backlog=256, reuse_port=False)
+        listener = self._listen()
         self.listener = listener
         self.wake_r, self.wake_w = os.pipe()
         host, port = listener.getsockname()[:2]
@@ -136,6 +222,16 @@ class Interface(interfaces.Interface):
         self.acceptor.start()
         self.cluster.locator.publish(host, port)
         log.message(f"interface {self.name} listens on ssl://{host}:{port}/")
+
+    def _listen(self) -> socket.socket:
+        """The listening socket, on the first free port of those configured."""
+        for port in self.ports[:-1]:
+            try:
+                return socket.create_server((self.host, port), backlog=256, reuse_port=False)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+        return socket.create_server((self.host, self.ports[-1]), backlog=256, reuse_port=False)
 
     def cease(self) -> None:
         """No new connections or calls. Callers are told (a goodbye on each connection: idle
@@ -539,38 +635,62 @@ class Resource(resource.Resource):
     inline = True  # every wait is bounded by the deadline
     needs_cluster = True
 
+    keys = RESOURCE_KEYS.extend(
+        discovery_timeout=Key(None, float),  # seconds to find and connect to an instance (None: config_cluster.py's)
+        marshaling_methods=MARSHALING,  # the original's; msgpack is what pmnc sends
+        moved=dict(MOVED_FROM_BOTH, exact_locations=EXACT_LOCATIONS_MOVED,
+                   multiple_timeout_allowance=MULTIPLE_ALLOWANCE_MOVED),
+    )
+
+    # Every attribute of its own is private (or the base class's lifecycle): `xa.rpc__<cage>.<name>`
+    # is the module <name> of that cage, whatever the name. The framework's operations are
+    # reached by names no module can have (rpc/calls.py's OPS).
     def __init__(self, name: str, config: dict[str, Any], *, cluster: ClusterHandle) -> None:
-        super().__init__(name, RESOURCE_KEYS.read(config, resource_file(name)))
-        self.cluster = cluster
-        self.target = self.config["resource_name"] or ""
-        self.channels: dict[str, _Channel] = {}
+        super().__init__(name, self.keys.read(config, resource_file(name)))
+        self._cluster = cluster
+        self._target: str = self.config["resource_name"] or ""
+        self._discovery_timeout: float | None = self.config["discovery_timeout"]
+        self._channels: dict[str, _Channel] = {}
 
     def disconnect(self) -> None:
-        for channel in list(self.channels.values()):
+        for channel in list(self._channels.values()):
             channel.close()
-        self.channels.clear()
+        self._channels.clear()
 
-    def __getattr__(self, module: str) -> _ModuleOfCage:
-        if module.startswith("_"):
-            raise AttributeError(module)
-        return _ModuleOfCage(self, module)
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        op = _OPS.get(name)
+        if op is not None:
+            return getattr(self, op)
+        return _ModuleOfCage(self, name)
 
-    def call(self, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _route(self, attrs: tuple[str, ...]) -> Callable[..., Any] | None:
+        """`xa.rpc__X.module.method`: the other cage's module, whatever its name; or one of
+        the framework's operations (rpc/calls.py OPS)."""
+        if len(attrs) == 1 and attrs[0] in _OPS:
+            return getattr(self, _OPS[attrs[0]])  # type: ignore[no-any-return]
+        if len(attrs) != 2:
+            return None
+        module, method = attrs
+        return lambda *args, **kwargs: self._call(module, method, args, kwargs)
+
+    def _call(self, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """`pmnc.<module>.<method>(*args, **kwargs)` in an instance of the target cage."""
         request = _request.current()
         # args travel as a list (msgpack's own array; the callee makes it a tuple again)
-        return self.exchange({"kind": "call", "module": module, "method": method, "args": list(args),
-                              "kwargs": kwargs, "request": wire.wire_request(request)}, request)
+        return self._exchange({"kind": "call", "module": module, "method": method, "args": list(args),
+                               "kwargs": kwargs, "request": wire.wire_request(request)}, request)
 
-    def exchange(self, envelope: dict[str, Any], request: _request.Request) -> Any:
-        if not self.target:
+    def _exchange(self, envelope: dict[str, Any], request: _request.Request) -> Any:
+        if not self._target:
             raise ResourceInputParameterError("resource rpc needs a target: use pmnc(\"cage\") or rpc__<cage>")
-        cluster = self.cluster.get()
-        envelope["source"], envelope["target"] = [cluster.node, cluster.cage], self.target
+        cluster = self._cluster.get()
+        envelope["source"], envelope["target"] = [cluster.node, cluster.cage], self._target
         try:
             frame = codec.encode(envelope, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
         except ProtocolError as e:
-            raise ResourceInputParameterError(f"the call cannot be sent to cage {self.target}: {e}") from None
+            raise ResourceInputParameterError(f"the call cannot be sent to cage {self._target}: {e}") from None
         stopping: set[str] = set()  # instances that refused the call: it did not run there
         while True:
             channel = self._channel(cluster, request, stopping)
@@ -583,7 +703,7 @@ class Resource(resource.Resource):
             log.debug(f"cage {channel.location} is stopping, the call goes to another instance")
         if not isinstance(reply, dict) or not ("result" in reply or "error" in reply):
             channel.close()
-            raise ResourceError(f"cage {self.target} answered with a malformed reply", recoverable=False)
+            raise ResourceError(f"cage {self._target} answered with a malformed reply", recoverable=False)
         if "error" in reply:
             raise wire.remote_error(reply["error"], f"cage {channel.location.name}")
         return reply["result"]
@@ -591,8 +711,8 @@ class Resource(resource.Resource):
     def _forget(self, channel: _Channel, cluster: Cluster) -> None:
         """An instance that is stopping: its connection closed, the instance skipped."""
         channel.close()
-        if self.channels.get(channel.location.instance) is channel:
-            del self.channels[channel.location.instance]
+        if self._channels.get(channel.location.instance) is channel:
+            del self._channels[channel.location.instance]
         cluster.locator.failed(channel.location)
 
     def _channel(self, cluster: Cluster, request: _request.Request, stopping: set[str]) -> _Channel:
@@ -603,7 +723,7 @@ class Resource(resource.Resource):
         while True:
             failures = []
             for location in self._locations(cluster, request, stopping):
-                channel = self.channels.get(location.instance)
+                channel = self._channels.get(location.instance)
                 if channel is not None:
                     if channel.usable():
                         return channel
@@ -613,53 +733,58 @@ class Resource(resource.Resource):
                         break  # look the instances up again: a new one may have come meanwhile
                     channel.close()
                 try:
-                    channel = _Channel.connect(location, cluster, min(cluster.discovery_timeout, request.remain))
+                    channel = _Channel.connect(location, cluster, self._budget(cluster, request))
                 except ResourceError as e:
                     cluster.locator.failed(location)
                     failures.append(str(e))
                     if request.expired:
                         break
                     continue
-                self.channels[location.instance] = channel
+                self._channels[location.instance] = channel
                 return channel
             if failures or request.expired:
-                raise ResourceError(f"cage {self.target} cannot be reached: {'; '.join(failures) or 'no time left'}",
+                raise ResourceError(f"cage {self._target} cannot be reached: {'; '.join(failures) or 'no time left'}",
                                     recoverable=True, terminal=False)
 
     def _locations(self, cluster: Cluster, request: _request.Request, stopping: set[str]) -> list[Location]:
         """The live instances of the target but those `stopping`, in random order;
         discovered if none is known."""
-        locations = [loc for loc in cluster.locator.locations(self.target) if loc.instance not in stopping]
+        locations = [loc for loc in cluster.locator.locations(self._target) if loc.instance not in stopping]
         if not locations:
-            budget = min(cluster.discovery_timeout, request.remain)
-            locations = [loc for loc in cluster.locator.find(self.target, budget) if loc.instance not in stopping]
+            budget = self._budget(cluster, request)
+            locations = [loc for loc in cluster.locator.find(self._target, budget) if loc.instance not in stopping]
             if not locations and stopping:
-                raise ResourceError(f"cage {self.target} is stopping, and no other instance of it has been "
+                raise ResourceError(f"cage {self._target} is stopping, and no other instance of it has been "
                                     f"found in {budget:.1f}s (the call has not run)", recoverable=True, terminal=False)
             if not locations:
-                raise ResourceError(f"no instance of cage {self.target} has been found in {budget:.1f}s",
+                raise ResourceError(f"no instance of cage {self._target} has been found in {budget:.1f}s",
                                     recoverable=True, terminal=False)
         random.shuffle(locations)
         return locations
 
-    def hand_over(self, message: dict[str, Any]) -> bool:
+    def _budget(self, cluster: Cluster, request: _request.Request) -> float:
+        """Seconds to find and connect to an instance: the pool's discovery_timeout, else the cluster's."""
+        timeout = cluster.discovery_timeout if self._discovery_timeout is None else self._discovery_timeout
+        return min(timeout, request.remain)
+
+    def _hand_over(self, message: dict[str, Any]) -> bool:
         """A retried call into the target cage's state file (retry.py): True once it is
         there, False if it was there already."""
         request = _request.current()
-        return bool(self.exchange({"kind": "retry", "message": message, "request": wire.wire_request(request)},
+        return bool(self._exchange({"kind": "retry", "message": message, "request": wire.wire_request(request)},
                                   request))
 
-    def poll(self, wait: float) -> list[dict[str, Any]]:
+    def _poll(self, wait: float) -> list[dict[str, Any]]:
         """Reverse calls: those the target cage has queued for this one."""
         request = _request.current()
         wire_request = wire.wire_request(request)
         wire_request["remain"] = wait
-        result = self.exchange({"kind": "poll", "request": wire_request}, request)
+        result = self._exchange({"kind": "poll", "request": wire_request}, request)
         return result if isinstance(result, list) else []
 
-    def post(self, call_id: str, reply: dict[str, Any]) -> bool:
+    def _post(self, call_id: str, reply: dict[str, Any]) -> bool:
         request = _request.current()
-        return bool(self.exchange({"kind": "post", "call_id": call_id, "reply": reply,
+        return bool(self._exchange({"kind": "post", "call_id": call_id, "reply": reply,
                                    "request": wire.wire_request(request)}, request))
 
 
@@ -672,7 +797,7 @@ class _ModuleOfCage:
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
-        return lambda *args, **kwargs: self._resource.call(self._module, method, args, kwargs)
+        return lambda *args, **kwargs: self._resource._call(self._module, method, args, kwargs)
 
 
 class _Channel:

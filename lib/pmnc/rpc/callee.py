@@ -41,7 +41,7 @@ class Callee:
         never for less. ValueError for a malformed one; IntakeClosedError while stopping."""
         wanted: dict[str, Any] = envelope["request"]
         timeout = min(wire.callee_timeout(remain(envelope)), self.request_timeout)
-        unique_id = wanted["id"]
+        unique_id = wanted.get("unique_id", wanted.get("id"))  # "id": what pmnc before 0.2 sent
         if not (isinstance(unique_id, str) and 0 < len(unique_id) <= MAX_ID_LENGTH):
             raise ValueError(f"a request id must be a string of 1 to {MAX_ID_LENGTH} characters")
         floor = log.get_level()

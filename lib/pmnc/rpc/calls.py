@@ -6,8 +6,11 @@ and `CageLink`, the framework's own typed way to another cage.
     pmnc("worker:reverse").m.f(x)    queued here until cage worker polls for it (revrpc)
     pmnc("worker", queue="retry")    a persistent retried call (retry.py): returns its RT id at once
 
-A remote exception is raised as itself (builtin and framework types) or as
-RemoteError naming its type; `remote_traceback` holds the text of the remote
+A remote exception comes as `RPCError.like(remote)`: an RPCError (so a
+ResourceError, as in the original) that is also of the remote type (builtin and
+framework types; RemoteError naming the type for any other) and reads as it,
+so both `except RPCError` and `except ValueError` catch a remote ValueError;
+`remote` is the rebuilt exception, `remote_traceback` the text of the remote
 traceback. A request without a deadline (a framework thread) calls with the
 cage's `request_timeout`.
 """
@@ -32,6 +35,10 @@ from pmnc.rpc import codec, wire
 from pmnc.rpc.cluster import Cluster, ClusterHandle
 from pmnc.schema import INTERFACES_KEYS
 from pmnc.transaction import TransactionFactory
+
+# The operations of an rpc connection (protocols/rpc.py's Resource) the framework calls, by
+# names no module can have (a colon): `xa.rpc__<cage>.<name>` is always the module <name>.
+OPS = {op: f"rpc:{op}" for op in ("call", "poll", "post", "hand_over")}
 
 _TARGET = re.compile(r"([A-Za-z0-9_-]{1,32})?(?::(reverse|retry))?")
 
@@ -62,19 +69,19 @@ class CageLink:
 
     def call(self, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """`pmnc.<module>.<method>(*args, **kwargs)` there; a remote exception comes as RPCError."""
-        return self._transactions.call_one(self._pool, "call", module, method, args, kwargs)
+        return self._transactions.call_one(self._pool, OPS["call"], module, method, args, kwargs)
 
     def poll(self, wait: float) -> list[dict[str, Any]]:
         """The reverse calls that cage has queued for this one, waiting up to `wait` seconds."""
-        return list(self._transactions.call_one(self._pool, "poll", wait))
+        return list(self._transactions.call_one(self._pool, OPS["poll"], wait))
 
     def post(self, call_id: str, reply: dict[str, Any]) -> bool:
         """The answer to reverse call `call_id`: True if that cage still waited for it."""
-        return bool(self._transactions.call_one(self._pool, "post", call_id, reply))
+        return bool(self._transactions.call_one(self._pool, OPS["post"], call_id, reply))
 
     def hand_over(self, message: dict[str, Any]) -> bool:
         """A retried call into that cage's state file: True once it is there, False if it was already."""
-        return bool(self._transactions.call_one(self._pool, "hand_over", message))
+        return bool(self._transactions.call_one(self._pool, OPS["hand_over"], message))
 
 
 class CageCall:
@@ -102,7 +109,7 @@ class CageCall:
         try:
             return self._link.call(module, method, args, kwargs)
         except RPCError as e:
-            raise e.remote from None
+            raise RPCError.like(e.remote) from None
 
     def __repr__(self) -> str:
         return f"<cage {self._cage}{':reverse' if self._reverse else ''}>"
@@ -143,4 +150,4 @@ def _reverse_call(cluster: Cluster, cage: str, module: str, method: str, args: t
     if isinstance(reply, dict) and "result" in reply:
         return reply["result"]
     error = wire.remote_error(reply.get("error") if isinstance(reply, dict) else None, f"cage {cage} (reverse)")
-    raise error.remote if isinstance(error, RPCError) else error
+    raise RPCError.like(error.remote) if isinstance(error, RPCError) else error

@@ -60,8 +60,8 @@ def error_dict(e: BaseException) -> dict[str, Any]:
         "type": f"{cls.__module__}.{cls.__qualname__}",
         "message": message,
         "args": list(e.args) if all(isinstance(a, _SIMPLE) for a in e.args) else None,
-        "attrs": {k: v for k, v in vars(e).items() if isinstance(k, str) and not k.startswith("_")
-                  and isinstance(v, _SIMPLE)},
+        "attrs": {k: v for k, v in [*errors.builtin_fields(e).items(), *vars(e).items()]
+                  if isinstance(k, str) and not k.startswith("_") and isinstance(v, _SIMPLE)},
         "traceback": "".join(traceback.format_exception(e)),
     }
 
