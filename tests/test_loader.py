@@ -290,7 +290,7 @@ def test_annotations_are_enforced(tree: CageTree, make_loader: MakeLoader) -> No
     assert loader.root.typed.double(2) == 4
     with pytest.raises(InputParameterError) as info:
         loader.root.typed.double("2")
-    assert str(info.value) == "double() has got an incompatible value for x: '2'"
+    assert str(info.value) == "double() has got an incompatible value for x: 2"
     with pytest.raises(InputParameterError):
         loader.root.typed.double(x=2.0)
     with pytest.raises(ReturnValueError):

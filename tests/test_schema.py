@@ -191,3 +191,11 @@ def test_a_resource_with_a_typo_fails_the_call_naming_file_and_key(
     status, _, body = http_request(cage.address()[1])
     assert status == 200
     assert "config_resource_web.py: unknown config key: sever_address (did you mean server_address?)" in body.decode()
+
+
+def test_the_originals_ssl_protocol_is_logged_not_silently_ignored() -> None:
+    from pmnc.protocols import http, httpclient
+    for keys in (http.Interface.keys, httpclient.KEYS):
+        note = keys["ssl_protocol"].note
+        assert note is not None and note(None) is None
+        assert "TLS 1.2 or later" in (note("TLSv1") or "")

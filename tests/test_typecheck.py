@@ -445,7 +445,7 @@ def test_return_value_is_checked() -> None:
     assert checked(5) == 5
     with pytest.raises(ReturnValueError) as info:
         checked("5")
-    assert str(info.value) == "f() has returned an incompatible value: '5'"
+    assert str(info.value) == "f() has returned an incompatible value: 5"
 
 
 def test_return_annotation_none_requires_none() -> None:
@@ -478,7 +478,7 @@ def test_input_error_text() -> None:
 
     with pytest.raises(InputParameterError) as info:
         typecheck(f)("abc")
-    assert str(info.value) == "f() has got an incompatible value for x: 'abc'"
+    assert str(info.value) == "f() has got an incompatible value for x: abc"
 
 
 def test_input_error_text_for_keyword() -> None:
@@ -487,7 +487,7 @@ def test_input_error_text_for_keyword() -> None:
 
     with pytest.raises(InputParameterError) as info:
         typecheck(connect)("h", port="80")
-    assert str(info.value) == "connect() has got an incompatible value for port: '80'"
+    assert str(info.value) == "connect() has got an incompatible value for port: 80"
 
 
 def test_long_values_are_shortened_in_error_texts() -> None:
@@ -497,7 +497,7 @@ def test_long_values_are_shortened_in_error_texts() -> None:
     with pytest.raises(InputParameterError) as info:
         typecheck(f)("x" * 1000)
     text = str(info.value)
-    assert text.startswith("f() has got an incompatible value for x: 'xxx")
+    assert text.startswith("f() has got an incompatible value for x: xxx")
     assert text.endswith("...")
     assert len(text) < 300
 

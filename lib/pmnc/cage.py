@@ -44,17 +44,9 @@ class Cage:
         self.loader = Loader(cages_dir, name, node, self_test=self_test)
         self.runtime = Runtime(self.loader)
         self.interfaces = InterfaceManager(self.runtime)
-        self.runtime.interface_lookup = self._interface
+        self.runtime.interface_lookup = self.interfaces.get  # also sees a self-test's active_interface
         self._recovery_due: float | None = None
         self._recovery: threading.Thread | None = None
-
-    def _interface(self, name: str) -> Any:
-        """`pmnc.interfaces.get_interface(name)`: the running interface `name`, or None."""
-        found = getattr(self.interfaces, "get", None)  # the manager's own lookup sees self-tests' too
-        if found is not None:
-            return found(name)
-        live = self.interfaces.live.get(name)
-        return live[0] if live is not None else None
 
     def settings(self) -> dict[str, Any]:
         """config_interfaces.py, every key (schema.INTERFACES_KEYS); ConfigError for an unknown one."""

@@ -44,9 +44,9 @@ class Config:
     def get(self, key: str, default: Any = None) -> Any:
         """The value of `key` in this module's config file, expanded; `default` (expanded
         too) when the file has no such key."""
-        if self._exports("get"):
-            return self._loader.call(self.module, "get", (key, default), {}, source=self._target)
         cache = self._current()
+        if cache.own_get:
+            return self._loader.call(self.module, "get", (key, default), {}, source=self._target)
         if key in cache.raw:
             if key not in cache.expanded:
                 cache.expanded[key] = self._expand(cache.raw[key], cache.variables)
@@ -54,12 +54,13 @@ class Config:
         return self._expand(default, cache.variables)
 
     def copy(self) -> dict[str, Any]:
-        if self._exports("copy"):
+        cache = self._current()
+        if cache.own_copy:
             values = self._loader.call(self.module, "copy", (), {}, source=self._target)
             if not isinstance(values, dict):
                 raise ConfigError(f"{self.module}.py: its copy() must return a dict")
             return values
-        return {key: self.get(key) for key in self._current().raw}
+        return {key: self.get(key) for key in cache.raw}
 
     # --- what an original config file calls back ------------------------------------
 
@@ -84,16 +85,14 @@ class Config:
             return value
         return self._expand(value, self._variables(of=self._target))
 
-    def _exports(self, name: str) -> bool:
-        """Whether the config file exports its own `name` (written for the original)."""
-        if self._loader.locate(self.module) is None:
-            return False
-        return name in self._loader.current(self.module).attrs
 
     def _current(self) -> _Cache:
-        version = self._loader.current(self.module).number, self._variables_version()
+        current = self._loader.current(self.module)
+        version = current.number, self._variables_version()
         if self._cache is None or self._cache.version != version:
-            self._cache = _Cache(version, self._raw(), self._variables())
+            # a file written for the original exports its own get / copy: they are what answer
+            self._cache = _Cache(version, self._raw(), self._variables(),
+                                 own_get="get" in current.attrs, own_copy="copy" in current.attrs)
         return self._cache
 
     def _raw(self) -> dict[str, Any]:
@@ -137,6 +136,8 @@ class _Cache:
     version: tuple[int, int]  # of the config file and of config_config
     raw: dict[str, Any]
     variables: dict[str, Any]
+    own_get: bool = False
+    own_copy: bool = False
     expanded: dict[str, Any] = field(default_factory=dict)
 
 

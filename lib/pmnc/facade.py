@@ -172,23 +172,41 @@ _CONFIG_READERS = ("get", "copy")
 
 class BoundCall:
     """`pmnc.name.func`: calls whatever version of `func` is current then; `pmnc.name.func.a.b`
-    passes ["a", "b"] to a func that declares `__call_attributes`."""
+    passes ["a", "b"] to a func that declares `__call_attributes` (a _ChainedCall)."""
+
+    __slots__ = ("_attr", "_loader", "_name", "_source")
+
+    def __init__(self, loader: Loader, name: str, attr: str, source: str) -> None:
+        self._loader, self._name, self._attr, self._source = loader, name, attr, source
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._loader.call(self._name, self._attr, args, kwargs, self._source)
+
+    def __getattr__(self, attr: str) -> _ChainedCall:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _ChainedCall(self._loader, self._name, self._attr, self._source, (attr,))
+
+    def __repr__(self) -> str:
+        return f"<function {self._name}.{self._attr}>"
+
+
+class _ChainedCall:
+    """`pmnc.name.func.a.b`: the call with its attributes."""
 
     __slots__ = ("_attr", "_attributes", "_loader", "_name", "_source")
 
-    def __init__(self, loader: Loader, name: str, attr: str, source: str,
-                 attributes: tuple[str, ...] = ()) -> None:
+    def __init__(self, loader: Loader, name: str, attr: str, source: str, attributes: tuple[str, ...]) -> None:
         self._loader, self._name, self._attr, self._source = loader, name, attr, source
         self._attributes = attributes
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._loader.call(self._name, self._attr, args, kwargs, source=self._source,
-                                 attributes=self._attributes)
+        return self._loader.call(self._name, self._attr, args, kwargs, self._source, self._attributes)
 
-    def __getattr__(self, attr: str) -> BoundCall:
+    def __getattr__(self, attr: str) -> _ChainedCall:
         if attr.startswith("__"):
             raise AttributeError(attr)
-        return BoundCall(self._loader, self._name, self._attr, self._source, (*self._attributes, attr))
+        return _ChainedCall(self._loader, self._name, self._attr, self._source, (*self._attributes, attr))
 
     def __repr__(self) -> str:
         return f"<function {self._name}.{'.'.join((self._attr, *self._attributes))}>"

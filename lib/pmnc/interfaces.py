@@ -12,7 +12,9 @@ file changes is restarted (if the new config fails, the old one keeps
 serving until the file changes again); one that fails to start is logged
 and tried again with a growing back-off (`InterfaceManager.failures`). A
 live interface whose handler module is missing is logged loudly, once
-each time it goes missing.
+each time it goes missing. A self-test starts the interfaces it needs itself
+(`pmnc.self_test.active_interface`, through `add` / `remove`); `get(name)` finds
+those as well as the configured ones.
 """
 
 from __future__ import annotations
@@ -86,6 +88,24 @@ class InterfaceManager:
         self.failures: dict[str, Failure] = {}  # configured interfaces that failed to start
         self.missing_handlers: set[str] = set()  # live interfaces whose handler module is missing
         self._retry: dict[str, tuple[float, int]] = {}  # name → (when to try again, config version tried)
+        self.added: dict[str, Interface] = {}  # started by a self-test (active_interface), not configured
+
+    def get(self, name: str) -> Interface | None:
+        """The running interface `name`, configured or added by a self-test; None if there is none."""
+        live = self.live.get(name)
+        return live[0] if live is not None else self.added.get(name)
+
+    def add(self, name: str, interface: Interface) -> None:
+        """Make a started `interface` findable by `get` until `remove(name)`."""
+        if self.get(name) is not None:
+            raise ValueError(f"interface {name} is already running")
+        self.added[name] = interface
+
+    def remove(self, name: str) -> None:
+        """Cease an added interface, give its requests in flight their time, stop it."""
+        interface = self.added.pop(name)
+        self._cease(interface)
+        self._finish(interface)
 
     def configured(self) -> tuple[str, ...]:
         return tuple(read_settings(self.runtime.loader, "interfaces", INTERFACES_KEYS)["interfaces"])
@@ -160,7 +180,7 @@ class InterfaceManager:
         log.message(f"restarting interface {name} due to configuration change")
         old, _ = self.live[name]
         try:
-            new = self._create(name)
+            new = self.create(name)
         except Exception as e:
             self.live[name] = (old, version)  # not retried until the file changes again
             log.error(f"interface {name} keeps its old configuration, the new one is refused: "
@@ -180,7 +200,7 @@ class InterfaceManager:
     def _start(self, name: str, interface: Interface | None = None) -> None:
         version = self._config_version(name) or 0
         try:
-            interface = interface or self._create(name)
+            interface = interface or self.create(name)
             interface.start()
         except Exception as e:
             self._failed(name, version, exc_string(e, stack=False))
@@ -200,8 +220,13 @@ class InterfaceManager:
         # the same text each time (but for numbers), so that the log folds the repeats
         log.error(f"interface {name} failed to start: {error}, next attempt in {delay:.0f}s")
 
-    def _create(self, name: str) -> Interface:
-        config = Config(self.runtime.loader, "interface_" + name).copy()
+    def create(self, name: str, overrides: dict[str, Any] | None = None) -> Interface:
+        """Interface `name` built (not started) from config_interface_<name>.py with `overrides`
+        winning; with overrides, the file may be missing (they then name the protocol)."""
+        config: dict[str, Any] = {}
+        if overrides is None or self.runtime.loader.locate("config_interface_" + name) is not None:
+            config = Config(self.runtime.loader, "interface_" + name).copy()
+        config.update(overrides or {})
         cls = protocol_class(self.runtime.loader, config.pop("protocol", None), "Interface", Interface,
                              f"interface {name}")
         return cls(name, self.runtime, config)
@@ -230,10 +255,11 @@ class InterfaceManager:
             log.error(f"interface {interface.name} failed to {step}: {exc_string(e)}")
 
     def cease_all(self) -> None:
-        for interface, _ in self.live.values():
+        for interface in [i for i, _ in self.live.values()] + list(self.added.values()):
             self._cease(interface)
 
     def stop_all(self) -> None:
-        for interface, _ in self.live.values():
+        for interface in [i for i, _ in self.live.values()] + list(self.added.values()):
             self._step(interface, "stop")
         self.live.clear()
+        self.added.clear()

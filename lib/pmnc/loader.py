@@ -224,7 +224,7 @@ class Loader:
             return mod.version
         return self._first_load(name)
 
-    def call(self, name: str, attr: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+    def call(self, name: str, attr: str, args: tuple[Any, ...], kwargs: dict[str, Any],
              source: str | None = None, attributes: tuple[str, ...] = ()) -> Any:
         """`pmnc.name.attr(*args, **kwargs)` (from module `source`; `pmnc.name.attr.a.b(...)`
         has `attributes` ("a", "b")), holding the module's lock shared so that a reload
@@ -237,16 +237,12 @@ class Loader:
         try:
             version = mod.version
             assert version is not None
-            function = version_attr(version, attr, source)
-            properties = kwargs.pop("__module_properties", None) if "__module_properties" in kwargs else None
-            injected = version.injected.get(attr)
-            if injected or attributes:
-                kwargs = _inject(version, attr, injected or frozenset(), kwargs, source, attributes)
-            try:
-                return function(*args, **kwargs)
-            finally:
-                if isinstance(properties, dict):
-                    properties["version"] = version.number
+            function = version.attrs.get(attr)
+            if function is None or type(function) is _Unusable:
+                function = version_attr(version, attr, source)  # dynamic, or the error saying why not
+            if attributes or attr in version.injected or (kwargs and "__module_properties" in kwargs):
+                return _call_the_originals_way(version, attr, function, args, kwargs, source, attributes)
+            return function(*args, **kwargs)
         finally:
             mod.lock.release_shared()
 
@@ -522,6 +518,21 @@ def _injected(function: Any) -> frozenset[str]:
     except (TypeError, ValueError):
         return frozenset()
     return frozenset(n for n in INJECTED if n in parameters and parameters[n].kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _call_the_originals_way(version: ModuleVersion, attr: str, function: Callable[..., Any], args: tuple[Any, ...],
+                            kwargs: dict[str, Any], source: str | None, attributes: tuple[str, ...]) -> Any:
+    """A call with what the original's loader added: the injected keyword arguments the
+    function declares, and a caller's `__module_properties` dict told the version."""
+    properties = kwargs.pop("__module_properties", None) if "__module_properties" in kwargs else None
+    injected = version.injected.get(attr)
+    if injected or attributes:
+        kwargs = _inject(version, attr, injected or frozenset(), kwargs, source, attributes)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        if isinstance(properties, dict):
+            properties["version"] = version.number
 
 
 def _inject(version: ModuleVersion, attr: str, injected: frozenset[str], kwargs: dict[str, Any],

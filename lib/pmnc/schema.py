@@ -128,6 +128,13 @@ def _note_once(file: str, key: str, text: str | None) -> None:
     log.warning(f"{file}: {key}: {text}")
 
 
+def ssl_protocol_ignored(value: Any) -> str | None:
+    """The note of the original's `ssl_protocol` key: pmnc chooses the protocol itself."""
+    if value is None:
+        return None
+    return f"{value!r} is not used: pmnc speaks TLS 1.2 or later (remove the key)"
+
+
 def names(value: Any) -> tuple[str, ...]:
     """A conversion: one name (or pattern), or a list of them, as a tuple of strings."""
     return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)

@@ -264,6 +264,16 @@ def typecheck_with_exceptions(
     return lambda func: typecheck(func, input_parameter_error=inputs, return_value_error=results)
 
 
+# control characters shown escaped: the text reaches logs and HTTP bodies, one line each
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """The value as the original's messages showed it (str, not repr: self-tests compare
+    the texts), one line, at most 200 characters."""
+    try:
+        text = str(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    text = text.translate(_CONTROLS)
     return text if len(text) <= 200 else text[:197] + "..."

@@ -61,7 +61,7 @@ from pmnc.protocols.httpwire import (
 )
 from pmnc.request import Request
 from pmnc.request import current as current_request
-from pmnc.schema import Key, address
+from pmnc.schema import Key, address, ssl_protocol_ignored
 
 if TYPE_CHECKING:
     from pmnc.runtime import Runtime
@@ -83,7 +83,7 @@ class Interface(interfaces.Interface):
         header_timeout=Key(5.0, float),
         ssl_key_cert_file=Key(None), ssl_ca_cert_file=Key(None), ssl_ciphers=Key(None),
         ssl_client_cert_required=Key(False, bool),
-        ssl_protocol=Key(None),  # the original's; accepted for compatibility and ignored: TLS 1.2 or later
+        ssl_protocol=Key(None, note=ssl_protocol_ignored),  # the original's: TLS 1.2 or later, whatever it says
         gzip_content_types=Key(()),  # regexes, each matching a whole content type, e.g. "text/.+"
         response_encoding=Key("utf-8", str),
         original_ip_header_fields=Key((), tuple),
@@ -152,6 +152,11 @@ class Interface(interfaces.Interface):
         self.address = (host, port)
         scheme = "https" if self._server_ssl else "http"
         log.message(f"interface {self.name} listens on {scheme}://{host}:{port}/")
+
+    @property
+    def listener_address(self) -> tuple[str, int]:
+        """The address bound, by the original's name (its self-tests connect to it)."""
+        return self.address
 
     async def _listen(self) -> asyncio.base_events.Server:
         self._server_ssl = self._ssl_context()

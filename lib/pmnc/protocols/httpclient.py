@@ -22,7 +22,7 @@ import httptools
 from pmnc import request as _request
 from pmnc import resource
 from pmnc.errors import ConfigError, ResourceError, ResourceInputParameterError, exc_string
-from pmnc.schema import RESOURCE_KEYS, Key, address, resource_file
+from pmnc.schema import RESOURCE_KEYS, Key, address, resource_file, ssl_protocol_ignored
 
 MAX_RESPONSE_SIZE = 16 * 1024 * 1024  # the original's limit
 _READ = 65536
@@ -124,7 +124,7 @@ KEYS = RESOURCE_KEYS.extend(
     max_response_size=Key(MAX_RESPONSE_SIZE, int),
     ssl_ca_cert_file=Key(None), ssl_key_cert_file=Key(None), ssl_ciphers=Key(None),  # TLS if a CA is given
     ssl_server_hostname=Key(None), ssl_ignore_hostname=Key(False, bool),
-    ssl_protocol=Key(None),  # the original's; accepted for compatibility and ignored: TLS 1.2 or later
+    ssl_protocol=Key(None, note=ssl_protocol_ignored),  # the original's: TLS 1.2 or later, whatever it says
 )
 
 

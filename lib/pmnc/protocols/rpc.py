@@ -204,6 +204,11 @@ class Interface(interfaces.Interface):
         self.acceptor: threading.Thread | None = None
         self.wake_r = self.wake_w = -1  # a pipe made readable at cease: it wakes every connection's wait
 
+    @property
+    def listener_address(self) -> tuple[str, int]:
+        """The address bound, by the original's name."""
+        return self.address
+
     def start(self) -> None:
         self.lifecycle = self.runtime.lifecycle
         self.callee = Callee(self.lifecycle, cage=self.runtime.name, interface=self.name, protocol=self.protocol,
