@@ -23,7 +23,7 @@ RANKS = {
     # 1 core
     "workers": 1, "loader": 1, "config": 1, "schema": 1, "state": 1, "decisions": 1, "lifecycle": 1,
     # 2 services
-    "transaction": 2, "pools": 2, "retry": 2, "rpc": 2, "resource_pool": 2,
+    "transaction": 2, "pools": 2, "cache": 1, "retry": 2, "rpc": 2, "resource_pool": 2,
     # 3 runtime
     "runtime": 3, "facade": 3, "framework": 3,
     # 4 protocols

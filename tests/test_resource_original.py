@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from conftest import InProcessCage, config_source, module_source, wait_until
 from pg_peer import PgServer
+from pmnc.cache import ResultCache
 from pmnc.errors import ConfigError, ResourceError, ResourceInputParameterError
 from pmnc.loader import protocol_class
-from pmnc.pools import ResultCache
 from pmnc.protocols import oracle
 from pmnc.request import Request
 from pmnc.resource import Resource as PmncResource

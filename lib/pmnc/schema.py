@@ -171,7 +171,7 @@ POOL_KEYS = Schema(
     pool__max_age=Key(300.0, float),  # any connection is closed after this
     pool__min_time=Key(0.0, float),  # a call with less time left is declined
     pool__max_time=Key(None, float),  # a call may take at most this (None: no limit)
-    # a cache of call results, when pool__cache_size is set (pools.ResultCache)
+    # a cache of call results, when pool__cache_size is set (cache.ResultCache)
     pool__cache_size=Key(None, int),  # entries kept (None or 0: no cache)
     pool__cache_policy=Key(None, str),  # what goes first: lru (None) lfu weight useless old random
     pool__cache_default_ttl=Key(None, float),  # seconds an entry lives (None: until evicted)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import log
 from pmnc import request as _request
+from pmnc.cache import WAIT_EXPIRED, cache_ticket
 from pmnc.errors import (
     ResourceError,
     ResourceInputParameterError,
@@ -45,7 +46,6 @@ from pmnc.errors import (
     TransactionExecutionError,
     exc_string,
 )
-from pmnc.pools import WAIT_EXPIRED, cache_ticket
 from pmnc.request import new_unique_id
 from pmnc.resource import LIFECYCLE, Resource
 
@@ -566,7 +566,7 @@ def _cap_time(request: _request.Request, pool: ResourcePool) -> None:
 
 
 # The pool__cache_* kwargs a call may pass (the original's): they steer its pool's result
-# cache (pools.ResultCache) and never reach the resource, whether the pool has a cache or not.
+# cache (cache.ResultCache) and never reach the resource, whether the pool has a cache or not.
 CACHE_CALL_KEYS = ("pool__cache_key", "pool__cache_ttl", "pool__cache_weight", "pool__cache_group",
                    "pool__cache_wrap", "pool__cache_get", "pool__cache_put", "pool__cache_read_keys",
                    "pool__cache_write_keys")
