@@ -7,45 +7,12 @@ is pmnc.errors.InputParameterError, the class pmnc's loader raises.
 
 import builtins
 
+from pmnc import typecheck as _checker
 from pmnc.errors import InputParameterError, ReturnValueError, TypeCheckError, TypeCheckSpecificationError
-from pmnc.typecheck import (
-    anything,
-    by_regex,
-    dict_of,
-    disable,
-    either,
-    list_of,
-    nothing,
-    one_of,
-    optional,
-    set_of,
-    tuple_of,
-    typecheck,
-    typecheck_with_exceptions,
-    with_attr,
-)
+from pmnc.typecheck import *  # noqa: F403 - every name of pmnc's checker, as the original offered them
 
 # The original exported a `callable` predicate; the builtin is the same check.
 callable = builtins.callable
 
-__all__ = [
-    "InputParameterError",
-    "ReturnValueError",
-    "TypeCheckError",
-    "TypeCheckSpecificationError",
-    "anything",
-    "by_regex",
-    "callable",
-    "dict_of",
-    "disable",
-    "either",
-    "list_of",
-    "nothing",
-    "one_of",
-    "optional",
-    "set_of",
-    "tuple_of",
-    "typecheck",
-    "typecheck_with_exceptions",
-    "with_attr",
-]
+__all__ = [*_checker.__all__, "InputParameterError", "ReturnValueError", "TypeCheckError",
+           "TypeCheckSpecificationError", "callable"]
