@@ -22,6 +22,7 @@ RANKS = {
     "loop": 0, "keys": 0, "resource": 0, "venv": 0, "timeout": 0, "threads": 0, "interlocked": 0,
     # 1 core
     "workers": 1, "loader": 1, "config": 1, "schema": 1, "state": 1, "decisions": 1, "lifecycle": 1,
+    "received": 1,
     # 2 services
     "transaction": 2, "pools": 2, "cache": 1, "retry": 2, "rpc": 2, "resource_pool": 2,
     # 3 runtime

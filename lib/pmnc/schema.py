@@ -59,6 +59,13 @@ class Schema(Mapping[str, Key]):
         return Schema(moved={k: v for k, v in {**self._moved, **moved}.items() if k not in keys},
                       **{k: v for k, v in {**self._keys, **keys}.items() if k not in moved})
 
+    def __or__(self, other: Schema) -> Schema:
+        """Both schemas' keys (a protocol's connection keys shared by its interface and resource);
+        where both have a key, `other`'s."""
+        joined = Schema(moved={k: v for k, v in {**self._moved, **other.moved}.items() if k not in other})
+        joined._keys = {k: v for k, v in {**self._keys, **other._keys}.items() if k not in other.moved}
+        return joined
+
     def read(self, config: Mapping[str, Any], file: str) -> dict[str, Any]:
         """Every key of the schema, from `config` or its default; `config` is left as it was."""
         moved = [k for k in config if k in self._moved]

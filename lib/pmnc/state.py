@@ -10,6 +10,8 @@ cage on one machine:
                committed or rolled back (see StateResource)
     retry      the messages of retried calls and, once done, their ids for
                de-duplication (retry.py)
+    received   what message interfaces (jms, ...) have handled or failed to, by
+               message id: their duplicate and poison windows (received.py)
 
 Every write, from any thread, goes through one writer (`StateStore.transact`):
 the first thread to come writes whatever is waiting in one transaction and one
@@ -83,6 +85,15 @@ CREATE TABLE IF NOT EXISTS retry (
     UNIQUE (queue, filtered_id));
 CREATE INDEX IF NOT EXISTS retry_ready ON retry (status, queue, visible_at);
 CREATE INDEX IF NOT EXISTS retry_finished ON retry (status, finished);
+CREATE TABLE IF NOT EXISTS received (
+    source TEXT NOT NULL,           -- <protocol>:<interface>
+    message_id TEXT NOT NULL,
+    handled REAL,                   -- epoch: when its handler succeeded; NULL while it has only failed
+    failures INTEGER NOT NULL,      -- handler runs that failed
+    last_error TEXT,
+    changed REAL NOT NULL,          -- epoch: kept until changed + the interface's window
+    PRIMARY KEY (source, message_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS received_changed ON received (source, changed);
 """
 
 
