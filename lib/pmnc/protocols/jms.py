@@ -44,7 +44,9 @@ from __future__ import annotations
 import logging
 import queue
 import re
+import socket
 import ssl
+import struct
 import threading
 import time
 import uuid
@@ -288,20 +290,37 @@ class Link(stomp.ConnectionListener):  # type: ignore[misc]
             raise BrokerError(f"broker at {self.where} did not answer the login within {timeout:.1f}s")
 
     def close(self) -> None:
+        """DISCONNECT, then the socket closed at once: stomp.py's own stop waits for the broker
+        without a limit. What was not acknowledged goes back to the broker's queue."""
         conn = self.conn
         if conn is not None:
             try:
                 if conn.is_connected():
-                    conn.disconnect()
+                    conn.disconnect()  # no receipt asked: not waited for
             except Exception:
                 pass
             try:
-                conn.transport.stop()
+                if conn.transport.socket is not None:
+                    conn.transport.socket.settimeout(1.0)  # bounds a TLS close_notify exchange
+                conn.transport.disconnect_socket()
             except Exception:
                 pass
         with self._cond:
             self._lost = True
             self._cond.notify_all()
+
+    def bound_sends(self, seconds: float) -> None:
+        """Let a frame's send block at most `seconds` (a broker applying flow control stops
+        reading): stomp.py writes with a blocking sendall. A send cut short leaves half a frame
+        on the wire, so its error must drop the connection (a terminal ResourceError does).
+        TLS connections are written by stomp.py's own thread, never blocking the caller."""
+        conn = self.conn
+        sock = conn.transport.socket if conn is not None else None
+        if sock is None or self.config["ssl_ca_cert_file"]:
+            return
+        seconds = max(seconds, 0.001)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000)))
 
     def receipt(self) -> str:
         """A new receipt id to put on a frame and `await_receipt` for."""
@@ -551,7 +570,7 @@ class Interface(interfaces.Interface):
         if error is None:
             self._mark_handled(message_id)
             return self._ack(link, ack)
-        if error == "":  # the cage is stopping: not a failure of the message
+        if error == "":  # not a failure of the message: it comes again, not counted
             return False
         failures = self._count_failure(message_id, error)
         if failures > self.config["max_redeliveries"]:
@@ -577,7 +596,8 @@ class Interface(interfaces.Interface):
         return fields
 
     def _run(self, message_id: str, fields: dict[str, Any], headers: dict[str, str]) -> str | None:
-        """The handler for one message: None if it succeeded, else why not ("" if the cage is stopping)."""
+        """The handler for one message: None if it succeeded, else why not; "" if that was not the
+        message's fault (the cage is stopping; the deadline came before the handler started)."""
         correlation = headers.get("correlation-id")
         description = f"JMS message {message_id}" + (f", corr.id {correlation}" if correlation else "")
         lifecycle = self.runtime.lifecycle
@@ -594,6 +614,9 @@ class Interface(interfaces.Interface):
         except IntakeClosedError:
             return ""
         except RequestExpiredError as e:
+            if not run.started:  # waited in the queue (the cage is busy): not counted against it
+                log.warning(f"{description} was not processed: {e}; it comes again")
+                return ""
             log.warning(f"{description} processing failed: {e}")
             return f"the deadline: {e}"
         except Exception as e:
@@ -847,6 +870,7 @@ class Resource(resource.Resource):
         message_id = f"ID:pmnc-{uuid.uuid4()}"
         frame_headers.update(extra, **{PMNC_MESSAGE_ID: message_id})
         link = self._live_link()
+        link.bound_sends(_request.current().remain)
         try:
             if self._tx is None:
                 tx = f"pmnc-{uuid.uuid4().hex}"
@@ -855,7 +879,7 @@ class Resource(resource.Resource):
             link.stomp.send(where, body, headers=dict(frame_headers, transaction=self._tx))
         except (stomp.exception.StompException, OSError) as e:
             raise ResourceError(f"sending to {link.where} failed: {exc_string(e, stack=False)}",
-                                recoverable=True) from None
+                                recoverable=True, terminal=True) from None
         self._sent.append(message_id)
         log.info(f"JMS message {message_id} with {len(body)} content byte(s) to {jms_name(where)}, "
                  f"sent when the transaction commits")
@@ -870,6 +894,7 @@ class Resource(resource.Resource):
             self._abort(link, tx)
             raise ResourceError(f"the broker refused a message: {error}", recoverable=True)
         receipt = link.receipt()
+        link.bound_sends(_request.current().remain)
         try:
             link.stomp.commit(tx, headers={"receipt": receipt})
         except (stomp.exception.StompException, OSError) as e:
