@@ -122,7 +122,12 @@ CONNECTION_KEYS = Schema(
 
 
 class BrokerError(Exception):
-    """The broker cannot be reached, refused the login, or answered with an ERROR frame."""
+    """The broker cannot be reached, or it answered with an ERROR frame (`answered`: a wrong
+    password, say - something for a person to fix, rather than to wait out)."""
+
+    def __init__(self, text: str, *, answered: bool = False) -> None:
+        super().__init__(text)
+        self.answered = answered
 
 
 def destination(kind: str, name: Any, file: str) -> str:
@@ -284,7 +289,7 @@ class Link(stomp.ConnectionListener):  # type: ignore[misc]
         if not connected:
             self.close()
             if error is not None:
-                raise BrokerError(f"broker at {self.where} refused the connection: {error}")
+                raise BrokerError(f"broker at {self.where} refused the connection: {error}", answered=True)
             if self._lost:
                 raise BrokerError(f"broker at {self.where} closed the connection while logging in")
             raise BrokerError(f"broker at {self.where} did not answer the login within {timeout:.1f}s")
@@ -450,7 +455,7 @@ class Interface(interfaces.Interface):
         self._running: dict[str, _Run] = {}  # message id -> set when its handler has returned
         self._running_lock = threading.Lock()
         self._maintainer: threading.Thread | None = None
-        self._outage: str | None = None  # why the broker is out of reach, while it is
+        self._outage: set[str] | None = None  # while the broker is out of reach: the reasons said
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -474,13 +479,17 @@ class Interface(interfaces.Interface):
         self._stopping.set()
         for slot in self._slots:
             slot.frames.put(None)
+        # the slots end first: a message whose request has just ended (the cage drained it) is
+        # marked handled and acknowledged before the connection closes, not left on the queue
+        until = time.monotonic() + 5.0
+        for slot in self._slots:
+            slot.thread.join(max(until - time.monotonic(), 0.0))
         link, self._link = self._link, None
         if link is not None:
             link.close()
         self._link_lost.set()
-        for thread in [s.thread for s in self._slots] + [self._maintainer]:
-            if thread is not None:
-                thread.join(5.0)
+        if self._maintainer is not None:
+            self._maintainer.join(5.0)
 
     # --- the connection --------------------------------------------------------------------
 
@@ -492,7 +501,7 @@ class Interface(interfaces.Interface):
             try:
                 link = self._connect()
             except BrokerError as e:
-                self._out(str(e))
+                self._out(str(e), e.answered)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
@@ -520,11 +529,15 @@ class Interface(interfaces.Interface):
             raise BrokerError(f"broker at {link.where} closed the connection: {link.take_error() or 'no reason'}")
         return link
 
-    def _out(self, why: str) -> None:
-        """An outage: logged once when it begins (and again only if the reason changes)."""
-        if self._outage != why:
+    def _out(self, why: str, answered: bool = False) -> None:
+        """An outage: an error when it begins; while it lasts, a warning for each new thing the
+        broker answered (back, but refusing the login, say); nothing for the attempts between."""
+        if self._outage is None:
             log.error(f"interface {self.name}: {why}; trying again with back-off, nothing is lost meanwhile")
-        self._outage = why
+            self._outage = {why}
+        elif answered and why not in self._outage:
+            log.warning(f"interface {self.name}: still out of reach: {why}")
+            self._outage.add(why)
 
     def _back(self) -> None:
         if self._outage is not None:
