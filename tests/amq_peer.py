@@ -67,15 +67,21 @@ CONFIG = """<beans xmlns="http://www.springframework.org/schema/beans"
 """
 
 SSL_CONTEXT = """<sslContext><sslContext keyStore="file:{keystore}" keyStoreType="PKCS12"
-      keyStorePassword="{password}" trustStore="file:{keystore}" trustStoreType="PKCS12"
+      keyStorePassword="{password}" trustStore="file:{truststore}" trustStoreType="PKCS12"
       trustStorePassword="{password}"/></sslContext>"""
 SSL_CONNECTOR = '<transportConnector name="stomp+ssl" uri="stomp+ssl://127.0.0.1:{port}{options}"/>'
 
 
 class AmqBroker:
-    """One broker; `stomp_port` (and `ssl_port` when built with a keystore) on 127.0.0.1."""
+    """One broker; `stomp_port` (and `ssl_port` when built with a keystore) on 127.0.0.1.
 
-    def __init__(self, keystore: Path | None = None, need_client_auth: bool = False) -> None:
+    `keystore`: a PKCS12 file (KEYSTORE_PASSWORD) with the broker's key and certificate;
+    `truststore`: a PKCS12 file of trusted certificates (Java takes only entries marked
+    trusted, as cryptography's `pkcs12.serialize_java_truststore` writes them), which
+    `need_client_auth` checks the clients' certificates against."""
+
+    def __init__(self, keystore: Path | None = None, need_client_auth: bool = False,
+                 truststore: Path | None = None) -> None:
         if not (HOME / "bin" / "activemq.jar").exists() or shutil.which("java") is None:
             pytest.skip(f"no ActiveMQ in {HOME} (Debian package activemq) or no java")
         _remove_orphans()
@@ -85,7 +91,8 @@ class AmqBroker:
             (self.folder / sub).mkdir()
         self.stomp_port = _free_port()
         self.ssl_port = _free_port() if keystore else None
-        ssl = SSL_CONTEXT.format(keystore=keystore, password=KEYSTORE_PASSWORD) if keystore else ""
+        ssl = SSL_CONTEXT.format(keystore=keystore, truststore=truststore or keystore,
+                                 password=KEYSTORE_PASSWORD) if keystore else ""
         options = "?needClientAuth=true" if need_client_auth else ""
         ssl_connector = SSL_CONNECTOR.format(port=self.ssl_port, options=options) if keystore else ""
         (self.folder / "conf" / "activemq.xml").write_text(CONFIG.format(

@@ -74,8 +74,33 @@ if TYPE_CHECKING:
 
 __all__ = ["Interface", "Resource"]
 
-# stomp.py logs every failed connect attempt and lost connection; the interface says it once
-logging.getLogger("stomp.py").setLevel(logging.CRITICAL)
+
+class _ConnectFailures(logging.Filter):
+    """stomp.py logs every failed connect attempt and lost connection (the interface says it
+    once), and tells why an attempt failed - refused, a certificate not trusted, a file not
+    found - only there: the reason is kept for the caller's thread, the record dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg == "could not connect to host %s, port %s: %s" and len(args) == 3:
+            self._last.reason = str(args[2])
+        elif record.msg == "Could not find file %s" and len(args) == 1:
+            self._last.reason = f"no file {args[0]}"
+        return record.levelno >= logging.CRITICAL
+
+    def take(self) -> str | None:
+        """Why the last connect attempt on this thread failed, if stomp.py said; once."""
+        reason, self._last.reason = getattr(self._last, "reason", None), None
+        return reason
+
+
+CONNECT_FAILURES = _ConnectFailures()
+logging.getLogger("stomp.py").setLevel(logging.WARNING)
+logging.getLogger("stomp.py").addFilter(CONNECT_FAILURES)
 
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # bytes of a message body, both ways (the broker has its own limit)
 MAX_ERROR_TEXT = 2000  # characters of the error kept with a dead-lettered message
@@ -277,11 +302,16 @@ class Link(stomp.ConnectionListener):  # type: ignore[misc]
             self.conn.set_ssl(for_hosts=[(self.host, self.port)], ca_certs=self.config["ssl_ca_cert_file"],
                               cert_file=key_cert, key_file=key_cert, ssl_version=ssl.PROTOCOL_TLS_CLIENT)
         self.conn.set_listener("pmnc", self)
+        CONNECT_FAILURES.take()
         try:
             self.conn.connect(self.config["username"], self.config["password"], wait=False, headers=headers)
         except (stomp.exception.StompException, OSError, ssl.SSLError) as e:
             self.close()
-            raise BrokerError(f"cannot connect to {self.where}: {_why(e)}") from None
+            raise BrokerError(f"cannot connect to {self.where}: {CONNECT_FAILURES.take() or _why(e)}") from None
+        try:  # BEGIN, SEND, COMMIT (and each ACK) go out as written, not held back by Nagle's algorithm
+            self.conn.transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            pass  # the connection is already gone: the wait below says so
         with self._cond:
             self._cond.wait_for(lambda: self._connected or self._lost or self._error is not None,
                                 max(until - time.monotonic(), 0.0))
@@ -291,7 +321,9 @@ class Link(stomp.ConnectionListener):  # type: ignore[misc]
             if error is not None:
                 raise BrokerError(f"broker at {self.where} refused the connection: {error}", answered=True)
             if self._lost:
-                raise BrokerError(f"broker at {self.where} closed the connection while logging in")
+                hint = "" if self.config["ssl_key_cert_file"] or not self.config["ssl_ca_cert_file"] else \
+                    " (a broker that wants a client certificate does so: ssl_key_cert_file gives one)"
+                raise BrokerError(f"broker at {self.where} closed the connection while logging in{hint}")
             raise BrokerError(f"broker at {self.where} did not answer the login within {timeout:.1f}s")
 
     def close(self) -> None:
@@ -484,12 +516,12 @@ class Interface(interfaces.Interface):
         until = time.monotonic() + 5.0
         for slot in self._slots:
             slot.thread.join(max(until - time.monotonic(), 0.0))
+        self._link_lost.set()
+        if self._maintainer is not None:  # it may be connecting: then its link is the one to close
+            self._maintainer.join(self.config["connect_timeout"] + 1.0)
         link, self._link = self._link, None
         if link is not None:
             link.close()
-        self._link_lost.set()
-        if self._maintainer is not None:
-            self._maintainer.join(5.0)
 
     # --- the connection --------------------------------------------------------------------
 
@@ -512,8 +544,9 @@ class Interface(interfaces.Interface):
                     swept = time.monotonic()
                     self._sweep()
                 self._link_lost.wait(1.0)
-            if not self._stopping.is_set():
-                self._out(f"the connection to the broker at {link.where} was lost")
+            if self._stopping.is_set():
+                return  # stop() closes the link, once the slots have acknowledged what they finished
+            self._out(f"the connection to the broker at {link.where} was lost")
             link.close()
 
     def _connect(self) -> Link:
@@ -567,10 +600,11 @@ class Interface(interfaces.Interface):
         headers = frame.headers
         message_id = headers.get("message-id", "")
         ack = headers.get("ack", "")
-        if not self._wait_for_earlier_run(message_id):
+        earlier = self._wait_for_earlier_run(message_id)
+        if earlier is None:
             return False
         entry = self._lookup(message_id)
-        if entry is not None and entry.handled:
+        if earlier or (entry is not None and entry.handled):
             log.info(f"JMS message {message_id} was handled before, acknowledged without running the handler again")
             return self._ack(link, ack)
         if entry is not None and entry.failures > self.config["max_redeliveries"]:
@@ -579,10 +613,17 @@ class Interface(interfaces.Interface):
             request_fields = self._request_fields(message_id, frame)
         except ValueError as e:  # it can never succeed: set aside at once
             return self._dead_letter(link, frame, str(e), 0)
-        error = self._run(message_id, request_fields, headers)
+        error, run = self._run(message_id, request_fields, headers)
         if error is None:
+            # ACK first: the broker's dispatch of the next message overlaps the write of the mark.
+            # Until the mark is written, a copy that comes (a connection lost right after the ACK)
+            # finds this run still tracked, and that it succeeded.
+            self._ack(link, ack)
             self._mark_handled(message_id)
-            return self._ack(link, ack)
+        if run is not None:
+            self._ended(run)
+        if error is None:
+            return True
         if error == "":  # not a failure of the message: it comes again, not counted
             return False
         failures = self._count_failure(message_id, error)
@@ -608,9 +649,10 @@ class Interface(interfaces.Interface):
                 raise ValueError(f"the text message is not UTF-8: {e}") from None
         return fields
 
-    def _run(self, message_id: str, fields: dict[str, Any], headers: dict[str, str]) -> str | None:
+    def _run(self, message_id: str, fields: dict[str, Any], headers: dict[str, str]) -> tuple[str | None, _Run | None]:
         """The handler for one message: None if it succeeded, else why not; "" if that was not the
-        message's fault (the cage is stopping; the deadline came before the handler started)."""
+        message's fault (the cage is stopping; the deadline came before the handler started).
+        With it the run, still tracked for copies of the message: the caller ends it."""
         correlation = headers.get("correlation-id")
         description = f"JMS message {message_id}" + (f", corr.id {correlation}" if correlation else "")
         lifecycle = self.runtime.lifecycle
@@ -618,26 +660,24 @@ class Interface(interfaces.Interface):
             request = lifecycle.begin(interface=self.name, protocol=self.protocol, timeout=self.request_timeout,
                                       parameters={"auth_tokens": {}}, description=description)
         except IntakeClosedError:
-            return ""
+            return "", None
         run = _Run(message_id)
         with self._running_lock:
             self._running[message_id] = run
         try:
             lifecycle.call(request, self._handle, run, fields)
         except IntakeClosedError:
-            return ""
+            return "", run
         except RequestExpiredError as e:
             if not run.started:  # waited in the queue (the cage is busy): not counted against it
                 log.warning(f"{description} was not processed: {e}; it comes again")
-                return ""
+                return "", run
             log.warning(f"{description} processing failed: {e}")
-            return f"the deadline: {e}"
+            return f"the deadline: {e}", run
         except Exception as e:
             log.warning(f"{description} processing failed: {exc_string(e)}")
-            return exc_string(e, stack=False)
-        finally:
-            self._ended(run)
-        return None
+            return exc_string(e, stack=False), run
+        return None, run
 
     def _handle(self, run: _Run, fields: dict[str, Any]) -> None:
         """On the worker: the handler, its run tracked for copies of the message that come meanwhile."""
@@ -645,11 +685,13 @@ class Interface(interfaces.Interface):
             if run.dropped:
                 return
             run.started = True
+        succeeded = False
         try:
             self.runtime.lifecycle.handle(self.handler, "process_request", (fields, {}))
+            succeeded = not _request.current().expired  # as the slot will judge it
         finally:
             with self._running_lock:
-                run.returned = True
+                run.returned, run.succeeded = True, succeeded
                 if run.waited_out:  # the slot has given up on it (the deadline): the run is over now
                     self._forget_run(run)
             run.done.set()
@@ -668,13 +710,18 @@ class Interface(interfaces.Interface):
         if self._running.get(run.message_id) is run:
             del self._running[run.message_id]
 
-    def _wait_for_earlier_run(self, message_id: str) -> bool:
+    def _wait_for_earlier_run(self, message_id: str) -> bool | None:
         """A copy of a message whose handler is still running (it ran past its deadline, or the
-        connection was lost meanwhile) waits for that run to return; then whether it succeeded
-        decides. False if it did not return within a request's time: the copy goes back."""
+        connection was lost meanwhile) waits for that run to return: whether it succeeded (False
+        if there was none), told by the run itself - its slot may not have marked it handled yet.
+        None if it did not return within a request's time: the copy goes back."""
         with self._running_lock:
             earlier = self._running.get(message_id)
-        return earlier is None or earlier.done.wait(self.request_timeout)
+        if earlier is None:
+            return False
+        if not earlier.done.wait(self.request_timeout):
+            return None
+        return earlier.succeeded
 
     def _lookup(self, message_id: str) -> Any:
         try:
@@ -750,12 +797,12 @@ class Interface(interfaces.Interface):
 class _Run:
     """One run of a message's handler, seen by copies of the message that come meanwhile."""
 
-    __slots__ = ("done", "dropped", "message_id", "returned", "started", "waited_out")
+    __slots__ = ("done", "dropped", "message_id", "returned", "started", "succeeded", "waited_out")
 
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
         self.done = threading.Event()  # the run is over, however it ended
-        self.started = self.returned = self.dropped = self.waited_out = False
+        self.started = self.returned = self.dropped = self.waited_out = self.succeeded = False
 
 
 class _Slot:
