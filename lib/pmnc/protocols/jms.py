@@ -575,6 +575,8 @@ class Interface(interfaces.Interface):
     def _back(self) -> None:
         if self._outage is not None:
             log.message(f"interface {self.name}: the broker can be reached again, messages are taken")
+        else:
+            log.info(f"interface {self.name}: connected to the broker, subscribed to {self.destination}")
         self._outage = None
 
     def _sweep(self) -> None:
