@@ -3,9 +3,9 @@ how often it failed with the others, kept in the cage's state so that a restart 
 
 A broker (or a mailbox) delivers at least once: a message whose handler succeeded may come
 again when the acknowledgement was lost (the connection dropped in between, the cage was
-killed). An interface asks `handled(id)` before running the handler and `mark_handled(id)`
-after it succeeded, before acknowledging; the copy that comes again is then acknowledged
-without running the handler. `failed(id, error)` counts a message's failures, so that a
+killed). An interface asks `lookup(id)` before running the handler and records
+`mark_handled(ids)` after it succeeded (several at once, to write less often); a copy that
+comes again is then acknowledged without running the handler. `failed(id, error)` counts a message's failures, so that a
 poison message is set aside after a bounded number of attempts, across restarts too.
 
 Entries are kept for `window` seconds after their last change (`forget_old` drops older
@@ -41,13 +41,15 @@ class Received:
                              (self.source, message_id)).fetchone()
         return None if row is None else Entry(row[0] is not None, int(row[1]), row[2] or "")
 
-    def mark_handled(self, message_id: str) -> None:
+    def mark_handled(self, message_ids: list[str]) -> None:
+        """Record that the handler has succeeded with these messages (one write for all)."""
         now = time.time()
+        rows = [(self.source, message_id, now, now) for message_id in message_ids]
 
         def mark(db: sqlite3.Connection) -> None:
-            db.execute("INSERT INTO received (source, message_id, handled, failures, changed) VALUES (?, ?, ?, 0, ?) "
-                       "ON CONFLICT (source, message_id) DO UPDATE SET handled = excluded.handled, "
-                       "changed = excluded.changed", (self.source, message_id, now, now))
+            db.executemany("INSERT INTO received (source, message_id, handled, failures, changed) "
+                           "VALUES (?, ?, ?, 0, ?) ON CONFLICT (source, message_id) DO UPDATE SET "
+                           "handled = excluded.handled, changed = excluded.changed", rows)
 
         self.store.transact(mark, durable=False)
 

@@ -66,7 +66,7 @@ from pmnc.errors import (
     ResourceInputParameterError,
     exc_string,
 )
-from pmnc.received import Received
+from pmnc.received import Entry, Received
 from pmnc.schema import RESOURCE_KEYS, Key, Schema, address, interface_file, resource_file, ssl_protocol_ignored
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # bytes of a message body, both ways (the br
 MAX_ERROR_TEXT = 2000  # characters of the error kept with a dead-lettered message
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0  # seconds between attempts to reach the broker
 SWEEP_PERIOD = 60.0  # seconds between sweeps of the duplicate window
+MARK_PERIOD = 0.1  # seconds between the writes of the ids just acknowledged, in one transaction
 
 # A JMS destination name: printable, no white space (the broker's own wildcards and
 # composites - * > , - mean something else there and are refused too).
@@ -144,6 +145,9 @@ CONNECTION_KEYS = Schema(
     classpath=Key(None, note=_jvm_key_ignored), jndi=Key(None, note=_jvm_key_ignored),
     factory=Key(None, note=_jvm_key_ignored),
 )
+
+
+HANDLED = Entry(handled=True, failures=0, last_error="")
 
 
 class BrokerError(Exception):
@@ -488,6 +492,9 @@ class Interface(interfaces.Interface):
         self._running_lock = threading.Lock()
         self._maintainer: threading.Thread | None = None
         self._outage: set[str] | None = None  # while the broker is out of reach: the reasons said
+        # handled and acknowledged, not yet written to the state (the maintainer does, every MARK_PERIOD)
+        self._acked: dict[str, None] = {}
+        self._acked_lock = threading.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -522,6 +529,7 @@ class Interface(interfaces.Interface):
         link, self._link = self._link, None
         if link is not None:
             link.close()
+        self._write_marks()
 
     # --- the connection --------------------------------------------------------------------
 
@@ -543,7 +551,8 @@ class Interface(interfaces.Interface):
                 if time.monotonic() - swept >= SWEEP_PERIOD:
                     swept = time.monotonic()
                     self._sweep()
-                self._link_lost.wait(1.0)
+                self._link_lost.wait(MARK_PERIOD)
+                self._write_marks()
             if self._stopping.is_set():
                 return  # stop() closes the link, once the slots have acknowledged what they finished
             self._out(f"the connection to the broker at {link.where} was lost")
@@ -552,6 +561,7 @@ class Interface(interfaces.Interface):
     def _connect(self) -> Link:
         c = self.config
         client_id = f"pmnc.{self.runtime.node}.{self.runtime.name}.{self.name}" if c["durable_subscription"] else None
+        self._write_marks()  # what the last connection acknowledged may come again on this one
         link = Link(c, on_message=self._arrived, on_lost=lambda _: self._link_lost.set(), client_id=client_id)
         link.open(c["connect_timeout"])
         self._link_lost.clear()
@@ -617,11 +627,14 @@ class Interface(interfaces.Interface):
             return self._dead_letter(link, frame, str(e), 0)
         error, run = self._run(message_id, request_fields, headers)
         if error is None:
-            # ACK first: the broker's dispatch of the next message overlaps the write of the mark.
-            # Until the mark is written, a copy that comes (a connection lost right after the ACK)
-            # finds this run still tracked, and that it succeeded.
+            # The ACK, then the mark: kept here and written with the others within MARK_PERIOD (one
+            # write for many messages). A copy that comes meanwhile finds the mark here, or this
+            # run still tracked. A cage killed after the ACK was sent loses no ACK (the kernel
+            # delivers what was written); only with the broker failing too, within MARK_PERIOD,
+            # could a copy run again.
             self._ack(link, ack)
-            self._mark_handled(message_id)
+            with self._acked_lock:
+                self._acked[message_id] = None
         if run is not None:
             self._ended(run)
         if error is None:
@@ -725,7 +738,9 @@ class Interface(interfaces.Interface):
             return None
         return earlier.succeeded
 
-    def _lookup(self, message_id: str) -> Any:
+    def _lookup(self, message_id: str) -> Entry | None:
+        if message_id in self._acked:
+            return HANDLED
         try:
             return self.received.lookup(message_id)
         except Exception as e:  # the state cannot be read: the handler runs, as without the window
@@ -733,12 +748,19 @@ class Interface(interfaces.Interface):
                       f"{exc_string(e, stack=False)}")
             return None
 
-    def _mark_handled(self, message_id: str) -> None:
+    def _write_marks(self) -> None:
+        """Write the ids handled and acknowledged since the last time, in one transaction."""
+        with self._acked_lock:
+            if not self._acked:
+                return
+            ids, self._acked = list(self._acked), {}
         try:
-            self.received.mark_handled(message_id)
+            self.received.mark_handled(ids)
         except Exception as e:
-            log.error(f"interface {self.name}: JMS message {message_id} was handled but this could not be "
-                      f"recorded ({exc_string(e, stack=False)}): a copy delivered again would run again")
+            with self._acked_lock:
+                self._acked.update(dict.fromkeys(ids))  # kept for the next attempt
+            log.error(f"interface {self.name}: {len(ids)} handled message(s) could not be recorded "
+                      f"({exc_string(e, stack=False)}); copies delivered again after a restart would run again")
 
     def _count_failure(self, message_id: str, error: str) -> int:
         try:
