@@ -662,6 +662,8 @@ T = TypeVar("T")
 # the original names its driver): the pmnc protocol, and the prefix of its class there.
 PROTOCOL_ALIASES = {"postgresql_psycopg": ("postgresql", ""), "postgresql_pg8000": ("postgresql", ""),
                     "oracle_cx": ("oracle", "Sid")}  # oracle.SidResource: `database` is a SID
+# ... and those that are two of pmnc's, one per side: "email" was a POP3 interface and an SMTP resource.
+PROTOCOL_SIDES = {("email", "Interface"): "pop3", ("email", "Resource"): "smtp"}
 
 # The original's protocols pmnc does not have, with what to do instead.
 _OWN_FILE = ("write a protocol_{p}.py of the cage's own (in its folder or .shared) with a {kind} class, "
@@ -670,7 +672,7 @@ PROTOCOLS_NOT_SHIPPED = {
     "mysql_pymysql": "pmnc has no MySQL resource: " + _OWN_FILE,
     "sqlserver_adodb": "pmnc has no SQL Server resource: " + _OWN_FILE,
     **{name: "pmnc does not ship it: " + _OWN_FILE
-       for name in ("callable", "cmdexec", "email", "file", "schedule", "smpp", "tcp", "udp", "void")},
+       for name in ("callable", "cmdexec", "file", "schedule", "smpp", "tcp", "udp", "void")},
     "state": "the state resource is built in: use xa.state / pmnc.transaction.state with no config file",
 }
 
@@ -688,7 +690,7 @@ def protocol_class(loader: Loader, protocol: Any, kind: str, base: type[T], user
         raise ConfigError(f"protocol {protocol!r} of {user} is one of the original's that pmnc does not have: "
                           f"{PROTOCOLS_NOT_SHIPPED[protocol].format(p=protocol, kind=kind)}")
     else:
-        module, prefix = PROTOCOL_ALIASES.get(protocol, (protocol, ""))
+        module, prefix = PROTOCOL_ALIASES.get(protocol, (PROTOCOL_SIDES.get((protocol, kind), protocol), ""))
         try:
             namespace = importlib.import_module(f"pmnc.protocols.{module}").__dict__
         except ImportError:
