@@ -292,18 +292,15 @@ class MailServers:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class _Auth:
-    def __init__(self, success: bool) -> None:
-        self.success = success
-
-
-def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> _Auth:
-    """SMTP AUTH PLAIN/LOGIN: any of USERS with PASSWORD."""
+def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
+    """SMTP AUTH PLAIN/LOGIN: any of USERS with PASSWORD. `handled=False`: aiosmtpd answers a
+    failure itself (535); an object of another type would count as a success."""
+    from aiosmtpd.smtp import AuthResult
     login = getattr(auth_data, "login", b"")
     password = getattr(auth_data, "password", b"")
     login = login.decode() if isinstance(login, bytes) else str(login)
     password = password.decode() if isinstance(password, bytes) else str(password)
-    return _Auth(login in USERS and password == PASSWORD)
+    return AuthResult(success=login in USERS and password == PASSWORD, handled=False)
 
 
 def _split_pem(key_cert: Path, cert: Path, key: Path) -> None:
