@@ -10,7 +10,9 @@ poison message is set aside after a bounded number of attempts, across restarts 
 
 Entries are kept for `window` seconds after their last change (`forget_old` drops older
 ones). Writes are not fsynced (`durable=False`): they survive the cage's process being
-killed, which is what redelivers; a machine crash may cost a repeat, no more.
+killed, which is what redelivers; a machine crash may cost a repeat, no more. A caller that
+must not repeat even then asks `mark_handled(ids, durable=True)` (POP3 does, once per poll,
+before QUIT commits the deletions).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import time
 from typing import NamedTuple
 
 from pmnc.state import StateStore
+
+LOOKUP_CHUNK = 500  # ids per query (SQLite bounds the parameters of one statement)
 
 
 class Entry(NamedTuple):
@@ -41,8 +45,22 @@ class Received:
                              (self.source, message_id)).fetchone()
         return None if row is None else Entry(row[0] is not None, int(row[1]), row[2] or "")
 
-    def mark_handled(self, message_ids: list[str]) -> None:
-        """Record that the handler has succeeded with these messages (one write for all)."""
+    def lookup_many(self, message_ids: list[str]) -> dict[str, Entry]:
+        """What is known of each of these messages within the window (those known only): one
+        read for a whole mailbox listing rather than one per message."""
+        known: dict[str, Entry] = {}
+        with self.store.reading() as db:
+            for i in range(0, len(message_ids), LOOKUP_CHUNK):
+                chunk = message_ids[i:i + LOOKUP_CHUNK]
+                rows = db.execute(f"SELECT message_id, handled, failures, last_error FROM received WHERE source = ? "
+                                  f"AND message_id IN ({', '.join('?' * len(chunk))})", (self.source, *chunk))
+                for message_id, handled, failures, last_error in rows:
+                    known[message_id] = Entry(handled is not None, int(failures), last_error or "")
+        return known
+
+    def mark_handled(self, message_ids: list[str], *, durable: bool = False) -> None:
+        """Record that the handler has succeeded with these messages (one write for all);
+        `durable`: fsynced, so that a machine crash keeps it too (and every write before it)."""
         now = time.time()
         rows = [(self.source, message_id, now, now) for message_id in message_ids]
 
@@ -51,7 +69,7 @@ class Received:
                            "VALUES (?, ?, ?, 0, ?) ON CONFLICT (source, message_id) DO UPDATE SET "
                            "handled = excluded.handled, changed = excluded.changed", rows)
 
-        self.store.transact(mark, durable=False)
+        self.store.transact(mark, durable=durable)
 
     def failed(self, message_id: str, error: str) -> int:
         """Count one more failure of the message's handler; the count so far."""
