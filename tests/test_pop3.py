@@ -417,3 +417,14 @@ def test_the_shipped_handler_template_handles_a_message(alice: MailServers, in_p
                            files={"interface_pop3_1.py": template})
     wait_until(lambda: emptied(alice, "alice"), message="the message deleted")
     assert "from sender@example.com: 'from the template', 0 attachment(s)" in cage.log_text()
+
+
+def test_an_original_email_interface_config_runs_as_pop3(alice: MailServers, in_process_cage: Any) -> None:
+    """A config_interface file written for the original (`protocol="email"`, its keys) serves."""
+    original = dict(protocol="email", server_address=("127.0.0.1", alice.pop3_port), connect_timeout=3.0,
+                    ssl_key_cert_file=None, ssl_ca_cert_file=None, ssl_ciphers=None, ssl_protocol=None,
+                    username="alice", password="secret", interval=0.2)
+    cage = pop3_cage(in_process_cage, original, interfaces={"email_1": original})
+    alice.deliver("alice", plain("from the original"))
+    wait_until(lambda: subjects(cage.cage_dir) == ["from the original"], 15.0, message="the message handled")
+    wait_until(lambda: emptied(alice, "alice"), 10.0, message="the mailbox emptied")
