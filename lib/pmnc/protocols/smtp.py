@@ -47,6 +47,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email import headerregistry
 from email import policy as _policy
 from email.message import EmailMessage, MIMEPart
 from typing import Any
@@ -56,8 +57,26 @@ from pmnc import request as _request
 from pmnc.errors import ConfigError, ResourceDeadlineError, ResourceError, ResourceInputParameterError, exc_string
 from pmnc.schema import RESOURCE_KEYS, Key, address, resource_file, ssl_protocol_ignored
 
+
+class _HeaderClasses(headerregistry.HeaderRegistry):
+    """The email package's header registry makes a new class (`type(...)`) for every header of
+    every message, some 12 µs each; these are made once per header name (the same classes, so
+    the same bytes): composing a message takes 470 µs instead of 750 (bench/mail.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        key = name.lower()
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = super().__getitem__(name)
+        return made
+
+
 # Lines of 78 characters, CRLF; 7-bit clean (every part is base64), so no server needs 8BITMIME.
-POLICY = _policy.SMTP.clone(cte_type="7bit")
+POLICY = _policy.SMTP.clone(cte_type="7bit", header_factory=_HeaderClasses())
 _WRITE = 65536  # bytes of the body per send, each bounded by what the deadline leaves
 _DEADLINE_SLACK = 0.01  # seconds: a timeout this close to the deadline is the deadline's
 _QUIT_TIMEOUT = 0.5  # seconds to hand QUIT to the socket when closing; its answer is not awaited
