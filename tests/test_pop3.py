@@ -428,3 +428,39 @@ def test_an_original_email_interface_config_runs_as_pop3(alice: MailServers, in_
     alice.deliver("alice", plain("from the original"))
     wait_until(lambda: subjects(cage.cage_dir) == ["from the original"], 15.0, message="the message handled")
     wait_until(lambda: emptied(alice, "alice"), 10.0, message="the mailbox emptied")
+
+
+def test_mail_sent_by_the_smtp_resource_arrives_whole_at_the_pop3_interface(
+        alice: MailServers, in_process_cage: Any) -> None:
+    """The two halves together: what `xa.smtp_1.send` sends (UTF-8 names and subject, several
+    recipients, cc and bcc, HTML with an inline image, a 5 MB attachment) is what the pop3
+    interface's handler gets, field by field."""
+    for user in ("bob", "carol", "audit"):
+        alice.empty(user)
+    image, attachment = os.urandom(3000), os.urandom(5 * 1024 * 1024)
+    cage = pop3_cage(in_process_cage, alice.pop3_config("alice"),
+                     files={"config_resource_smtp_1.py": config_source(alice.smtp_config())})
+    pmnc = cage.cage.runtime.pmnc("test")
+    from pmnc.request import fake_request
+    fake_request(30.0)
+    xa = pmnc.transaction.create()
+    xa.smtp_1.send("Отправитель Ёжиков <sender@example.com>", "Алиса <alice@localhost>, bob@localhost",
+                   "Счёт № 42 — ünïcödé ✓", TEXT, None,
+                   (("отчёт 2026.bin", "application/octet-stream", attachment),),
+                   (("text/html", '<p>Добрый день</p><img src="cid:{logo.png}">\n',
+                     (("logo.png", "image/png", image),)),),
+                   cc="Carol Müller <carol@localhost>", bcc=["audit@localhost"])
+    xa.execute()
+    (run,) = wait_until(lambda: runs(cage.cage_dir), 30.0, message="the message handled")
+    assert run["subject"] == "Счёт № 42 — ünïcödé ✓"
+    assert run["from"] == ["Отправитель Ёжиков", "sender@example.com"]
+    assert run["to"] == [["Алиса", "alice@localhost"], ["", "bob@localhost"]]
+    assert run["cc"] == [["Carol Müller", "carol@localhost"]]
+    assert run["text"] == TEXT
+    ((cid, inline),) = run["inline"].items()
+    assert inline == ["logo.png", "image/png", *digest(image)]
+    assert run["html"] == f'<p>Добрый день</p><img src="cid:{cid}">\n'
+    assert run["attachments"] == [["отчёт 2026.bin", "application/octet-stream", *digest(attachment)]]
+    assert run["defects"] == []
+    assert all(alice.count(user) == 1 for user in ("bob", "carol", "audit"))  # bcc delivered, in no header
+    wait_until(lambda: emptied(alice, "alice"), message="alice's copy deleted")
