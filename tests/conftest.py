@@ -34,12 +34,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "lib"))
 
 from pmnc import log  # noqa: E402
+from pmnc import request as _request  # noqa: E402
 from pmnc.cage import Cage  # noqa: E402
 from pmnc.request import Request, attached  # noqa: E402
 
 # fixtures of test peers: lan (network namespaces), pg (PostgreSQL 15), mongo (nx-27017), amq (ActiveMQ),
 # mail (Dovecot + aiosmtpd)
 pytest_plugins = ["lan", "pg_peer", "mongo_peer", "amq_peer", "mail_peer"]
+
+
+@pytest.fixture(autouse=True)
+def _no_request_outlives_its_test() -> Iterator[None]:
+    """A request a test attached to its thread (`fake_request`, as the original's tests do)
+    is detached when the test ends: a later test on the same thread would find it expired."""
+    yield
+    _request.attach(None)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
