@@ -68,6 +68,36 @@ class Interface:
         return f"<{type(self).__name__} {self.name}>"
 
 
+class Outage:
+    """What a polling or connected interface says of the server it cannot reach: an error when
+    the outage begins; while it lasts, a warning for each new thing the server answered (back,
+    but refusing the login, say); nothing for the attempts between; a line when it ends."""
+
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+        self._reasons: set[str] | None = None  # while out of reach: the reasons said
+
+    @property
+    def ongoing(self) -> bool:
+        return self._reasons is not None
+
+    def begins(self, why: str, *, answered: bool = False, meanwhile: str = "trying again with back-off") -> None:
+        if self._reasons is None:
+            log.error(f"interface {self.interface}: {why}; {meanwhile}, nothing is lost meanwhile")
+            self._reasons = {why}
+        elif answered and why not in self._reasons:
+            log.warning(f"interface {self.interface}: still out of reach: {why}")
+            self._reasons.add(why)
+
+    def ends(self, back: str) -> bool:
+        """Log `back` if an outage was going on; whether one was."""
+        was = self._reasons is not None
+        if was:
+            log.message(f"interface {self.interface}: {back}")
+        self._reasons = None
+        return was
+
+
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # seconds before an interface that failed to start is tried again
 
 

@@ -23,6 +23,7 @@ from pmnc import request as _request
 from pmnc import resource
 from pmnc.errors import ConfigError, ResourceError, ResourceInputParameterError, exc_string
 from pmnc.schema import RESOURCE_KEYS, Key, address, resource_file, ssl_protocol_ignored
+from pmnc.tls import client_context
 
 MAX_RESPONSE_SIZE = 16 * 1024 * 1024  # the original's limit
 _READ = 65536
@@ -152,17 +153,7 @@ class Resource(resource.Resource):
 
     @staticmethod
     def _ssl_context(s: dict[str, Any]) -> ssl.SSLContext | None:
-        ca, key_cert, ciphers = s["ssl_ca_cert_file"], s["ssl_key_cert_file"], s["ssl_ciphers"]
-        if not ca:
-            return None
-        context = ssl.create_default_context(cafile=ca)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = not s["ssl_ignore_hostname"]
-        if key_cert:
-            context.load_cert_chain(key_cert)
-        if ciphers:
-            context.set_ciphers(ciphers)
-        return context
+        return client_context(s) if s["ssl_ca_cert_file"] else None  # TLS if a CA is given
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -491,7 +491,7 @@ class Interface(interfaces.Interface):
         self._running: dict[str, _Run] = {}  # message id -> set when its handler has returned
         self._running_lock = threading.Lock()
         self._maintainer: threading.Thread | None = None
-        self._outage: set[str] | None = None  # while the broker is out of reach: the reasons said
+        self._outage = interfaces.Outage(name)
         # handled and acknowledged, not yet written to the state (the maintainer does, every MARK_PERIOD)
         self._acked: dict[str, None] = {}
         self._acked_lock = threading.Lock()
@@ -541,12 +541,13 @@ class Interface(interfaces.Interface):
             try:
                 link = self._connect()
             except BrokerError as e:
-                self._out(str(e), e.answered)
+                self._outage.begins(str(e), answered=e.answered)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
             delay = RECONNECT_FIRST
-            self._back()
+            if not self._outage.ends("the broker can be reached again, messages are taken"):
+                log.info(f"interface {self.name}: connected to the broker, subscribed to {self.destination}")
             while not self._stopping.is_set() and link.alive:
                 if time.monotonic() - swept >= SWEEP_PERIOD:
                     swept = time.monotonic()
@@ -555,7 +556,7 @@ class Interface(interfaces.Interface):
                 self._write_marks()
             if self._stopping.is_set():
                 return  # stop() closes the link, once the slots have acknowledged what they finished
-            self._out(f"the connection to the broker at {link.where} was lost")
+            self._outage.begins(f"the connection to the broker at {link.where} was lost")
             link.close()
 
     def _connect(self) -> Link:
@@ -571,23 +572,6 @@ class Interface(interfaces.Interface):
         if not link.alive:
             raise BrokerError(f"broker at {link.where} closed the connection: {link.take_error() or 'no reason'}")
         return link
-
-    def _out(self, why: str, answered: bool = False) -> None:
-        """An outage: an error when it begins; while it lasts, a warning for each new thing the
-        broker answered (back, but refusing the login, say); nothing for the attempts between."""
-        if self._outage is None:
-            log.error(f"interface {self.name}: {why}; trying again with back-off, nothing is lost meanwhile")
-            self._outage = {why}
-        elif answered and why not in self._outage:
-            log.warning(f"interface {self.name}: still out of reach: {why}")
-            self._outage.add(why)
-
-    def _back(self) -> None:
-        if self._outage is not None:
-            log.message(f"interface {self.name}: the broker can be reached again, messages are taken")
-        else:
-            log.info(f"interface {self.name}: connected to the broker, subscribed to {self.destination}")
-        self._outage = None
 
     def _sweep(self) -> None:
         try:

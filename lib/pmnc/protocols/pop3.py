@@ -56,6 +56,7 @@ from pmnc import interfaces, log
 from pmnc.errors import ConfigError, IntakeClosedError, RequestExpiredError, exc_string
 from pmnc.received import Entry, Received
 from pmnc.schema import Key, address, interface_file, ssl_protocol_ignored
+from pmnc.tls import client_context
 
 if TYPE_CHECKING:
     from pmnc.runtime import Runtime
@@ -520,19 +521,6 @@ class Session(poplib.POP3):
         return messages
 
 
-def tls_context(config: dict[str, Any]) -> ssl.SSLContext:
-    """The server verified against ssl_ca_cert_file (the system's CAs if None) and its host
-    name; this cage's certificate shown if ssl_key_cert_file is given."""
-    context = ssl.create_default_context(cafile=config["ssl_ca_cert_file"])
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = not config["ssl_ignore_hostname"]
-    if config["ssl_key_cert_file"]:
-        context.load_cert_chain(config["ssl_key_cert_file"])
-    if config["ssl_ciphers"]:
-        context.set_ciphers(config["ssl_ciphers"])
-    return context
-
-
 def _why(e: BaseException) -> str:
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"the server's certificate failed verification: {e.verify_message}"
@@ -628,7 +616,7 @@ class Interface(interfaces.Interface):
         self._retrieve_timeout = max(self.request_timeout, c["connect_timeout"])  # seconds for a message's RETR
         self.where = f"{'pop3s' if c['ssl_ca_cert_file'] and not c['stls'] else 'pop3'}://{self.host}:{self.port}"
         try:
-            self._tls = tls_context(c) if c["stls"] or c["ssl_ca_cert_file"] else None
+            self._tls = client_context(c) if c["stls"] or c["ssl_ca_cert_file"] else None
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"{file}: the TLS keys cannot be used: {exc_string(e, stack=False)}") from None
         cage_dir = runtime.loader.cage_dir
@@ -640,7 +628,7 @@ class Interface(interfaces.Interface):
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._running: set[str] = set()  # UIDLs whose handler runs (it may go on past its deadline)
         self._running_lock = threading.Lock()
-        self._outage: set[str] | None = None  # while the mailbox is out of reach: the reasons said
+        self._outage = interfaces.Outage(name)
         self._aside_failed: set[str] = set()  # UIDLs that could not be set aside: said once
         self._unreadable: set[str] = set()  # UIDLs the server refused to RETR: said once
 
@@ -683,7 +671,7 @@ class Interface(interfaces.Interface):
             except ServerError as e:
                 if self._stopping.is_set():
                     return  # the interface stopped it
-                self._out(str(e), e.answered)
+                self._outage.begins(str(e), answered=e.answered, meanwhile="polling again with back-off")
                 failures += 1
                 cap = max(self.config["interval"], BACKOFF_MAX)
                 self._stopping.wait(min(self.config["interval"] * 2 ** (failures - 1), cap))
@@ -694,7 +682,7 @@ class Interface(interfaces.Interface):
                 poll.failed = 1
             else:
                 failures = 0
-                self._back()
+                self._outage.ends(f"the mailbox at {self.where} can be reached again, messages are taken")
             if time.monotonic() - swept >= SWEEP_PERIOD:
                 swept = time.monotonic()
                 self._sweep()
@@ -1015,24 +1003,6 @@ class Interface(interfaces.Interface):
             self.received.forget(uidl)
         except Exception:
             pass  # it ages out of the window
-
-    # --- outages -----------------------------------------------------------------------------
-
-    def _out(self, why: str, answered: bool = False) -> None:
-        """An outage: an error when it begins; while it lasts, a warning for each new thing the
-        server answered (back, but refusing the login, say); nothing for the polls between."""
-        if self._outage is None:
-            log.error(f"interface {self.name}: {why}; polling again with back-off, nothing is lost meanwhile")
-            self._outage = {why}
-        elif answered and why not in self._outage:
-            log.warning(f"interface {self.name}: still out of reach: {why}")
-            self._outage.add(why)
-
-    def _back(self) -> None:
-        if self._outage is not None:
-            log.message(f"interface {self.name}: the mailbox at {self.where} can be reached again, "
-                        f"messages are taken")
-        self._outage = None
 
     def _sweep(self) -> None:
         try:

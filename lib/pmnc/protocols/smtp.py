@@ -56,6 +56,7 @@ from pmnc import log, resource
 from pmnc import request as _request
 from pmnc.errors import ConfigError, ResourceDeadlineError, ResourceError, ResourceInputParameterError, exc_string
 from pmnc.schema import RESOURCE_KEYS, Key, address, resource_file, ssl_protocol_ignored
+from pmnc.tls import client_context
 
 
 class _HeaderClasses(headerregistry.HeaderRegistry):
@@ -675,11 +676,4 @@ def _ssl_context(c: dict[str, Any]) -> ssl.SSLContext | None:
     (then the system's CAs verify the server unless a CA is given); None: plain."""
     if not c["ssl_ca_cert_file"] and not c["starttls"]:
         return None
-    context = ssl.create_default_context(cafile=c["ssl_ca_cert_file"] or None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = not c["ssl_ignore_hostname"]
-    if c["ssl_key_cert_file"]:
-        context.load_cert_chain(c["ssl_key_cert_file"])
-    if c["ssl_ciphers"]:
-        context.set_ciphers(c["ssl_ciphers"])
-    return context
+    return client_context(c)
