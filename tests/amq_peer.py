@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from peers import free_port, remove_orphans
 
 HOME = Path("/usr/share/activemq")
 PREFIX = "pmnc-amq-"  # of the temporary folders, in tempfile's directory
@@ -84,13 +84,13 @@ class AmqBroker:
                  truststore: Path | None = None) -> None:
         if not (HOME / "bin" / "activemq.jar").exists() or shutil.which("java") is None:
             pytest.skip(f"no ActiveMQ in {HOME} (Debian package activemq) or no java")
-        _remove_orphans()
+        remove_orphans(PREFIX, "broker.pid")
         self.folder = Path(tempfile.mkdtemp(prefix=PREFIX))
         (self.folder / "owner.pid").write_text(str(os.getpid()))
         for sub in ("conf", "data", "tmp"):
             (self.folder / sub).mkdir()
-        self.stomp_port = _free_port()
-        self.ssl_port = _free_port() if keystore else None
+        self.stomp_port = free_port()
+        self.ssl_port = free_port() if keystore else None
         ssl = SSL_CONTEXT.format(keystore=keystore, truststore=truststore or keystore,
                                  password=KEYSTORE_PASSWORD) if keystore else ""
         options = "?needClientAuth=true" if need_client_auth else ""
@@ -170,36 +170,6 @@ class AmqBroker:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _remove_orphans() -> None:
-    """Brokers left by a test run that was killed (its owner.pid is dead): killed, removed."""
-    for folder in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
-        try:
-            owner = int((folder / "owner.pid").read_text())
-        except (OSError, ValueError):
-            continue
-        if _alive(owner):
-            continue
-        try:
-            os.kill(int((folder / "broker.pid").read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="session")

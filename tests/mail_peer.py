@@ -17,7 +17,6 @@ import itertools
 import os
 import pwd
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from peers import free_port, remove_orphans
 
 DOVECOT = "/usr/sbin/dovecot"
 PREFIX = "pmnc-mail-"
@@ -133,15 +133,15 @@ class MailServers:
             import aiosmtpd  # noqa: F401
         except ImportError:
             pytest.skip("no aiosmtpd (./setup test installs it)")
-        _remove_orphans()
+        remove_orphans(PREFIX, "dovecot.pid")
         self.folder = Path(tempfile.mkdtemp(prefix=PREFIX))
         os.chmod(self.folder, 0o755)  # dovecot, as mail, reaches the Maildirs below
         (self.folder / "owner.pid").write_text(str(os.getpid()))
         self.user = pwd.getpwnam("mail")
         self.mail = self.folder / "mail"
         self._make_keys()
-        self.pop3_port, self.pop3s_port = _free_port(), _free_port()
-        self.smtp_port, self.smtps_port = _free_port(), _free_port()
+        self.pop3_port, self.pop3s_port = free_port(), free_port()
+        self.smtp_port, self.smtps_port = free_port(), free_port()
         self.handler = MaildirHandler(self.mail, self.user.pw_uid, self.user.pw_gid)
         self._controllers: list[Any] = []
         self.dovecot: subprocess.Popen[bytes] | None = None
@@ -318,35 +318,6 @@ def _pem_chunks(text: str) -> list[str]:
             chunks.append("".join(current))
             current = []
     return chunks
-
-
-def _remove_orphans() -> None:
-    for folder in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
-        try:
-            owner = int((folder / "owner.pid").read_text())
-        except (OSError, ValueError):
-            continue
-        if _alive(owner):
-            continue
-        try:
-            os.kill(int((folder / "dovecot.pid").read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="session")

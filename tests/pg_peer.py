@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from peers import alive, free_port, remove_orphans
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PREFIX = "pmnc-pg-"  # of the temporary folders, in tempfile's directory
@@ -38,12 +38,12 @@ class PgServer:
             self.user = pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("no postgres user to run PostgreSQL as")
-        _remove_orphans()
+        remove_orphans(PREFIX, "data/postmaster.pid", signal.SIGQUIT)
         self.folder = Path(tempfile.mkdtemp(prefix=PREFIX))
         (self.folder / "owner.pid").write_text(str(os.getpid()))
         os.chown(self.folder, self.user.pw_uid, self.user.pw_gid)
         self.data = self.folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                            "-E", "UTF8", "--locale=C.UTF-8", "-N"])
         self.start()
@@ -71,7 +71,7 @@ class PgServer:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
         # the next start must not find the old postmaster's files in the way
         deadline = time.monotonic() + 10
@@ -114,41 +114,11 @@ class PgServer:
 
     def close(self) -> None:
         try:
-            if self.pid() is not None and _alive(self.pid() or 0):
+            if self.pid() is not None and alive(self.pid() or 0):
                 self.stop("immediate")
         except Exception:
             self.kill()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _remove_orphans() -> None:
-    """Servers left by a test run that was killed (its owner.pid is dead): stopped, removed."""
-    for folder in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
-        try:
-            owner = int((folder / "owner.pid").read_text())
-        except (OSError, ValueError):
-            continue
-        if _alive(owner):
-            continue
-        try:
-            os.kill(int((folder / "data" / "postmaster.pid").read_text().split()[0]), signal.SIGQUIT)
-        except (OSError, ValueError, IndexError):
-            pass
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="session")
