@@ -71,17 +71,14 @@ sys.path.append(str(ROOT / "tests"))  # amq_peer.py: the broker as the tests run
 import stomp  # noqa: E402
 from amq_peer import HOME as AMQ_HOME  # noqa: E402
 from amq_peer import PASSWORD, USER, AmqBroker  # noqa: E402
-from http_hello import pmnc_version, read_text, wait_until  # noqa: E402
-from pmnc import log  # noqa: E402
-from pmnc.cage import Cage  # noqa: E402
+from http_hello import pmnc_version, read_text  # noqa: E402
+from inprocess import InProcessCage  # noqa: E402
 from pmnc.protocols import jms  # noqa: E402
 from pmnc.request import Request, attached  # noqa: E402
 
-CAGE = "bench"
 TARGET = 0.7  # pmnc / stomp.py, both for consumption and for sends
 THREAD_COUNT = 10  # the cages' thread_count (as shipped), at least the largest concurrency
 HEARTBEAT = 10.0  # seconds, both ways: what the jms protocol's Link asks for by default, the peer too
-STOP_TIMEOUT = 30.0
 RECEIPT_TIMEOUT = 30.0
 LOAD_BATCH = 500  # messages per STOMP transaction when loading a queue
 
@@ -377,54 +374,6 @@ class AckHook:
         jms.Interface._ack = self._original  # type: ignore[method-assign]
 
 
-class InProcessCage:
-    """A cage on a thread of this process, in a tree of its own: interfaces and resources as given."""
-
-    def __init__(self, base: Path, interfaces: dict[str, dict[str, Any]], resources: dict[str, dict[str, Any]],
-                 files: dict[str, str]) -> None:
-        self.cages = base / "cages"
-        self.cage_dir = self.cages / CAGE
-        self.cage_dir.mkdir(parents=True)
-        shutil.copytree(ROOT / "cages" / ".shared", self.cages / ".shared",
-                        ignore=shutil.ignore_patterns("ssl_keys", "__pycache__"))
-        config = {"interfaces": tuple(interfaces), "request_timeout": 60.0, "thread_count": THREAD_COUNT,
-                  "sweep_period": 15.0, "log_level": "LOG"}
-        (self.cage_dir / "config_interfaces.py").write_text(f"config = {config!r}\n# EOF\n")
-        for name, value in interfaces.items():
-            (self.cage_dir / f"config_interface_{name}.py").write_text(f"config = {value!r}\n# EOF\n")
-        for name, value in resources.items():
-            (self.cage_dir / f"config_resource_{name}.py").write_text(f"config = {value!r}\n# EOF\n")
-        for name, text in files.items():
-            (self.cage_dir / name).write_text(text)
-        (self.cage_dir / "logs").mkdir()
-        log.configure(log.LogFile(str(self.cage_dir / "logs"), CAGE), echo=None)
-        self.cage = Cage(str(self.cages), CAGE, "bench")
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.cage.run, args=(self.stopping,), name="cage", daemon=True)
-
-    @property
-    def transaction(self) -> Any:
-        return self.cage.runtime.root.transaction
-
-    def log_text(self) -> str:
-        return "".join(read_text(p) for p in sorted((self.cage_dir / "logs").glob("*.log")))
-
-    def problems(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if " ERR " in line or " WRN " in line]
-
-    def start(self) -> None:
-        self.thread.start()
-        wait_until(lambda: "the cage is ready" in self.log_text(), 30.0, "pmnc: the cage is ready")
-
-    def stop(self) -> str:
-        if not self.thread.is_alive():
-            return ""
-        self.stopping.set()
-        self.thread.join(STOP_TIMEOUT)
-        log.configure(None, echo=sys.stderr)
-        return "pmnc stopped" if not self.thread.is_alive() else f"pmnc did not stop within {STOP_TIMEOUT:.0f}s"
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace, base: Path, broker: AmqBroker) -> None:
         self.args, self.base, self.broker = args, base, broker
@@ -435,7 +384,8 @@ class Bench:
 
     def cage(self, what: str, interfaces: dict[str, dict[str, Any]], resources: dict[str, dict[str, Any]],
              files: dict[str, str]) -> InProcessCage:
-        cage = InProcessCage(self.base / f"{what}-{len(self.cages)}", interfaces, resources, files)
+        cage = InProcessCage(self.base / f"{what}-{len(self.cages)}", THREAD_COUNT, resources,
+                             interfaces=interfaces, files=files, request_timeout=60.0)
         self.cages.append(cage)
         return cage
 

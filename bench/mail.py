@@ -75,16 +75,13 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "lib"))
 sys.path.append(str(ROOT / "tests"))  # mail_peer.py: the servers as the tests run them
 
-from http_hello import pmnc_version, read_text, wait_until  # noqa: E402
+from http_hello import pmnc_version, read_text  # noqa: E402
+from inprocess import InProcessCage  # noqa: E402
 from mail_peer import DOVECOT, PASSWORD, MaildirHandler, MailServers, _authenticator  # noqa: E402
-from pmnc import log  # noqa: E402
-from pmnc.cage import Cage  # noqa: E402
 from pmnc.request import Request, attached  # noqa: E402
 
-CAGE = "bench"
 TARGET = 0.8  # pmnc / the standard library, both for sends and for receiving
 THREAD_COUNT = 10  # the cage's thread_count, as shipped
-STOP_TIMEOUT = 30.0
 FROM_ADDR, TO_ADDR = "bob@localhost", "alice@localhost"
 SENT_BOX, RECEIVED_BOX = "alice", "carol"  # where sends land; what is received from
 HOOK = "pmnc_bench_mail_hook"  # the module (in sys.modules) the handler reports its calls to
@@ -304,57 +301,6 @@ class Hook:
         sys.modules.pop(HOOK, None)
 
 
-class InProcessCage:
-    """A cage on a thread of this process, in a tree of its own: interfaces and resources as given."""
-
-    def __init__(self, base: Path, interfaces: dict[str, dict[str, Any]], resources: dict[str, dict[str, Any]],
-                 files: dict[str, str]) -> None:
-        self.cages = base / "cages"
-        self.cage_dir = self.cages / CAGE
-        self.cage_dir.mkdir(parents=True)
-        shutil.copytree(ROOT / "cages" / ".shared", self.cages / ".shared",
-                        ignore=shutil.ignore_patterns("ssl_keys", "__pycache__"))
-        config = {"interfaces": tuple(interfaces), "request_timeout": 60.0, "thread_count": THREAD_COUNT,
-                  "sweep_period": 15.0, "log_level": "LOG"}
-        (self.cage_dir / "config_interfaces.py").write_text(f"config = {config!r}\n# EOF\n")
-        for name, value in interfaces.items():
-            (self.cage_dir / f"config_interface_{name}.py").write_text(f"config = {value!r}\n# EOF\n")
-        for name, value in resources.items():
-            (self.cage_dir / f"config_resource_{name}.py").write_text(f"config = {value!r}\n# EOF\n")
-        for name, text in files.items():
-            (self.cage_dir / name).write_text(text)
-        (self.cage_dir / "logs").mkdir()
-        log.configure(log.LogFile(str(self.cage_dir / "logs"), CAGE), echo=None)
-        self.cage = Cage(str(self.cages), CAGE, "bench")
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.cage.run, args=(self.stopping,), name="cage", daemon=True)
-
-    @property
-    def transaction(self) -> Any:
-        return self.cage.runtime.root.transaction
-
-    def log_text(self) -> str:
-        return "".join(read_text(p) for p in sorted((self.cage_dir / "logs").glob("*.log")))
-
-    def problems(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if " ERR " in line or " WRN " in line]
-
-    def start(self) -> None:
-        self.thread.start()
-        wait_until(lambda: "the cage is ready" in self.log_text() or not self.thread.is_alive(), 30.0,
-                   "pmnc: the cage is ready")
-        if not self.thread.is_alive():
-            raise RuntimeError(f"pmnc: the cage ended at its start: {self.problems()[-3:]}")
-
-    def stop(self) -> str:
-        if not self.thread.is_alive():
-            return ""
-        self.stopping.set()
-        self.thread.join(STOP_TIMEOUT)
-        log.configure(None, echo=sys.stderr)
-        return "pmnc stopped" if not self.thread.is_alive() else f"pmnc did not stop within {STOP_TIMEOUT:.0f}s"
-
-
 def left_in(box: Path) -> int:
     """Messages in a Maildir (new and seen): two directory listings, cheap enough to poll."""
     return len(os.listdir(box / "new")) + len(os.listdir(box / "cur"))
@@ -377,7 +323,8 @@ class Bench:
 
     def cage(self, what: str, interfaces: dict[str, dict[str, Any]], resources: dict[str, dict[str, Any]],
              files: dict[str, str]) -> InProcessCage:
-        cage = InProcessCage(self.base / f"{what}-{len(self.cages)}", interfaces, resources, files)
+        cage = InProcessCage(self.base / f"{what}-{len(self.cages)}", THREAD_COUNT, resources,
+                             interfaces=interfaces, files=files, request_timeout=60.0)
         self.cages.append(cage)
         return cage
 
@@ -718,6 +665,7 @@ def main(argv: list[str]) -> int:
         return 130
     finally:
         stopped = [cage.stop() for cage in (b.cages if b is not None else [])]
+        stopped = [what for what in stopped if what]
         if smtp is not None:
             stopped.append(smtp.stop())
         if mail is not None:
