@@ -39,8 +39,8 @@ from pmnc.cage import Cage  # noqa: E402
 from pmnc.request import Request, attached  # noqa: E402
 
 # fixtures of test peers: lan (network namespaces), pg (PostgreSQL 15), mongo (nx-27017), amq (ActiveMQ),
-# mail (Dovecot + aiosmtpd)
-pytest_plugins = ["lan", "pg_peer", "mongo_peer", "amq_peer", "mail_peer"]
+# mail (Dovecot + aiosmtpd), smsc (node-smpp)
+pytest_plugins = ["lan", "pg_peer", "mongo_peer", "amq_peer", "mail_peer", "smpp_peer"]
 
 
 @pytest.fixture(autouse=True)

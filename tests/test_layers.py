@@ -41,6 +41,9 @@ PROTOCOL_PAIRS = {
     "http": {"httpwire", "httpclient"},
     "postgresql": {"sql"},
     "oracle": {"sql"},
+    "smpp": {"smppwire", "smpptext", "smpppdu"},
+    "smppwire": {"smpppdu", "smpptext"},
+    "smpppdu": {"smpptext"},
 }
 
 

@@ -672,7 +672,7 @@ PROTOCOLS_NOT_SHIPPED = {
     "mysql_pymysql": "pmnc has no MySQL resource: " + _OWN_FILE,
     "sqlserver_adodb": "pmnc has no SQL Server resource: " + _OWN_FILE,
     **{name: "pmnc does not ship it: " + _OWN_FILE
-       for name in ("callable", "cmdexec", "file", "schedule", "smpp", "tcp", "udp", "void")},
+       for name in ("callable", "cmdexec", "file", "schedule", "tcp", "udp", "void")},
     "state": "the state resource is built in: use xa.state / pmnc.transaction.state with no config file",
 }
 

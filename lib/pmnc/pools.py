@@ -253,8 +253,10 @@ class ResourcePools:
     """The cage's pools, made on first use from config_resource_<name>.py."""
 
     def __init__(self, loader: Loader, thread_count: int, sweep_period: float, *, cluster: ClusterHandle,
-                 built_in: Mapping[str, Callable[[str], Resource]]) -> None:
+                 built_in: Mapping[str, Callable[[str], Resource]],
+                 interfaces: Callable[[str], Any] = lambda name: None) -> None:
         self.loader, self.cluster = loader, cluster
+        self.interfaces = interfaces  # name → the running interface, or None (Resource.needs_interfaces)
         # resources every cage has, with no config file (xa.state, xa.pmnc(...)): name → connection factory
         self.built_in = built_in
         self.thread_count, self.sweep_period = thread_count, sweep_period
@@ -309,7 +311,8 @@ class ResourcePools:
 
     def _connect(self, cls: type[Resource], instance: str, name: str, size: int) -> Resource:
         """A new connection, made as its class says (Resource._construct)."""
-        return cls._construct(instance, self._resource_config(name), cluster=self.cluster, pool_size=size)
+        return cls._construct(instance, self._resource_config(name), cluster=self.cluster,
+                              interfaces=self.interfaces, pool_size=size)
 
     def _config(self, name: str) -> dict[str, Any]:
         return Config(self.loader, "resource_" + name.partition("__")[0]).copy()

@@ -37,6 +37,10 @@ class Resource:
     # True: the connection talks to other cages, and is made as cls(name, config, cluster=...)
     # with the cage's rpc.cluster.ClusterHandle.
     needs_cluster = False
+    # True: the connection goes through one of the cage's interfaces (an SMPP resource sends
+    # through its interface's bound session), and is made as cls(name, config, interfaces=...)
+    # with a function giving the running interface of a name, or None.
+    needs_interfaces = False
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         """`name` is `<resource>/<n>`; `config` the protocol's keys of its config file.
@@ -50,14 +54,18 @@ class Resource:
         self.discarded = False  # expire() was called: never reuse, whatever the timers say
 
     @classmethod
-    def _construct(cls, name: str, config: dict[str, Any], *, cluster: Any = None, pool_size: int = 0) -> Resource:
+    def _construct(cls, name: str, config: dict[str, Any], *, cluster: Any = None, interfaces: Any = None,
+                   pool_size: int = 0) -> Resource:
         """How a pool makes a connection: the one place that knows how a protocol's class is
         constructed (pmnc.resource_pool's original-style bases take `(name, **config)`).
         `cluster` is the cage's rpc.cluster.ClusterHandle, for a class that `needs_cluster`;
+        `interfaces` the cage's lookup of running interfaces, for a class that `needs_interfaces`;
         `pool_size` the threads of the pool. Private, so that no transaction can call it:
         pools.py is its only caller."""
         if cls.needs_cluster:
             return cls(name, config, cluster=cluster)  # type: ignore[call-arg]
+        if cls.needs_interfaces:
+            return cls(name, config, interfaces=interfaces)  # type: ignore[call-arg]
         return cls(name, config)
 
     # --- lifecycle, overridden by protocols ---------------------------------------

@@ -70,7 +70,7 @@ class Resource(resource.Resource):
         self.idle_timeout = self.max_age = float("inf")  # only expire() ends it
 
     @classmethod
-    def _construct(cls, name: str, config: dict[str, Any], *, cluster: Any = None,
+    def _construct(cls, name: str, config: dict[str, Any], *, cluster: Any = None, interfaces: Any = None,
                    pool_size: int = 0) -> resource.Resource:
         """As the original's pools made it: `cls(name, **config)`, with `pool__resource_name`
         for the `b` of a pool named `a__b`, then told its pool's name and size."""

@@ -73,7 +73,7 @@ class Runtime:
         self._lifecycle = Lifecycle(self.intake, self._workers, self.loader)
         built_in = {"state": self._state_resource, "pmnc": self._outbox_resource}
         self._resources = ResourcePools(self.loader, thread_count, sweep_period, cluster=self.cluster,
-                                        built_in=built_in)
+                                        built_in=built_in, interfaces=self.interface)
         self._loop = EventLoopThread()
         self._loop.start()
         self.cluster.start()
