@@ -148,6 +148,7 @@ class Interface(interfaces.Interface):
     def _maintain(self) -> None:
         delay = RECONNECT_FIRST
         while not self._stopping.is_set():
+            self._lost.clear()
             try:
                 session = self._bind()
             except SmppError as e:
@@ -157,31 +158,30 @@ class Interface(interfaces.Interface):
                 continue
             delay = RECONNECT_FIRST
             if not self._outage.ends(f"bound to the SMSC again as {session.bind_type}"):
-                log.info(f"interface {self.name}: bound to the SMSC at {session.where} ({session.system_id!r}) "
-                         f"as {BIND_COMMANDS[session.bind_type]}")
-            while not self._lost.wait(SWEEP_PERIOD):
+                log.message(f"interface {self.name}: bound to the SMSC at {session.where} ({session.system_id!r}) "
+                            f"as {BIND_COMMANDS[session.bind_type]}")
+            while not self._lost.wait(SWEEP_PERIOD) and not self._stopping.is_set():
                 self._sweep_parts()
             if self._stopping.is_set():
                 return  # stop() unbinds
             with self._bound:
                 self.session = None
-            why = session.lost_reason or "the session ended"
-            self._outage.begins(why, meanwhile="binding again with back-off")
+            self._outage.begins(session.lost_reason or "the session ended", meanwhile="binding again with back-off")
             session.close()
 
     def _bind(self) -> Session:
+        """A new bound session, made `self.session`; SmppError if the SMSC cannot be reached or refuses."""
         c = self.config
         session = Session(c["server_address"], name=self.name, response_timeout=c["response_timeout"],
                           window=c["window"], ping_interval=c["ping_interval"], max_pdu_size=c["max_pdu_size"],
                           on_request=self._arrived, on_lost=lambda _, why: self._lost.set())
-        self._lost.clear()
         session.open(c["esme_type"], c["connect_timeout"], system_id=c["system_id"], password=c["password"],
                      system_type=c["system_type"], addr_ton=c["esme_ton"], addr_npi=c["esme_npi"],
                      address_range=c["esme_addr"])
         with self._bound:
             self.session = session
             self._bound.notify_all()
-        if not session.alive:  # lost between the bind and now
+        if not session.alive:  # lost between the bind and now: on_lost may have come before the clear
             self._lost.set()
         return session
 
@@ -195,10 +195,6 @@ class Interface(interfaces.Interface):
                     return None
                 self._bound.wait(min(left, 0.1))
             return self.session
-
-    @property
-    def outage(self) -> bool:
-        return self._outage.ongoing
 
     def _sweep_parts(self) -> None:
         with self._parts_lock:
@@ -443,9 +439,11 @@ class Resource(resource.Resource):
                 return None
             return self._answers(session, fields, parts, sent, deadline)
         except SmppError as e:
-            accepted = any(p.settled and p.error is None for p in sent)
+            # safe to submit again only if the SMSC cannot have taken any part: nothing reached
+            # it, or it refused the only part (a generic_nack)
+            alone = len(parts) == 1 or not any(p.settled and p.error is None for p in sent)
             raise ResourceError(f"submit_sm to {destination_addr!r}: {e}", code=e.status,
-                                recoverable=not e.sent and not accepted, terminal=False) from None
+                                recoverable=(not e.sent or e.answered) and alone, terminal=False) from None
 
     def _session(self) -> Session:
         assert self._interface is not None
@@ -461,7 +459,7 @@ class Resource(resource.Resource):
         back-off, within the deadline. The last distinct message_id, as the original."""
         message_id: str | None = None
         for index, pending in enumerate(sent):
-            response = self._accepted(session, {**fields, **parts[index]}, pending, deadline, index)
+            response = self._accepted(session, {**fields, **parts[index]}, pending, deadline, len(parts) == 1)
             answer = response.message_id
             text = answer.decode("ascii", "replace") if isinstance(answer, bytes) else str(answer or "")
             if text:
@@ -469,7 +467,10 @@ class Resource(resource.Resource):
         return message_id
 
     def _accepted(self, session: Session, fields: dict[str, Any], pending: Pending, deadline: float,
-                  index: int) -> Any:
+                  alone: bool) -> Any:
+        """The SMSC's answer to one part, once it took it; ResourceError if it refused, recoverable
+        when the part is the message's only one (the other parts are all sent before any answer
+        is read, so the SMSC may have taken them)."""
         delay = THROTTLE_FIRST
         while True:
             response = pending.wait(deadline)
@@ -479,7 +480,7 @@ class Resource(resource.Resource):
                 what = "throttled it until the deadline" if response.status in (ESME_RTHROTTLED, ESME_RMSGQFUL) \
                     else "refused it"
                 raise ResourceError(f"the SMSC {what}: {status_text(response.status)}", code=response.status,
-                                    recoverable=index == 0, terminal=False)
+                                    recoverable=alone, terminal=False)
             time.sleep(delay)  # the SMSC asked us to slow down: this thread waits, within the deadline
             delay = min(delay * 2, THROTTLE_MAX)
             pending = session.send("submit_sm", fields, expires=deadline)

@@ -35,6 +35,7 @@ from typing import Any
 import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
+import smpplib.ptypes
 
 from pmnc import log
 from pmnc.errors import ProtocolError, exc_string
@@ -60,6 +61,8 @@ class SmppError(ProtocolError):
     written to the SMSC, which may have acted on it."""
 
     def __init__(self, text: str, *, status: int | None = None, answered: bool = False, sent: bool = False) -> None:
+        if sent and not answered:  # the user must know not to assume it was lost (test_smpp_faults)
+            text += " (it had been sent: the SMSC may have it)"
         super().__init__(text)
         self.status, self.answered, self.sent = status, answered, sent
 
@@ -105,11 +108,27 @@ class _Client(smpplib.client.Client):  # type: ignore[misc]
             raise SmppError(f"the SMSC sent a PDU of {length} bytes, SMPP PDUs here are 16 to {self.max_pdu_size}")
         raw = header + self._recv_exact(length - 4)
         try:
-            return parse_command(raw, client=self, allow_unknown_opt_params=True)
+            pdu = parse_command(raw, client=self, allow_unknown_opt_params=True)
         except smpplib.exceptions.UnknownCommandError as e:
             return _Unparsed(raw, str(e), ESME_RINVCMDID)
         except Exception as e:  # a body that cannot be parsed (too short, a bad TLV): the header is enough
             return _Unparsed(raw, f"a malformed PDU: {exc_string(e, stack=False)}", ESME_RINVCMDLEN)
+        missing = None if pdu.is_response() else _cut_short(pdu)
+        if missing is not None:
+            return _Unparsed(raw, f"a malformed PDU: {pdu.command} ends before its {missing}", ESME_RINVCMDLEN)
+        return pdu
+
+
+def _cut_short(pdu: Any) -> str | None:
+    """The first mandatory field a request's body ends before, or None. smpplib stops reading
+    quietly where a body ends, leaving the fields after it None: a deliver_sm cut short would
+    reach the handler with no addresses (test_smpp_faults). short_message may be absent (sm_length 0)."""
+    for field in pdu.params_order:
+        if pdu.field_is_optional(field):
+            return None
+        if getattr(pdu, field, None) is None and pdu.params[field].type is not smpplib.ptypes.ostr:
+            return str(field)
+    return None
 
 
 class Pending:
