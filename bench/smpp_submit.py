@@ -1,7 +1,7 @@
 """Benchmark submit_sm through the smpp resource against bare smpplib, on one bound session each to the same SMSC.
 
     .venv/bin/python bench/smpp_submit.py [--count 5000] [--warmup 200] [--threads 8] [--window 10]
-                                          [--repeat 3] [--cpus same|split] [--shortcut] [--keep]
+                                          [--repeat 3] [--cpus same|split] [--shortcut] [--peer-nagle] [--keep]
 
 Needs Node.js and node-smpp in tests/smsc/node_modules (`./setup test`): the SMSC is
 tests/smsc/smsc.js, started as the tests start it (tests/smpp_peer.py's `Smsc`, reused here:
@@ -10,7 +10,8 @@ Every submit is the same one-part text in GSM 03.38 (data_coding 0), each respon
 for and checked (status 0). Each round measures, one after the other:
 
 - sequential, one submit at a time:
-  - smpplib: one `smpplib.client.Client` bound as a transmitter, its usual use:
+  - smpplib: one `smpplib.client.Client` bound as a transmitter (TCP_NODELAY, as pmnc's
+    session; `--peer-nagle` leaves smpplib's default), its usual use:
     `smpplib.gsm.make_parts(text)`, `send_message(...)`, then `read_pdu()` until the
     submit_sm_resp of that sequence number;
   - pmnc: on one thread with its own attached request, `xa = pmnc.transaction.create()`,
@@ -57,9 +58,9 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "lib"))
 sys.path.append(str(ROOT / "tests"))  # smpp_peer.py: the SMSC as the tests run it
 
-import smpplib.client  # type: ignore[import-untyped]  # noqa: E402
-import smpplib.exceptions  # type: ignore[import-untyped]  # noqa: E402
-import smpplib.gsm  # type: ignore[import-untyped]  # noqa: E402
+import smpplib.client  # noqa: E402
+import smpplib.exceptions  # noqa: E402
+import smpplib.gsm  # noqa: E402
 from http_hello import pmnc_version, read_text  # noqa: E402
 from inprocess import InProcessCage  # noqa: E402
 from pmnc.request import Request, attached  # noqa: E402

@@ -529,3 +529,75 @@ def test_sequence_numbers_are_unique_across_threads_and_wrap_to_one(monkeypatch:
     assert len(set(seen)) == 4000 and all(1 <= n <= 0x7FFFFFFF for n in seen)
     monkeypatch.setattr(smpppdu, "_sequence", itertools.count(0x7FFFFFFE))
     assert [smpppdu.next_sequence_number() for _ in range(3)] == [0x7FFFFFFF, 1, 2]
+
+
+# --- the resource's hot path: submit_sm written in one pass, answers read straight ----------------
+
+_SUBMIT_SM_FIELDS = [name for name in SubmitSmPDU.mandatory_parameters + SubmitSmPDU.optional_parameters
+                     if name != "sm_length"]
+
+
+def _field_values(name: str) -> st.SearchStrategy[Any]:
+    kind = smpppdu._KINDS[name]
+    if issubclass(kind.type, smpppdu.SMPPInteger):
+        return st.integers(0, (1 << 8 * kind.type.size) - 1)
+    if kind.type is smpppdu.SMPPCOctetString:
+        return st.binary(max_size=kind.most).filter(lambda data: b"\0" not in data) | st.text(
+            st.characters(max_codepoint=0xFF, blacklist_characters="\0"), max_size=kind.most)
+    return st.binary(min_size=kind.least, max_size=min(kind.most, 300))
+
+
+_SUBMIT_SMS = st.lists(st.sampled_from(_SUBMIT_SM_FIELDS), unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({name: _field_values(name) for name in names}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_SUBMIT_SMS, st.integers(1, 0x7FFFFFFF))
+def test_submit_sm_bytes_are_the_bytes_smpplib_writes(fields: dict[str, Any], sequence: int) -> None:
+    if fields.get("short_message") and "message_payload" in fields:
+        with pytest.raises(SMPPPDUCreateError, match="cannot both carry"):
+            smpppdu.submit_sm_bytes(sequence, fields)
+        return
+    expected = smpppdu.make_command("submit_sm", sequence=sequence,
+                                    **smpppdu.wire_fields("submit_sm", fields)).generate()
+    assert smpppdu.submit_sm_bytes(sequence, fields) == expected
+
+
+@pytest.mark.parametrize("fields, error", [
+    ({"destination_addr": "3" * 21}, "destination_addr is 21 bytes, SMPP allows at most 20"),
+    ({"source_addr": b"a\0b"}, "NUL"),
+    ({"esm_class": 256}, "esm_class is 256"),
+    ({"registered_delivery": "1"}, "must be an int"),
+    ({"short_message": b"x" * 255}, "short_message is 255 bytes"),
+    ({"no_such_field": 1}, "unexpected parameter"),
+])
+def test_submit_sm_bytes_refuses_what_create_refuses(fields: dict[str, Any], error: str) -> None:
+    with pytest.raises(SMPPPDUCreateError, match=error):
+        smpppdu.submit_sm_bytes(1, fields)
+    with pytest.raises(SMPPPDUCreateError, match=error):
+        smpppdu.wire_fields("submit_sm", fields)
+
+
+@pytest.mark.parametrize("raw", [
+    struct.pack(">LLLL", 22, 0x80000004, 0, 7) + b"msg-1\0",
+    struct.pack(">LLLL", 17, 0x80000004, 0x58, 8) + b"\0",
+    struct.pack(">LLLL", 16, 0x80000004, 0x45, 9),
+    struct.pack(">LLLL", 16, 0x80000000, 0x03, 10),
+    struct.pack(">LLLL", 16, 0x80000015, 0, 11),
+])
+def test_the_answers_read_straight_are_what_smpplib_reads(raw: bytes) -> None:
+    from pmnc.protocols.smppwire import _Answer
+    answer = _Answer.of(raw)
+    assert answer is not None
+    parsed = smpppdu.parse_command(raw)
+    assert (answer.command, answer.status, answer.sequence) == (parsed.command, parsed.status, parsed.sequence)
+    if answer.command == "submit_sm_resp":
+        assert answer.message_id == (parsed.message_id or b"")
+
+
+def test_odd_answers_go_to_smpplib() -> None:
+    from pmnc.protocols.smppwire import _Answer
+    assert _Answer.of(struct.pack(">LLLL", 21, 0x80000004, 0, 7) + b"msg-1") is None  # no NUL
+    assert _Answer.of(struct.pack(">LLLL", 24, 0x80000004, 0, 7) + b"m\0" + b"\x14\x27\x00\x01\x02\x00") is None
+    assert _Answer.of(struct.pack(">LLLL", 17, 0x80000015, 0, 7) + b"x") is None  # a body where none goes
+    assert _Answer.of(struct.pack(">LLLL", 16, 0x00000015, 0, 7)) is None  # a request

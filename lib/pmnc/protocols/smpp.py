@@ -434,7 +434,11 @@ class Resource(resource.Resource):
         deadline = time.monotonic() + _request.current().remain
         try:
             for part in parts:
-                sent.append(session.send("submit_sm", {**fields, **part}, expires=deadline))
+                try:
+                    sent.append(session.send("submit_sm", {**fields, **part}, expires=deadline))
+                except smpppdu.SMPPError as e:  # a field SMPP cannot carry: found on the first part
+                    raise ResourceError(f"submit_sm to {destination_addr!r} cannot be built: {e}",
+                                        recoverable=not sent, terminal=False) from None
             if self.config["asynchronous"]:
                 return None
             return self._answers(session, fields, parts, sent, deadline)
@@ -487,7 +491,8 @@ class Resource(resource.Resource):
 
     def _build(self, ton: int, npi: int, destination: str, short_message: str | bytes,
                pdu_fields: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The fields every part shares, and each part's own (ResourceError, recoverable: nothing was sent)."""
+        """The fields every part shares, and each part's own (ResourceError, recoverable: nothing
+        was sent). The fields are checked as the first part is encoded (Session.send)."""
         c = self.config
         try:
             udh = pdu_fields.pop("udh", None)
@@ -503,7 +508,6 @@ class Resource(resource.Resource):
                       "source_addr_npi": c["source_addr_npi"], "source_addr": c["source_addr"],
                       "dest_addr_ton": ton, "dest_addr_npi": npi, "destination_addr": destination,
                       "esm_class": esm_class, "data_coding": coding, **pdu_fields}
-            shared = smpppdu.wire_fields("submit_sm", shared)
             parts = [self._part(fragment, esm_class) for fragment in fragments]
         except (ValueError, TypeError, smpppdu.SMPPError) as e:
             raise ResourceError(f"submit_sm to {destination!r} cannot be built: {e}", recoverable=True,

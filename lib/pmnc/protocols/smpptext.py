@@ -267,8 +267,13 @@ def encode_text(text: str, data_coding: int | None = None) -> tuple[bytes, int]:
     """The text's bytes and the data_coding they are in: with None, GSM 03.38 (unpacked) when every
     character is in it, else UCS-2 (UTF-16-BE, astral characters as surrogate pairs)."""
     chosen = data_coding is None
+    if data_coding in (None, DATA_CODING_GSM):
+        try:  # the common case first, in one pass: every character in the GSM alphabet
+            return b"".join([_GSM_ENCODE[char] for char in text]), DATA_CODING_GSM
+        except KeyError:
+            pass
     if data_coding is None:
-        data_coding = DATA_CODING_GSM if is_gsm(text) else DATA_CODING_UCS2
+        data_coding = DATA_CODING_UCS2
     name = _CODING_NAMES.get(data_coding, "not a text alphabet here")
     if data_coding not in _TEXT_CODINGS:
         raise TextError(f"data_coding 0x{data_coding:02x} ({name}) is for bytes, not text: give short_message as "
@@ -414,9 +419,12 @@ def fragments(text: str | bytes, *, data_coding: int | None = None, frag_method:
     payload, data_coding, unit = _payload(text, data_coding)
     packed = pack_7bit and unit == "septet"
     extra = _check_ies(udh)
-    ends = _ends(payload, unit)
     header = _udh(extra)
     fill = udh_fill_bits(len(header)) if packed else None
+    if fill is None and (frag_method is None or len(payload) <= _capacity(unit, len(header))):
+        # one part, unpacked (the common case): no need to know where characters end
+        return data_coding, [Fragment(header + payload, ESM_UDHI if header else 0, None)]
+    ends = _ends(payload, unit)
     if frag_method is None or not payload or \
             _part_end(payload, ends, 0, _capacity(unit, len(header)), fill, unit) == len(payload):
         return data_coding, [Fragment(header + _body(payload, 0, len(payload), fill), ESM_UDHI if header else 0,
