@@ -39,7 +39,7 @@ import smpplib.ptypes
 
 from pmnc import log
 from pmnc.errors import ProtocolError, exc_string
-from pmnc.protocols.smpppdu import make_command, parse_command, status_text
+from pmnc.protocols.smpppdu import make_command, parse_command, status_text, submit_sm_bytes
 
 __all__ = ["BIND_COMMANDS", "GENERIC_NACK", "MAX_PDU_SIZE", "Pending", "Session", "SmppError"]
 
@@ -96,10 +96,59 @@ class _Unparsed:
         return bool(self.command_id & 0x80000000)
 
 
+class _Answer:
+    """The answers the session waits for most (submit_sm_resp, generic_nack, enquire_link_resp),
+    read straight from the bytes: smpplib's command objects cost more than the rest of a submit.
+    Anything else, or anything odd about these, goes to smpplib (parse_command)."""
+
+    __slots__ = ("command", "message_id", "sequence", "status")
+
+    COMMANDS = {0x80000004: "submit_sm_resp", GENERIC_NACK: "generic_nack", 0x80000015: "enquire_link_resp"}
+
+    def __init__(self, command: str, status: int, sequence: int, message_id: bytes | None) -> None:
+        self.command, self.status, self.sequence, self.message_id = command, status, sequence, message_id
+
+    @classmethod
+    def of(cls, raw: bytes) -> _Answer | None:
+        _, command_id, status, sequence = struct.unpack_from(">LLLL", raw)
+        command = cls.COMMANDS.get(command_id)
+        if command is None:
+            return None
+        body = raw[16:]
+        if command != "submit_sm_resp":
+            return cls(command, status, sequence, None) if not body else None
+        end = body.find(b"\0")
+        if end < 0:
+            return cls(command, status, sequence, b"") if not body and status else None
+        return cls(command, status, sequence, body[:end]) if end == len(body) - 1 else None
+
+    def is_response(self) -> bool:
+        return True
+
+    def is_error(self) -> bool:
+        return self.status != ESME_ROK
+
+
 class _Client(smpplib.client.Client):  # type: ignore[misc]
     """smpplib's client, its reader bounded by `max_pdu_size` and surviving unknown PDUs."""
 
     max_pdu_size = MAX_PDU_SIZE
+
+    _buffer = b""  # read from the socket, not yet taken: one recv brings many PDUs when they queue up
+
+    def _recv_exact(self, exact_size: int) -> bytes:
+        while len(self._buffer) < exact_size:
+            try:
+                part = self._socket.recv(max(65536, exact_size - len(self._buffer)))
+            except TimeoutError:
+                raise  # smpplib's bind takes it as no answer; what came so far stays in the buffer
+            except OSError as e:
+                raise smpplib.exceptions.ConnectionError() from e
+            if not part:
+                raise smpplib.exceptions.ConnectionError()
+            self._buffer += part
+        data, self._buffer = self._buffer[:exact_size], self._buffer[exact_size:]
+        return data
 
     def read_pdu(self) -> Any:
         header = self._recv_exact(4)
@@ -107,6 +156,9 @@ class _Client(smpplib.client.Client):  # type: ignore[misc]
         if not 16 <= length <= self.max_pdu_size:
             raise SmppError(f"the SMSC sent a PDU of {length} bytes, SMPP PDUs here are 16 to {self.max_pdu_size}")
         raw = header + self._recv_exact(length - 4)
+        answer = _Answer.of(raw)
+        if answer is not None:
+            return answer
         try:
             pdu = parse_command(raw, client=self, allow_unknown_opt_params=True)
         except smpplib.exceptions.UnknownCommandError as e:
@@ -292,15 +344,20 @@ class Session:
         if not self._window.acquire(timeout=max(expires - time.monotonic(), 0.0)):
             raise SmppError(f"no room in the window of {self.window} outstanding PDUs to {self.where} in time")
         try:
-            pdu = make_command(command, client=self._client, **fields)
+            if command == "submit_sm":  # the hot path: encoded in one pass (same bytes as smpplib's)
+                sequence = self._client.next_sequence()
+                pdu: Any = submit_sm_bytes(sequence, fields)
+            else:
+                pdu = make_command(command, client=self._client, **fields)
+                sequence = pdu.sequence
         except BaseException:
             self._window.release()
             raise
-        pending = Pending(command, pdu.sequence, expires)
+        pending = Pending(command, sequence, expires)
         with self._lock:
             if self._lost is not None:
                 self._window.release()
-                raise SmppError(f"the session to {self.where} is down: {self._lost}")
+                raise SmppError(f"the session to {self.where} is down ({self._lost}): {command} was not sent")
             self._pending[pending.sequence] = pending
         pending.sent = True  # from here on the SMSC may have it, even if the write fails halfway
         self._write(pdu)
