@@ -36,7 +36,7 @@ const settings = {
   max_attempts: 5,
 };
 const sessions = new Set();
-let n = 0, submits = [], deliveries = [], pings = 0, unbinds = 0, throttled = 0, window = [];
+let n = 0, epoch = 0, submits = [], deliveries = [], pings = 0, unbinds = 0, unbind_resps = 0, throttled = 0, window = [];
 
 function bound(kinds) { return [...sessions].filter((s) => kinds.includes(s.bound)); }
 const RECEIVING = ['bind_receiver', 'bind_transceiver'];
@@ -44,10 +44,15 @@ const RECEIVING = ['bind_receiver', 'bind_transceiver'];
 // --- delivering to the ESME, again until it says yes ---------------------------------------
 
 function deliver(session, raw, what) {
-  const record = { what, attempts: 0, statuses: [], done: false };
+  const record = { what, attempts: 0, statuses: [], done: false }, mine = epoch;
   deliveries.push(record);
   const attempt = () => {
-    if (record.done || !sessions.has(session)) return;
+    if (record.done || mine !== epoch) return;  // delivered, or the SMSC was reset since
+    if (!sessions.has(session)) {  // its session is gone: the next receiving session gets it, as a real SMSC does
+      const next = bound(RECEIVING)[0];
+      if (!next) { setTimeout(attempt, settings.redeliver_after); return; }
+      session = next;
+    }
     if (record.attempts >= settings.max_attempts) { record.done = true; record.gave_up = true; return; }
     record.attempts++;
     const buffer = Buffer.from(raw);
@@ -161,9 +166,9 @@ function control(request) {
   switch (request.cmd) {
     case 'stats':  // what happened so far
       return { bound: [...sessions].map((s) => ({ kind: s.bound, system_id: s.system_id, system_type: s.system_type })),
-               submits, deliveries, pings, unbinds, throttled };
+               submits, deliveries, pings, unbinds, unbind_resps, throttled };
     case 'reset':
-      submits = []; deliveries = []; pings = 0; unbinds = 0; throttled = 0;
+      epoch++; submits = []; deliveries = []; pings = 0; unbinds = 0; unbind_resps = 0; throttled = 0;
       Object.assign(settings, { echo: false, answer_pings: true, throttle: 0, nack_submits: 0, submit_delay: 0,
                                 redeliver_after: 1000, max_attempts: 5 });
       return { ok: true };
@@ -179,7 +184,7 @@ function control(request) {
       for (const s of sessions) s.socket.write(Buffer.from(request.hex, 'hex'));
       return { sent: sessions.size };
     case 'unbind':  // the SMSC ends the sessions with an unbind
-      for (const s of sessions) s.unbind();
+      for (const s of sessions) s.unbind({}, () => { unbind_resps++; });
       return { sent: sessions.size };
     case 'drop':  // the TCP connections are cut, no unbind
       { const count = sessions.size; for (const s of server.sessions) s.socket.destroy(); return { dropped: count }; }

@@ -475,12 +475,21 @@ class Resource(resource.Resource):
         """The SMSC's answer to one part, once it took it; ResourceError if it refused, recoverable
         when the part is the message's only one (the other parts are all sent before any answer
         is read, so the SMSC may have taken them)."""
-        delay = THROTTLE_FIRST
+        delay, throttled = THROTTLE_FIRST, None
         while True:
-            response = pending.wait(deadline)
+            try:
+                response = pending.wait(deadline)
+            except SmppError as e:
+                if throttled is None:
+                    raise
+                # a resubmission unanswered: what the user must hear first is that the SMSC throttled it
+                raise ResourceError(f"the SMSC throttled it ({status_text(throttled)}) and did not answer it "
+                                    f"again in time: {e}", code=throttled, recoverable=False, terminal=False) from None
             if response.status == 0:
                 return response
-            if response.status not in (ESME_RTHROTTLED, ESME_RMSGQFUL) or time.monotonic() + delay >= deadline:
+            throttled = response.status
+            # submitted again only if, after the back-off, as long is left for the answer
+            if response.status not in (ESME_RTHROTTLED, ESME_RMSGQFUL) or time.monotonic() + 2 * delay >= deadline:
                 what = "throttled it until the deadline" if response.status in (ESME_RTHROTTLED, ESME_RMSGQFUL) \
                     else "refused it"
                 raise ResourceError(f"the SMSC {what}: {status_text(response.status)}", code=response.status,
