@@ -1,5 +1,5 @@
-"""What the test peers' harnesses share (pg_peer, amq_peer, mail_peer): free loopback ports,
-and the servers a killed test run left behind."""
+"""What the test peers' harnesses share (pg_peer, amq_peer, mail_peer, smpp_peer): free loopback
+ports, the servers a killed test run left behind, and a TCP relay to cut connections with."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -40,3 +43,72 @@ def remove_orphans(prefix: str, pid_file: str, sig: int = signal.SIGKILL) -> Non
         except (OSError, ValueError, IndexError):
             pass
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class Relay:
+    """A TCP relay on a free loopback port in front of `target`: the times of the connections
+    made through it (`connects`), what the clients send handed to `observe(data)`, and `cut()`
+    to drop every connection at once (a lost connection, the server still up)."""
+
+    def __init__(self, target: tuple[str, int], observe: Callable[[bytes], None] | None = None) -> None:
+        self.target, self.observe = target, observe
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        self.port = self.address[1]
+        self.connects: list[float] = []
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="relay", daemon=True).start()
+
+    @property
+    def accepted(self) -> int:
+        return len(self.connects)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connects.append(time.monotonic())
+            try:
+                server = socket.create_connection(self.target, timeout=5.0)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, self.observe), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, observe: Callable[[bytes], None] | None) -> None:
+        try:
+            while data := source.recv(65536):
+                if observe is not None:
+                    observe(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            _shut(s)
+
+    def cut(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            _shut(s)
+            s.close()
+
+    def close(self) -> None:
+        _shut(self.listener)
+        self.listener.close()
+        self.cut()
+
+
+def _shut(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import queue
 import re
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
+from peers import Relay
 from pmnc import keys
 from pmnc.errors import ConfigError, ResourceError, ResourceInputParameterError
 from pmnc.protocols import jms
@@ -216,72 +215,17 @@ def restart(cage: Any) -> Any:
     return InProcessCage(cage.root, cage.cage_name).start()
 
 
-class Proxy:
+class Proxy(Relay):
     """A TCP forwarder in front of the broker's STOMP port: counts the connections made
     through it, and `cut()` drops them all at once (a lost connection, the broker still up)."""
 
     def __init__(self, broker: AmqBroker) -> None:
+        super().__init__(("127.0.0.1", broker.stomp_port))
         self.broker = broker
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.accepted = 0
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.accepted += 1
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.broker.stomp_port), timeout=5.0)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self.lock:
-                self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
 
     def config(self, **keys: Any) -> dict[str, Any]:
         """A config for the broker, reached through the proxy."""
         return self.broker.config(keys, server_address=("127.0.0.1", self.port))
-
-    def close(self) -> None:
-        try:
-            self.server.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.server.close()
-        self.cut()
 
 
 @pytest.fixture

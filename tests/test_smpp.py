@@ -8,7 +8,6 @@ port tells what reached it and how each PDU it delivered was answered.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, InProcessCage, config_source, module_source, wait_until, write_file
+from peers import Relay
 from pmnc.errors import ResourceError
 from pmnc.request import fake_request
 from smpp_peer import Smsc
@@ -154,58 +154,28 @@ def air_octets(data: bytes, data_coding: int, esm_class: int) -> int:
     return -(-septets * 7 // 8)
 
 
-class Tap:
+class Tap(Relay):
     """A TCP relay between the interface and the SMSC: the connections the interface makes
     (when), and every PDU it sends, as they are on the wire."""
 
     def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address: tuple[str, int] = self.listener.getsockname()[:2]
-        self.connects: list[float] = []
+        super().__init__(target, observe=self._keep)
         self.pdus: list[bytes] = []
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, name="tap", daemon=True).start()
+        self._buffer = b""
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                esme, _ = self.listener.accept()
-            except OSError:
+    def _keep(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 16:
+            length = int.from_bytes(self._buffer[:4], "big")
+            if length < 16 or len(self._buffer) < length:
                 return
-            self.connects.append(time.monotonic())
-            smsc = socket.create_connection(self.target)
-            self._sockets += [esme, smsc]
-            threading.Thread(target=self._relay, args=(esme, smsc, True), daemon=True).start()
-            threading.Thread(target=self._relay, args=(smsc, esme, False), daemon=True).start()
-
-    def _relay(self, source: socket.socket, sink: socket.socket, keep: bool) -> None:
-        buffer = b""
-        try:
-            while data := source.recv(65536):
-                if keep:
-                    buffer += data
-                    while len(buffer) >= 16 and len(buffer) >= (length := int.from_bytes(buffer[:4], "big")) >= 16:
-                        self.pdus.append(buffer[:length])
-                        buffer = buffer[length:]
-                sink.sendall(data)
-        except OSError:
-            pass
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self.pdus.append(self._buffer[:length])
+            self._buffer = self._buffer[length:]
 
     def sent(self, command_id: int) -> list[tuple[int, int]]:
         """(command_status, sequence_number) of each PDU with this command id the interface sent."""
         return [(int.from_bytes(p[8:12], "big"), int.from_bytes(p[12:16], "big")) for p in self.pdus
                 if int.from_bytes(p[4:8], "big") == command_id]
-
-    def close(self) -> None:
-        self.listener.close()
-        for s in self._sockets:
-            s.close()
 
 
 @pytest.fixture
