@@ -230,7 +230,9 @@ class Session:
         self.window = window
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()  # guards _pending and _lost
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # guards _outbox and _writing (see _write)
+        self._outbox: list[bytes] = []
+        self._writing = False
         self._lost: str | None = None
         self._stopping = threading.Event()
         self._last_ping = time.monotonic()
@@ -371,13 +373,27 @@ class Session:
         return self._lost is None
 
     def _write(self, pdu: Any) -> None:
+        """Queue the bytes; the thread that finds nobody writing writes everything queued, in one
+        sendall, until the queue is empty. Threads submitting at once then never wait for each
+        other's syscalls (a lock held over sendall made them queue up, each waking the next),
+        and what they sent meanwhile goes out together."""
         data = pdu if isinstance(pdu, bytes) else pdu.generate()
         with self._write_lock:
-            sock = self._client._socket
-            if sock is None:
-                return
+            self._outbox.append(data)
+            if self._writing:
+                return  # the writer takes it with what it sends next
+            self._writing = True
+        while True:
+            with self._write_lock:
+                if not self._outbox or self._client._socket is None:
+                    self._outbox.clear()
+                    self._writing = False
+                    return
+                chunk = self._outbox[0] if len(self._outbox) == 1 else b"".join(self._outbox)
+                self._outbox.clear()
+                sock = self._client._socket
             try:
-                sock.sendall(data)
+                sock.sendall(chunk)
             except OSError as e:
                 why = "the SMSC stopped reading" if isinstance(e, (BlockingIOError, TimeoutError)) else \
                     f"writing to the SMSC failed: {exc_string(e, stack=False)}"
