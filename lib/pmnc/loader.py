@@ -671,8 +671,7 @@ _OWN_FILE = ("write a protocol_{p}.py of the cage's own (in its folder or .share
 PROTOCOLS_NOT_SHIPPED = {
     "mysql_pymysql": "pmnc has no MySQL resource: " + _OWN_FILE,
     "sqlserver_adodb": "pmnc has no SQL Server resource: " + _OWN_FILE,
-    **{name: "pmnc does not ship it: " + _OWN_FILE
-       for name in ("callable", "cmdexec", "file", "schedule", "tcp", "udp", "void")},
+    "tcp": "pmnc does not ship it: " + _OWN_FILE,
     "state": "the state resource is built in: use xa.state / pmnc.transaction.state with no config file",
 }
 
