@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pmnc import log
 from pmnc.config import Config, read_settings
-from pmnc.errors import ConfigError, ModuleError, exc_string
+from pmnc.errors import ConfigError, IntakeClosedError, ModuleError, RequestExpiredError, exc_string
 from pmnc.loader import protocol_class
 from pmnc.schema import INTERFACES_KEYS, Key, Schema, interface_file
 
@@ -96,6 +96,35 @@ class Outage:
             log.message(f"interface {self.interface}: {back}")
         self._reasons = None
         return was
+
+
+def run_message(interface: Interface, description: str, item: Any, fn: Any, *args: Any, again: str) -> str | None:
+    """For an interface that takes messages, acknowledging after success (pop3, file): `fn(*args)`
+    for one `item` through the lifecycle, on this thread. None if it succeeded, else why not;
+    "" if that was not the item's fault - the cage is stopping, or the deadline came while it
+    waited in the queue (`item.started`, which `fn` sets, still False): not counted against it,
+    it is taken `again` ("by a later poll")."""
+    lifecycle = interface.runtime.lifecycle
+    try:
+        request = lifecycle.begin(interface=interface.name, protocol=interface.protocol,
+                                  timeout=interface.request_timeout, parameters={"auth_tokens": {}},
+                                  description=description)
+    except IntakeClosedError:
+        return ""
+    try:
+        lifecycle.call(request, fn, *args)
+    except IntakeClosedError:
+        return ""
+    except RequestExpiredError as e:
+        if not item.started:
+            log.warning(f"{description} was not processed: {e}; it is taken again {again}")
+            return ""
+        log.warning(f"{description} processing failed: {e}")
+        return f"the deadline: {e}"
+    except Exception as e:
+        log.warning(f"{description} processing failed: {exc_string(e)}")
+        return exc_string(e, stack=False)
+    return None
 
 
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # seconds before an interface that failed to start is tried again

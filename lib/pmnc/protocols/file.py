@@ -52,8 +52,6 @@ from pmnc import interfaces, log, resource
 from pmnc import request as _request
 from pmnc.errors import (
     ConfigError,
-    IntakeClosedError,
-    RequestExpiredError,
     ResourceDeadlineError,
     ResourceError,
     ResourceInputParameterError,
@@ -296,27 +294,7 @@ class Interface(interfaces.Interface):
     def _run(self, f: _File) -> str | None:
         """The handler for one file: None if it succeeded, else why not; "" if that was not
         the file's fault (the cage is stopping, the deadline came while it was queued)."""
-        description = f"file {f.name}"
-        lifecycle = self.runtime.lifecycle
-        try:
-            request = lifecycle.begin(interface=self.name, protocol=self.protocol, timeout=self.request_timeout,
-                                      parameters={"auth_tokens": {}}, description=description)
-        except IntakeClosedError:
-            return ""
-        try:
-            lifecycle.call(request, self._handle, f)
-        except IntakeClosedError:
-            return ""
-        except RequestExpiredError as e:
-            if not f.started:  # waited in the queue (the cage is busy): not counted against it
-                log.warning(f"{description} was not processed: {e}; it is taken again by a later pass")
-                return ""
-            log.warning(f"{description} processing failed: {e}")
-            return f"the deadline: {e}"
-        except Exception as e:
-            log.warning(f"{description} processing failed: {exc_string(e)}")
-            return exc_string(e, stack=False)
-        return None
+        return interfaces.run_message(self, f"file {f.name}", f, self._handle, f, again="by a later pass")
 
     def _handle(self, f: _File) -> None:
         """On the worker: the handler, the file's id in `_running` while it runs."""

@@ -53,7 +53,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pmnc import interfaces, log
-from pmnc.errors import ConfigError, IntakeClosedError, RequestExpiredError, exc_string
+from pmnc.errors import ConfigError, exc_string
 from pmnc.received import Entry, Received
 from pmnc.schema import Key, address, interface_file, ssl_protocol_ignored
 from pmnc.tls import client_context
@@ -870,26 +870,8 @@ class Interface(interfaces.Interface):
         sender = fields["from"][1] or "<>"
         description = f"e-mail \"{subject[:100]}\" from {sender}"
         request_fields = {"message_id": run.uidl, "message": message, **fields}
-        lifecycle = self.runtime.lifecycle
-        try:
-            request = lifecycle.begin(interface=self.name, protocol=self.protocol, timeout=self.request_timeout,
-                                      parameters={"auth_tokens": {}}, description=description)
-        except IntakeClosedError:
-            return ""
-        try:
-            lifecycle.call(request, self._handle, run, request_fields)
-        except IntakeClosedError:
-            return ""
-        except RequestExpiredError as e:
-            if not run.started:  # waited in the queue (the cage is busy): not counted against it
-                log.warning(f"{description} was not processed: {e}; it is taken again by a later poll")
-                return ""
-            log.warning(f"{description} processing failed: {e}")
-            return f"the deadline: {e}"
-        except Exception as e:
-            log.warning(f"{description} processing failed: {exc_string(e)}")
-            return exc_string(e, stack=False)
-        return None
+        return interfaces.run_message(self, description, run, self._handle, run, request_fields,
+                                      again="by a later poll")
 
     def _handle(self, run: _Run, fields: dict[str, Any]) -> None:
         """On the worker: the handler, its UIDL kept in `_running` while it runs (a later poll
