@@ -23,10 +23,12 @@ RANKS = {
     # 1 core
     "workers": 1, "loader": 1, "config": 1, "schema": 1, "state": 1, "decisions": 1, "lifecycle": 1,
     "received": 1,
+    # the monitor's statistics are fed by the lifecycle and transactions: standard library only
+    "monitor.stats": 0,
     # 2 services
     "transaction": 2, "pools": 2, "cache": 1, "retry": 2, "rpc": 2, "resource_pool": 2,
     # 3 runtime
-    "runtime": 3, "facade": 3, "framework": 3,
+    "runtime": 3, "facade": 3, "framework": 3, "monitor": 3,
     # 4 protocols
     "interfaces": 4, "protocols": 4,
     # 5 cage
@@ -342,4 +344,4 @@ def test_longest_prefix_wins() -> None:
     assert rank("rpc.cluster", {"rpc": 2, "rpc.cluster": 4}) == 4
     assert rank("rpc.codec", {"rpc": 2, "rpc.cluster": 4}) == 2
     assert rank("rpcx", {"rpc": 2}) is None
-    assert rank("monitor.web") is None  # a new package must be placed
+    assert rank("dashboard.web") is None  # a new package must be placed

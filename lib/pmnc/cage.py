@@ -4,15 +4,17 @@ Boot:      stdlib logging bridged → log level → loader (watching files) → 
            damaged one stops the boot) → worker pool and resource pools →
            event loop → branches of two-phase commits left prepared are
            finished (transaction.recover_in_doubt) → intake opens →
-           interfaces start, in the configured order.
+           interfaces start, in the configured order → in a cage named
+           health_monitor, its probes of the other cages (monitor/health.py).
 Every 1 s: re-read the log level; start, stop or restart interfaces whose
            configuration changed, retry those that failed to start (with a
            back-off), say if a handler module went missing; sweep resource
            pools every sweep_period; retry recovery every RECOVERY_PERIOD
            while it has work left; the log writes the counts of repeats it
            left out (log.flush).
-Shutdown:  interfaces cease (no new requests) → intake closes → requests in
-           flight get up to `request_timeout` → interfaces stop → resource
+Shutdown:  the health monitor's probes stop → interfaces cease (no new
+           requests) → intake closes → requests in flight get up to
+           `request_timeout` → interfaces stop → resource
            pools, worker pool, loop and loader stop → stdlib logging is let go →
            "the cage has been properly shut down".
 """
@@ -28,6 +30,7 @@ from pmnc.config import read_settings
 from pmnc.errors import ConfigError, ModuleError, exc_string
 from pmnc.interfaces import InterfaceManager
 from pmnc.loader import Loader
+from pmnc.monitor.health import start_health_monitor
 from pmnc.runtime import Runtime
 from pmnc.schema import INTERFACES_KEYS
 from pmnc.state import KEYS as STATE_KEYS
@@ -45,6 +48,7 @@ class Cage:
         self.runtime = Runtime(self.loader)
         self.interfaces = InterfaceManager(self.runtime)
         self.runtime.interface_lookup = self.interfaces.get  # also sees a self-test's active_interface
+        self.runtime.interface_names = self.interfaces.names
         self._recovery_due: float | None = None
         self._recovery: threading.Thread | None = None
 
@@ -58,6 +62,7 @@ class Cage:
         self._apply_log_level()
         self.loader.start()
         self.runtime.request_timeout = settings["request_timeout"]
+        self.runtime.statistics.enabled = settings["statistics"]
         self.loader.swap_timeout = self.runtime.request_timeout
         self.runtime.start(self._open_state(), thread_count=settings["thread_count"],
                            sweep_period=settings["sweep_period"])
@@ -66,6 +71,7 @@ class Cage:
         log.message("as of this moment requests can be created")
         if self.loader.self_test is None:
             self.interfaces.start_all()
+            self.runtime.health = start_health_monitor(self.runtime)
         log.message(f"the cage is ready, {self.interfaces.status()}")
 
     def _open_state(self) -> StateStore:
@@ -107,6 +113,8 @@ class Cage:
 
     def stop(self) -> None:
         log.message("the cage is shutting down")
+        if self.runtime.health is not None:
+            self.runtime.health.stop()
         self.interfaces.cease_all()
         active = self.runtime.intake.close()
         log.message(f"request intake is closed, {active} request(s) in flight")

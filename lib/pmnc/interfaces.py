@@ -154,6 +154,10 @@ class InterfaceManager:
         live = self.live.get(name)
         return live[0] if live is not None else self.added.get(name)
 
+    def names(self) -> list[str]:
+        """The running interfaces, configured and added by a self-test."""
+        return [*self.live, *self.added]
+
     def add(self, name: str, interface: Interface) -> None:
         """Make a started `interface` findable by `get` until `remove(name)`."""
         if self.get(name) is not None:

@@ -11,6 +11,9 @@
     resources     the resource pools (pools.py)          from start to stop
     loop          the asyncio loop (loop.py)             from start to stop
     shared        shared queues, locks, private pools    made with the cage (framework.py)
+    statistics    requests and resource calls, counted   made with the cage (monitor/stats.py)
+    notifications pmnc.notify's kept messages            made with the cage (monitor/notify.py)
+    health        the cluster's probes                   in a cage named health_monitor (monitor/health.py)
 
 A service asked for outside its time raises a clear error rather than hand out None.
 The loader is given the factory of each module's `pmnc` object (facade.py) here, so
@@ -20,8 +23,9 @@ the loader itself knows nothing of what the `pmnc` object exposes.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pmnc import framework
 from pmnc.errors import ModuleError
@@ -29,6 +33,8 @@ from pmnc.facade import Pmnc
 from pmnc.lifecycle import Intake, Lifecycle
 from pmnc.loader import Loader
 from pmnc.loop import EventLoopThread
+from pmnc.monitor.notify import Notifications
+from pmnc.monitor.stats import Statistics
 from pmnc.pools import ResourcePools
 from pmnc.resource import Resource
 from pmnc.retry import OutboxResource
@@ -36,6 +42,16 @@ from pmnc.rpc.cluster import ClusterHandle
 from pmnc.state import StateResource, StateStore
 from pmnc.transaction import TransactionFactory
 from pmnc.workers import WorkerPool
+
+
+class Health(Protocol):
+    """What the rest of the cage asks of its health monitor (monitor/health.py), if it runs one."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def page(self) -> str: ...
+
+    def stop(self) -> None: ...
 
 
 class Runtime:
@@ -48,9 +64,14 @@ class Runtime:
         self.transactions = TransactionFactory(lambda: self.resources, "__framework__")
         self.root = Pmnc(self, "__framework__")
         self.shared = framework.Shared()
+        self.statistics = Statistics()
+        self.notifications = Notifications(self.name, self.node)
+        self.health: Health | None = None
+        self.started_at = time.time()
         self.exit_asked = threading.Event()  # pmnc.startup.exit(): the cage is to stop, for good
         self.on_exit: Callable[[], None] | None = None  # what the Cage does when it is asked
         self.interface_lookup: Callable[[str], Any] | None = None  # name → running interface (the Cage's)
+        self.interface_names: Callable[[], list[str]] = list  # the running interfaces' names (the Cage's)
         self._thread_count = 10
         self._state: StateStore | None = None
         self._workers: WorkerPool | None = None
@@ -69,6 +90,7 @@ class Runtime:
         """The state file (checked by the caller), worker pool, resource pools and loop."""
         self._state = state
         self._thread_count = thread_count
+        self.started_at = time.time()
         self._workers = WorkerPool("worker", thread_count)
         self._lifecycle = Lifecycle(self.intake, self._workers, self.loader)
         built_in = {"state": self._state_resource, "pmnc": self._outbox_resource}
