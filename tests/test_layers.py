@@ -41,6 +41,7 @@ PROTOCOLS = "protocols"
 PROTOCOL_PAIRS = {
     "xmlrpc": {"http", "httpwire", "httpclient"},
     "http": {"httpwire", "httpclient"},
+    "performance": {"http", "httpwire"},  # the monitor's pages: an HTTP interface with a built-in handler
     "postgresql": {"sql"},
     "oracle": {"sql"},
     "smpp": {"smppwire", "smpptext", "smpppdu"},

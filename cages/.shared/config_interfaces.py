@@ -1,7 +1,7 @@
 # Cage-wide settings. Copy this file into a cage folder to change them there.
 
 config = dict(
-    interfaces=("rpc", "retry"),  # names of the interfaces to run, each with its config_interface_<name>.py
+    interfaces=("performance", "rpc", "retry"),  # names of the interfaces to run, each with its config_interface_<name>.py
     request_timeout=10.0,  # seconds every request gets, from its first byte to its answer
     thread_count=10,  # worker threads: how many requests run at once
     sweep_period=15.0,  # seconds between sweeps of resource pools

@@ -26,6 +26,8 @@ from pmnc import request as _request
 from pmnc.config import Config
 from pmnc.errors import InvalidModuleNameError
 from pmnc.loader import MODULE_NAME, Loader, version_attr
+from pmnc.monitor.notify import Notifications
+from pmnc.monitor.stats import Statistics
 from pmnc.pools import ResourcePools
 from pmnc.retry import RetriedCall, RetryContext, Target
 from pmnc.rpc.calls import CageCall, parse_target
@@ -57,6 +59,12 @@ class Services(Protocol):
 
     @property
     def shared(self) -> framework.Shared: ...
+
+    @property
+    def statistics(self) -> Statistics: ...
+
+    @property
+    def notifications(self) -> Notifications: ...
 
     def exit(self) -> None: ...
 

@@ -7,6 +7,13 @@
     pmnc.shared_pools.get_private_thread_pool(name=None, size=None)
                                                 threads of this module's own: enqueue(request, f, args, kwargs)
     pmnc.protocol_retry.exit()                  in a retried call: try again later (= pmnc.retry.exit())
+    pmnc.notify.info/warning/error/alert(msg[, source])   a notification: logged, kept, sent to health_monitor
+    pmnc.notify.extract()                       the kept notifications, oldest first
+    pmnc.performance.event(key)                 a request or transaction counted, as an interface's own
+    pmnc.performance.sample(key, ms)            a reading in milliseconds
+    with pmnc.performance.timing(key): ...      the block's milliseconds, as key.success or key.failure
+    pmnc.performance.extract()                  the statistics (the snapshot of monitor/stats.py)
+    with pmnc.performance.request_processing(): ...   kept for the original's code: records nothing
 
 In the original these were files of cages/.shared; here they are views of the running
 cage (`Shared` holds what they share), so a cage module cannot take these names.
@@ -15,12 +22,19 @@ cage (`Shared` holds what they share), so a cage module cannot take these names.
 from __future__ import annotations
 
 import functools
+import re
 import threading
+import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, Protocol
 
+from pmnc import log
+from pmnc import request as _request
 from pmnc.errors import DeadlineError
 from pmnc.interlocked import InterlockedQueue, SharedLock
+from pmnc.monitor.notify import Notifications
+from pmnc.monitor.stats import Statistics
 from pmnc.request import Request
 from pmnc.retry import RetryContext
 from pmnc.workers import WorkerPool, WorkUnit
@@ -31,6 +45,12 @@ class Cage(Protocol):
 
     @property
     def shared(self) -> Shared: ...
+
+    @property
+    def statistics(self) -> Statistics: ...
+
+    @property
+    def notifications(self) -> Notifications: ...
 
     def exit(self) -> None: ...
 
@@ -156,8 +176,109 @@ class ProtocolRetry(_Module):
         RetryContext().exit()
 
 
+class Notify(_Module):
+    """pmnc.notify (monitor/notify.py): rate-limited and de-duplicated, unlike the original's.
+    `source="node.cage"` tells another cage's notification (health_monitor re-emits them)."""
+
+    def info(self, message: str, source: str | None = None) -> None:
+        self._cage.notifications.add("INFO", message, source)
+
+    def warning(self, message: str, source: str | None = None) -> None:
+        self._cage.notifications.add("WARNING", message, source)
+
+    def error(self, message: str, source: str | None = None) -> None:
+        self._cage.notifications.add("ERROR", message, source)
+
+    def alert(self, message: str, source: str | None = None) -> None:
+        self._cage.notifications.add("ALERT", message, source)
+
+    def extract(self) -> list[dict[str, Any]]:
+        """The kept notifications, oldest first: {"timestamp": int, "level", "message", "count"}."""
+        return self._cage.notifications.extract()
+
+
+# what timing() may be given: a time key without its outcome, which the block's end adds
+TIME_KEY = re.compile(r"(interface|resource)\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+_time")
+
+
+class Performance(_Module):
+    """pmnc.performance: the original's module, over the cage's statistics (monitor/stats.py).
+    Keys are "interface.<name>.<reading>" or "resource.<name>.<reading>"."""
+
+    def event(self, key: str) -> None:
+        """A "..._rate[.success|.failure]" event, e.g. "interface.foo.request_rate"."""
+        self._cage.statistics.event(key)
+
+    def sample(self, key: str, value: float) -> None:
+        """A "..._time[.success|.failure]" reading in milliseconds."""
+        self._cage.statistics.sample(key, value)
+
+    def timing(self, key: str) -> Timing:
+        """`with pmnc.performance.timing("resource.db.processing_time"):` samples the block's
+        milliseconds as key.success, or key.failure if it raises."""
+        if not TIME_KEY.fullmatch(key):
+            raise ValueError(f"performance key {key!r} is not interface|resource.<name>.<reading>_time")
+        return Timing(self._cage.statistics, key)
+
+    def extract(self) -> dict[str, Any]:
+        """The statistics now: {"interfaces": {name: series}, "resources": {name: series}}, each
+        series with its successes, failures, percentiles and per-10-s and per-minute points
+        (Statistics.snapshot; the original returned its own chart data instead)."""
+        return self._cage.statistics.snapshot()
+
+    def request_processing(self) -> RequestProcessing:
+        """The original's wrapper round a request's processing, which sampled its pending and
+        processing time: here the lifecycle measures every request once already, so this only
+        logs the begin and end at NOISE level and counts nothing."""
+        return RequestProcessing()
+
+
+class Timing:
+    """The block's time in milliseconds, sampled when it ends; `elapsed_ms` meanwhile."""
+
+    def __init__(self, statistics: Statistics, key: str) -> None:
+        self._statistics, self._key = statistics, key
+        self._start = time.monotonic()
+
+    @property
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self._start) * 1000.0
+
+    def __enter__(self) -> Timing:
+        self._start = time.monotonic()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        outcome = "success" if kind is None else "failure"
+        self._statistics.sample(f"{self._key}.{outcome}", self.elapsed_ms)
+
+
+class RequestProcessing:
+    """See Performance.request_processing."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+
+    @property
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self._start) * 1000.0
+
+    def __enter__(self) -> RequestProcessing:
+        self._start = time.monotonic()
+        if log.enabled(log.NOISE):
+            log.noise(f"request processing begins, {_request.current().elapsed * 1000.0:.0f} ms after the request")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if log.enabled(log.NOISE):
+            outcome = "success" if kind is None else "failure"
+            log.noise(f"request processing ends with {outcome} in {self.elapsed_ms:.0f} ms")
+
+
 # name → the view made for each module's `pmnc`
 MODULES: dict[str, type[_Module]] = {
     "startup": Startup, "interfaces": Interfaces, "shared_queues": SharedQueues, "shared_locks": SharedLocks,
-    "shared_pools": SharedPools, "protocol_retry": ProtocolRetry,
+    "shared_pools": SharedPools, "protocol_retry": ProtocolRetry, "notify": Notify, "performance": Performance,
 }

@@ -290,8 +290,10 @@ class InterfaceManager:
         if overrides is None or self.runtime.loader.locate("config_interface_" + name) is not None:
             config = Config(self.runtime.loader, "interface_" + name).copy()
         config.update(overrides or {})
-        cls = protocol_class(self.runtime.loader, config.pop("protocol", None), "Interface", Interface,
-                             f"interface {name}")
+        protocol = config.pop("protocol", None)
+        if name == "performance" and protocol == "http" and self.runtime.loader.locate("interface_performance") is None:
+            protocol = "performance"  # the original's file names plain http: its pages are built in here
+        cls = protocol_class(self.runtime.loader, protocol, "Interface", Interface, f"interface {name}")
         return cls(name, self.runtime, config)
 
     def _stop(self, name: str) -> None:

@@ -3,6 +3,7 @@ requests begin and end.
 
 The intake counts the requests in flight per interface; once closed (the cage
 stopping), no request can begin, and the cage waits for those in flight to end.
+Where a request ends, its statistics are taken, once (monitor/stats.py).
 How a protocol plugs in: docs/protocols.md.
 """
 
@@ -13,16 +14,20 @@ from collections.abc import Callable
 from typing import Any
 
 from pmnc import log
+from pmnc import request as _request
 from pmnc.errors import IntakeClosedError, RequestExpiredError
 from pmnc.loader import Loader
+from pmnc.monitor.stats import Statistics
 from pmnc.request import Request
 from pmnc.workers import WorkerPool, WorkUnit
 
 
 class Intake:
-    """Counts requests in flight, per interface; once closed, no request can begin."""
+    """Counts requests in flight, per interface; once closed, no request can begin. Each
+    request that ends is counted in `statistics` (None: nowhere)."""
 
-    def __init__(self) -> None:
+    def __init__(self, statistics: Statistics | None = None) -> None:
+        self.statistics = statistics
         self._cond = threading.Condition(threading.Lock())
         self._active: dict[str, int] = {}  # interface → requests in flight
         self._open = False
@@ -39,12 +44,24 @@ class Intake:
             self._active[interface] = self._active.get(interface, 0) + 1
         return Request(interface=interface, **kwargs)
 
-    def end(self, request: Request) -> None:
-        assert request.interface is not None
+    def end(self, request: Request, ok: bool) -> None:
+        """The request is over: `ok` if its work returned in time (an exception, the deadline,
+        never having run, or a handler that raised, though the interface answered, is a failure)."""
+        interface = request.interface
+        assert interface is not None
         with self._cond:
-            self._active[request.interface] -= 1
+            self._active[interface] -= 1
             if self._draining:
                 self._cond.notify_all()
+        statistics = self.statistics
+        if statistics is not None and statistics.enabled:
+            now, started = _request.monotonic(), request.started
+            response = now - request.start
+            if started is None:  # never ran: expired in the queue, or the cage stopping
+                statistics.request(interface, response, None, response, False)
+            else:
+                statistics.request(interface, started - request.start, now - started, response,
+                                   ok and not request.failed)
 
     def close(self) -> int:
         with self._cond:
@@ -105,7 +122,7 @@ class InFlight:
         """The deadline came first: True if this settles the request (work still queued never
         starts; the interface answers with its deadline error now), False if the outcome is
         already on its way to `when_done`."""
-        if not self._settle():
+        if not self._settle(False):
             return False
         if self._unit is not None:
             self._unit.cancel()
@@ -113,30 +130,31 @@ class InFlight:
 
     def abandon(self) -> None:
         """Nobody waits for the answer any more: work still queued never starts."""
-        if self._settle() and self._unit is not None:
+        if self._settle(False) and self._unit is not None:
             self._unit.cancel()
 
-    def _settle(self) -> bool:
+    def _settle(self, ok: bool) -> bool:
         with _settling:
             if self._settled:
                 return False
             self._settled = True
-        self._intake.end(self.request)
+        self._intake.end(self.request, ok)
         return True
 
     def _finished(self, unit: WorkUnit) -> None:
         """On the worker's thread: the work is done, or was cancelled."""
         if unit.cancelled() and self._settled:
             return  # expired or abandoned: cancelled by the interface
-        if not self._settle():
+        outcome = _outcome(unit, self.request)
+        if not self._settle(outcome.error is None):
             if self.request.expired:
                 log.warning(f"request {self.request.unique_id} finished {self.request.expired_for:.1f}s "
                             f"after its deadline, the result is discarded")
             return
-        self._when_done(_outcome(unit, self.request))
+        self._when_done(outcome)
 
     def _refused(self, error: BaseException) -> None:
-        if self._settle():
+        if self._settle(False):
             self._when_done(Outcome(error=error))
 
 
@@ -165,15 +183,23 @@ class Lifecycle:
         self.begin = intake.begin
 
     def handle(self, module: str, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
-        """`pmnc.<module>.<method>(*args, **kwargs)`: the handler, its current version."""
-        return self.loader.call(module, method, args, kwargs or {})
+        """`pmnc.<module>.<method>(*args, **kwargs)`: the handler, its current version. One that
+        raises makes its request a failure in the statistics, though the interface may turn
+        the exception into an answer (an HTTP 500)."""
+        try:
+            return self.loader.call(module, method, args, kwargs or {})
+        except BaseException:
+            _request.current().failed = True
+            raise
 
     def call(self, request: Request, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` for `request` now: on this thread if a worker slot is free and nothing
         waits, else queued and waited for. The request ends here. Past the deadline - in the
         queue, or with an answer that came late - RequestExpiredError: a late answer is dropped."""
+        ok = False
         try:
             result = self.workers.call(request, fn, *args)
+            ok = not request.expired
         except RequestExpiredError:
             raise
         except Exception:
@@ -181,8 +207,8 @@ class Lifecycle:
                 raise RequestExpiredError("request deadline has expired while it was being processed") from None
             raise
         finally:
-            self.intake.end(request)
-        if request.expired:
+            self.intake.end(request, ok)
+        if not ok:  # the answer came after the deadline
             raise RequestExpiredError("request deadline has expired while it was being processed")
         return result
 

@@ -93,6 +93,7 @@ class ModuleVersion:
     reloadable: bool
     injected: dict[str, frozenset[str]] = field(default_factory=dict)  # function → INJECTED names it declares
     dynamic: Callable[..., Any] | None = None  # __get_module_attr__, when in __all__
+    loaded_at: float = field(default_factory=time.time)  # when this version was built (the performance page)
 
 
 class _Unusable:
@@ -248,6 +249,14 @@ class Loader:
 
     def version_number(self, name: str) -> int:
         return self.current(name).number
+
+    def loaded(self) -> list[tuple[str, int, float]]:
+        """(name, version number, when that version was loaded) of each module serving now,
+        by name; read only (the performance page), nothing is loaded."""
+        with self._lock:
+            modules = list(self._modules.values())
+        serving = [(mod.name, mod.version) for mod in modules]
+        return sorted((name, v.number, v.loaded_at) for name, v in serving if v is not None)
 
     # --- loading -------------------------------------------------------------
 

@@ -11,6 +11,8 @@ pool (schema.POOL_KEYS; defaults as the original's, an unknown pool__ key refuse
     pool__max_time      a call may take at most this               (None)
 
 and, when `pool__cache_size` is set, a cache of call results (cache.py).
+Each call is counted in the cage's statistics (monitor/stats.py) under the
+pool's name, by transaction.py.
 Connections are reused most-recently-released first. A resource named
 `a__b` uses `config_resource_a.py` and its own pool. `state` and `pmnc`
 are built in (state.py, retry.py; the runtime hands their factories over). Decisions are taken
@@ -32,6 +34,7 @@ from pmnc.config import Config
 from pmnc.decisions import DecisionLog
 from pmnc.errors import ConfigError, ResourceError, exc_string
 from pmnc.loader import protocol_class
+from pmnc.monitor.stats import Statistics
 from pmnc.request import Request, attached
 from pmnc.resource import Resource
 from pmnc.schema import POOL_KEYS, resource_file
@@ -63,9 +66,12 @@ class ResourcePool:
     def __init__(self, name: str, factory: Callable[[str], Resource], *, size: int, standby: int = 0,
                  idle_timeout: float | None = None, max_age: float | None = None, min_time: float = 0.0,
                  max_time: float | None = None, transactional: bool = True, inline: bool = False,
-                 preparable: bool = False, cache: ResultCache | None = None) -> None:
-        """`idle_timeout` / `max_age` None: each connection keeps its class's own."""
+                 preparable: bool = False, cache: ResultCache | None = None,
+                 statistics: Statistics | None = None) -> None:
+        """`idle_timeout` / `max_age` None: each connection keeps its class's own; `statistics`
+        None: its calls are not counted."""
         self.name, self.factory = name, factory
+        self.statistics = statistics
         self.cache = cache  # results of calls, where pool__cache_size is set
         self.transactional, self.inline = transactional, inline
         self.preparable = preparable  # its connections can be branches of a two-phase commit
@@ -254,8 +260,10 @@ class ResourcePools:
 
     def __init__(self, loader: Loader, thread_count: int, sweep_period: float, *, cluster: ClusterHandle,
                  built_in: Mapping[str, Callable[[str], Resource]],
-                 interfaces: Callable[[str], Any] = lambda name: None) -> None:
+                 interfaces: Callable[[str], Any] = lambda name: None,
+                 statistics: Statistics | None = None) -> None:
         self.loader, self.cluster = loader, cluster
+        self.statistics = statistics  # where each pool's calls are counted
         self.interfaces = interfaces  # name → the running interface, or None (Resource.needs_interfaces)
         # resources every cage has, with no config file (xa.state, xa.pmnc(...)): name → connection factory
         self.built_in = built_in
@@ -301,13 +309,14 @@ class ResourcePools:
             max_age=pool["pool__max_age"] if "pool__max_age" in given else None,
             min_time=pool["pool__min_time"], max_time=pool["pool__max_time"],
             transactional=cls.transactional, inline=cls.inline, preparable=cls.preparable,
-            cache=cache_for(name, pool))
+            cache=cache_for(name, pool), statistics=self.statistics)
 
     def _create_built_in(self, name: str) -> ResourcePool:
         """`xa.state` and `xa.pmnc(...)`: participants writing to the cage's state file. They
         only keep writes in memory until the decision, so many may share a transaction."""
         return ResourcePool(name, self.built_in[name], size=max(self.thread_count, BUILT_IN_SIZE), idle_timeout=300.0,
-                            max_age=3600.0, transactional=True, inline=True, preparable=True)
+                            max_age=3600.0, transactional=True, inline=True, preparable=True,
+                            statistics=self.statistics)
 
     def _connect(self, cls: type[Resource], instance: str, name: str, size: int) -> Resource:
         """A new connection, made as its class says (Resource._construct)."""

@@ -88,6 +88,8 @@ class Request:
         self._description = _bounded(description)
         self.log_levels: list[int] = list(log_levels or ())
         self.start = monotonic() if start is None else start
+        self.started: float | None = None  # monotonic, when a worker began the work (workers.py)
+        self.failed = False  # its handler raised, whatever the interface answered (lifecycle.py)
         self.deadline: float | None = None if timeout is None else self.start + timeout
         # A tie-breaker so equal deadlines keep arrival order in the EDF queue.
         self.sequence = next(self._sequence)

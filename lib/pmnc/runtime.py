@@ -59,13 +59,14 @@ class Runtime:
         self.loader = loader
         self.name, self.node = loader.cage, loader.node
         self.request_timeout = request_timeout
-        self.intake = Intake()
+        self.statistics = Statistics()
+        self.intake = Intake(self.statistics)
         self.cluster = ClusterHandle(loader)
         self.transactions = TransactionFactory(lambda: self.resources, "__framework__")
         self.root = Pmnc(self, "__framework__")
         self.shared = framework.Shared()
-        self.statistics = Statistics()
         self.notifications = Notifications(self.name, self.node)
+        self.notifications.attach(self)  # forwarding needs the loader, `root` and the interfaces
         self.health: Health | None = None
         self.started_at = time.time()
         self.exit_asked = threading.Event()  # pmnc.startup.exit(): the cage is to stop, for good
@@ -95,13 +96,14 @@ class Runtime:
         self._lifecycle = Lifecycle(self.intake, self._workers, self.loader)
         built_in = {"state": self._state_resource, "pmnc": self._outbox_resource}
         self._resources = ResourcePools(self.loader, thread_count, sweep_period, cluster=self.cluster,
-                                        built_in=built_in, interfaces=self.interface)
+                                        built_in=built_in, interfaces=self.interface, statistics=self.statistics)
         self._loop = EventLoopThread()
         self._loop.start()
         self.cluster.start()
 
     def stop(self) -> None:
         """After the interfaces have stopped: other cages, resources, workers, state, loop."""
+        self.notifications.close()  # a summary of suppressed notifications still due is not sent
         self.cluster.stop()
         self.shared.stop()
         if self._resources is not None:

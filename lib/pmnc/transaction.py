@@ -25,6 +25,12 @@ prepare and a durable decision, see "two-phase commit" below):
 4. Every participant commits or rolls back on its own; with `sync_commit`
    (the default) the caller waits for the commits. The deadline bounds
    every wait.
+
+Each call is counted once in the cage's statistics (monitor/stats.py), under its
+pool's name: pending from being handed to the pool until it begins (a pool thread,
+a connection), processing for begin_transaction and the call, a failure if either
+raised. A call that gets no connection is a failure with no processing time; one
+answered from the pool's cache is not counted: the resource did nothing.
 """
 
 from __future__ import annotations
@@ -122,6 +128,8 @@ class Participant:
         self.decision = Decision.NONE
         self.stage = Stage.OPEN
         self.error: BaseException | None = None  # why PREPARE_FAILED or COMMIT_FAILED
+        self.handed = 0.0  # monotonic, when it was handed to its pool (the statistics' pending time)
+        self.began: float | None = None  # monotonic, when begin_transaction was called
 
     @property
     def call(self) -> str:
@@ -167,6 +175,7 @@ class Transaction:
             return (self._run_inline(self._participants[0], pools[0]),)
         self._check_pool_sizes(pools)
         request = _request.current()
+        _hand(self._participants)
         for participant, pool in zip(self._participants, pools, strict=True):
             pool.workers.submit(request.clone(), self._run, participant, pool)
         try:
@@ -249,6 +258,7 @@ class Transaction:
             finally:
                 cache.finish()
         except ResourceError as e:
+            _no_call(participant, pool)
             self._report(participant, e)
 
     def _invoke(self, participant: Participant, resource: Resource, pool: ResourcePool, cache: _CacheUse) -> Any:
@@ -304,6 +314,7 @@ class Transaction:
                 log_.remember_resource(pool.name)
         request = _request.current()
         _active.add(self.xid)  # recovery keeps off its branches until they are finished
+        _hand(self._participants)
         for participant, pool in zip(self._participants, pools, strict=True):
             pool.workers.submit(request.clone(), self._run, participant, pool)
         try:
@@ -508,6 +519,7 @@ def _invoke(xid: str, source: str, options: dict[str, Any], participant: Partici
     leaves as a ResourceError (a terminal one discards the connection)."""
     request = _request.current()
     deadline = request.deadline
+    participant.began = began = _request.monotonic()
     try:
         _cap_time(request, pool)
         resource.begin_transaction(xid, source_module_name=source, transaction_options=options,
@@ -515,6 +527,7 @@ def _invoke(xid: str, source: str, options: dict[str, Any], participant: Partici
                                    resource_kwargs=participant.resource_kwargs)
         result = cache.call(_method(resource, participant.attrs), participant.args)
     except Exception as e:
+        _count(pool, participant, began, False)  # before the rollback: not the call's time
         error = _resource_error(e)
         _quietly(resource, "rollback")
         if error.terminal:
@@ -522,8 +535,31 @@ def _invoke(xid: str, source: str, options: dict[str, Any], participant: Partici
         raise error from None
     finally:
         request.deadline = deadline
+    _count(pool, participant, began, True)
     resource.mark_used()
     return result
+
+
+def _hand(participants: list[Participant]) -> None:
+    """The calls are handed to their pools now: their pending time starts."""
+    now = _request.monotonic()
+    for participant in participants:
+        participant.handed = now
+
+
+def _count(pool: ResourcePool, participant: Participant, began: float, ok: bool, *, ran: bool = True) -> None:
+    """One call in the statistics: pending until it began, processing since (if it `ran`)."""
+    statistics = pool.statistics
+    if statistics is not None and statistics.enabled:
+        processing = _request.monotonic() - began if ran else 0.0
+        statistics.resource(pool.name, began - participant.handed, processing, ok)
+
+
+def _no_call(participant: Participant, pool: ResourcePool) -> None:
+    """A call that failed before it began (no connection, the cache's wait): a failure."""
+    if participant.began is None:
+        participant.began = _request.monotonic()
+        _count(pool, participant, participant.began, False, ran=False)
 
 
 def _run_inline(xid: str, source: str, options: dict[str, Any], participant: Participant,
@@ -531,6 +567,7 @@ def _run_inline(xid: str, source: str, options: dict[str, Any], participant: Par
     """The only participant, on a resource whose every wait is bounded by the deadline:
     done on the caller's thread, sparing the hand-offs. Its success is the decision, so
     it commits at once (when there is anything to commit)."""
+    participant.handed = _request.monotonic()
     try:
         cache = _CacheUse(participant, pool, cacheable=True)
         if cache.hit is not NoValue:
@@ -544,6 +581,7 @@ def _run_inline(xid: str, source: str, options: dict[str, Any], participant: Par
         finally:
             cache.finish()
     except ResourceError as e:
+        _no_call(participant, pool)
         e.participant_index = 0
         raise
 

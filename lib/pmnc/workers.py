@@ -8,7 +8,8 @@ whose result is waited for (`result(timeout)`) or handed to a callback
 slots is free and nothing waits, sparing two thread hand-offs, and is queued
 like any unit otherwise. A unit whose request has expired by the time a
 worker takes it is never started (it fails with RequestExpiredError), and a
-cancelled unit (the interface gave up at the deadline) is skipped. Threads
+cancelled unit (the interface gave up at the deadline) is skipped. When the
+work begins is noted in `request.started` (the intake's statistics). Threads
 start lazily and retire after being idle.
 """
 
@@ -173,6 +174,7 @@ class WorkerPool:
         try:
             if request.expired:
                 raise RequestExpiredError("request has expired and will not be processed")
+            request.started = _request.monotonic()
             return fn(*args)
         finally:
             _request.attach(previous)
@@ -266,6 +268,7 @@ class WorkerPool:
         if request.expired:
             unit._finish(None, RequestExpiredError("request has expired and will not be processed"))
             return
+        request.started = _request.monotonic()
         previous = _request.attach(request)
         try:
             result = unit.fn(*unit.args)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pmnc import interfaces, log
 from pmnc.errors import ConfigError, IntakeClosedError, exc_string
 from pmnc.lifecycle import Outcome
+from pmnc.monitor.health import headline
 from pmnc.request import Request, attached
 from pmnc.rpc import wire
 from pmnc.rpc.callee import Callee
@@ -58,7 +59,8 @@ class Interface(interfaces.Interface):
     def start(self) -> None:
         self.lifecycle = self.runtime.lifecycle
         self.callee = Callee(self.lifecycle, cage=self.runtime.name, interface=self.name, protocol=self.protocol,
-                             request_timeout=self.request_timeout, deny_modules=self.deny_modules)
+                             request_timeout=self.request_timeout, deny_modules=self.deny_modules,
+                             headline=functools.partial(headline, self.runtime))
         for source in self.sources:
             thread = threading.Thread(target=self._poll_loop, args=(source,), name=f"{self.name}:{source}",
                                       daemon=True)

@@ -28,6 +28,10 @@ bench/rpc_calls.py), and is queued earliest deadline first otherwise.
 Queued work whose deadline passes is never started, and an answer later
 than the deadline is replaced by a deadline error.
 
+The health monitor (monitor/health.py) calls exactly one instance, not any of a cage:
+`Interface.exact(location)` is a connection of its own to that address (ExactLink), and
+`performance.headline()` there is answered by the callee itself (rpc/callee.py).
+
 The listener outlives whatever fails: out of descriptors, memory or threads,
 accepting is logged once, tried again after a short pause, and logged when
 it works again. Connections still in their TLS handshake are counted apart
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import os
 import random
 import select
@@ -72,6 +77,7 @@ from pmnc.errors import (
     RPCDeadlineError,
     exc_string,
 )
+from pmnc.monitor.health import headline
 from pmnc.rpc import codec, wire
 from pmnc.rpc.callee import Callee, remain
 from pmnc.rpc.calls import OPS
@@ -212,7 +218,8 @@ class Interface(interfaces.Interface):
     def start(self) -> None:
         self.lifecycle = self.runtime.lifecycle
         self.callee = Callee(self.lifecycle, cage=self.runtime.name, interface=self.name, protocol=self.protocol,
-                             request_timeout=self.request_timeout, deny_modules=self.deny_modules)
+                             request_timeout=self.request_timeout, deny_modules=self.deny_modules,
+                             headline=functools.partial(headline, self.runtime))
         self.cluster = self.runtime.cluster.get()
         self.context = self.cluster.keys.server_context()
         self.context.num_tickets = 0  # connections live long; no session resumption to offer
@@ -323,6 +330,11 @@ class Interface(interfaces.Interface):
         except BaseException:
             connection.close()
             raise
+
+    def exact(self, location: Location) -> ExactLink:
+        """Calls to exactly the instance at `location` and no other (the health monitor's
+        probes): a connection of its own, closed at the end of the `with`."""
+        return ExactLink(self.runtime.cluster.get(), location)
 
     # --- one call ----------------------------------------------------------------------------
 
@@ -896,6 +908,51 @@ class _Channel:
             self.sock.close()
         except OSError:
             pass
+
+
+class ExactLink:
+    """Calls to one instance (`Interface.exact`): connected on the first call within
+    min(discovery_timeout, the request's time left), each call bounded by the current
+    request; never another instance, and a stopping one is a failure, not a hand-over."""
+
+    def __init__(self, cluster: Cluster, location: Location) -> None:
+        self.cluster, self.location = cluster, location
+        self.channel: _Channel | None = None
+
+    def __enter__(self) -> ExactLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, module: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        request, cluster, location = _request.current(), self.cluster, self.location
+        if request.infinite:
+            raise ResourceInputParameterError("a call to an exact instance needs a request with a deadline")
+        envelope = {"kind": "call", "module": module, "method": method, "args": list(args), "kwargs": kwargs,
+                    "request": wire.wire_request(request), "source": [cluster.node, cluster.cage],
+                    "target": location.cage}
+        try:
+            frame = codec.encode(envelope, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
+        except ProtocolError as e:
+            raise ResourceInputParameterError(f"the call cannot be sent to cage {location.cage}: {e}") from None
+        if self.channel is None:
+            self.channel = _Channel.connect(location, cluster, min(cluster.discovery_timeout, request.remain))
+        reply = self.channel.exchange(frame, request, cluster)
+        if wire.is_refusal(reply):
+            self.close()
+            raise ResourceError(f"cage {location.name} is stopping", recoverable=True, terminal=False)
+        if not isinstance(reply, dict) or not ("result" in reply or "error" in reply):
+            self.close()
+            raise ResourceError(f"cage {location.name} answered with a malformed reply", recoverable=False)
+        if "error" in reply:
+            raise wire.remote_error(reply["error"], f"cage {location.name}")
+        return reply["result"]
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
 
 def _failure(location: Location, text: str, **kwargs: Any) -> ResourceError:

@@ -5,12 +5,17 @@ call made if it may be, its answer.
 A call is `pmnc.<module>.<method>(*args, **kwargs)` for any name in the module's `__all__`,
 unless `deny_modules` matches the module - by the name called or by the file it resolves
 to, so that a symlink or another spelling of a denied module is no way round them.
+
+`performance.headline()` is answered by the callee itself (the health monitor asks every
+cage for it, monitor/health.py): `performance` is a framework module, so no cage module of
+that name is ever called from another cage.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from pmnc import log
@@ -22,16 +27,19 @@ from pmnc.rpc import wire
 
 MAX_ID_LENGTH = 128  # characters of a caller's request id
 MAX_LOG_LEVELS = 8  # of a caller's stack of log levels, the innermost kept
+FRAMEWORK_MODULE = "performance"  # answered here, never by a cage module of that name
+HEADLINE = (FRAMEWORK_MODULE, "headline")
 
 
 class Callee:
     """Calls from other cages into cage `cage`, arriving at interface `interface`."""
 
     def __init__(self, lifecycle: Lifecycle, *, cage: str, interface: str, protocol: str, request_timeout: float,
-                 deny_modules: tuple[str, ...]) -> None:
+                 deny_modules: tuple[str, ...], headline: Callable[[], dict[str, Any]] | None = None) -> None:
         self.lifecycle, self.cage = lifecycle, cage
         self.interface, self.protocol, self.request_timeout = interface, protocol, request_timeout
         self.deny_modules = deny_modules
+        self.headline = headline  # performance.headline(): this cage's figures in brief, read only
 
     def request(self, envelope: dict[str, Any], caller: str, arrived: float) -> Request:
         """The caller's request continued here, begun at the intake: its id, log levels and
@@ -80,7 +88,18 @@ class Callee:
         if self.denied(module):
             raise InvalidMethodAccessError(f"module {module} is not callable from other cages")
         log.debug(f"call {module}.{method} from cage {caller}")
+        if module == FRAMEWORK_MODULE:
+            return self._built_in(method, args, kwargs)
         return self.lifecycle.handle(module, method, tuple(args), kwargs)
+
+    def _built_in(self, method: str, args: Any, kwargs: dict[str, Any]) -> Any:
+        """A framework module's answer to other cages: performance.headline() only."""
+        if (FRAMEWORK_MODULE, method) != HEADLINE or self.headline is None:
+            raise InvalidMethodAccessError(f"{FRAMEWORK_MODULE}.{method} is not callable from other cages "
+                                           f"(only {'.'.join(HEADLINE)}, where the cage answers it)")
+        if args or kwargs:
+            raise InvalidMethodAccessError(f"{'.'.join(HEADLINE)}() takes no arguments")
+        return self.headline()
 
 
 @functools.lru_cache(maxsize=4096)

@@ -221,10 +221,35 @@ class Locator:
         unless nothing else is left. A fresh list each time: the caller may reorder it."""
         if not self._static and not self._lan and not self._failed:  # one machine, all well: the usual case
             return list(self._scan_local(cage, time.monotonic()))
+        now = time.monotonic()
+        found = self._known(cage, now)
+        for instance, until in list(self._failed.items()):
+            if until <= now:
+                self._failed.pop(instance, None)
+        healthy = [loc for loc in found.values() if loc.instance not in self._failed]
+        return healthy or list(found.values())
+
+    def cages(self) -> list[str]:
+        """Every cage known now from any source (the local registry, the LAN, static
+        locations), this one included; read only: what the health monitor probes."""
+        try:
+            local = {entry.name for entry in self._registry.iterdir() if entry.is_dir()}
+        except OSError:
+            local = set()
+        with self._cond:
+            lan = {cage for cage, instances in self._lan.items() if instances}
+        return sorted(local | lan | set(self._static))
+
+    def listing(self, cage: str) -> list[Location]:
+        """Every instance of `cage` listed now, those that failed a call included (a monitor
+        wants to see them); read only."""
+        return list(self._known(cage, time.monotonic()).values())
+
+    def _known(self, cage: str, now: float) -> dict[str, Location]:
+        """instance → location of every live entry of `cage`, the local one preferred."""
         found: dict[str, Location] = {}
         for location in self._static.get(cage, ()):
             found[location.instance] = location
-        now = time.monotonic()
         with self._cond:
             for instance, location in list(self._lan.get(cage, {}).items()):
                 if location.expires <= now:
@@ -233,11 +258,7 @@ class Locator:
                     found[instance] = location
         for location in self._scan_local(cage, now):
             found[location.instance] = location
-        for instance, until in list(self._failed.items()):
-            if until <= now:
-                self._failed.pop(instance, None)
-        healthy = [loc for loc in found.values() if loc.instance not in self._failed]
-        return healthy or list(found.values())
+        return found
 
     def find(self, cage: str, timeout: float) -> list[Location]:
         """`locations(cage)`, waiting up to `timeout` for one to appear: a discover is
