@@ -2,18 +2,16 @@
 
     .venv/bin/python bench/monitoring.py [--duration 10] [--warmup 2] [--rounds 8] [--keep]
 
-Two copies of the sample cage, each in its own temporary install tree (as in
-bench/http_hello.py, its HTTP interface on a free loopback port): one as shipped
-(config_interfaces.py `statistics=True`, the default), one with `statistics=False`. Every
-round starts both afresh (one process's luck - where its memory and threads land - is
-worth several percent here, so no pair of processes is kept for the whole run), warms each
-up (and a first round, not counted, warms up the machine: the first processes of a run
-were the slowest), runs `wrk -t2 -c50 -d<N>s --latency` against one and then the other, the order
-alternating between rounds (on/off, off/on, ...), and stops both. The means over the
-rounds are compared: requests/s (the issue's measure) and the cage process's CPU time per
-request (from /proc).
-Then the hot path alone: nanoseconds per `Statistics.request` call in this process, folding
-included, and with statistics off. See bench/README.md.
+The sample cage in a temporary install tree (as in bench/http_hello.py, its HTTP interface on
+a free loopback port), one process for the whole run: `statistics` in its config_interfaces.py
+is re-read every second, so each round rewrites it (on, then off, or the other way round,
+alternating between rounds) and waits for the cage's log line "statistics are taken / not
+taken from now on" before it measures. One process, because one process's luck - where its
+memory and threads land - was worth up to 15 % here, more than what is measured. Each
+measurement is `wrk -t2 -c50 -d<N>s --latency` after a warm-up; the means over the rounds are
+compared: requests/s (the issue's measure) and the cage process's CPU time per request (from
+/proc). Then the hot path alone: nanoseconds per `Statistics.request` call in this process,
+folding included, and with statistics off. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -39,6 +38,7 @@ from http_hello import (  # noqa: E402
     WrkResult,
     pmnc_version,
     run_pair,
+    wait_until,
     wrk,
     wrk_version,
 )
@@ -50,25 +50,32 @@ HOT_CALLS = 300_000
 
 
 class SampleCage(PmncCage):
-    """The sample cage (bench/http_hello.py's), statistics on or off in its config_interfaces.py;
-    started again in the same tree, with a fresh log, for each round."""
-
-    def __init__(self, base: Path, statistics: bool) -> None:
-        self.statistics = statistics
-        base = base / ("on" if statistics else "off")
-        base.mkdir(parents=True, exist_ok=True)
-        super().__init__(base)
+    """The sample cage (bench/http_hello.py's), whose config_interfaces.py says `statistics=`."""
 
     def make_tree(self) -> None:
-        if self.root.exists():  # a round after the first: the same tree, its log begun afresh
-            shutil.rmtree(self.logs, ignore_errors=True)
-            return
         super().make_tree()
+        self.statistics = True
+        self.write_config()
+
+    def write_config(self) -> None:
         config = self.cage_dir / "config_interfaces.py"
-        text = config.read_text()
-        if "config = dict(\n" not in text or "statistics=" in text:
-            raise RuntimeError(f"{config}: cannot add statistics={self.statistics} to it")
-        config.write_text(text.replace("config = dict(\n", f"config = dict(\n    statistics={self.statistics},\n", 1))
+        text = re.sub(r"\n    statistics=(True|False),", "", config.read_text())
+        if "config = dict(\n" not in text:
+            raise RuntimeError(f"{config}: cannot add statistics= to it")
+        temporary = config.with_suffix(".tmp")
+        line = f"    statistics={self.statistics},\n"
+        temporary.write_text(text.replace("config = dict(\n", "config = dict(\n" + line, 1))
+        temporary.replace(config)  # as editors save: the cage never reads half a file
+
+    def set_statistics(self, on: bool) -> None:
+        """Rewrite the config and wait for the cage to say it took the change."""
+        if on == self.statistics:
+            return
+        said = f"statistics are {'taken' if on else 'not taken'} from now on"
+        before = self.log_text().count(said)
+        self.statistics = on
+        self.write_config()
+        wait_until(lambda: self.log_text().count(said) > before or None, 15.0, f"pmnc: the log line {said!r}")
 
     def cage_pid(self) -> int:
         """The cage process (the supervisor's child), which serves the requests."""
@@ -124,32 +131,24 @@ def print_runs(rows: list[tuple[str, Run]]) -> None:
               f"{run.cpu_us:>7.1f}us{r.failed:>8}")
 
 
-def bench(args: argparse.Namespace, on: SampleCage, off: SampleCage) -> int:
+def bench(args: argparse.Namespace, cage: SampleCage) -> int:
     print(f"monitoring: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{args.duration:g}s --latency, keep-alive, "
-          f"warm-up {args.warmup:g}s each, {args.rounds} round(s), the order alternating; {wrk_version()}; "
-          f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs shared by both cages and wrk")
-    print(f"{pmnc_version()}: the sample cage, with statistics and without")
+          f"warm-up {args.warmup:g}s before each, {args.rounds} round(s), the order alternating; {wrk_version()}; "
+          f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs shared by the cage and wrk")
+    print(f"{pmnc_version()}: the sample cage, one process, statistics switched on and off in it")
     runs: dict[bool, list[Run]] = {True: [], False: []}
     rows: list[tuple[str, Run]] = []
-    print("round 0 (not counted): both cages started and loaded once ...", flush=True)
-    for cage in (on, off):
-        cage.start()
-        wrk(cage.port, args.warmup, latency=False)
-        cage.stop()
+    cage.start()
+    wrk(cage.port, args.warmup, latency=False)  # the first requests load the handler
     for i in range(args.rounds):
-        order = (on, off) if i % 2 == 0 else (off, on)
-        print(f"round {i + 1}: both cages started, warmed up ({args.warmup:g}s each), then statistics "
-              f"{' then '.join('on' if c.statistics else 'off' for c in order)} ...", flush=True)
-        for cage in order:
-            cage.start()
-        for cage in order:
+        order = (True, False) if i % 2 == 0 else (False, True)
+        print(f"round {i + 1}: statistics {' then '.join('on' if on else 'off' for on in order)} ...", flush=True)
+        for on in order:
+            cage.set_statistics(on)
             wrk(cage.port, args.warmup, latency=False)
-        for cage in order:
             run = measure(cage, args.duration)
-            runs[cage.statistics].append(run)
-            rows.append((f"statistics {'on' if cage.statistics else 'off'}, round {i + 1}", run))
-        for cage in order:
-            cage.stop()
+            runs[on].append(run)
+            rows.append((f"statistics {'on' if on else 'off'}, round {i + 1}", run))
 
     print("hot path ...", flush=True)
     on_ns, off_ns = hot_path()
@@ -178,6 +177,13 @@ def bench(args: argparse.Namespace, on: SampleCage, off: SampleCage) -> int:
     return 0 if not failed else 1
 
 
+class Nothing:
+    """No peer: this benchmark compares the cage with itself."""
+
+    def stop(self) -> str:
+        return "no peer"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=10, help="seconds of each measured wrk run (10)")
@@ -190,8 +196,8 @@ def main(argv: list[str]) -> int:
     if shutil.which("wrk") is None:
         print("monitoring: wrk is not installed: run ./setup bench (as root) or apt-get install wrk", file=sys.stderr)
         return 2
-    return run_pair("monitoring", args.keep, lambda base: SampleCage(base, True),
-                    lambda base: SampleCage(base, False), lambda on, off: bench(args, on, off))
+    return run_pair("monitoring", args.keep, lambda base: SampleCage(base),
+                    lambda base: Nothing(), lambda cage, _: bench(args, cage))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ config = dict(
     thread_count=10,  # worker threads: how many requests run at once
     sweep_period=15.0,  # seconds between sweeps of resource pools
     log_level="LOG",  # ERROR MESSAGE WARNING LOG INFO DEBUG NOISE; read every second
-    statistics=True,  # count requests and resource calls for the performance pages (False: nothing is counted)
+    statistics=True,  # count requests and resource calls for the performance pages (False: nothing); read every second
 )
 
 self_test_config = dict(

@@ -6,9 +6,10 @@ Boot:      stdlib logging bridged → log level → loader (watching files) → 
            finished (transaction.recover_in_doubt) → intake opens →
            interfaces start, in the configured order → in a cage named
            health_monitor, its probes of the other cages (monitor/health.py).
-Every 1 s: re-read the log level; start, stop or restart interfaces whose
-           configuration changed, retry those that failed to start (with a
-           back-off), say if a handler module went missing; sweep resource
+Every 1 s: re-read the log level and whether statistics are taken;
+           start, stop or restart interfaces whose configuration changed,
+           retry those that failed to start (with a back-off), say if a
+           handler module went missing; sweep resource
            pools every sweep_period; retry recovery every RECOVERY_PERIOD
            while it has work left; the log writes the counts of repeats it
            left out (log.flush).
@@ -59,10 +60,9 @@ class Cage:
     def start(self) -> None:
         log.bridge_stdlib()  # what drivers and asyncio log through stdlib logging reaches the cage log
         settings = self.settings()  # a key it does not know stops the boot: the cage would not run as meant
-        self._apply_log_level()
+        self._apply_settings()
         self.loader.start()
         self.runtime.request_timeout = settings["request_timeout"]
-        self.runtime.statistics.enabled = settings["statistics"]
         self.loader.swap_timeout = self.runtime.request_timeout
         self.runtime.start(self._open_state(), thread_count=settings["thread_count"],
                            sweep_period=settings["sweep_period"])
@@ -82,7 +82,7 @@ class Cage:
         return store
 
     def maintenance(self) -> None:
-        self._apply_log_level()
+        self._apply_settings()
         if self.loader.self_test is None:
             self.interfaces.reload()
         if self.runtime.started:
@@ -103,13 +103,19 @@ class Cage:
             done = False
         self._recovery_due = None if done else time.monotonic() + RECOVERY_PERIOD
 
-    def _apply_log_level(self) -> None:
-        """The log level of config_interfaces.py, re-read every second; kept as it is while the
-        file cannot be used."""
+    def _apply_settings(self) -> None:
+        """The log level and `statistics` of config_interfaces.py, re-read every second; kept as
+        they are while the file cannot be used."""
         try:
-            log.set_level(self.settings()["log_level"])
+            settings = self.settings()
+            log.set_level(settings["log_level"])
         except (ModuleError, ConfigError, ValueError) as e:
             log.error(f"config_interfaces.py cannot be used, the log level stays as it is: {e}")
+            return
+        statistics = self.runtime.statistics
+        if statistics.enabled != settings["statistics"]:
+            statistics.enabled = settings["statistics"]
+            log.message(f"statistics are {'taken' if statistics.enabled else 'not taken'} from now on")
 
     def stop(self) -> None:
         log.message("the cage is shutting down")

@@ -233,29 +233,8 @@ class Performance(_Module):
         return RequestProcessing()
 
 
-class Timing:
-    """The block's time in milliseconds, sampled when it ends; `elapsed_ms` meanwhile."""
-
-    def __init__(self, statistics: Statistics, key: str) -> None:
-        self._statistics, self._key = statistics, key
-        self._start = time.monotonic()
-
-    @property
-    def elapsed_ms(self) -> float:
-        return (time.monotonic() - self._start) * 1000.0
-
-    def __enter__(self) -> Timing:
-        self._start = time.monotonic()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        outcome = "success" if kind is None else "failure"
-        self._statistics.sample(f"{self._key}.{outcome}", self.elapsed_ms)
-
-
-class RequestProcessing:
-    """See Performance.request_processing."""
+class _Stopwatch:
+    """A block's time so far, in milliseconds."""
 
     def __init__(self) -> None:
         self._start = time.monotonic()
@@ -264,8 +243,29 @@ class RequestProcessing:
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self._start) * 1000.0
 
-    def __enter__(self) -> RequestProcessing:
+    def __enter__(self) -> Any:
         self._start = time.monotonic()
+        return self
+
+
+class Timing(_Stopwatch):
+    """The block's time in milliseconds, sampled when it ends; `elapsed_ms` meanwhile."""
+
+    def __init__(self, statistics: Statistics, key: str) -> None:
+        super().__init__()
+        self._statistics, self._key = statistics, key
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        outcome = "success" if kind is None else "failure"
+        self._statistics.sample(f"{self._key}.{outcome}", self.elapsed_ms)
+
+
+class RequestProcessing(_Stopwatch):
+    """See Performance.request_processing."""
+
+    def __enter__(self) -> RequestProcessing:
+        super().__enter__()
         if log.enabled(log.NOISE):
             log.noise(f"request processing begins, {_request.current().elapsed * 1000.0:.0f} ms after the request")
         return self

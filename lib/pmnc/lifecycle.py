@@ -86,6 +86,11 @@ class Intake:
     def active(self) -> int:
         return sum(self._active.values())
 
+    def in_flight(self) -> dict[str, int]:
+        """Requests in flight per interface, those with any (read without the lock: a page's
+        figures may be a moment old, a request never waits for a page)."""
+        return {name: count for name, count in list(self._active.items()) if count}
+
 
 class Outcome:
     """What became of a submitted request's work: its result, or the error it raised (or why

@@ -222,6 +222,16 @@ class ResourcePool:
         self.workers.stop()
 
     @property
+    def busy(self) -> int:
+        """Slots taken: calls running now."""
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a slot."""
+        return self._waiting
+
+    @property
     def free(self) -> int:
         return len(self._free)
 
@@ -334,6 +344,10 @@ class ResourcePools:
         if suffix:
             config["resource_name"] = suffix
         return config
+
+    def all(self) -> list[ResourcePool]:
+        """The pools made so far, by name."""
+        return sorted(self._pools.values(), key=lambda pool: pool.name)
 
     def maintain(self) -> None:
         """Sweep each pool once per sweep_period, on one of its own threads."""

@@ -197,5 +197,5 @@ INTERFACES_KEYS = Schema(
     thread_count=Key(10, int),  # worker threads: how many requests run at once
     sweep_period=Key(15.0, float),  # seconds between sweeps of resource pools
     log_level=Key("LOG", str),  # ERROR MESSAGE WARNING LOG INFO DEBUG NOISE; read every second
-    statistics=Key(True, bool),  # count requests and resource calls for the monitor (monitor/stats.py)
+    statistics=Key(True, bool),  # count requests and resource calls (monitor/stats.py); read every second
 )

@@ -298,7 +298,8 @@ class WorkerPool:
 
     @property
     def busy(self) -> int:
-        return self._busy
+        """Slots taken: work on the pool's threads and calls run on their callers' threads."""
+        return self._busy + self._inline
 
     def __repr__(self) -> str:
         return f"<WorkerPool {self.name} busy={self._busy}/{self.size} queued={len(self._queue)}>"

@@ -19,6 +19,7 @@ from pmnc.errors import ModuleError, StateError
 
 if TYPE_CHECKING:
     from pmnc.runtime import Runtime
+    from pmnc.workers import WorkerPool
 
 NOTIFICATIONS_SHOWN = 20
 RETRY_ROWS_COUNTED = 1_000_000  # pending calls counted at most, so a huge backlog cannot stall a page
@@ -131,16 +132,14 @@ def _workers(runtime: Runtime) -> tuple[int, int, int]:
     return pool_counts(pool)
 
 
-def pool_counts(pool: Any) -> tuple[int, int, int]:
-    """(busy, size, queued) of a workers.WorkerPool: read without its lock (a page's figures
-    may be a moment old, a request must never wait for a page)."""
-    busy = getattr(pool, "_busy", 0) + getattr(pool, "_inline", 0)
-    return busy, pool.size, len(getattr(pool, "_queue", ()))
+def pool_counts(pool: WorkerPool) -> tuple[int, int, int]:
+    """(busy, size, queued) of a worker pool: read without its lock (a page's figures may be a
+    moment old, a request must never wait for a page)."""
+    return pool.busy, pool.size, pool.queued
 
 
 def _in_flight(runtime: Runtime) -> dict[str, int]:
-    active: dict[str, int] = getattr(runtime.intake, "_active", {})
-    return {name: count for name, count in list(active.items()) if count}
+    return runtime.intake.in_flight()
 
 
 def _pools(runtime: Runtime) -> dict[str, dict[str, int]]:
@@ -148,11 +147,11 @@ def _pools(runtime: Runtime) -> dict[str, dict[str, int]]:
     if not runtime.started:
         return {}
     try:
-        pools = list(getattr(runtime.resources, "_pools", {}).items())
+        pools = runtime.resources.all()
     except ModuleError:
         return {}
-    return {name: {"size": pool.size, "busy": getattr(pool, "_busy", 0), "queued": getattr(pool, "_waiting", 0),
-                   "free": pool.free} for name, pool in sorted(pools)}
+    return {pool.name: {"size": pool.size, "busy": pool.busy, "queued": pool.waiting, "free": pool.free}
+            for pool in pools}
 
 
 def retry_queues(runtime: Runtime) -> dict[str, int]:

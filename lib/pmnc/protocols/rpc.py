@@ -718,12 +718,7 @@ class Resource(resource.Resource):
                 break
             stopping.add(channel.location.instance)
             log.debug(f"cage {channel.location} is stopping, the call goes to another instance")
-        if not isinstance(reply, dict) or not ("result" in reply or "error" in reply):
-            channel.close()
-            raise ResourceError(f"cage {self._target} answered with a malformed reply", recoverable=False)
-        if "error" in reply:
-            raise wire.remote_error(reply["error"], f"cage {channel.location.name}")
-        return reply["result"]
+        return _result(reply, self._target, channel.location.name, channel.close)
 
     def _forget(self, channel: _Channel, cluster: Cluster) -> None:
         """An instance that is stopping: its connection closed, the instance skipped."""
@@ -942,12 +937,7 @@ class ExactLink:
         if wire.is_refusal(reply):
             self.close()
             raise ResourceError(f"cage {location.name} is stopping", recoverable=True, terminal=False)
-        if not isinstance(reply, dict) or not ("result" in reply or "error" in reply):
-            self.close()
-            raise ResourceError(f"cage {location.name} answered with a malformed reply", recoverable=False)
-        if "error" in reply:
-            raise wire.remote_error(reply["error"], f"cage {location.name}")
-        return reply["result"]
+        return _result(reply, location.name, location.name, self.close)
 
     def close(self) -> None:
         if self.channel is not None:
@@ -960,3 +950,14 @@ def _failure(location: Location, text: str, **kwargs: Any) -> ResourceError:
     cage's log only: errors may reach clients (an HTTP 500 body)."""
     log.warning(f"cage {location}: {text}")
     return ResourceError(f"cage {location.name}: {text}", **kwargs)
+
+
+def _result(reply: Any, target: str, instance: str, close: Callable[[], None]) -> Any:
+    """A call's result from `reply`, or the error it carries (raised); a malformed reply closes
+    the connection (`close`) and is an unrecoverable error."""
+    if not isinstance(reply, dict) or not ("result" in reply or "error" in reply):
+        close()
+        raise ResourceError(f"cage {target} answered with a malformed reply", recoverable=False)
+    if "error" in reply:
+        raise wire.remote_error(reply["error"], f"cage {instance}")
+    return reply["result"]
