@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import InProcessCage, config_source, http_config, http_request, module_source, wait_until
+from pmnc.monitor import stats as stats_module
 from pmnc.monitor.stats import BUCKETS, FOLD_AT, Statistics
 
 T0 = 60 * 28_333_334  # epoch seconds at the start of a minute (so of a 10-second slot too)
@@ -248,15 +249,43 @@ def test_a_record_folded_after_its_slot_is_over_lands_in_its_slot() -> None:
     assert series["readings"]["processing"]["p50"] == 0.04
 
 
-def test_many_records_are_folded_as_they_come() -> None:
+def test_many_records_are_folded_as_they_come_by_a_thread_of_their_own() -> None:
     stats, clock = fresh()
     for i in range(10 * FOLD_AT + 7):
         clock.t = T0 + i * 0.01
         stats.request("a" if i % 3 else "b", 0.001, 0.002, 0.003, i % 5 != 0)
-    assert len(stats._requests) < FOLD_AT  # what waits for a fold stays bounded
+    wait_until(lambda: len(stats._requests) < FOLD_AT, message="the statistics thread folding what waits")
+    assert any(t.name == "statistics" for t in threading.enumerate())
     snapshot = stats.snapshot()["interfaces"]
     assert sum(s["success"] + s["failure"] for s in snapshot.values()) == 10 * FOLD_AT + 7
     assert sum(s["failure"] for s in snapshot.values()) == len(range(0, 10 * FOLD_AT + 7, 5))
+
+
+def test_past_the_waiting_limit_a_caller_folds_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should the statistics thread not keep up, what waits stays bounded all the same."""
+    monkeypatch.setattr(stats_module, "WAITING_LIMIT", 3 * FOLD_AT)
+    stats, _ = fresh()
+    stats._folder = threading.current_thread()  # as if the statistics thread ran and never folded
+    for _ in range(3 * FOLD_AT):
+        stats.request("http", 0.0, 0.01, 0.01, True)
+    assert len(stats._requests) == 0
+    assert interface(stats)["success"] == 3 * FOLD_AT
+
+
+def test_a_quiet_cages_requests_and_resource_calls_folded_together_keep_their_slots() -> None:
+    """Records that waited long (a quiet cage, nobody reading) span many slots; requests and
+    resource calls are folded in the order they came, so neither looks like a clock set back."""
+    stats, clock = fresh()
+    for i in range(30):  # one request and one call a minute, for half an hour
+        clock.t = T0 + i * 60.0
+        stats.request("http", 0.001, 0.02, 0.021, True)
+        stats.resource("db", 0.0005, 0.004, True)
+    snapshot = stats.snapshot()
+    for kind, name in (("interfaces", "http"), ("resources", "db")):
+        series = snapshot[kind][name]
+        assert series["success"] == 30
+        assert sum(p["success"] for p in series["hour"] if p) == 30
+        assert sum(p["success"] for p in series["minutes"] if p) == 10  # one a minute, the last 10 minutes
 
 
 # --- the original's pmnc.performance keys -------------------------------------------------------

@@ -26,12 +26,17 @@ snapshot() is {"interfaces": {name: Series}, "resources": {name: Series}}, where
              "success": int, "failure": int, "pending", "processing", "response": Dist | None}
     Dist = {"count": int, "sum": s, "max": s, "p50": s, "p95": s, "p99": s}   # None: no values
 
-The hot path is cheap (~2.3 µs a request in a cage under load on the 2-CPU machine of
-bench/README.md, bench/monitoring.py): a record is appended, without a lock, to a deque of
-records (its appends are atomic), and whoever finds FOLD_AT records waiting folds them into
-the slots under the one lock, a column at a time - the thread of a request, or a reader
-(snapshot, totals), which folds first. Each record carries its own time, so it lands in
-its own slot however late it is folded. A slot past keeps its percentiles once computed.
+The hot path is cheap: a record is appended, without a lock, to a deque of records (its
+appends are atomic). Once FOLD_AT records wait, the `statistics` thread is started if it is
+not running: every FOLD_PERIOD it folds what waits into the slots under the one lock, a
+column at a time; a reader (snapshot, totals) folds what waits first. Folding on the
+requests' own threads cost 6.4 % of a hello cage's requests/s (a thread holding the GIL for a
+batch stalls the others); on a thread of its own, twice a second, 2.8 % (bench/monitoring.py;
+bench/README.md has the runs). Past WAITING_LIMIT records a caller folds itself, so memory
+stays bounded if that thread cannot keep up. Each record carries its own time, so it lands in
+its own slot however late it is folded; records of requests and resource calls that span
+several slots are folded in the order they came, together. A slot past keeps its percentiles
+once computed.
 
 Percentiles are by nearest rank over the values in the window, each value first rounded half
 up to three significant digits in microseconds, and at least to whole microseconds (1234567 µs
@@ -56,6 +61,7 @@ rates). A malformed key raises ValueError, whether statistics are on or off.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import threading
@@ -71,7 +77,9 @@ SLOTS = 60  # short slots kept: the last ten minutes
 SLOTS_PER_MINUTE = 60 // SLOT
 MINUTES = 60  # one-minute slots kept: the last hour
 LAST_MINUTE = SLOTS_PER_MINUTE  # short slots in "last_minute", the current one included
-FOLD_AT = 256  # records waiting before a caller folds them: the cheapest batch in a cage (32 ... 4096)
+FOLD_AT = 256  # records waiting before the statistics thread is started (if it is not running)
+FOLD_PERIOD = 0.5  # seconds between the statistics thread's folds (see bench/README.md, monitoring.py)
+FOLDER_IDLE = 10.0  # seconds without records after which the statistics thread ends (started again when needed)
 WAITING_LIMIT = 100_000  # past this, a caller waits for the lock to fold: memory stays bounded
 LONGEST = 1e6  # seconds: a longer (or not a number) reading is a bug upstream, taken as this
 
@@ -282,6 +290,10 @@ class Statistics:
         self._current_slots: dict[str, dict[str, _Slot]] = {"interfaces": {}, "resources": {}}
         self._current = int(self._born // SLOT)
         self._parsed: dict[str, tuple[str, str, str, str | None]] = {}
+        # records are folded by a thread of their own, off the requests' threads (_fold_soon)
+        self._stop = threading.Event()  # never set: the thread's wait between folds
+        self._folder: threading.Thread | None = None
+        self._folder_lock = threading.Lock()
 
     # --- the hot path --------------------------------------------------------------------
 
@@ -290,7 +302,7 @@ class Statistics:
         if self.enabled:
             records = self._requests
             records.append((interface, pending, processing, response, ok, self.clock()))
-            if len(records) >= FOLD_AT:
+            if len(records) >= FOLD_AT and (self._folder is None or len(records) >= WAITING_LIMIT):
                 self._fold_soon(len(records))
 
     def resource(self, resource: str, pending: float, processing: float, ok: bool) -> None:
@@ -298,37 +310,69 @@ class Statistics:
         if self.enabled:
             records = self._resources
             records.append((resource, pending, processing, None, ok, self.clock()))
-            if len(records) >= FOLD_AT:
+            if len(records) >= FOLD_AT and (self._folder is None or len(records) >= WAITING_LIMIT):
                 self._fold_soon(len(records))
 
     def _fold_soon(self, waiting: int) -> None:
-        """Fold now unless another thread holds the lock (it folds, or reads and folds
-        first); wait for it only when very many records are waiting."""
-        if self._lock.acquire(blocking=waiting >= WAITING_LIMIT):
-            try:
+        """Records wait: have the statistics thread fold them every FOLD_PERIOD, starting it if
+        it is not running; fold here, waiting for the lock, only when very many records wait
+        (the thread cannot keep up): memory stays bounded."""
+        if waiting >= WAITING_LIMIT:
+            with self._lock:
                 self._fold()
-            finally:
-                self._lock.release()
+        elif self._folder is None:
+            with self._folder_lock:
+                if self._folder is None:
+                    self._folder = threading.Thread(target=self._folding, name="statistics", daemon=True)
+                    self._folder.start()
+
+    def _folding(self) -> None:
+        """The statistics thread: folds what waits every FOLD_PERIOD (one batch a period, not
+        one every FOLD_AT records: the fewer times it takes the GIL, the less the requests'
+        threads are held up); ends once nothing came for FOLDER_IDLE seconds."""
+        idle = 0.0
+        while idle < FOLDER_IDLE:
+            self._stop.wait(FOLD_PERIOD)
+            with self._lock:
+                came = any(self._waiting.values())
+                self._fold()
+            idle = 0.0 if came else idle + FOLD_PERIOD
+        with self._folder_lock:
+            self._folder = None
 
     # --- folding (under the lock) ----------------------------------------------------------
 
     def _fold(self) -> None:
-        for kind, records in self._waiting.items():
-            if records:
-                self._fold_records(kind, records)
-
-    def _fold_records(self, kind: str, records: deque[Record]) -> None:
-        pop = records.popleft  # only the holder of the lock pops: never empty here
-        batch = [pop() for _ in range(len(records))]
-        names, _, _, _, _, times = columns = list(zip(*batch, strict=True))
-        first, last = int(min(times) // SLOT), int(max(times) // SLOT)
-        if first == last and names.count(names[0]) == len(names):
-            self._fold_group(kind, names[0], first, columns)  # the common case: one series, one slot
+        batches = [(kind, _take(records)) for kind, records in self._waiting.items() if records]
+        if not batches:
             return
-        groups: dict[tuple[int, str], list[Record]] = {}
+        times = [record[5] for _, batch in batches for record in batch]
+        first = int(min(times) // SLOT)
+        if first == int(max(times) // SLOT):  # the common case: all in one short slot, the kinds in any order
+            for kind, batch in batches:
+                self._fold_batch(kind, first, batch)
+            return
+        # Across slots, requests and resource calls go in the order they came, together: folded
+        # one kind after the other, the first would move time on and the other's records of
+        # earlier slots would look like a clock set back (a quiet cage's records wait long).
+        groups: dict[tuple[int, str, str], list[Record]] = {}
+        merged = heapq.merge(*[[(r[5], kind, r) for r in batch] for kind, batch in batches], key=lambda t: t[0])
+        for _, kind, record in merged:
+            groups.setdefault((int(record[5] // SLOT), kind, record[0]), []).append(record)
+        for (n, kind, name), records_of in groups.items():  # in the order they came: a clock set back is seen so
+            self._fold_group(kind, name, n, list(zip(*records_of, strict=True)))
+
+    def _fold_batch(self, kind: str, n: int, batch: list[Record]) -> None:
+        """Records of one kind, all in short slot `n`."""
+        columns = list(zip(*batch, strict=True))
+        names = columns[0]
+        if names.count(names[0]) == len(names):
+            self._fold_group(kind, names[0], n, columns)  # the common case: one series
+            return
+        by_name: dict[str, list[Record]] = {}
         for record in batch:
-            groups.setdefault((int(record[5] // SLOT), record[0]), []).append(record)
-        for (n, name), records_of in groups.items():  # in the order they came: a clock set back is seen so
+            by_name.setdefault(record[0], []).append(record)
+        for name, records_of in by_name.items():
             self._fold_group(kind, name, n, list(zip(*records_of, strict=True)))
 
     def _fold_group(self, kind: str, name: str, n: int, columns: list[tuple[Any, ...]]) -> None:
@@ -533,3 +577,9 @@ def _given(values: Sequence[float | None]) -> Sequence[float]:
 
 def _empty_dist() -> dict[str, Any]:
     return {"count": 0, "sum": 0.0, "max": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
+
+
+def _take(records: deque[Record]) -> list[Record]:
+    """What is waiting in `records`, taken out (only the holder of the lock takes: others append)."""
+    pop = records.popleft
+    return [pop() for _ in range(len(records))]
