@@ -78,13 +78,12 @@ from pmnc.errors import (
     exc_string,
 )
 from pmnc.monitor.health import headline
-from pmnc.rpc import codec, wire
+from pmnc.rpc import codec, natsrpc, wire
 from pmnc.rpc.callee import Callee, remain
 from pmnc.rpc.calls import OPS
 from pmnc.rpc.cluster import Cluster, ClusterHandle
 from pmnc.rpc.identity import Identity, peer_identity
 from pmnc.rpc.locator import Location
-from pmnc.rpc.reverse import POLL_MARGIN
 from pmnc.schema import RESOURCE_KEYS, Key, address, interface_file, names, resource_file
 
 if TYPE_CHECKING:
@@ -209,6 +208,7 @@ class Interface(interfaces.Interface):
         self.listener: socket.socket | None = None
         self.acceptor: threading.Thread | None = None
         self.wake_r = self.wake_w = -1  # a pipe made readable at cease: it wakes every connection's wait
+        self.nats: natsrpc.NatsCallee | None = None  # transport "nats": the subscription instead
 
     @property
     def listener_address(self) -> tuple[str, int]:
@@ -221,9 +221,12 @@ class Interface(interfaces.Interface):
                              request_timeout=self.request_timeout, deny_modules=self.deny_modules,
                              headline=functools.partial(headline, self.runtime))
         self.cluster = self.runtime.cluster.get()
+        self.limit, self.use_pickle = self.cluster.max_frame_size, self.cluster.use_pickle
+        if self.cluster.transport == "nats":
+            self._start_nats()
+            return
         self.context = self.cluster.keys.server_context()
         self.context.num_tickets = 0  # connections live long; no session resumption to offer
-        self.limit, self.use_pickle = self.cluster.max_frame_size, self.cluster.use_pickle
         self.refused = codec.encode(wire.REFUSED, limit=self.limit)  # see _goodbye
         listener = self._listen()
         self.listener = listener
@@ -234,6 +237,14 @@ class Interface(interfaces.Interface):
         self.acceptor.start()
         self.cluster.locator.publish(host, port)
         log.message(f"interface {self.name} listens on ssl://{host}:{port}/")
+
+    def _start_nats(self) -> None:
+        """Transport "nats": calls come on the cage's NATS subject (rpc/natsrpc.py), no listener."""
+        self.nats = natsrpc.NatsCallee(self.cluster, self.callee, run_call=self.run_call,
+                                       accept_retried=self.accept_retried, limit=self.limit,
+                                       use_pickle=self.use_pickle, poll_limit=self.request_timeout)
+        self.nats.start()
+        log.message(f"interface {self.name} serves calls on NATS subject {self.nats.subject}")
 
     def _listen(self) -> socket.socket:
         """The listening socket, on the first free port of those configured."""
@@ -253,6 +264,8 @@ class Interface(interfaces.Interface):
             return
         self.ceasing = True
         self.ceased.set()
+        if self.nats is not None:
+            self.nats.cease()
         self.cluster.locator.unpublish()  # first: no caller should pick this instance any more
         if self.listener is not None:
             _shut(self.listener)  # wakes the acceptor; a connect is now refused, and fails over
@@ -334,7 +347,11 @@ class Interface(interfaces.Interface):
     def exact(self, location: Location) -> ExactLink:
         """Calls to exactly the instance at `location` and no other (the health monitor's
         probes): a connection of its own, closed at the end of the `with`."""
-        return ExactLink(self.runtime.cluster.get(), location)
+        cluster = self.runtime.cluster.get()
+        if cluster.transport == "nats":
+            raise ResourceError(f"cage {location.name}: calls to one exact instance need transport \"direct\"",
+                                recoverable=False, terminal=False)
+        return ExactLink(cluster, location)
 
     # --- one call ----------------------------------------------------------------------------
 
@@ -552,7 +569,7 @@ class Connection:
                                                             f"{iface.runtime.name}"))}
         except RuntimeError as e:  # the worker pool has stopped
             reply = {"error": wire.error_dict(e)}
-        return answer_frame(reply, iface.limit, iface.use_pickle, self.caller.cage)
+        return wire.answer_frame(reply, iface.limit, iface.use_pickle, self.caller.cage)
 
     def _caller_gone(self) -> bool:
         """Whether the caller has closed the connection behind the frame just read."""
@@ -577,16 +594,7 @@ class Connection:
         none by POLL_MARGIN before the poller's own deadline - which counts for no more
         than this interface's request_timeout, whatever the poller asks."""
         assert self.caller is not None
-        wait = min(remain, self.iface.request_timeout) - POLL_MARGIN
-        calls = self.iface.cluster.reverse.poll(self.caller.cage, wait)
-        now = time.monotonic()
-        result = []
-        for pending in calls:
-            call = dict(pending.envelope)
-            call["request"] = dict(call["request"], remain=max(pending.deadline - now, 0.0))
-            call["call_id"] = pending.call_id
-            result.append(call)
-        return result
+        return self.iface.cluster.reverse.calls_for(self.caller.cage, remain, self.iface.request_timeout)
 
     def shut(self) -> None:
         """From another thread: make the serving thread's wait end (also in the handshake)."""
@@ -620,15 +628,6 @@ def _ready(fds: list[int], timeout: float, events: int = select.POLLIN) -> list[
     for fd in fds:
         poller.register(fd, events)
     return [fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
-
-
-def answer_frame(reply: dict[str, Any], limit: int, use_pickle: bool, caller: str) -> bytes:
-    """The frame of an answer; one that cannot be encoded becomes the error saying why."""
-    try:
-        return codec.encode(reply, limit=limit, use_pickle=use_pickle)
-    except ProtocolError as e:
-        log.warning(f"the answer to cage {caller} cannot be sent: {e}")
-        return codec.encode({"error": wire.error_dict(e)}, limit=limit)
 
 
 def _late(envelope: dict[str, Any]) -> bool:
@@ -708,6 +707,9 @@ class Resource(resource.Resource):
             frame = codec.encode(envelope, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
         except ProtocolError as e:
             raise ResourceInputParameterError(f"the call cannot be sent to cage {self._target}: {e}") from None
+        if cluster.transport == "nats":
+            reply = natsrpc.call_until_answered(cluster, self._target, frame, request)
+            return _result(reply, self._target, self._target, lambda: None)
         stopping: set[str] = set()  # instances that refused the call: it did not run there
         while True:
             channel = self._channel(cluster, request, stopping)

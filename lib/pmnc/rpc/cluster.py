@@ -1,4 +1,5 @@
-"""The cage's place in its cluster: config_cluster.py, the keys, the locator, reverse calls.
+"""The cage's place in its cluster: config_cluster.py, the keys, the locator, reverse calls,
+and with transport "nats" the NATS connection (bus.py) and the seals of its calls (seal.py).
 
 The runtime holds its `ClusterHandle`: the cluster is made on first use (the rpc
 interface starting, or the first call to another cage) and stopped with the cage.
@@ -9,19 +10,36 @@ from __future__ import annotations
 import os
 import ssl
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pmnc import log
 from pmnc.config import read_settings
 from pmnc.errors import ConfigError, ResourceError
+from pmnc.rpc.bus import Bus
 from pmnc.rpc.codec import DEFAULT_LIMIT
 from pmnc.rpc.identity import CAGE_NAME, ClusterKeys, keys_folder
 from pmnc.rpc.locator import Locator
 from pmnc.rpc.reverse import ReverseCalls
-from pmnc.schema import Key, Schema
+from pmnc.rpc.seal import Sealer
+from pmnc.schema import Key, Schema, names
 
 if TYPE_CHECKING:
     from pmnc.loader import Loader
+
+TRANSPORTS = ("direct", "nats")
+RETRY_STORES = ("local", "jetstream")
+
+
+def _nats_tls(value: Any) -> str | dict[str, str] | None:
+    if value is None or value == "cluster":
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, dict) and set(value) <= {"ca_file", "cert_file", "key_file"} and \
+            all(isinstance(v, str) for v in value.values()):
+        return value
+    raise ValueError(value)
+
+
+_nats_tls.expected = 'None, "cluster" or {"ca_file": ..., "cert_file": ..., "key_file": ...}'  # type: ignore[attr-defined]
 
 
 KEYS = Schema(  # of config_cluster.py
@@ -33,6 +51,18 @@ KEYS = Schema(  # of config_cluster.py
     exact_locations=Key(None),  # static locations, for networks without broadcast: {"cage": ("host:port", ...)}
     use_pickle=Key(False, bool),  # pickle instead of msgpack: only where every cage is trusted with code
     max_frame_size=Key(DEFAULT_LIMIT, int),  # bytes: the largest call or answer accepted
+    # across networks: NATS (rpc/bus.py, docs/nats/)
+    transport=Key("direct", str),  # "nats": calls between cages are NATS requests
+    nats_servers=Key(("nats://127.0.0.1:4222",), names),  # URLs of the NATS cluster's servers
+    nats_tls=Key(None, _nats_tls),  # "cluster": TLS with this cage's certificate and the cluster CA
+    nats_user=Key(None, str),
+    nats_password=Key(None, str),
+    nats_token=Key(None, str),
+    nats_creds=Key(None, str),  # a .creds file (JWT and NKey seed)
+    nats_connect_timeout=Key(5.0, float),  # seconds a cage waits for NATS at start (then it keeps trying)
+    retry_store=Key("local", str),  # "jetstream": retried calls are kept in the flock's JetStream stream
+    jetstream_replicas=Key(1, int),  # of the flock's stream: 3 on a 3-node NATS cluster
+    jetstream_duplicate_window=Key(120.0, float),  # seconds JetStream drops a retried call published again
 )
 
 
@@ -54,11 +84,40 @@ class Cluster:
                                advertise_period=config["advertise_period"],
                                exact_locations=config["exact_locations"])
         self.reverse = ReverseCalls()
+        self.settings: dict[str, Any] = config
+        self.transport: str = config["transport"]
+        self.retry_store: str = config["retry_store"]
+        if self.transport not in TRANSPORTS or self.retry_store not in RETRY_STORES:
+            raise ConfigError(f"config_cluster.py: transport is one of {', '.join(TRANSPORTS)}, "
+                              f"retry_store one of {', '.join(RETRY_STORES)}")
+        self.sealer = Sealer(self.keys, self.flock, self.cage) if self.transport == "nats" else None
+        self.bus: Bus | None = None
+        if self.transport == "nats" or self.retry_store == "jetstream":
+            self.bus = Bus(config, name=f"{self.node}.{self.cage}", tls=self._nats_context(config["nats_tls"]),
+                           label=f"cluster: cage {self.cage} of flock {self.flock}")
+            self.bus.start(config["nats_connect_timeout"])
         self.locator.start()
+
+    def _nats_context(self, tls: str | dict[str, str] | None) -> ssl.SSLContext | None:
+        if tls is None:
+            return None
+        if tls == "cluster":
+            return self.client_context
+        assert isinstance(tls, dict)
+        context = ssl.create_default_context(cafile=tls.get("ca_file"))
+        if "cert_file" in tls:
+            context.load_cert_chain(tls["cert_file"], tls.get("key_file"))
+        return context
+
+    def subject(self, cage: str) -> str:
+        """The NATS subject of calls to `cage` (transport "nats")."""
+        return f"pmnc.{self.flock}.call.{cage}"
 
     def stop(self) -> None:
         self.locator.stop()
         self.reverse.stop()
+        if self.bus is not None:
+            self.bus.stop()
 
 
 class ClusterHandle:

@@ -63,6 +63,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "FrameDecoder",
+    "decode",
     "decode_body",
     "encode",
     "parse_header",
@@ -250,6 +251,16 @@ def _read_header(buffer: Bytes, offset: int, limit: int, allow_pickle: bool) -> 
     if length > limit:
         raise DecodeError(f"frame of {length} bytes exceeds the limit of {limit} bytes")
     return kind, length
+
+
+def decode(frame: Bytes, *, limit: int = DEFAULT_LIMIT, allow_pickle: bool = False) -> Any:
+    """The value of one whole frame (a message of its own, as over NATS): nothing before or after."""
+    if len(frame) < HEADER_SIZE:
+        raise DecodeError(f"a frame of {len(frame)} bytes is shorter than its header")
+    kind, length = _read_header(frame, 0, limit, allow_pickle)
+    if length != len(frame) - HEADER_SIZE:
+        raise DecodeError(f"a frame announces {length} bytes and carries {len(frame) - HEADER_SIZE}")
+    return decode_body(kind, memoryview(frame)[HEADER_SIZE:], allow_pickle=allow_pickle)
 
 
 def decode_body(kind: bytes, body: Bytes, *, allow_pickle: bool = False) -> Any:

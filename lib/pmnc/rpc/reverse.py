@@ -68,6 +68,20 @@ class ReverseCalls:
                     return taken
                 self._arrived.wait(left)
 
+    def calls_for(self, target: str, remain: float, limit: float) -> list[dict[str, Any]]:
+        """A poll from cage `target` that had `remain` seconds left: the calls queued for it, as
+        it runs them, or none by POLL_MARGIN before its deadline - which counts for no more than
+        `limit` (the interface's request_timeout), whatever the poller asks."""
+        calls = self.poll(target, min(remain, limit) - POLL_MARGIN)
+        now = time.monotonic()
+        result = []
+        for pending in calls:
+            call = dict(pending.envelope)
+            call["request"] = dict(call["request"], remain=max(pending.deadline - now, 0.0))
+            call["call_id"] = pending.call_id
+            result.append(call)
+        return result
+
     def _take(self, target: str, now: float) -> list[_Pending]:
         queue = self._queued.get(target)
         taken = []

@@ -29,9 +29,10 @@ import builtins
 import traceback
 from typing import Any
 
-from pmnc import errors
+from pmnc import errors, log
 from pmnc import request as _request
-from pmnc.errors import RemoteError
+from pmnc.errors import ProtocolError, RemoteError
+from pmnc.rpc import codec
 
 # The callee keeps this share of the time left (at most MAX_MARGIN seconds) for the
 # answer's way back, so an answer finished right at its deadline is still in time.
@@ -172,3 +173,12 @@ def remote_error(error: Any, where: str) -> errors.ResourceError:
         deadline.__cause__ = remote
         return deadline
     return errors.RPCError(f"{where}: {type(remote).__name__}: {remote}", remote)
+
+
+def answer_frame(reply: dict[str, Any], limit: int, use_pickle: bool, caller: str) -> bytes:
+    """The frame of an answer; one that cannot be encoded becomes the error saying why."""
+    try:
+        return codec.encode(reply, limit=limit, use_pickle=use_pickle)
+    except ProtocolError as e:
+        log.warning(f"the answer to cage {caller} cannot be sent: {e}")
+        return codec.encode({"error": error_dict(e)}, limit=limit)

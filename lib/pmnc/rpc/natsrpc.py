@@ -1,0 +1,212 @@
+"""Cage-to-cage calls over NATS (config_cluster.py transport "nats"): the caller's exchange and
+the callee's subscription. Everything above them - the envelope, the codec, the request carried
+along, the callee's lifecycle, the errors - is the direct transport's (protocols/rpc.py).
+
+A call is a NATS request on `pmnc.<flock>.call.<cage>`; every instance of the cage subscribes
+in the queue group named after it, so NATS spreads calls among the instances, skips those that
+have gone and finds new ones: no discovery, no connection per instance. Each message is sealed
+(seal.py): the callee runs only calls a cage of the flock has sealed, and the caller takes only
+an answer the cage it called has sealed - whoever else may publish on the subject.
+
+Time: the caller waits for the answer until its request's deadline and no longer; the callee
+continues the request with the time the caller had left, less the margin for the way back
+(wire.callee_timeout), as over the direct transport. A callee that is stopping unsubscribes
+first; a call that reaches it meanwhile is refused without running and goes to another instance.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pmnc import log
+from pmnc import request as _request
+from pmnc.errors import (
+    DeadlineError,
+    IntakeClosedError,
+    ProtocolError,
+    RequestExpiredError,
+    ResourceError,
+    ResourceInputParameterError,
+    RPCDeadlineError,
+    exc_string,
+)
+from pmnc.lifecycle import Outcome
+from pmnc.rpc import codec, wire
+from pmnc.rpc.bus import Bus, NatsNoResponders, NatsTimeout
+from pmnc.rpc.callee import Callee, remain
+from pmnc.rpc.identity import Identity
+from pmnc.rpc.seal import Opened, Retry, SealError
+
+if TYPE_CHECKING:
+    from pmnc.rpc.cluster import Cluster
+
+Runner = Callable[[dict[str, Any], Identity], dict[str, Any]]
+Answer = Callable[[dict[str, Any] | None], None]  # an answer to send; None: the refusal of a call not run
+
+FIRST_CONTACTS = 3  # exchanges of certificates a call may need before it is sent sealed
+REFUSAL_PAUSE = 0.02  # seconds before a call refused by a stopping instance is sent again
+
+
+def exchange(cluster: Cluster, target: str, frame: bytes, request: _request.Request) -> Any:
+    """The answer (a reply dict, or wire.REFUSED) to the call `frame` from an instance of cage
+    `target`, within the request's deadline."""
+    assert cluster.bus is not None and cluster.sealer is not None
+    bus, sealer, subject = cluster.bus, cluster.sealer, cluster.subject(target)
+    for _ in range(FIRST_CONTACTS + 1):
+        message, pending = sealer.seal_call(target, frame, request.remain)
+        if len(message) > bus.max_payload:
+            raise ResourceInputParameterError(f"the call cannot be sent to cage {target}: {len(message)} bytes "
+                                              f"exceed the NATS server's max_payload of {bus.max_payload} bytes")
+        data = _request_answer(bus, subject, message, target, request)
+        try:
+            opened = sealer.open_reply(pending, data)
+        except SealError as e:
+            raise ResourceError(f"cage {target}: the answer over NATS is refused: {e}", recoverable=False,
+                                terminal=False) from None
+        if isinstance(opened, Retry):
+            continue  # certificates exchanged: the call has not run, it goes again sealed
+        try:
+            return codec.decode(opened, limit=cluster.max_frame_size, allow_pickle=cluster.use_pickle)
+        except ProtocolError as e:
+            raise ResourceError(f"cage {target} answered with a bad frame: {e}", recoverable=False,
+                                terminal=False) from None
+    raise ResourceError(f"cage {target}: its instances and this cage could not agree on certificates "
+                        f"(the call has not run)", recoverable=True, terminal=False)
+
+
+def _request_answer(bus: Bus, subject: str, message: bytes, target: str, request: _request.Request) -> bytes:
+    try:
+        return bus.request(subject, message, request.remain)
+    except NatsTimeout as e:
+        raise RPCDeadlineError(f"request deadline waiting for a response from cage {target} over NATS: "
+                               f"{e}") from None
+    except NatsNoResponders:
+        raise ResourceError(f"no instance of cage {target} serves calls on NATS", recoverable=True,
+                            terminal=False) from None
+
+
+def call_until_answered(cluster: Cluster, target: str, frame: bytes, request: _request.Request) -> Any:
+    """`exchange`, sent again while instances that are stopping refuse it (it has not run
+    there; NATS gives the next try to another instance), within the deadline."""
+    while True:
+        reply = exchange(cluster, target, frame, request)
+        if not wire.is_refusal(reply):
+            return reply
+        if request.remain <= REFUSAL_PAUSE:
+            raise ResourceError(f"cage {target} is stopping, and no other instance of it has taken the call "
+                                f"(it has not run)", recoverable=True, terminal=False)
+        log.debug(f"an instance of cage {target} is stopping, the call goes again")
+        time.sleep(REFUSAL_PAUSE)
+
+
+# --- the callee ---------------------------------------------------------------------------------
+
+
+class NatsCallee:
+    """The rpc interface's side over NATS: one queue-group subscription, each call opened on the
+    bus loop (cheap, never blocking) and run through the lifecycle on the worker pool, its answer
+    sealed and published from there."""
+
+    def __init__(self, cluster: Cluster, callee: Callee, *, run_call: Runner, accept_retried: Runner,
+                 limit: int, use_pickle: bool, poll_limit: float) -> None:
+        assert cluster.bus is not None and cluster.sealer is not None
+        self.cluster, self.bus, self.sealer, self.callee = cluster, cluster.bus, cluster.sealer, callee
+        self.subject = cluster.subject(cluster.cage)
+        self.runners = {"call": run_call, "retry": accept_retried}
+        self.limit, self.use_pickle, self.poll_limit = limit, use_pickle, poll_limit
+        self.refused = codec.encode(wire.REFUSED, limit=limit)
+        self.ceasing = False
+
+    def start(self) -> None:
+        self.bus.subscribe(self.subject, self.cluster.cage, self._on_message)
+
+    def cease(self) -> None:
+        """No new calls: the subscription ends, so NATS gives them to the other instances."""
+        self.ceasing = True
+        self.bus.unsubscribe_all(self.subject)
+
+    def _on_message(self, data: bytes, reply: str) -> None:
+        """On the bus loop: a call opened and sent on its way, or answered at once."""
+        if not reply:
+            return  # nobody to answer: not a call
+        arrived = time.monotonic()
+        opened = self.sealer.open_call(data)
+        if isinstance(opened, bytes):  # refused, or certificates exchanged: nothing runs
+            self.bus.publish(reply, opened)
+            return
+        answer = functools.partial(self._answer, reply, opened)
+        try:
+            envelope = codec.decode(opened.body, limit=self.limit, allow_pickle=self.use_pickle)
+            if not isinstance(envelope, dict):
+                raise ProtocolError("a message that is not a call")
+            kind = envelope.get("kind")
+            runner = self.runners.get(kind) if isinstance(kind, str) else None
+            if runner is not None:
+                self._run(envelope, opened.caller, arrived, runner, answer)
+            elif kind == "poll":
+                threading.Thread(target=self._poll, args=(envelope, opened.caller, answer),
+                                 name=f"rpc:poll:{opened.caller}", daemon=True).start()
+            elif kind == "post":
+                accepted = self.cluster.reverse.post(opened.caller, str(envelope.get("call_id")),
+                                                     envelope.get("reply"))
+                answer({"result": accepted})
+            else:
+                raise ProtocolError(f"unknown kind of call {kind!r}")
+        except (ProtocolError, KeyError, TypeError, ValueError) as e:
+            log.warning(f"NATS: cage {opened.caller}: {exc_string(e, stack=False)}")
+            error = e if isinstance(e, ProtocolError) else ProtocolError(f"malformed call: {e}")
+            answer({"error": wire.error_dict(error)})
+
+    def _run(self, envelope: dict[str, Any], caller: str, arrived: float, runner: Runner,
+             answer: Answer) -> None:
+        if self.ceasing:
+            answer(None)  # the refusal: not run here, the caller sends it again
+            return
+        try:
+            request = self.callee.request(envelope, caller, arrived)
+        except IntakeClosedError:
+            answer(None)
+            return
+        self.callee.lifecycle.submit(request, runner, envelope, Identity(self.cluster.flock, caller),
+                                     when_done=functools.partial(self._done, request, answer))
+
+    def _done(self, request: _request.Request, answer: Answer,
+              outcome: Outcome) -> None:
+        """On the worker's thread: the call's answer, or why it has none."""
+        error = outcome.error
+        if error is None:
+            answer(outcome.result)
+        elif isinstance(error, RequestExpiredError):
+            log.warning(f"request {request.unique_id} has not been answered in time, the caller gets a deadline "
+                        f"error")
+            answer({"error": wire.error_dict(DeadlineError(f"request deadline has expired in cage "
+                                                           f"{self.cluster.cage}"))})
+        elif isinstance(error, IntakeClosedError):
+            answer(None)
+        else:
+            answer({"error": wire.error_dict(error)})
+
+    def _poll(self, envelope: dict[str, Any], caller: str, answer: Answer) -> None:
+        """On a thread of its own: a reverse-call poll, long as the direct transport's."""
+        try:
+            answer({"result": self.cluster.reverse.calls_for(caller, remain(envelope), self.poll_limit)})
+        except Exception as e:
+            answer({"error": wire.error_dict(e)})
+
+    def _answer(self, reply: str, opened: Opened, answer: dict[str, Any] | None) -> None:
+        """Seal and publish an answer (None: the refusal of a call that has not run)."""
+        if answer is None:
+            frame = self.refused
+        else:
+            frame = wire.answer_frame(answer, self.limit, self.use_pickle, opened.caller)
+        sealed = self.sealer.seal_reply(opened.ticket, frame)
+        if len(sealed) > self.bus.max_payload:
+            error = ProtocolError(f"the answer of {len(sealed)} bytes exceeds the NATS server's max_payload of "
+                                  f"{self.bus.max_payload} bytes")
+            log.warning(f"the answer to cage {opened.caller} cannot be sent: {error}")
+            sealed = self.sealer.seal_reply(opened.ticket, codec.encode({"error": wire.error_dict(error)}))
+        self.bus.publish(reply, sealed)
