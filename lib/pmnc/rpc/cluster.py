@@ -90,7 +90,8 @@ class Cluster:
         if self.transport not in TRANSPORTS or self.retry_store not in RETRY_STORES:
             raise ConfigError(f"config_cluster.py: transport is one of {', '.join(TRANSPORTS)}, "
                               f"retry_store one of {', '.join(RETRY_STORES)}")
-        self.sealer = Sealer(self.keys, self.flock, self.cage) if self.transport == "nats" else None
+        self.sealer = Sealer(self.keys, self.flock, self.cage, max_body=self.max_frame_size) \
+            if self.transport == "nats" else None
         self.bus: Bus | None = None
         if self.transport == "nats" or self.retry_store == "jetstream":
             self.bus = Bus(config, name=f"{self.node}.{self.cage}", tls=self._nats_context(config["nats_tls"]),

@@ -39,7 +39,7 @@ from pmnc.rpc import codec, wire
 from pmnc.rpc.bus import Bus, NatsNoResponders, NatsTimeout
 from pmnc.rpc.callee import Callee, remain
 from pmnc.rpc.identity import Identity
-from pmnc.rpc.seal import Opened, Retry, SealError
+from pmnc.rpc.seal import Opened, Retry, SealError, describe
 
 if TYPE_CHECKING:
     from pmnc.rpc.cluster import Cluster
@@ -49,6 +49,7 @@ Answer = Callable[[dict[str, Any] | None], None]  # an answer to send; None: the
 
 FIRST_CONTACTS = 3  # exchanges of certificates a call may need before it is sent sealed
 REFUSAL_PAUSE = 0.02  # seconds before a call refused by a stopping instance is sent again
+REFUSALS_LOG_PERIOD = 10.0  # seconds between log lines about refused messages, however many come
 
 
 def exchange(cluster: Cluster, target: str, frame: bytes, request: _request.Request) -> Any:
@@ -119,6 +120,7 @@ class NatsCallee:
         self.runners = {"call": run_call, "retry": accept_retried}
         self.limit, self.use_pickle, self.poll_limit = limit, use_pickle, poll_limit
         self.refused = codec.encode(wire.REFUSED, limit=limit)
+        self.refusals = _Refusals(self.subject)
         self.ceasing = False
 
     def start(self) -> None:
@@ -136,6 +138,7 @@ class NatsCallee:
         arrived = time.monotonic()
         opened = self.sealer.open_call(data)
         if isinstance(opened, bytes):  # refused, or certificates exchanged: nothing runs
+            self.refusals.note(describe(opened), arrived)
             self.bus.publish(reply, opened)
             return
         answer = functools.partial(self._answer, reply, opened)
@@ -210,3 +213,20 @@ class NatsCallee:
             log.warning(f"the answer to cage {opened.caller} cannot be sent: {error}")
             sealed = self.sealer.seal_reply(opened.ticket, codec.encode({"error": wire.error_dict(error)}))
         self.bus.publish(reply, sealed)
+
+
+class _Refusals:
+    """Messages on the subject whose seal is refused: logged, but not one line each - a
+    stranger publishing garbage must not flood the log."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self.count, self.logged_at, self.last = 0, -REFUSALS_LOG_PERIOD, ""
+
+    def note(self, outcome: str, now: float) -> None:
+        if not outcome.startswith(("refused", "malformed")):
+            return  # certificates exchanged: the caller seals the call again
+        self.count, self.last = self.count + 1, outcome
+        if now - self.logged_at >= REFUSALS_LOG_PERIOD:
+            log.warning(f"NATS: {self.count} message(s) on {self.subject} refused, not run; the last: {self.last}")
+            self.count, self.logged_at = 0, now
