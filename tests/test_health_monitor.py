@@ -29,6 +29,8 @@ from pmnc.monitor.health import _checked_headline, cluster_page, start_health_mo
 from pmnc.request import Request, attached
 from pmnc.rpc.locator import Locator
 
+pytest_plugins = ["nats_peer"]  # its fixtures: nats_server, nats_folder
+
 PERIOD = 1.0  # the monitor's probe_period in these tests
 HAVE_PAGES = (ROOT / "lib" / "pmnc" / "protocols" / "performance.py").exists()
 
@@ -334,3 +336,27 @@ def test_the_locator_lists_every_cage_and_instance_for_the_monitor(tmp_path: Pat
     worker.unpublish()
     runner._local.clear()
     assert runner.listing("worker") == []
+
+
+def test_with_transport_nats_the_monitor_finds_and_probes_instances_on_nats(cluster: Cluster,
+                                                                              nats_server: Any) -> None:
+    """No local registry, no LAN: the instances answer a discovery on NATS (adverts MACed with
+    the cluster key) and each is probed on its own subject."""
+    cluster.shared("config_cluster.py", config_source({"transport": "nats", "nats_servers": (nats_server.url,)}))
+    monitor = cluster.cage("health_monitor", monitor_files())
+    cluster.cage("alpha", {"health_monitor_event.py": COUNTING_PROBE})
+    first = cluster.start("alpha", node="n1")
+    cluster.start("alpha", node="n2")
+    watcher = cluster.start("health_monitor")
+
+    def up_nodes() -> set[str]:
+        return {e[2] for e in of(monitor, "up", "alpha")}
+
+    wait_until(lambda: up_nodes() == {"n1", "n2"}, 10, message="both instances of alpha up")
+    assert not (cluster.root / "cages" / ".registry" / "alpha").exists() or \
+        not list((cluster.root / "cages" / ".registry" / "alpha").iterdir())  # found on NATS only
+
+    first.kill()
+    wait_until(lambda: [e for e in of(monitor, "down", "alpha") if e[2] == "n1"], 8, message="n1.alpha down")
+    assert not [e for e in of(monitor, "down", "alpha") if e[2] == "n2"]
+    assert "n1.alpha on NATS" in watcher.log_text()  # what the monitor's log calls it

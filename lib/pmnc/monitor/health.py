@@ -2,7 +2,8 @@
 the cage_up / cage_down events they give rise to, and the cluster page.
 
 Each pass (every `probe_period` of config_health_monitor.py, the cages spread over it) probes
-every instance the locator lists - local registry, LAN adverts, static `exact_locations` -
+every instance the locator lists - local registry, LAN adverts, static `exact_locations`,
+instances answering a discovery on NATS with transport "nats" -
 and every instance believed up though no longer listed, except this cage itself. A probe
 is a connection to exactly that instance (the rpc interface's `exact`) calling
 `health_monitor_event.probe()`, which must return a dict, then `performance.headline()`,
@@ -43,6 +44,7 @@ from pmnc.errors import ConfigError, IntakeClosedError, RequestExpiredError, exc
 from pmnc.monitor import page
 from pmnc.monitor import status as cage_status
 from pmnc.request import Request
+from pmnc.rpc import natsrpc
 from pmnc.rpc.identity import CAGE_NAME
 from pmnc.rpc.locator import Location
 from pmnc.schema import Key, Schema
@@ -263,11 +265,15 @@ class HealthMonitor:
         return None
 
     def _listed(self, rpc: Any) -> dict[str, Location]:
-        """Every instance the locator lists, but this cage; a static location that is also
-        listed by another source (the same address) only once."""
-        locator = self.runtime.cluster.get().locator
+        """Every instance the locator lists, and with transport "nats" every one that answers
+        a discovery there, but this cage; a static location that is also listed by another
+        source (the same address) only once."""
+        cluster = self.runtime.cluster.get()
+        locator = cluster.locator
         found = {loc.instance: loc for cage in locator.cages() for loc in locator.listing(cage)
                  if loc.instance != locator.instance}
+        if cluster.transport == "nats":
+            found.update({loc.instance: loc for loc in natsrpc.discover(cluster) if loc.instance != locator.instance})
         own = tuple(getattr(rpc, "address", ()))[:2]
         addresses = {(loc.host, loc.port) for loc in found.values() if loc.source != "static"}
         return {key: loc for key, loc in found.items()

@@ -347,11 +347,7 @@ class Interface(interfaces.Interface):
     def exact(self, location: Location) -> ExactLink:
         """Calls to exactly the instance at `location` and no other (the health monitor's
         probes): a connection of its own, closed at the end of the `with`."""
-        cluster = self.runtime.cluster.get()
-        if cluster.transport == "nats":
-            raise ResourceError(f"cage {location.name}: calls to one exact instance need transport \"direct\"",
-                                recoverable=False, terminal=False)
-        return ExactLink(cluster, location)
+        return ExactLink(self.runtime.cluster.get(), location)
 
     # --- one call ----------------------------------------------------------------------------
 
@@ -910,7 +906,8 @@ class _Channel:
 class ExactLink:
     """Calls to one instance (`Interface.exact`): connected on the first call within
     min(discovery_timeout, the request's time left), each call bounded by the current
-    request; never another instance, and a stopping one is a failure, not a hand-over."""
+    request; never another instance, and a stopping one is a failure, not a hand-over.
+    An instance found on NATS is called on its own subject instead."""
 
     def __init__(self, cluster: Cluster, location: Location) -> None:
         self.cluster, self.location = cluster, location
@@ -933,9 +930,13 @@ class ExactLink:
             frame = codec.encode(envelope, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
         except ProtocolError as e:
             raise ResourceInputParameterError(f"the call cannot be sent to cage {location.cage}: {e}") from None
-        if self.channel is None:
-            self.channel = _Channel.connect(location, cluster, min(cluster.discovery_timeout, request.remain))
-        reply = self.channel.exchange(frame, request, cluster)
+        if location.source == natsrpc.OVER_NATS:  # found on NATS: the instance's own subject
+            subject = natsrpc.instance_subject(cluster.flock, location.instance)
+            reply = natsrpc.exchange(cluster, location.cage, frame, request, subject)
+        else:
+            if self.channel is None:
+                self.channel = _Channel.connect(location, cluster, min(cluster.discovery_timeout, request.remain))
+            reply = self.channel.exchange(frame, request, cluster)
         if wire.is_refusal(reply):
             self.close()
             raise ResourceError(f"cage {location.name} is stopping", recoverable=True, terminal=False)

@@ -50,6 +50,7 @@ T = TypeVar("T")
 
 DEFAULT_MAX_PAYLOAD = 1048576  # bytes, nats-server's default: assumed until the server says
 RECONNECT_WAIT = 0.5  # seconds between attempts at one server
+MAX_GATHERED = 10000  # answers a gather keeps
 PENDING_SIZE = 8 * 1048576  # bytes published while disconnected, kept for the reconnection
 
 
@@ -137,6 +138,7 @@ class Bus:
         self.loop = self._thread.loop
         self.nc = Client()
         self._waiting: dict[str, _Waiter] = {}  # reply token → the thread waiting for it
+        self._gathering: dict[str, list[bytes]] = {}  # reply token → the answers of a gather so far
         self._tokens = itertools.count()
         self._inbox = ""  # the prefix of reply subjects, set once connected
         self._outbox: collections.deque[tuple[str, str, bytes, str | None]] = collections.deque()
@@ -238,6 +240,18 @@ class Bus:
             raise waiter.error
         return waiter.data
 
+    def gather(self, subject: str, payload: bytes, wait: float) -> list[bytes]:
+        """Every answer (at most MAX_GATHERED) to `payload` on `subject` that comes within
+        `wait` seconds: from all its subscribers, not the first only (discovery)."""
+        if not self._inbox and not self._connected_within(wait):
+            return []
+        token = str(next(self._tokens))
+        answers = self._gathering[token] = []
+        self._post(subject, self._inbox + token, payload, None)
+        threading.Event().wait(wait)  # a window to listen in, not a readiness wait
+        self._gathering.pop(token, None)
+        return answers
+
     def _connected_within(self, timeout: float) -> bool:
         try:
             self.run(asyncio.wait_for(self._connected.wait(), timeout), timeout + 1.0)
@@ -331,7 +345,13 @@ class Bus:
             waiter.settle(error=error)
 
     def _on_answer(self, msg: Msg) -> None:
-        waiter = self._waiting.pop(msg.subject[len(self._inbox):], None)
+        token = msg.subject[len(self._inbox):]
+        gathered = self._gathering.get(token)
+        if gathered is not None:
+            if msg.data and len(gathered) < MAX_GATHERED:
+                gathered.append(msg.data)
+            return
+        waiter = self._waiting.pop(token, None)
         if waiter is None:
             return  # its caller has given up
         if not msg.data:  # NATS's own "no responders" (status 503): no answer of ours is empty

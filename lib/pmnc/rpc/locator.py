@@ -65,10 +65,12 @@ class Location:
     instance: str  # random per process start; "static:<host>:<port>" for exact_locations
     host: str
     port: int
-    source: str  # "local", "lan" or "static"
+    source: str  # "local", "lan", "static", or "nats" (found on NATS, rpc/natsrpc.py: no address)
     expires: float = float("inf")  # monotonic
 
     def __str__(self) -> str:
+        if self.source == "nats":
+            return f"{self.node}.{self.cage} on NATS"
         return f"{self.node}.{self.cage} at {self.host}:{self.port}"
 
     @property

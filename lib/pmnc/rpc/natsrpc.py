@@ -39,6 +39,7 @@ from pmnc.rpc import codec, wire
 from pmnc.rpc.bus import Bus, NatsNoResponders, NatsTimeout
 from pmnc.rpc.callee import Callee, remain
 from pmnc.rpc.identity import Identity
+from pmnc.rpc.locator import ADVERT, Location, Packet, decode_packet, encode_packet
 from pmnc.rpc.seal import Opened, Retry, SealError, describe
 
 if TYPE_CHECKING:
@@ -50,13 +51,37 @@ Answer = Callable[[dict[str, Any] | None], None]  # an answer to send; None: the
 FIRST_CONTACTS = 3  # exchanges of certificates a call may need before it is sent sealed
 REFUSAL_PAUSE = 0.02  # seconds before a call refused by a stopping instance is sent again
 REFUSALS_LOG_PERIOD = 10.0  # seconds between log lines about refused messages, however many come
+DISCOVERY_WAIT = 0.5  # seconds a discovery listens for the instances' answers
+OVER_NATS = "nats"  # a Location's host and source for an instance found on NATS
+ADVERT_PERIOD = 5.0  # what an advert over NATS says (it answers a discovery, and is not repeated)
 
 
-def exchange(cluster: Cluster, target: str, frame: bytes, request: _request.Request) -> Any:
+def instance_subject(flock: str, instance: str) -> str:
+    """The subject of calls to exactly one instance (the health monitor's probes)."""
+    return f"pmnc.{flock}.instance.{instance}"
+
+
+def discovery_subject(flock: str) -> str:
+    return f"pmnc.{flock}.discover"
+
+
+def discover(cluster: Cluster, wait: float = DISCOVERY_WAIT) -> list[Location]:
+    """Every instance of the flock serving calls on NATS, by the adverts they answer a
+    discovery with (MACed with the cluster key, as on a LAN: nobody else can add one)."""
+    assert cluster.bus is not None
+    found = {}
+    for data in cluster.bus.gather(discovery_subject(cluster.flock), b"", wait):
+        packet = decode_packet(cluster.keys.hmac_key, data, OVER_NATS, time.time())
+        if packet is not None and packet.kind == ADVERT and packet.flock == cluster.flock:
+            found[packet.instance] = Location(packet.cage, packet.node, packet.instance, OVER_NATS, 0, OVER_NATS)
+    return list(found.values())
+
+
+def exchange(cluster: Cluster, target: str, frame: bytes, request: _request.Request, subject: str = "") -> Any:
     """The answer (a reply dict, or wire.REFUSED) to the call `frame` from an instance of cage
-    `target`, within the request's deadline."""
+    `target` (the one `subject` reaches, if given), within the request's deadline."""
     assert cluster.bus is not None and cluster.sealer is not None
-    bus, sealer, subject = cluster.bus, cluster.sealer, cluster.subject(target)
+    bus, sealer, subject = cluster.bus, cluster.sealer, subject or cluster.subject(target)
     for _ in range(FIRST_CONTACTS + 1):
         message, pending = sealer.seal_call(target, frame, request.remain)
         if len(message) > bus.max_payload:
@@ -117,6 +142,8 @@ class NatsCallee:
         assert cluster.bus is not None and cluster.sealer is not None
         self.cluster, self.bus, self.sealer, self.callee = cluster, cluster.bus, cluster.sealer, callee
         self.subject = cluster.subject(cluster.cage)
+        self.instance = cluster.locator.instance
+        self.exact_subject = instance_subject(cluster.flock, self.instance)
         self.runners = {"call": run_call, "retry": accept_retried}
         self.limit, self.use_pickle, self.poll_limit = limit, use_pickle, poll_limit
         self.refused = codec.encode(wire.REFUSED, limit=limit)
@@ -124,12 +151,24 @@ class NatsCallee:
         self.ceasing = False
 
     def start(self) -> None:
-        self.bus.subscribe(self.subject, self.cluster.cage, self._on_message)
+        cluster = self.cluster
+        self.bus.subscribe(self.subject, cluster.cage, self._on_message)
+        self.bus.subscribe(self.exact_subject, "", self._on_message)
+        self.bus.subscribe(discovery_subject(cluster.flock), "", self._on_discover)
 
     def cease(self) -> None:
-        """No new calls: the subscription ends, so NATS gives them to the other instances."""
+        """No new calls: the subscriptions end, so NATS gives them to the other instances."""
         self.ceasing = True
-        self.bus.unsubscribe_all(self.subject)
+        for subject in (discovery_subject(self.cluster.flock), self.subject, self.exact_subject):
+            self.bus.unsubscribe_all(subject)
+
+    def _on_discover(self, data: bytes, reply: str) -> None:
+        """On the bus loop: this instance's advert, to whoever discovers the flock's instances."""
+        cluster = self.cluster
+        if reply:
+            packet = Packet(ADVERT, cluster.flock, self.instance, cluster.cage, cluster.node, OVER_NATS, 0,
+                            ADVERT_PERIOD, OVER_NATS, time.time())
+            self.bus.publish(reply, encode_packet(cluster.keys.hmac_key, packet))
 
     def _on_message(self, data: bytes, reply: str) -> None:
         """On the bus loop: a call opened and sent on its way, or answered at once."""
