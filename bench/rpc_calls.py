@@ -1,7 +1,7 @@
 """Benchmark cage-to-cage calls, pmnc("echo").echo.echo(x), against Pyro5 calls, both between two processes.
 
     .venv/bin/python bench/rpc_calls.py [--calls 5000] [--threads 8] [--warmup 200]
-                                        [--serializers serpent,msgpack] [--keep]
+                                        [--serializers serpent,msgpack] [--transport direct|nats] [--keep]
 
 Every call sends a small dict, {"id": i, "text": "x" * 100}, and gets it back;
 each answer must equal what was sent. Both sides run on loopback:
@@ -20,6 +20,13 @@ and over T threads; calls/s, p50 and p99 latency and the CPU per call of
 both processes are printed, with the ratios pmnc/Pyro5 against the targets
 (>= 1.5 sequential, >= 2 concurrent). Every process is stopped at the end
 whatever happens. See bench/README.md.
+
+With --transport nats a nats-server (/usr/sbin/nats-server) is started on a
+free loopback port and a second tree of the same two cages with
+config_cluster.py transport="nats" calls through it; both trees run in the
+same run, measured one after the other, next to Pyro5, and the ratios
+nats/direct are printed against their targets (>= 0.5 sequential, >= 1
+concurrent), with the nats-server's own CPU per call.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from http_hello import (
     run_pair,
     wait_until,
 )
+from nats_server import NatsServer
 from xmlrpc_echo import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +70,8 @@ STOP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 120.0  # the caller cage's request_timeout: a whole /run must fit in it
 TEXT = "x" * 100  # the payload is {"id": i, "text": TEXT}
 SERIALIZERS = ("serpent", "msgpack")
+TRANSPORTS = ("direct", "nats")
+NATS_FLOCK = "BENCH_NATS"  # the nats tree's flock (the direct tree keeps the default)
 
 # --- the pmnc side: two cages --------------------------------------------------------------------------
 
@@ -156,6 +166,17 @@ def process_request(request: dict, response: dict) -> None:
 # EOF
 '''
 
+NATS_CLUSTER_CONFIG = '''# The nats tree of bench/rpc_calls.py: calls between its cages go through one nats-server.
+
+config = dict(
+    flock_id={flock!r},
+    transport="nats",
+    nats_servers=({url!r},),
+)
+
+# EOF
+'''
+
 
 @dataclass
 class Run:
@@ -169,6 +190,7 @@ class Run:
     first_error: str
     client_cpu: float | None = None  # CPU seconds of the calling process meanwhile
     server_cpu: float | None = None  # ... and of the answering one
+    broker_cpu: float | None = None  # ... and of the nats-server in between (transport nats)
 
     @property
     def rate(self) -> float:
@@ -225,12 +247,15 @@ class Cage:
 
 
 class PmncCages:
-    """Cages `echo` and `caller` in a temporary install tree; the caller runs the calls."""
+    """Cages `echo` and `caller` in a temporary install tree; the caller runs the calls.
+    With transport "nats" the tree's config_cluster.py sends calls through the nats-server `broker`."""
 
-    def __init__(self, base: Path) -> None:
-        self.root = base / "pmnc"
-        self.echo = Cage(self.root, "echo", base / "echo.out")
-        self.caller = Cage(self.root, "caller", base / "caller.out")
+    def __init__(self, base: Path, transport: str = "direct", broker: NatsServer | None = None) -> None:
+        suffix = "" if transport == "direct" else f"-{transport}"
+        self.root = base / f"pmnc{suffix}"
+        self.echo = Cage(self.root, "echo", base / f"echo{suffix}.out")
+        self.caller = Cage(self.root, "caller", base / f"caller{suffix}.out")
+        self.transport, self.broker = transport, broker
         self.threads = 1
         self.port = 0
         self.description = ""
@@ -242,6 +267,9 @@ class PmncCages:
         os.symlink(ROOT / "lib", self.root / "lib")
         shutil.copytree(ROOT / "cages" / ".shared", self.root / "cages" / ".shared",
                         ignore=shutil.ignore_patterns("ssl_keys", "__pycache__"))
+        if self.broker is not None:  # the other keys keep their defaults
+            (self.root / "cages" / ".shared" / "config_cluster.py").write_text(
+                NATS_CLUSTER_CONFIG.format(flock=NATS_FLOCK, url=self.broker.url))
         thread_count = max(10, self.threads + 2)
         self.echo.folder.mkdir()
         (self.echo.folder / "echo.py").write_text(ECHO_MODULE)
@@ -258,13 +286,16 @@ class PmncCages:
         (self.caller.folder / "config_interface_http.py").write_text(config)
         self.description = (f"{pmnc_version()}: cages echo (rpc) and caller (rpc, http), "
                             f"{thread_count} worker threads each")
+        if self.broker is not None:
+            self.description += f", transport nats through {self.broker.url}"
 
     def start(self) -> None:
         self.make_tree()
         self.echo.launch()  # both at once: the first makes the cluster's keys, the other waits for its lock
         self.caller.launch()
-        wait_until(lambda: self.echo.search(r"interface rpc listens on ssl://"), START_TIMEOUT,
-                   "cage echo: its line 'interface rpc listens on'")
+        serving = "serves calls on NATS subject" if self.broker is not None else "listens on ssl://"
+        wait_until(lambda: self.echo.search(f"interface rpc {serving}"), START_TIMEOUT,
+                   f"cage echo: its line 'interface rpc {serving}'")
         match = wait_until(lambda: self.caller.search(r"interface http listens on https?://[\d.]+:(\d+)/"),
                            START_TIMEOUT, "cage caller: its line 'interface http listens on'")
         self.port = int(match.group(1))
@@ -272,8 +303,8 @@ class PmncCages:
         self.description += f", GET http://{HOST}:{self.port}/run on the caller"
 
     def run(self, calls: int, threads: int) -> Run:
-        """GET /run on the caller; the CPU both cage processes used meanwhile."""
-        pids = self.caller.pid(), self.echo.pid()
+        """GET /run on the caller; the CPU both cage processes (and the nats-server) used meanwhile."""
+        pids = (self.caller.pid(), self.echo.pid()) + ((self.broker.pid,) if self.broker is not None else ())
         before = [cpu_seconds(pid) for pid in pids]
         connection = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT + 10.0)
         try:
@@ -287,7 +318,9 @@ class PmncCages:
             raise RuntimeError(f"GET /run on the caller cage: {response.status} {body[:2000]!r}")
         run = Run.from_json(json.loads(body))
         cpu = [b - a if a is not None and b is not None else None for a, b in zip(before, after, strict=True)]
-        run.client_cpu, run.server_cpu = cpu
+        run.client_cpu, run.server_cpu = cpu[:2]
+        if self.broker is not None:
+            run.broker_cpu = cpu[2]
         return run
 
     def log_problems(self) -> list[str]:
@@ -299,6 +332,28 @@ class PmncCages:
         for cage in (self.caller, self.echo):
             cage.signal_stop()
         return "; ".join(cage.wait_stopped() for cage in (self.caller, self.echo))
+
+
+class BothTransports:
+    """The direct tree and the nats tree (and its nats-server) in one run: started and stopped together."""
+
+    def __init__(self, base: Path) -> None:
+        self.broker = NatsServer(base / "nats")
+        self.direct = PmncCages(base)
+        self.nats = PmncCages(base, "nats", self.broker)
+
+    def start(self, threads: int) -> None:
+        self.broker.start()
+        for cages in (self.direct, self.nats):
+            cages.threads = threads
+            cages.start()
+
+    def log_problems(self) -> list[str]:
+        return [f"{cages.transport} {line}" for cages in (self.direct, self.nats) for line in cages.log_problems()]
+
+    def stop(self) -> str:
+        """Both trees first (their cages leave NATS cleanly), then the nats-server."""
+        return "; ".join((f"direct: {self.direct.stop()}", f"nats: {self.nats.stop()}", self.broker.stop()))
 
 
 # --- the Pyro5 side: a server process, a client process per serializer ---------------------------------
@@ -475,23 +530,66 @@ def _per_call(cpu: float | None, calls: int) -> str:
     return "?" if cpu is None or not calls else f"{cpu / calls * 1e6:.0f}us"
 
 
-def print_table(rows: list[tuple[str, Run]]) -> None:
+def print_table(rows: list[tuple[str, Run]], broker: bool = False) -> None:
+    """`broker`: a column more, the nats-server's CPU per call (blank for rows without one)."""
     print(f"{'':<28}{'calls/s':>9}{'calls':>7}{'p50':>9}{'p99':>9}{'errors':>8}"
-          f"{'client CPU/call':>17}{'server CPU/call':>17}")
+          f"{'client CPU/call':>17}{'server CPU/call':>17}" + (f"{'NATS CPU/call':>15}" if broker else ""))
     for name, run in rows:
+        nats = "" if run.broker_cpu is None else _per_call(run.broker_cpu, run.calls)
         print(f"{name:<28}{run.rate:>9.0f}{run.calls:>7}{run.p50_ms:>7.3f}ms{run.p99_ms:>7.3f}ms{run.errors:>8}"
-              f"{_per_call(run.client_cpu, run.calls):>17}{_per_call(run.server_cpu, run.calls):>17}")
+              f"{_per_call(run.client_cpu, run.calls):>17}{_per_call(run.server_cpu, run.calls):>17}"
+              + (f"{nats:>15}" if broker else ""))
         if run.first_error:
             print(f"  {name}: first error: {run.first_error}")
 
 
-def verdicts(what: str, pmnc: Run, peers: dict[str, Run], target: float) -> str:
+def verdicts(what: str, pmnc: Run, peers: dict[str, Run], target: float, name: str = "pmnc") -> str:
     """`sequential: pmnc/Pyro5 serpent 1.20 (target >= 1.5: NOT met), ...`"""
     parts = []
     for serializer, peer in peers.items():
         ratio = pmnc.rate / peer.rate if peer.rate else float("nan")
-        parts.append(f"pmnc/Pyro5 {serializer} {ratio:.2f} ({'met' if ratio >= target else 'NOT met'})")
+        parts.append(f"{name}/Pyro5 {serializer} {ratio:.2f} ({'met' if ratio >= target else 'NOT met'})")
     return f"{what} (target >= {target:g}): {', '.join(parts)}"
+
+
+def nats_verdict(what: str, nats: Run, direct: Run, target: float) -> str:
+    """`sequential (target >= 0.5): nats/direct 0.61 (met)`"""
+    ratio = nats.rate / direct.rate if direct.rate else float("nan")
+    return f"{what} (target >= {target:g}): nats/direct {ratio:.2f} ({'met' if ratio >= target else 'NOT met'})"
+
+
+def print_problems(problems: list[str]) -> None:
+    if problems:
+        print(f"cage logs: {len(problems)} error/warning line(s), the first ones:")
+        for line in problems[:5]:
+            print(f"  {line}")
+
+
+def measure_pmnc(pmnc: PmncCages, args: argparse.Namespace, threads: int) -> Run:
+    """Warm-up calls, then the measured run, both over `threads`."""
+    pmnc.run(args.warmup, threads)
+    return pmnc.run(args.calls, threads)
+
+
+def introduce(args: argparse.Namespace) -> None:
+    print(f"rpc_calls: echo({{'id': i, 'text': 'x' * 100}}) between two processes on loopback, {args.calls} calls "
+          f"sequentially, then over {args.threads} threads, after {args.warmup} warm-up calls; "
+          f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
+
+
+def measure_pyro(args: argparse.Namespace, peer: PyroServer) -> dict[str, tuple[Run, Run]]:
+    pyro: dict[str, tuple[Run, Run]] = {}
+    for serializer in args.serializers:
+        print(f"Pyro5 {serializer}: warming up and measuring ...", flush=True)
+        pyro[serializer] = peer.run(serializer, args.calls, args.threads, args.warmup)
+    return pyro
+
+
+def failed_calls(runs: list[Run]) -> int:
+    errors = sum(run.errors for run in runs)
+    if errors:
+        print(f"rpc_calls: NOT CLEAN: {errors} call(s) failed or answered something else")
+    return errors
 
 
 def bench(args: argparse.Namespace, pmnc: PmncCages, peer: PyroServer) -> int:
@@ -539,6 +637,46 @@ def bench(args: argparse.Namespace, pmnc: PmncCages, peer: PyroServer) -> int:
     return 0
 
 
+def bench_nats(args: argparse.Namespace, both: BothTransports, peer: PyroServer) -> int:
+    """The direct and the nats tree, each sequentially then over threads, next to Pyro5."""
+    introduce(args)
+    both.start(args.threads)
+    print(both.broker.description)
+    print(both.direct.description)
+    print(both.nats.description)
+    peer.start()
+    print(f"{peer.description}; clients: msgpack {msgpack.version}, serpent {serpent.__version__}")
+
+    runs: dict[tuple[str, int], Run] = {}
+    for threads in (1, args.threads):  # direct and nats one after the other at each step: the same conditions
+        for cages in (both.direct, both.nats):
+            print(f"pmnc {cages.transport}, {threads} thread(s): warming up and measuring ...", flush=True)
+            runs[cages.transport, threads] = measure_pmnc(cages, args, threads)
+    pyro = measure_pyro(args, peer)
+
+    print()
+    threads = f"{args.threads} threads"
+    print_table([("pmnc direct, sequential", runs["direct", 1]), ("pmnc nats, sequential", runs["nats", 1]),
+                 *((f"Pyro5 {s}, sequential", r[0]) for s, r in pyro.items()),
+                 (f"pmnc direct, {threads}", runs["direct", args.threads]),
+                 (f"pmnc nats, {threads}", runs["nats", args.threads]),
+                 *((f"Pyro5 {s}, {threads}", r[1]) for s, r in pyro.items())], broker=True)
+    print_problems(both.log_problems())
+    print(nats_verdict("sequential", runs["nats", 1], runs["direct", 1], 0.5))
+    print(nats_verdict(threads, runs["nats", args.threads], runs["direct", args.threads], 1.0))
+    for transport in TRANSPORTS:
+        print(verdicts(f"{transport}, sequential", runs[transport, 1], {s: r[0] for s, r in pyro.items()}, 1.5,
+                       f"pmnc {transport}"))
+        print(verdicts(f"{transport}, {threads}", runs[transport, args.threads], {s: r[1] for s, r in pyro.items()},
+                       2.0, f"pmnc {transport}"))
+    print(f"rpc_calls: sequential direct {runs['direct', 1].rate:.0f} calls/s, nats {runs['nats', 1].rate:.0f}, "
+          + ", ".join(f"Pyro5 {s} {r[0].rate:.0f}" for s, r in pyro.items())
+          + f"; {threads} direct {runs['direct', args.threads].rate:.0f} calls/s, "
+          f"nats {runs['nats', args.threads].rate:.0f}, "
+          + ", ".join(f"Pyro5 {s} {r[1].rate:.0f}" for s, r in pyro.items()))
+    return 1 if failed_calls([*runs.values(), *(r for pair in pyro.values() for r in pair)]) else 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=5000, help="calls per measured run (5000)")
@@ -546,6 +684,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="warm-up calls before each run (200)")
     parser.add_argument("--serializers", default=",".join(SERIALIZERS),
                         help=f"Pyro5 serializers to measure, comma-separated ({','.join(SERIALIZERS)})")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="direct",
+                        help="direct: the cages' own TLS connections (the default); nats: those AND calls "
+                             "through a nats-server started for the run, in the same run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree and logs, print where")
     parser.add_argument("--serve-pyro", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pyro-client", metavar="URI", help=argparse.SUPPRESS)
@@ -563,6 +704,9 @@ def main(argv: list[str]) -> int:
     if not args.serializers or not set(args.serializers) <= set(SERIALIZERS):
         parser.error(f"--serializers: some of {', '.join(SERIALIZERS)}")
 
+    if args.transport == "nats":
+        return run_pair("rpc_calls", args.keep, BothTransports, PyroServer,
+                        lambda both, peer: bench_nats(args, both, peer))
     return run_pair("rpc_calls", args.keep, PmncCages, PyroServer, lambda pmnc, peer: bench(args, pmnc, peer))
 
 
