@@ -1,28 +1,24 @@
-"""The cage's connection to a NATS cluster (config_cluster.py transport "nats"), on a loop of its own.
+"""The cage's connections to a NATS cluster (config_cluster.py transport "nats", retry_store "jetstream").
 
-nats-py is asyncio; the cage's callers are worker threads. The bus runs the
-client on an event-loop thread of its own (not the cage's: a busy interface
-there must not hold up every cage call) and offers what the threads need:
+Calls go over a `Link`: one blocking connection with a reader thread, written to by the
+threads that call (under a lock, straight to the socket) and read by the reader, which wakes
+each caller when its answer comes and hands each call to its handler. nats-py's asyncio
+client did the same with twice the time per call - a wake-up of its loop to send, another
+to answer, tasks in between (bench/rpc_calls.py --transport nats, bench/README.md): calls
+are what a cage does most, so they get the short path. JetStream (retried calls, jetstream.py)
+goes through nats-py, on an event-loop thread of its own, connected only where it is used.
 
     request(subject, payload, timeout)   blocking, one NATS request/reply
     publish(subject, payload)            fire and forget (a callee's answers)
-    subscribe(subject, queue, handler)   handler(data, reply) runs on the bus loop
+    subscribe(subject, queue, handler)   handler(data, reply) runs on the reader thread
+    gather(subject, payload, wait)       every answer within `wait` (discovery)
+    run(coro, timeout), jetstream()      nats-py, on the bus's loop
 
-Requests share one wildcard reply subscription (`_INBOX.<nuid>.*`) and a
-thread waits on a lock of its own, not on an asyncio future: a call costs
-one wake-up of the loop for however many threads publish between two of
-its turns. Two shortcuts through nats-py's insides halve the time of a
-round trip (bench/rpc_calls.py): messages are handed to the handler as the
-client reads them (`_Sink`, not a task per subscription woken per message),
-and what threads publish is written to the socket at once when nothing else
-waits to go (not through the client's flusher task). Where those insides
-are not what they were, the bus falls back to the public API.
-
-The client reconnects for ever, to any server it was given or has learnt
-of; while it is disconnected, what is published waits in its buffer and
-goes out on reconnection, so a call made meanwhile runs if NATS comes back
-within its deadline. Answers to calls that were on their way when a server
-died are lost with it: those calls end at their deadline.
+The link reconnects for ever, to any server it was given or has been told of (INFO
+connect_urls), and subscribes again. A call made while it is disconnected waits for the
+reconnection within its deadline. Answers to calls that were on their way when a server died
+are lost with it: those calls end at their deadline. A server that stops answering PINGs is
+left for another.
 """
 
 from __future__ import annotations
@@ -30,28 +26,38 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import random
+import secrets
+import select
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-import nats
-import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.protocol.command import pub_cmd
 
 from pmnc import log
-from pmnc.errors import ResourceError
+from pmnc.errors import ConfigError, ProtocolError, ResourceError, exc_string
 from pmnc.loop import EventLoopThread
+from pmnc.rpc import natswire
+from pmnc.rpc.natswire import Credentials, Message
 
 T = TypeVar("T")
 
 DEFAULT_MAX_PAYLOAD = 1048576  # bytes, nats-server's default: assumed until the server says
-RECONNECT_WAIT = 0.5  # seconds between attempts at one server
+RECONNECT_WAIT = 0.5  # seconds between rounds of the servers while none can be reached
+CONNECT_TIMEOUT = 2.0  # seconds to connect to one server, TLS and CONNECT included
+PING_INTERVAL = 10.0  # seconds of silence after which the link asks the server if it is there
+MAX_PINGS_OUT = 2  # PINGs unanswered before the server is given up for another
+RECV_SIZE = 262144
 MAX_GATHERED = 10000  # answers a gather keeps
-PENDING_SIZE = 8 * 1048576  # bytes published while disconnected, kept for the reconnection
+MAX_SERVERS = 64  # servers a link keeps, given and told of
+
+Handler = Callable[[bytes, str], None]
 
 
 class NatsError(ResourceError):
@@ -85,281 +91,475 @@ class _Waiter:
         self.lock.release()
 
 
-class _Sink:
-    """Stands for a subscription's message queue: each message goes to `handler(msg)` as the
-    client reads it, on the bus's loop."""
+class _Server:
+    __slots__ = ("host", "port", "tls", "url")
 
-    def __init__(self, handler: Callable[[Msg], None], subject: str) -> None:
-        self.handler, self.subject = handler, subject
-
-    def put_nowait(self, msg: Msg) -> None:
-        try:
-            self.handler(msg)
-        except Exception as e:  # a handler's bug must not break the client's reading
-            log.error(f"NATS: a message on {self.subject} could not be handled: {e!r}")
-
-    def qsize(self) -> int:
-        return 0
-
-    def empty(self) -> bool:
-        return True
-
-    def task_done(self) -> None:
-        pass
-
-    async def join(self) -> None:
-        pass
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise ConfigError(f"config_cluster.py: nats_servers: {url!r} is not nats://host:port or tls://host:port")
+        self.host, self.port, self.tls = parts.hostname, parts.port or 4222, parts.scheme == "tls"
+        self.url = f"{parts.scheme}://{self.host}:{self.port}"
 
 
-async def _subscribe(nc: Client, subject: str, queue: str, handler: Callable[[Msg], None]) -> Any:
-    """A subscription whose messages go straight to `handler` (see _Sink), or, should the client
-    not keep its queue where it did, through a callback task as the public API does."""
-    sink = _Sink(handler, subject)
-    sub = await nc.subscribe(subject, queue=queue, pending_bytes_limit=0)
-    if isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue) and getattr(sub, "_cb", 1) is None:
-        sub._pending_queue = sink  # type: ignore[assignment]
-        return sub
-    await sub.unsubscribe()
+class Link:
+    """One blocking connection to the NATS cluster: see the module's doc."""
 
-    async def deliver(msg: Msg) -> None:
-        sink.put_nowait(msg)
-
-    return await nc.subscribe(subject, queue=queue, cb=deliver)
-
-
-class Bus:
     def __init__(self, settings: dict[str, Any], *, name: str, label: str, tls: ssl.SSLContext | None) -> None:
-        self.label = label  # who connects, for the log: "cluster: cage X of flock F"
-        self.servers: list[str] = list(settings["nats_servers"])
-        self._options = {"name": name, "tls": tls, "user": settings["nats_user"],
-                         "password": settings["nats_password"], "token": settings["nats_token"],
-                         "user_credentials": settings["nats_creds"]}
-        self._thread = EventLoopThread("nats")
-        self.loop = self._thread.loop
-        self.nc = Client()
+        self.label, self.name, self.tls = label, name, tls
+        self.servers = [_Server(url) for url in settings["nats_servers"]]
+        if not self.servers:
+            raise ConfigError("config_cluster.py: nats_servers names no server")
+        self.user, self.password, self.token = settings["nats_user"], settings["nats_password"], settings["nats_token"]
+        self.creds = Credentials(settings["nats_creds"]) if settings["nats_creds"] else None
+        self.max_payload = DEFAULT_MAX_PAYLOAD
+        self.url = ""  # the server connected to
+        self._sock: socket.socket | None = None
+        self._io = threading.Lock()  # one thread at a time on the socket (a TLS socket needs it)
+        self._state = threading.Condition()  # connected or not
+        self._subs: dict[int, tuple[str, str, Handler]] = {}  # sid → subject, queue, handler
+        self._sids = itertools.count(2)  # sid 1: the answers to this link's requests
+        self._inbox = f"_INBOX.{secrets.token_hex(11)}."
         self._waiting: dict[str, _Waiter] = {}  # reply token → the thread waiting for it
         self._gathering: dict[str, list[bytes]] = {}  # reply token → the answers of a gather so far
         self._tokens = itertools.count()
-        self._inbox = ""  # the prefix of reply subjects, set once connected
-        self._outbox: collections.deque[tuple[str, str, bytes, str | None]] = collections.deque()
-        self._wakeup_pending = False
-        self._loop_ident = -1  # the bus loop's thread, once running
-        self._connected = asyncio.Event()
-        self._connecting: asyncio.Task[None] | None = None
-        self._subscriptions: dict[str, list[Any]] = {}  # subject → its nats-py subscriptions
+        self._pongs: collections.deque[_Waiter | None] = collections.deque()  # PINGs out, in order
         self._stopped = False
+        self._ever = False
+        self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
 
-    # --- life -------------------------------------------------------------------------------------
-
-    @property
-    def max_payload(self) -> int:
-        """The largest message the server takes, in bytes (its INFO; the default before)."""
-        return self.nc.max_payload if self.nc.is_connected else DEFAULT_MAX_PAYLOAD
-
-    @property
-    def connected(self) -> bool:
-        return self.nc.is_connected
+    # --- life ------------------------------------------------------------------------------------
 
     def start(self, timeout: float) -> None:
-        """Connect, waiting up to `timeout` seconds; after that the client goes on trying in
-        the background (logged), and calls meanwhile wait for it within their deadlines."""
+        """Connect, waiting up to `timeout` seconds; after that the link goes on trying in the
+        background, and calls meanwhile wait for it within their deadlines."""
         self._thread.start()
-        self.run(self._begin(), 5.0)
-        if not self._connected_within(timeout):
-            log.warning(f"NATS cannot be reached at {', '.join(self.servers)} within {timeout:.0f}s; "
-                        f"trying on, calls fail at their deadlines until it can")
-
-    async def _begin(self) -> None:
-        self._loop_ident = threading.get_ident()
-        self._connecting = asyncio.ensure_future(self._connect())
-
-    async def _connect(self) -> None:
-        await self.nc.connect(servers=self.servers, allow_reconnect=True, max_reconnect_attempts=-1,
-                              reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]  # a float works
-                              connect_timeout=2, pending_size=PENDING_SIZE,
-                              error_cb=self._on_error, disconnected_cb=self._on_disconnected,
-                              reconnected_cb=self._on_reconnected, **self._options)
-        self._inbox = f"_INBOX.{self.nc._nuid.next().decode()}."
-        await _subscribe(self.nc, self._inbox + "*", "", self._on_answer)
-        self._connected.set()
-        log.message(f"{self.label} connected to NATS at {connected_url(self)}")
-
-    async def _on_error(self, e: Exception) -> None:
-        if not self._stopped:
-            log.debug(f"NATS: {type(e).__name__}: {e}")
-
-    async def _on_disconnected(self) -> None:
-        if not self._stopped:
-            log.warning("disconnected from NATS, reconnecting")
-
-    async def _on_reconnected(self) -> None:
-        log.message(f"{self.label} reconnected to NATS at {connected_url(self)}")
+        if not self._wait_connected(timeout):
+            log.warning(f"NATS cannot be reached at {', '.join(s.url for s in self.servers)} within "
+                        f"{timeout:.0f}s; trying on, calls fail at their deadlines until it can")
 
     def stop(self) -> None:
-        """Flush what is published and close the connection."""
         self._stopped = True
-        try:
-            self.run(self._close(), 5.0)
-        except Exception as e:
-            log.debug(f"NATS: closing: {e}")
+        with self._state:
+            sock = self._sock
+            self._state.notify_all()
+        if sock is not None:
+            _shut(sock)
+        self._thread.join(3.0)
         for token in list(self._waiting):
             waiter = self._waiting.pop(token, None)
             if waiter is not None:
                 waiter.settle(error=NatsError("the cage is stopping"))
-        self._thread.stop()
 
-    async def _close(self) -> None:
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-        if not self.nc.is_closed:
-            await self.nc.close()
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run `coro` on the bus's loop and wait for its result, from any other thread."""
-        return self._thread.run(coro, timeout)
+    def _wait_connected(self, timeout: float) -> bool:
+        with self._state:
+            return self._state.wait_for(lambda: self._sock is not None or self._stopped, max(timeout, 0.0)) \
+                and self._sock is not None
 
-    def jetstream(self) -> JetStreamContext:
-        """The JetStream context of the connection: use it on the bus's loop only."""
-        return self.nc.jetstream()
+    def _run(self) -> None:
+        """The reader: connect to a server, read until the connection ends, and again."""
+        while not self._stopped:
+            connection = self._connect_any()
+            if connection is None:
+                time.sleep(RECONNECT_WAIT)  # a round of every server failed: a pause, not a spin
+                continue
+            sock, parser = connection
+            with self._state:
+                self._sock = sock
+                self._state.notify_all()
+            log.message(f"{self.label} {'re' if self._ever else ''}connected to NATS at {self.url}")
+            self._ever = True
+            try:
+                self._read(sock, parser)
+            except Exception as e:
+                if not self._stopped:
+                    log.warning(f"{self.label}: the connection to NATS at {self.url} is lost: "
+                                f"{exc_string(e, stack=False)}; reconnecting")
+            with self._state:
+                self._sock = None
+            _close(sock)
+            self._lost_pongs()
 
-    # --- requests, answers, subscriptions ---------------------------------------------------------
+    def _connect_any(self) -> tuple[socket.socket, natswire.Parser] | None:
+        servers = self.servers[:]
+        random.shuffle(servers)
+        for server in servers:
+            if self._stopped:
+                return None
+            try:
+                return self._connect(server)
+            except (OSError, ProtocolError, ValueError) as e:
+                log.debug(f"NATS at {server.url}: {exc_string(e, stack=False)}")
+        return None
+
+    def _connect(self, server: _Server) -> tuple[socket.socket, natswire.Parser]:
+        """A connection to `server`: INFO read, TLS if either side wants it, CONNECT, the
+        subscriptions, and a PING answered - so a refusal (authorization) is seen here."""
+        sock: socket.socket = socket.create_connection((server.host, server.port), timeout=CONNECT_TIMEOUT)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            parser = natswire.Parser(DEFAULT_MAX_PAYLOAD)
+            info = self._info(sock, parser)
+            if server.tls or self.tls is not None or info.get("tls_required"):
+                context = self.tls or ssl.create_default_context()
+                sock = context.wrap_socket(sock, server_hostname=server.host)
+            hello = [natswire.connect(info, name=self.name, user=self.user, password=self.password,
+                                      token=self.token, creds=self.creds),
+                     natswire.sub(self._inbox + "*", "", 1),
+                     *(natswire.sub(subject, queue, sid) for sid, (subject, queue, _) in list(self._subs.items())),
+                     natswire.PING]
+            sock.sendall(b"".join(hello))
+            early = self._until_pong(sock, parser)
+        except BaseException:
+            _close(sock)
+            raise
+        self.url = server.url
+        sock.settimeout(None)
+        sock.setblocking(False)
+        for op in early:
+            self._handle(op)
+        return sock, parser
+
+    def _info(self, sock: socket.socket, parser: natswire.Parser) -> dict[str, Any]:
+        ops = self._read_ops(sock, parser)
+        if not (ops and isinstance(ops[0], tuple) and ops[0][0] == "INFO"):
+            raise ProtocolError("the server did not begin with INFO: is it NATS?")
+        info: dict[str, Any] = ops[0][1]
+        self._learn(info)
+        parser.max_payload = self.max_payload
+        return info
+
+    def _until_pong(self, sock: socket.socket, parser: natswire.Parser) -> list[Any]:
+        early: list[Any] = []
+        while True:
+            for op in self._read_ops(sock, parser):
+                if op == "PONG":
+                    return early
+                if isinstance(op, tuple) and op[0] == "-ERR":
+                    raise ProtocolError(f"refused: {op[1]}")
+                early.append(op)
+
+    @staticmethod
+    def _read_ops(sock: socket.socket, parser: natswire.Parser) -> list[Any]:
+        data = sock.recv(RECV_SIZE)
+        if not data:
+            raise ConnectionError("closed by the server")
+        return parser.feed(data)
+
+    def _learn(self, info: dict[str, Any]) -> None:
+        """What an INFO says: the largest payload, and other servers of the cluster."""
+        max_payload = info.get("max_payload")
+        if isinstance(max_payload, int) and max_payload > 0:
+            self.max_payload = max_payload
+        known = {(s.host, s.port) for s in self.servers}
+        for url in info.get("connect_urls") or ():
+            if isinstance(url, str) and len(self.servers) < MAX_SERVERS:
+                try:
+                    server = _Server(f"{'tls' if any(s.tls for s in self.servers) else 'nats'}://{url}")
+                except ConfigError:
+                    continue
+                if (server.host, server.port) not in known:
+                    self.servers.append(server)
+                    known.add((server.host, server.port))
+
+    def _read(self, sock: socket.socket, parser: natswire.Parser) -> None:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        pings_out = 0
+        while not self._stopped:
+            if not poller.poll(PING_INTERVAL * 1000.0):
+                if pings_out >= MAX_PINGS_OUT:
+                    raise TimeoutError(f"no answer to {pings_out} PINGs")
+                pings_out += 1
+                self._pongs.append(None)
+                self._write(sock, natswire.PING)
+                continue
+            pings_out = 0
+            for op in self._receive(sock, parser):
+                self._handle(op, sock)
+
+    def _receive(self, sock: socket.socket, parser: natswire.Parser) -> list[Any]:
+        """What has arrived, all of it (a TLS socket may hold more than one read gives)."""
+        ops: list[Any] = []
+        with self._io:
+            while True:
+                try:
+                    data = sock.recv(RECV_SIZE)
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    return ops
+                if not data:
+                    raise ConnectionError("closed by the server")
+                ops.extend(parser.feed(data))
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) and len(data) < RECV_SIZE:
+                    return ops
+
+    def _handle(self, op: Any, sock: socket.socket | None = None) -> None:
+        if isinstance(op, Message):
+            self._deliver(op)
+        elif op == "PING" and sock is not None:
+            self._write(sock, natswire.PONG)
+        elif op == "PONG":
+            waiter = self._pongs.popleft() if self._pongs else None
+            if waiter is not None:
+                waiter.settle()
+        elif isinstance(op, tuple) and op[0] == "INFO":
+            self._learn(op[1])
+        elif isinstance(op, tuple) and op[0] == "-ERR":
+            log.warning(f"{self.label}: NATS at {self.url} says: {op[1]}")
+
+    def _deliver(self, message: Message) -> None:
+        if message.sid == 1:
+            self._answered(message)
+            return
+        entry = self._subs.get(message.sid)
+        if entry is None:
+            return  # unsubscribed meanwhile
+        try:
+            entry[2](message.data, message.reply)
+        except Exception as e:  # a handler's bug must not stop the reader
+            log.error(f"NATS: a message on {entry[0]} could not be handled: {exc_string(e)}")
+
+    def _answered(self, message: Message) -> None:
+        token = message.subject[len(self._inbox):]
+        gathered = self._gathering.get(token)
+        if gathered is not None:
+            if message.data and len(gathered) < MAX_GATHERED:
+                gathered.append(message.data)
+            return
+        waiter = self._waiting.pop(token, None)
+        if waiter is None:
+            return  # its caller has given up
+        if message.status == natswire.NO_RESPONDERS:
+            waiter.settle(error=NatsNoResponders("nobody subscribes"))
+        else:
+            waiter.settle(message.data)
+
+    # --- sending ----------------------------------------------------------------------------------
+
+    def send(self, data: bytes, timeout: float) -> None:
+        """`data` to the server, waiting up to `timeout` for a connection if there is none."""
+        sock = self._sock
+        if sock is None:
+            if not self._wait_connected(timeout):
+                raise NatsTimeout(f"NATS is not connected ({', '.join(s.url for s in self.servers)})")
+            sock = self._sock
+            assert sock is not None
+        try:
+            self._write(sock, data)
+        except OSError as e:
+            _shut(sock)  # the reader sees it and reconnects
+            raise NatsError(f"NATS at {self.url}: sending failed: {e}") from None
+
+    def _write(self, sock: socket.socket, data: bytes) -> None:
+        """All of `data`, under the lock; a full socket buffer waits to drain (bounded)."""
+        view, deadline = memoryview(data), time.monotonic() + CONNECT_TIMEOUT * 5
+        with self._io:
+            while view:
+                try:
+                    sent = sock.send(view)
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    sent = 0
+                if sent:
+                    view = view[sent:]
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the NATS server takes nothing more")
+                poller = select.poll()  # not select(): descriptors may be above 1024
+                poller.register(sock, select.POLLOUT)
+                poller.poll(min(left, 0.1) * 1000.0)
 
     def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
-        """The answer to `payload` sent on `subject`, waited for up to `timeout` seconds."""
-        if not self._inbox:
-            if not self._connected_within(timeout):
-                raise NatsTimeout(f"NATS at {', '.join(self.servers)} has not been reached")
         token = str(next(self._tokens))
         waiter = self._waiting[token] = _Waiter()
-        self._post(subject, self._inbox + token, payload, token)
-        if not waiter.lock.acquire(timeout=max(timeout, 0.0)):
+        started = time.monotonic()
+        try:
+            self.send(natswire.pub(subject, self._inbox + token, payload), timeout)
+        except NatsError:
             self._waiting.pop(token, None)
-            connected = "" if self.nc.is_connected else " (NATS is not connected)"
+            raise
+        if not waiter.lock.acquire(timeout=max(timeout - (time.monotonic() - started), 0.0)):
+            self._waiting.pop(token, None)
+            connected = "" if self.connected else " (NATS is not connected)"
             raise NatsTimeout(f"no answer within {timeout:.1f}s{connected}")
         if waiter.error is not None:
             raise waiter.error
         return waiter.data
 
+    def flush(self, timeout: float) -> bool:
+        """Whether the server has had everything sent before (a PING answered) within `timeout`."""
+        waiter = _Waiter()
+        self._pongs.append(waiter)
+        try:
+            self.send(natswire.PING, timeout)
+        except NatsError:
+            return False
+        return waiter.lock.acquire(timeout=timeout) and waiter.error is None
+
+    def _lost_pongs(self) -> None:
+        """The connection is gone: PINGs on it are answered by no one."""
+        while self._pongs:
+            waiter = self._pongs.popleft()
+            if waiter is not None:
+                waiter.settle(error=NatsError("the connection to NATS was lost"))
+
     def gather(self, subject: str, payload: bytes, wait: float) -> list[bytes]:
-        """Every answer (at most MAX_GATHERED) to `payload` on `subject` that comes within
-        `wait` seconds: from all its subscribers, not the first only (discovery)."""
-        if not self._inbox and not self._connected_within(wait):
-            return []
         token = str(next(self._tokens))
         answers = self._gathering[token] = []
-        self._post(subject, self._inbox + token, payload, None)
-        threading.Event().wait(wait)  # a window to listen in, not a readiness wait
-        self._gathering.pop(token, None)
+        try:
+            self.send(natswire.pub(subject, self._inbox + token, payload), wait)
+            threading.Event().wait(wait)  # a window to listen in, not a readiness wait
+        except NatsError:
+            pass
+        finally:
+            self._gathering.pop(token, None)
         return answers
 
-    def _connected_within(self, timeout: float) -> bool:
-        try:
-            self.run(asyncio.wait_for(self._connected.wait(), timeout), timeout + 1.0)
-        except TimeoutError:
-            return False
-        return True
+    def subscribe(self, subject: str, queue: str, handler: Handler) -> int:
+        sid = next(self._sids)
+        self._subs[sid] = (subject, queue, handler)
+        sock = self._sock
+        if sock is not None:  # else the connection makes it
+            try:
+                self._write(sock, natswire.sub(subject, queue, sid))
+            except OSError:
+                _shut(sock)
+        return sid
+
+    def unsubscribe(self, subject: str) -> None:
+        for sid, entry in list(self._subs.items()):
+            if entry[0] == subject:
+                del self._subs[sid]
+                sock = self._sock
+                if sock is not None:
+                    try:
+                        self._write(sock, natswire.unsub(sid))
+                    except OSError:
+                        _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class Bus:
+    """The cage's NATS: the call link (`calls`) and nats-py for JetStream (`jetstream`)."""
+
+    def __init__(self, settings: dict[str, Any], *, name: str, label: str, tls: ssl.SSLContext | None,
+                 calls: bool = True, jetstream: bool = False) -> None:
+        self.label = label
+        self.servers: list[str] = list(settings["nats_servers"])
+        self.link = Link(settings, name=name, label=label, tls=tls) if calls else None
+        self._options = {"name": name, "tls": tls, "user": settings["nats_user"],
+                         "password": settings["nats_password"], "token": settings["nats_token"],
+                         "user_credentials": settings["nats_creds"]}
+        self._jetstream = jetstream
+        self._thread = EventLoopThread("nats-py")
+        self.loop = self._thread.loop
+        self.nc = Client()
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes, in bytes (its INFO; the default before)."""
+        if self.link is not None:
+            return self.link.max_payload
+        return self.nc.max_payload if self.nc.is_connected else DEFAULT_MAX_PAYLOAD
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected if self.link is not None else self.nc.is_connected
+
+    def start(self, timeout: float) -> None:
+        if self.link is not None:
+            self.link.start(timeout)
+        if self._jetstream:
+            self._thread.start()
+            try:
+                self.run(self._connect(), timeout + 1.0)
+            except Exception as e:
+                log.warning(f"{self.label}: NATS for JetStream cannot be reached within {timeout:.0f}s "
+                            f"({exc_string(e, stack=False)}); trying on")
+
+    async def _connect(self) -> None:
+        # connect() tries the servers for ever (max_reconnect_attempts=-1) in a task of its own
+        connecting = asyncio.ensure_future(self.nc.connect(
+            servers=self.servers, allow_reconnect=True, max_reconnect_attempts=-1,
+            reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]  # a float works
+            connect_timeout=int(CONNECT_TIMEOUT), error_cb=self._on_error, **self._options))
+        await asyncio.wait_for(asyncio.shield(connecting), CONNECT_TIMEOUT * 2)
+
+    async def _on_error(self, e: Exception) -> None:
+        log.debug(f"NATS (JetStream): {type(e).__name__}: {e}")
+
+    def stop(self) -> None:
+        if self.link is not None:
+            self.link.stop()
+        if self._jetstream:
+            try:
+                self.run(self._close(), 5.0)
+            except Exception as e:
+                log.debug(f"NATS (JetStream): closing: {e}")
+            self._thread.stop()
+
+    async def _close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run `coro` on the bus's loop (nats-py) and wait for its result, from any other thread."""
+        return self._thread.run(coro, timeout)
+
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context of nats-py's connection: use it on the bus's loop only."""
+        return self.nc.jetstream()
+
+    # --- calls: the link -----------------------------------------------------------------------------
+
+    def _link(self) -> Link:
+        if self.link is None:
+            raise NatsError('calls over NATS need transport = "nats" in config_cluster.py')
+        return self.link
+
+    def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """The answer to `payload` sent on `subject`, waited for up to `timeout` seconds."""
+        return self._link().request(subject, payload, timeout)
 
     def publish(self, subject: str, payload: bytes) -> None:
         """Send `payload` on `subject`, from any thread; nothing is waited for."""
-        self._post(subject, "", payload, None)
+        try:
+            self._link().send(natswire.pub(subject, "", payload), CONNECT_TIMEOUT)
+        except NatsError as e:
+            log.warning(f"NATS: a message to {subject} is lost: {e}")
 
-    def subscribe(self, subject: str, queue: str, handler: Callable[[bytes, str], None]) -> None:
+    def subscribe(self, subject: str, queue: str, handler: Handler) -> None:
         """`handler(data, reply_subject)` for each message on `subject`, one member of queue
-        group `queue`; it runs on the bus's loop and must not block. Subscribed once connected
-        (at once if it is), and again by the client on every reconnection."""
-        async def subscribe() -> None:
-            await self._connected.wait()
-            sub = await _subscribe(self.nc, subject, queue, lambda msg: handler(msg.data, msg.reply))
-            self._subscriptions.setdefault(subject, []).append(sub)
-
-        future = asyncio.run_coroutine_threadsafe(subscribe(), self.loop)
-        if self._connected.is_set():
-            future.result(5.0)
+        group `queue` ("" for none); it runs on the link's reader thread and must not block.
+        Subscribed again on every reconnection. Once connected, it returns when the server has
+        the subscription (within a few seconds), so that what follows is served."""
+        link = self._link()
+        link.subscribe(subject, queue, handler)
+        if link.connected:
+            link.flush(CONNECT_TIMEOUT)
 
     def unsubscribe_all(self, subject: str) -> None:
-        """No more messages on `subject` (a callee ceasing): those already delivered go on."""
-        async def unsubscribe() -> None:
-            for sub in self._subscriptions.pop(subject, []):
-                await sub.unsubscribe()
-            if self.nc.is_connected:
-                await self.nc.flush(timeout=2)
+        """No more messages on `subject` (a callee ceasing)."""
+        self._link().unsubscribe(subject)
 
-        try:
-            self.run(unsubscribe(), 3.0)
-        except Exception as e:
-            log.debug(f"NATS: unsubscribing from {subject}: {e!r}")
-
-    def _post(self, subject: str, reply: str, payload: bytes, token: str | None) -> None:
-        """Queue a publish for the loop; one wake-up of the loop serves all queued meanwhile."""
-        self._outbox.append((subject, reply, payload, token))
-        if threading.get_ident() == self._loop_ident:  # a handler on the loop: no need to wake it
-            self._send_outbox()
-            return
-        if not self._wakeup_pending:
-            self._wakeup_pending = True
-            try:
-                self.loop.call_soon_threadsafe(self._send_outbox)
-            except RuntimeError:  # the loop has closed: the cage is stopping
-                self._fail(token, NatsError("the cage is stopping"))
-
-    def _send_outbox(self) -> None:
-        self._wakeup_pending = False  # first: what is posted from now on wakes the loop again
-        if not self._outbox:
-            return
-        nc = self.nc
-        transport = getattr(nc, "_transport", None)
-        if nc.is_connected and transport is not None and not getattr(nc, "_pending", True):
-            self._write_outbox(transport)  # the socket's turn is now: nothing of the client's waits
-        else:
-            self.loop.create_task(self._publish_outbox())
-
-    def _write_outbox(self, transport: Any) -> None:
-        outbox, limit, commands = self._outbox, self.nc.max_payload, []
-        while outbox:
-            subject, reply, payload, token = outbox.popleft()
-            if len(payload) > limit:
-                self._fail(token, NatsError(f"{len(payload)} bytes exceed the NATS server's max_payload of "
-                                            f"{limit} bytes"))
-            else:
-                commands.append(pub_cmd(subject, reply, payload))
-        try:
-            transport.writelines(commands)
-        except Exception as e:  # the connection broke: the client sees it too and reconnects
-            log.debug(f"NATS: writing: {e!r}")
-
-    async def _publish_outbox(self) -> None:
-        outbox = self._outbox
-        while outbox:
-            subject, reply, payload, token = outbox.popleft()
-            try:
-                await self.nc.publish(subject, payload, reply=reply)
-            except nats.errors.MaxPayloadError:
-                self._fail(token, NatsError(f"{len(payload)} bytes exceed the NATS server's max_payload "
-                                            f"of {self.max_payload} bytes"))
-            except Exception as e:  # closed, or the reconnection buffer is full
-                self._fail(token, NatsError(f"NATS cannot take the message: {type(e).__name__} {e}".rstrip()))
-
-    def _fail(self, token: str | None, error: NatsError) -> None:
-        waiter = self._waiting.pop(token, None) if token is not None else None
-        if waiter is not None:
-            waiter.settle(error=error)
-
-    def _on_answer(self, msg: Msg) -> None:
-        token = msg.subject[len(self._inbox):]
-        gathered = self._gathering.get(token)
-        if gathered is not None:
-            if msg.data and len(gathered) < MAX_GATHERED:
-                gathered.append(msg.data)
-            return
-        waiter = self._waiting.pop(token, None)
-        if waiter is None:
-            return  # its caller has given up
-        if not msg.data:  # NATS's own "no responders" (status 503): no answer of ours is empty
-            waiter.settle(error=NatsNoResponders("nobody subscribes"))
-        else:
-            waiter.settle(msg.data)
-
-
-def connected_url(bus: Bus) -> str:
-    url = bus.nc.connected_url
-    return url.geturl() if url is not None else ", ".join(bus.servers)
+    def gather(self, subject: str, payload: bytes, wait: float) -> list[bytes]:
+        """Every answer (at most MAX_GATHERED) to `payload` on `subject` that comes within
+        `wait` seconds: from all its subscribers, not the first only (discovery)."""
+        return self._link().gather(subject, payload, wait)

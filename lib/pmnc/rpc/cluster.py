@@ -95,7 +95,8 @@ class Cluster:
         self.bus: Bus | None = None
         if self.transport == "nats" or self.retry_store == "jetstream":
             self.bus = Bus(config, name=f"{self.node}.{self.cage}", tls=self._nats_context(config["nats_tls"]),
-                           label=f"cluster: cage {self.cage} of flock {self.flock}")
+                           label=f"cluster: cage {self.cage} of flock {self.flock}",
+                           calls=self.transport == "nats", jetstream=self.retry_store == "jetstream")
             self.bus.start(config["nats_connect_timeout"])
         self.locator.start()
 
