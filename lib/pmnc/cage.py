@@ -104,14 +104,16 @@ class Cage:
         self._recovery_due = None if done else time.monotonic() + RECOVERY_PERIOD
 
     def _apply_settings(self) -> None:
-        """The log level and `statistics` of config_interfaces.py, re-read every second; kept as
-        they are while the file cannot be used."""
+        """The log level, `statistics` and `request_timeout` (of calls made outside any request,
+        rpc/calls.py) of config_interfaces.py, re-read every second; kept as they are while the
+        file cannot be used."""
         try:
             settings = self.settings()
             log.set_level(settings["log_level"])
         except (ModuleError, ConfigError, ValueError) as e:
             log.error(f"config_interfaces.py cannot be used, the log level stays as it is: {e}")
             return
+        self.runtime.request_timeout = settings["request_timeout"]
         statistics = self.runtime.statistics
         if statistics.enabled != settings["statistics"]:
             statistics.enabled = settings["statistics"]

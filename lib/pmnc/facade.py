@@ -66,6 +66,9 @@ class Services(Protocol):
     @property
     def notifications(self) -> Notifications: ...
 
+    @property
+    def request_timeout(self) -> float: ...  # config_interfaces.py's, re-read every second
+
     def exit(self) -> None: ...
 
     def interface(self, name: str) -> Any: ...
@@ -143,7 +146,8 @@ class Pmnc:
                                Target.parse(cage or self._loader.cage, queue, **options))
         if cage is None:
             raise InvalidModuleNameError("pmnc(\"\") needs a cage name, or queue= for a retried call to this cage")
-        return CageCall(self.transaction, self._loader, self._services.cluster, cage, reverse=reverse)
+        services = self._services
+        return CageCall(self.transaction, lambda: services.request_timeout, services.cluster, cage, reverse=reverse)
 
     def __repr__(self) -> str:
         return f"<pmnc of {self._source} in cage {self._loader.cage}>"

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pmnc import request as _request
-from pmnc.config import read_settings
 from pmnc.errors import (
     InvalidMethodAccessError,
     InvalidModuleNameError,
@@ -30,10 +30,9 @@ from pmnc.errors import (
     ResourceInputParameterError,
     RPCError,
 )
-from pmnc.loader import MODULE_NAME, Loader
+from pmnc.loader import MODULE_NAME
 from pmnc.rpc import codec, wire
 from pmnc.rpc.cluster import Cluster, ClusterHandle
-from pmnc.schema import INTERFACES_KEYS
 from pmnc.transaction import TransactionFactory
 
 # The operations of an rpc connection (protocols/rpc.py's Resource) the framework calls, by
@@ -87,10 +86,11 @@ class CageLink:
 class CageCall:
     """`pmnc("cage")` and `pmnc("cage:reverse")`: `.module.method(...)` runs there."""
 
-    def __init__(self, transactions: TransactionFactory, loader: Loader, cluster: ClusterHandle, cage: str, *,
-                 reverse: bool) -> None:
+    def __init__(self, transactions: TransactionFactory, request_timeout: Callable[[], float], cluster: ClusterHandle,
+                 cage: str, *, reverse: bool) -> None:
         self._link = CageLink(transactions, cage)
-        self._loader, self._cluster, self._cage, self._reverse = loader, cluster, cage, reverse
+        self._request_timeout = request_timeout  # the cage's, for a call made outside any request
+        self._cluster, self._cage, self._reverse = cluster, cage, reverse
 
     def __getattr__(self, module: str) -> _Module:
         if module.startswith("_") or not MODULE_NAME.fullmatch(module):
@@ -101,7 +101,7 @@ class CageCall:
     def _call(self, module: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = _request.current()
         if request.infinite:
-            timeout = read_settings(self._loader, "interfaces", INTERFACES_KEYS)["request_timeout"]
+            timeout = self._request_timeout()
             with _request.attached(_request.Request(timeout=timeout, interface="__rpc__", protocol="rpc")):
                 return self._call(module, method, args, kwargs)
         if self._reverse:
