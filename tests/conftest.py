@@ -40,7 +40,7 @@ from pmnc.request import Request, attached  # noqa: E402
 
 # fixtures of test peers: lan (network namespaces), pg (PostgreSQL 15), mongo (nx-27017), amq (ActiveMQ),
 # mail (Dovecot + aiosmtpd), smsc (node-smpp)
-pytest_plugins = ["lan", "pg_peer", "mongo_peer", "amq_peer", "mail_peer", "smpp_peer"]
+pytest_plugins = ["lan", "pg_peer", "mongo_peer", "amq_peer", "mail_peer", "smpp_peer", "nats_peer"]
 
 
 @pytest.fixture(autouse=True)

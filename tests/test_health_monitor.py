@@ -29,8 +29,6 @@ from pmnc.monitor.health import _checked_headline, cluster_page, start_health_mo
 from pmnc.request import Request, attached
 from pmnc.rpc.locator import Locator
 
-pytest_plugins = ["nats_peer"]  # its fixtures: nats_server, nats_folder
-
 PERIOD = 1.0  # the monitor's probe_period in these tests
 HAVE_PAGES = (ROOT / "lib" / "pmnc" / "protocols" / "performance.py").exists()
 

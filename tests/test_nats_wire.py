@@ -18,9 +18,6 @@ from pmnc.rpc import natswire
 from pmnc.rpc.bus import Link, NatsNoResponders, NatsTimeout
 from pmnc.rpc.natswire import Credentials, Message, Parser
 
-pytest_plugins = ["nats_peer"]
-
-
 # --- parsing --------------------------------------------------------------------------------------
 
 

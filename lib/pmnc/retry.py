@@ -35,6 +35,17 @@ refused hand-off is a failed attempt, so the call stays here and is tried
 again (a module added there later gets it). A call without `expires_in`
 never expires, handed over or not.
 
+With config_cluster.py's retry_store = "jetstream" (rpc/jetstream.py) the call is
+instead published to the flock's JetStream stream on the subject of its target cage
+and queue, its RT id returned once JetStream has it (an error if it does not answer
+within the request's deadline: the call is not queued); xa.pmnc(...) publishes at
+commit. Nothing is handed over: the target's retry interfaces run their queues from
+durable consumers (`JetStreamEngine`), which every instance of the cage shares. The
+caller's id de-duplicates twice: JetStream drops a call published again within
+jetstream_duplicate_window, and a call delivered again (a crash between its run and
+its ack, or published again later) whose id is among those that have run - kept
+retention_time - is acknowledged without running ("has already run, not run again").
+
 Of the caller's auth_tokens no password is stored, for any cage; a call
 for (or from) another cage keeps only the tokens that travel (rpc/wire.py).
 """
@@ -73,7 +84,7 @@ from pmnc.errors import (
 )
 from pmnc.lifecycle import Lifecycle, Outcome
 from pmnc.loader import MODULE_NAME
-from pmnc.rpc import codec, wire
+from pmnc.rpc import codec, jetstream, wire
 from pmnc.rpc.calls import CageLink, parse_target
 from pmnc.rpc.cluster import Cluster, ClusterHandle
 from pmnc.state import BufferedResource, StateStore, store_path
@@ -87,6 +98,7 @@ MAX_ID_LENGTH = 256
 POLL_PERIOD = 1.0  # seconds between looks at the table when nothing wakes the engine
 STATS_PERIOD = 10.0  # seconds between the queue counts in the log (when they change) and purges
 LEASE_MARGIN = 5.0  # seconds a claim outlives the request that runs it
+PUBLISH_TIMEOUT = 30.0  # seconds JetStream may take to keep a call (less if the request has less left)
 MAX_PENDING_PER_SOURCE = 100000  # calls another cage may have handed over and pending here (the default)
 RECOUNT = 2.0  # seconds between counts of a source's pending calls while it is at its limit
 SECRET_TOKENS = ("password",)  # auth_tokens never written to a state file
@@ -183,9 +195,24 @@ class Target:
         return cls(cage, queue, id, None if expires_in is None else float(expires_in))
 
 
-def new_message(cage: str, cluster: ClusterHandle, target: Target, module: str, method: str,
-                args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    """The RT id and the enqueue operation (state.apply_op) of one retried call made in `cage`."""
+@dataclass
+class NewCall:
+    """One retried call as it is made, before it is kept anywhere."""
+
+    rt_id: str
+    filtered: str  # what de-duplicates it in its queue: the caller's id, or the RT id
+    target: Target
+    module: str
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    caller: dict[str, Any]  # what of the caller's request it runs as (_queued_request)
+    start: float
+    expires: float | None
+
+
+def _new_call(cage: str, target: Target, module: str, method: str, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> NewCall:
     if not MODULE_NAME.fullmatch(module) or module.startswith("_") or method.startswith("_") or \
             not MODULE_NAME.fullmatch(method):
         raise InvalidMethodAccessError(f"{module}.{method} cannot be called")
@@ -198,21 +225,62 @@ def new_message(cage: str, cluster: ClusterHandle, target: Target, module: str, 
         filtered = f"{parent['id']}:{target.id}"  # a named step runs once per parent call
     else:
         filtered = target.id
-    remote = target.cage != cage
-    caller = _queued_request(request, remote=remote)
-    if remote:
-        _check_transmittable(cluster.get(), target.cage, module, method, args, kwargs, caller)
+    caller = _queued_request(request, remote=target.cage != cage)
+    now = time.time()
+    return NewCall(rt_id, filtered, target, module, method, tuple(args), dict(kwargs), caller, now,
+                   None if target.expires_in is None else now + target.expires_in)
+
+
+def new_message(cage: str, cluster: ClusterHandle, target: Target, module: str, method: str,
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The RT id and the enqueue operation (state.apply_op) of one retried call made in `cage`."""
+    call = _new_call(cage, target, module, method, args, kwargs)
+    if target.cage != cage:
+        _check_transmittable(cluster.get(), target.cage, module, method, args, kwargs, call.caller)
     try:
-        payload = pickle.dumps((tuple(args), dict(kwargs), caller), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps((call.args, call.kwargs, call.caller), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as e:
         raise ResourceInputParameterError(f"the arguments of retried call {module}.{method} cannot be "
                                           f"stored: {e}") from None
-    now = time.time()
-    row = {"queue": target.queue, "filtered_id": filtered, "rt_id": rt_id, "target": target.cage,
-           "module": module, "method": method, "payload": payload, "start": now,
-           "expires": None if target.expires_in is None else now + target.expires_in,
-           "attempt": 1, "status": Status.PENDING.value, "visible_at": now}
-    return rt_id, ("enqueue", row)
+    row = {"queue": target.queue, "filtered_id": call.filtered, "rt_id": call.rt_id, "target": target.cage,
+           "module": module, "method": method, "payload": payload, "start": call.start, "expires": call.expires,
+           "attempt": 1, "status": Status.PENDING.value, "visible_at": call.start}
+    return call.rt_id, ("enqueue", row)
+
+
+@dataclass
+class Publication:
+    """One retried call sealed for JetStream (retry_store "jetstream"), not yet published."""
+
+    call: NewCall
+    subject: str
+    data: bytes
+    dedupe: str
+
+
+def new_publication(cage: str, cluster: Cluster, target: Target, module: str, method: str,
+                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Publication:
+    """The message of one retried call made in `cage`, for the flock's stream (rpc/jetstream.py)."""
+    call = _new_call(cage, target, module, method, args, kwargs)
+    dedupe = jetstream.dedupe_id(cage, target.queue, call.filtered)
+    queued = jetstream.Queued(cage, target.queue, call.rt_id, dedupe, module, method, list(call.args),
+                              call.kwargs, call.caller, call.start, call.expires)
+    subject, data = jetstream.of(cluster).encode(target.cage, queued)
+    return Publication(call, subject, data, dedupe)
+
+
+def publish(cluster: Cluster, publication: Publication) -> None:
+    """Kept in JetStream within the request's deadline, or an error: the call is not queued."""
+    request = _request.current()
+    timeout = PUBLISH_TIMEOUT if request.infinite else min(max(request.remain, 0.05), PUBLISH_TIMEOUT)
+    call = publication.call
+    try:
+        kept = jetstream.of(cluster).publish(publication.subject, publication.data, publication.dedupe, timeout)
+    except jetstream.JetStreamError as e:
+        raise jetstream.JetStreamError(f"retried call {call.module}.{call.method} is not queued: {e}") from None
+    if not kept:
+        log.warning(f"retried call {call.module}.{call.method} with id {call.filtered} is a duplicate of one "
+                    f"queued in {call.target.queue} before, dropped")
 
 
 def _queued_request(request: _request.Request, *, remote: bool) -> dict[str, Any]:
@@ -261,6 +329,11 @@ class RetriedCall:
         return _Methods(functools.partial(self._enqueue, module))
 
     def _enqueue(self, module: str, method: str, *args: Any, **kwargs: Any) -> str:
+        if jetstream.is_jetstream(self._cluster):
+            cluster = self._cluster.get()
+            publication = new_publication(self._cage, cluster, self._target, module, method, args, kwargs)
+            publish(cluster, publication)
+            return publication.call.rt_id
         store = self._store()
         rt_id, op = new_message(self._cage, self._cluster, self._target, module, method, args, kwargs)
         store.apply([op])
@@ -291,6 +364,7 @@ class OutboxResource(BufferedResource):
         super().__init__(name, config, store)
         self._cage, self._cluster = cage, cluster
         self._target: Target | None = None
+        self._publications: list[Publication] = []  # retry_store "jetstream": published at commit
 
     def begin_transaction(self, xid: str, *, source_module_name: str, transaction_options: dict[str, Any],
                           resource_args: tuple[Any, ...], resource_kwargs: dict[str, Any]) -> None:
@@ -298,6 +372,7 @@ class OutboxResource(BufferedResource):
                                   transaction_options=transaction_options, resource_args=resource_args,
                                   resource_kwargs=resource_kwargs)
         self._target = _outbox_target(self._cage, resource_args, resource_kwargs)
+        self._publications = []
 
     def _route(self, attrs: tuple[str, ...]) -> Callable[..., Any] | None:
         """`xa.pmnc(...).module.method`: any module name, even one like an attribute here."""
@@ -307,9 +382,34 @@ class OutboxResource(BufferedResource):
 
     def _enqueue(self, module: str, method: str, *args: Any, **kwargs: Any) -> str:
         assert self._target is not None
+        if jetstream.is_jetstream(self._cluster):
+            publication = new_publication(self._cage, self._cluster.get(), self._target, module, method, args,
+                                          kwargs)
+            self._publications.append(publication)
+            return publication.call.rt_id
         rt_id, op = new_message(self._cage, self._cluster, self._target, module, method, args, kwargs)
         self.ops.append(op)
         return rt_id
+
+    # With JetStream the calls are published at commit: an error there is the commit failing (those
+    # published before it stay queued). A two-phase commit's prepare only checks that the stream answers.
+
+    def prepare(self) -> None:
+        if self._publications:
+            jetstream.of(self._cluster.get()).ensure()
+        super().prepare()
+
+    def commit(self) -> None:
+        publications, self._publications = self._publications, []
+        super().commit()
+        if publications:
+            cluster = self._cluster.get()
+            for publication in publications:
+                publish(cluster, publication)
+
+    def rollback(self) -> None:
+        self._publications = []
+        super().rollback()
 
 
 def _outbox_target(cage: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
@@ -723,6 +823,234 @@ class Engine:
         self._last_counts = counts
 
 
+# --- the engine of retried calls kept in JetStream (retry_store "jetstream") -------------------------
+
+FETCH_WAIT = 1.0  # seconds a fetch waits for a call: how soon a ceasing engine notices
+UNLIMITED_PENDING = -1  # max_ack_pending without keep_order: calls waiting to be retried hold no place
+
+_jetstream_queues: dict[str, set[str]] = {}  # cage → queues with a JetStream engine of their own in this process
+_jetstream_lock = threading.Lock()
+
+
+@dataclass
+class Delivered:
+    """One message of the stream, as the JetStream engine runs it."""
+
+    msg: Any  # nats.aio.msg.Msg
+    call: jetstream.Queued
+    attempt: int
+    ran: bool = False
+
+
+class JetStreamEngine:
+    """Runs the retried calls of one queue kept in the flock's JetStream stream (rpc/jetstream.py),
+    as `Engine` runs those of the state file: the same requests, `parameters["retry"]`, outcome
+    for outcome - done: acknowledged (and its id recorded, so that a delivery again does not run it);
+    failed: given back to be delivered after the retry interval; expired: dropped. One durable
+    consumer per (cage, queue) is shared by every instance of the cage: queue_count calls of the
+    queue run at once in each instance, keep_order makes it one in the whole cage
+    (max_ack_pending 1). The consumer of interface `retry` sees all of the cage's queues and
+    passes over (acknowledges unrun) those another retry interface of this cage runs."""
+
+    def __init__(self, lifecycle: Lifecycle, cluster: Cluster, *, cage: str, settings: Settings,
+                 interface: str = CATCH_ALL) -> None:
+        self.lifecycle, self.cage, self.settings, self.interface = lifecycle, cage, settings, interface
+        self.queue = interface
+        self.consumer = jetstream.Consumer(
+            jetstream.of(cluster), self.queue, ack_wait=settings.lease, retention_time=settings.retention_time,
+            max_ack_pending=1 if settings.keep_order else UNLIMITED_PENDING)
+        self.running = 0
+        self.repeats = 0  # calls delivered again after they had run: not run again
+        self._cond = threading.Condition(threading.Lock())
+        self._woken = False
+        self._ceasing = self._stopping = False
+        self._open = False
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        self._stats_due = 0.0
+        self._last_counts: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        if self.queue != CATCH_ALL:
+            with _jetstream_lock:
+                _jetstream_queues.setdefault(self.cage, set()).add(self.queue)
+        self._thread = threading.Thread(target=self._loop, name=f"{self.interface}:engine", daemon=True)
+        self._thread.start()
+
+    def cease(self) -> None:
+        self._ceasing = True
+        self.wake()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(FETCH_WAIT + jetstream.API_TIMEOUT)
+        with _jetstream_lock:
+            _jetstream_queues.get(self.cage, set()).discard(self.queue)
+        self.consumer.close()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                delay = self._round()
+                if self._failing:
+                    log.message(f"interface {self.interface}: retried calls can be run again")
+                    self._failing = False
+            except Exception as e:
+                if not self._failing:
+                    log.error(f"interface {self.interface}: retried calls cannot be run: "
+                              f"{exc_string(e, stack=False)}")
+                    self._failing = True
+                if self._open:  # opened again next round: the consumer may have been deleted, or moved
+                    self._open = False
+                    self.consumer.close()
+                delay = POLL_PERIOD
+            with self._cond:
+                if delay > 0 and not self._woken and not self._stopping:
+                    self._cond.wait(delay)
+                self._woken = False
+
+    def _round(self) -> float:
+        """Fetch what there is room for and dispatch it; seconds to wait before the next round."""
+        if not self._open:
+            self.consumer.open()
+            self._open = True
+        if self._ceasing:
+            return POLL_PERIOD
+        now = time.time()
+        if now >= self._stats_due:
+            self._stats_due = now + STATS_PERIOD
+            self._report()
+        with self._cond:
+            free = (1 if self.settings.keep_order else max(self.settings.queue_count, 1)) - self.running
+        if free <= 0:
+            return POLL_PERIOD  # a call finishing wakes the engine
+        for msg in self.consumer.fetch(free, FETCH_WAIT):
+            self._receive(msg)
+        return 0.0
+
+    def _receive(self, msg: Any) -> None:
+        try:
+            call = self.consumer.decode(msg)
+        except ProtocolError as e:
+            log.error(f"interface {self.interface}: a message on {msg.subject} is not a retried call, "
+                      f"dropped: {e}")
+            self.consumer.term(msg)
+            return
+        if call.queue != self.queue and self._runs_elsewhere(call.queue):
+            self.consumer.ack(msg, forget=False)  # its own interface's consumer runs (and deletes) it
+            return
+        self._dispatch(Delivered(msg, call, int(msg.metadata.num_delivered or 1)))
+
+    def _runs_elsewhere(self, queue: str) -> bool:
+        """Whether a retry interface of this cage other than the catch-all runs `queue`: one that
+        runs here, or one config_interfaces.py lists (it may be about to start: at the cage's start
+        the catch-all starts first, and must not take that queue's calls meanwhile)."""
+        with _jetstream_lock:
+            if queue in _jetstream_queues.get(self.cage, ()):
+                return True
+        loader = self.lifecycle.loader
+        try:
+            if queue not in (Config(loader, "interfaces").get("interfaces") or ()):
+                return False
+            return bool(Config(loader, f"interface_{queue}").get("protocol") == "retry")
+        except ModuleError:
+            return False
+
+    def _dispatch(self, delivered: Delivered) -> None:
+        call = delivered.call
+        parameters = dict(call.request.get("parameters") or {})
+        parameters["retry"] = {"id": call.rt_id, "attempt": delivered.attempt, "start": call.start,
+                               "deadline": call.expires}
+        try:
+            request = self.lifecycle.begin(
+                interface=self.interface, protocol="retry", timeout=self.settings.request_timeout,
+                parameters=parameters, description=call.request.get("description"),
+                log_levels=list(call.request.get("log_levels") or ()), unique_id=str(call.request["id"]))
+        except IntakeClosedError:
+            self._settle(delivered, self.consumer.nak, 0.0)
+            return
+        with self._cond:
+            self.running += 1
+        self.lifecycle.submit(request, self._execute, delivered, when_done=functools.partial(self._done, delivered))
+
+    def _execute(self, delivered: Delivered) -> None:
+        delivered.ran = True
+        call, consumer = delivered.call, self.consumer
+        what = f"retried call {call.rt_id} ({call.module}.{call.method}, attempt {delivered.attempt})"
+        if call.expires is not None and time.time() >= call.expires:
+            log.warning(f"{what} has expired, dropped")
+            self._settle(delivered, consumer.term)
+            return
+        try:
+            ran_before = consumer.has_run(call.dedupe)
+        except Exception as e:  # not known whether it has run: not run now, tried again later
+            log.warning(f"{what} is put off, next attempt in {self.settings.retry_interval:.0f}s: "
+                        f"{exc_string(e, stack=False)}")
+            self._settle(delivered, consumer.nak, self.settings.retry_interval)
+            return
+        if ran_before:
+            with self._cond:
+                self.repeats += 1
+            log.warning(f"retried call {call.rt_id} has already run, not run again")
+            self._settle(delivered, consumer.ack)
+            return
+        try:
+            self.lifecycle.handle(call.module, call.method, tuple(call.args), call.kwargs)
+        except RetryExitError as e:
+            log.info(f"{what} asks to be tried again later{': ' + str(e) if str(e) else ''}")
+            self._settle(delivered, consumer.nak, self.settings.interval(delivered.attempt))
+        except Exception as e:
+            delay = self.settings.interval(delivered.attempt)
+            log.warning(f"{what} has failed, next attempt in {delay:.0f}s: {exc_string(e, stack=False)}")
+            self._settle(delivered, consumer.nak, delay)
+        else:
+            log.info(f"{what} is done")
+            try:
+                consumer.mark_run(call.dedupe, call.rt_id)
+            except Exception as e:  # acknowledged all the same: a repeat becomes possible, not certain
+                log.warning(f"{what} cannot be recorded as run: {exc_string(e, stack=False)}")
+            self._settle(delivered, consumer.ack)
+
+    def _settle(self, delivered: Delivered, how: Callable[..., None], *args: Any) -> None:
+        """Not settled: JetStream delivers it again after ack_wait - at least once, never lost."""
+        try:
+            how(delivered.msg, *args)
+        except Exception as e:
+            log.error(f"the outcome of retried call {delivered.call.rt_id} cannot be recorded, it will run "
+                      f"again after {self.settings.lease:.0f}s: {exc_string(e, stack=False)}")
+
+    def _done(self, delivered: Delivered, outcome: Outcome) -> None:
+        if not delivered.ran:  # expired in the worker queue, or the cage is stopping: not an attempt
+            self._settle(delivered, self.consumer.nak, 0.0)
+        with self._cond:
+            self.running -= 1
+            self._woken = True
+            self._cond.notify_all()
+
+    def _report(self) -> None:
+        """The consumer's counts in the log when they change."""
+        try:
+            counts = self.consumer.counts()
+        except Exception as e:
+            log.debug(f"interface {self.interface}: no counts of JetStream: {e!r}")
+            return
+        if counts != self._last_counts:
+            self._last_counts = counts
+            log.log(f"retry queue {self.queue} (JetStream): {counts[0]} waiting, {counts[1]} being run or "
+                    f"waiting to be retried, {self.repeats} repeat(s) not run again")
+
+    def __repr__(self) -> str:
+        return f"<JetStreamEngine {self.interface} running={self.running} repeats={self.repeats}>"
+
+
 def queue_counts(store: StateStore, now: float | None = None) -> dict[str, dict[str, int]]:
     """Per queue: pending (of which retrying: failed before; running: claimed now), done, expired."""
     now = time.time() if now is None else now
@@ -771,6 +1099,8 @@ def main(cages_dir: str, argv: list[str]) -> int:
         print(f"startup.py: usage: {RETRY_USAGE}", file=sys.stderr)
         return 2
     cage, command, queue = argv[0], argv[1], argv[2] if len(argv) == 3 else None
+    if _tell_jetstream(cages_dir, cage, command, queue) and command == "purge":
+        return 1
     path = store_path(os.path.join(cages_dir, cage))
     if not os.path.exists(path):
         print(f"cage {cage} has no state file ({path}): no retried calls")
@@ -788,6 +1118,26 @@ def main(cages_dir: str, argv: list[str]) -> int:
         return 0
     finally:
         store.close()
+
+
+def _tell_jetstream(cages_dir: str, cage: str, command: str, queue: str | None) -> bool:
+    """With retry_store "jetstream" the calls are in the flock's stream: the nats tool shows and
+    purges them (said here; True). What the state file still holds is listed after."""
+    from pmnc.config import read_settings
+    from pmnc.loader import Loader
+    from pmnc.rpc.cluster import KEYS
+
+    settings = read_settings(Loader(cages_dir, cage, "retry"), "cluster", KEYS)
+    if settings["retry_store"] != "jetstream":
+        return False
+    flock, stream = settings["flock_id"], jetstream.stream_name(settings["flock_id"])
+    subject = jetstream.subject(flock, cage, queue or "*")
+    print(f"cage {cage} keeps its retried calls in JetStream, stream {stream}, subjects {subject}")
+    if command == "purge":
+        print(f"  purge them with: nats stream purge {stream} --subject {subject}")
+    else:
+        print(f"  see them with: nats consumer report {stream}; nats stream subjects {stream}")
+    return True
 
 
 def _print_queues(store: StateStore, only: str | None) -> None:

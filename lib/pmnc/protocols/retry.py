@@ -22,6 +22,13 @@ config_interface_<queue>.py (the original's keys, and two of ours):
                         from config_interface_retry.py only)                   (100000)
 
 Calls can be queued whether or not an interface runs their queue; it only runs them.
+
+With config_cluster.py's retry_store = "jetstream" the calls are kept in the flock's JetStream
+stream instead of the state file, and each interface runs its queue from a durable consumer
+shared by all instances of the cage (rpc/jetstream.py, retry.JetStreamEngine). The keys keep
+their meaning; request_timeout (plus 5 s) is the consumer's ack_wait, and retention_time is how
+long the ids of calls that have run are kept (the KV bucket's TTL, set by the first cage that
+makes it). max_pending_per_source is not used: no call is handed over between cages.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
 from pmnc.errors import ConfigError
-from pmnc.retry import CATCH_ALL, MAX_PENDING_PER_SOURCE, QUEUE_NAME, Engine, Settings
+from pmnc.retry import CATCH_ALL, MAX_PENDING_PER_SOURCE, QUEUE_NAME, Engine, JetStreamEngine, Settings
+from pmnc.rpc import jetstream
 from pmnc.schema import Key
 
 if TYPE_CHECKING:
@@ -60,14 +68,20 @@ class Interface(interfaces.Interface):
         if not QUEUE_NAME.fullmatch(name):
             raise ConfigError(f"interface {name} of protocol retry runs the queue of its name, and {name!r} "
                               f"is not a queue name: 1 to 64 of A-Z a-z 0-9 _ . -")
-        self.engine: Engine | None = None
+        self.engine: Engine | JetStreamEngine | None = None
 
     def start(self) -> None:
         runtime = self.runtime
-        self.engine = Engine(runtime.lifecycle, runtime.state, runtime.transactions, cage=runtime.name,
-                             node=runtime.node, settings=self.settings, interface=self.name)
+        if jetstream.is_jetstream(runtime.cluster):  # config_cluster.py: retry_store = "jetstream"
+            self.engine = JetStreamEngine(runtime.lifecycle, runtime.cluster.get(), cage=runtime.name,
+                                          settings=self.settings, interface=self.name)
+            kept = " kept in JetStream"
+        else:
+            self.engine = Engine(runtime.lifecycle, runtime.state, runtime.transactions, cage=runtime.name,
+                                 node=runtime.node, settings=self.settings, interface=self.name)
+            kept = ""
         self.engine.start()
-        log.message(f"interface {self.name} runs the retried calls of {self._queues()}, {self._manner()}")
+        log.message(f"interface {self.name} runs the retried calls{kept} of {self._queues()}, {self._manner()}")
         if self.name != CATCH_ALL and self.settings.max_pending_per_source != MAX_PENDING_PER_SOURCE:
             log.warning(f"interface {self.name}: max_pending_per_source is not used here, the limit is "
                         f"the cage's: set it in config_interface_{CATCH_ALL}.py")

@@ -1,8 +1,10 @@
 """The cage's connections to a NATS cluster (config_cluster.py transport "nats", retry_store "jetstream").
 
-Calls go over a `Link`: one blocking connection with a reader thread, written to by the
-threads that call (under a lock, straight to the socket) and read by the reader, which wakes
-each caller when its answer comes and hands each call to its handler. nats-py's asyncio
+Calls go over a `Link`: one blocking connection, written to by the threads that call (under
+a lock, straight to the socket) and read by a few reader threads in turn: the one whose turn
+it is reads what has come, passes the turn on and handles what it read - wakes each caller
+whose answer came, and runs a call it received right there when another reader reads on
+(the callee's side: no hand-off to a worker thread, as over the direct transport). nats-py's asyncio
 client did the same with twice the time per call - a wake-up of its loop to send, another
 to answer, tasks in between (bench/rpc_calls.py --transport nats, bench/README.md): calls
 are what a cage does most, so they get the short path. JetStream (retried calls, jetstream.py)
@@ -10,7 +12,7 @@ goes through nats-py, on an event-loop thread of its own, connected only where i
 
     request(subject, payload, timeout)   blocking, one NATS request/reply
     publish(subject, payload)            fire and forget (a callee's answers)
-    subscribe(subject, queue, handler)   handler(data, reply) runs on the reader thread
+    subscribe(subject, queue, handler)   handler(data, reply) runs on a reader thread
     gather(subject, payload, wait)       every answer within `wait` (discovery)
     run(coro, timeout), jetstream()      nats-py, on the bus's loop
 
@@ -56,6 +58,7 @@ MAX_PINGS_OUT = 2  # PINGs unanswered before the server is given up for another
 RECV_SIZE = 262144
 MAX_GATHERED = 10000  # answers a gather keeps
 MAX_SERVERS = 64  # servers a link keeps, given and told of
+READERS = 4  # threads that take turns reading a link (Link._read)
 
 Handler = Callable[[bytes, str], None]
 
@@ -126,14 +129,23 @@ class Link:
         self._pongs: collections.deque[_Waiter | None] = collections.deque()  # PINGs out, in order
         self._stopped = False
         self._ever = False
-        self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
+        self._broken = False  # the connection in _sock has failed: the keeper replaces it
+        self._parser = natswire.Parser(DEFAULT_MAX_PAYLOAD)
+        self._poller = select.poll()
+        self._pings_out = 0
+        self._turn = threading.Lock()  # held by the reader whose turn it is to read
+        self._counting = threading.Lock()
+        self._idle = READERS  # readers reading or waiting for their turn, not handling what they read
+        self._threads = [threading.Thread(target=self._keep, name="nats", daemon=True)] + \
+            [threading.Thread(target=self._read, name=f"nats:read:{n}", daemon=True) for n in range(READERS)]
 
     # --- life ------------------------------------------------------------------------------------
 
     def start(self, timeout: float) -> None:
         """Connect, waiting up to `timeout` seconds; after that the link goes on trying in the
         background, and calls meanwhile wait for it within their deadlines."""
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         if not self._wait_connected(timeout):
             log.warning(f"NATS cannot be reached at {', '.join(s.url for s in self.servers)} within "
                         f"{timeout:.0f}s; trying on, calls fail at their deadlines until it can")
@@ -145,7 +157,8 @@ class Link:
             self._state.notify_all()
         if sock is not None:
             _shut(sock)
-        self._thread.join(3.0)
+        for thread in self._threads:
+            thread.join(3.0)
         for token in list(self._waiting):
             waiter = self._waiting.pop(token, None)
             if waiter is not None:
@@ -153,36 +166,46 @@ class Link:
 
     @property
     def connected(self) -> bool:
-        return self._sock is not None
+        return self._sock is not None and not self._broken
 
     def _wait_connected(self, timeout: float) -> bool:
         with self._state:
-            return self._state.wait_for(lambda: self._sock is not None or self._stopped, max(timeout, 0.0)) \
-                and self._sock is not None
+            return self._state.wait_for(lambda: (self._sock is not None and not self._broken) or self._stopped,
+                                        max(timeout, 0.0)) and self._sock is not None
 
-    def _run(self) -> None:
-        """The reader: connect to a server, read until the connection ends, and again."""
+    def _keep(self) -> None:
+        """The keeper: connect to a server, wait while the readers use the connection until it
+        breaks, and again."""
         while not self._stopped:
             connection = self._connect_any()
             if connection is None:
                 time.sleep(RECONNECT_WAIT)  # a round of every server failed: a pause, not a spin
                 continue
-            sock, parser = connection
+            sock, self._parser = connection
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
+            self._pings_out = 0
             with self._state:
-                self._sock = sock
+                self._sock, self._broken = sock, False
                 self._state.notify_all()
             log.message(f"{self.label} {'re' if self._ever else ''}connected to NATS at {self.url}")
             self._ever = True
-            try:
-                self._read(sock, parser)
-            except Exception as e:
-                if not self._stopped:
-                    log.warning(f"{self.label}: the connection to NATS at {self.url} is lost: "
-                                f"{exc_string(e, stack=False)}; reconnecting")
             with self._state:
+                self._state.wait_for(lambda: self._broken or self._stopped)
                 self._sock = None
             _close(sock)
             self._lost_pongs()
+
+    def _break(self, sock: socket.socket, why: str) -> None:
+        """The connection `sock` is no good: the keeper makes another."""
+        with self._state:
+            if self._sock is not sock or self._broken:
+                return
+            self._broken = True
+            self._state.notify_all()
+        _shut(sock)  # every reader's wait ends
+        if not self._stopped:
+            log.warning(f"{self.label}: the connection to NATS at {self.url} is lost: {why}; reconnecting")
 
     def _connect_any(self) -> tuple[socket.socket, natswire.Parser] | None:
         servers = self.servers[:]
@@ -266,21 +289,51 @@ class Link:
                     self.servers.append(server)
                     known.add((server.host, server.port))
 
-    def _read(self, sock: socket.socket, parser: natswire.Parser) -> None:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        pings_out = 0
+    def _read(self) -> None:
+        """A reader. READERS threads take turns: the one whose turn it is waits for the socket
+        and reads what has come, then gives the turn to the next and handles what it read -
+        a call it may run right here (`may_block`), while another reads on."""
         while not self._stopped:
-            if not poller.poll(PING_INTERVAL * 1000.0):
-                if pings_out >= MAX_PINGS_OUT:
-                    raise TimeoutError(f"no answer to {pings_out} PINGs")
-                pings_out += 1
-                self._pongs.append(None)
-                self._write(sock, natswire.PING)
+            with self._turn:
+                ops, sock = self._read_turn()
+            if not ops:
                 continue
-            pings_out = 0
-            for op in self._receive(sock, parser):
-                self._handle(op, sock)
+            with self._counting:
+                self._idle -= 1
+            try:
+                for op in ops:
+                    self._handle(op, sock)
+            finally:
+                with self._counting:
+                    self._idle += 1
+
+    def _read_turn(self) -> tuple[list[Any], socket.socket | None]:
+        sock, parser, poller = self._sock, self._parser, self._poller
+        if sock is None or self._broken:
+            with self._state:
+                self._state.wait_for(lambda: (self._sock is not None and not self._broken) or self._stopped, 1.0)
+            return [], None
+        try:
+            if not poller.poll(PING_INTERVAL * 1000.0):
+                self._keep_alive(sock)
+                return [], sock
+            return self._receive(sock, parser), sock
+        except (OSError, ProtocolError, ValueError) as e:
+            self._break(sock, exc_string(e, stack=False))
+            return [], sock
+
+    def _keep_alive(self, sock: socket.socket) -> None:
+        """Nothing heard for PING_INTERVAL: a PING; a server that answers none of MAX_PINGS_OUT
+        is given up for another."""
+        if self._pings_out >= MAX_PINGS_OUT:
+            raise TimeoutError(f"no answer to {self._pings_out} PINGs")
+        self._pings_out += 1
+        self._pongs.append(None)
+        self._write(sock, natswire.PING)
+
+    def may_block(self) -> bool:
+        """Whether a handler (on a reader) may run something long: another reader reads on."""
+        return self._idle > 0
 
     def _receive(self, sock: socket.socket, parser: natswire.Parser) -> list[Any]:
         """What has arrived, all of it (a TLS socket may hold more than one read gives)."""
@@ -293,6 +346,7 @@ class Link:
                     return ops
                 if not data:
                     raise ConnectionError("closed by the server")
+                self._pings_out = 0  # the server is there
                 ops.extend(parser.feed(data))
                 if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) and len(data) < RECV_SIZE:
                     return ops
@@ -303,6 +357,7 @@ class Link:
         elif op == "PING" and sock is not None:
             self._write(sock, natswire.PONG)
         elif op == "PONG":
+            self._pings_out = 0
             waiter = self._pongs.popleft() if self._pongs else None
             if waiter is not None:
                 waiter.settle()
@@ -547,7 +602,8 @@ class Bus:
 
     def subscribe(self, subject: str, queue: str, handler: Handler) -> None:
         """`handler(data, reply_subject)` for each message on `subject`, one member of queue
-        group `queue` ("" for none); it runs on the link's reader thread and must not block.
+        group `queue` ("" for none); it runs on a reader thread and may block only where
+        `may_block()` says so.
         Subscribed again on every reconnection. Once connected, it returns when the server has
         the subscription (within a few seconds), so that what follows is served."""
         link = self._link()
@@ -558,6 +614,10 @@ class Bus:
     def unsubscribe_all(self, subject: str) -> None:
         """No more messages on `subject` (a callee ceasing)."""
         self._link().unsubscribe(subject)
+
+    def may_block(self) -> bool:
+        """Whether a subscription's handler, now, may run a call itself (another reader reads on)."""
+        return self.link is not None and self.link.may_block()
 
     def gather(self, subject: str, payload: bytes, wait: float) -> list[bytes]:
         """Every answer (at most MAX_GATHERED) to `payload` on `subject` that comes within

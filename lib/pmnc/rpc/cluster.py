@@ -142,6 +142,11 @@ class ClusterHandle:
         if cluster is not None:
             cluster.stop()
 
+    def settings(self) -> dict[str, Any]:
+        """config_cluster.py as it is now, read without making the cluster (retry.py asks where
+        retried calls are kept before any call to another cage is made)."""
+        return read_settings(self._loader, "cluster", KEYS)
+
     def get(self) -> Cluster:
         cluster = self._cluster
         if cluster is not None:

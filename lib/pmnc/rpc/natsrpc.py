@@ -133,9 +133,10 @@ def call_until_answered(cluster: Cluster, target: str, frame: bytes, request: _r
 
 
 class NatsCallee:
-    """The rpc interface's side over NATS: one queue-group subscription, each call opened on the
-    bus loop (cheap, never blocking) and run through the lifecycle on the worker pool, its answer
-    sealed and published from there."""
+    """The rpc interface's side over NATS: one queue-group subscription (and one of this instance
+    alone, for the health monitor), each call opened on the link's reader that read it and run
+    through the lifecycle there when another reader reads on (`Bus.may_block`), else on the
+    worker pool; its answer sealed and published from the thread that ran it."""
 
     def __init__(self, cluster: Cluster, callee: Callee, *, run_call: Runner, accept_retried: Runner,
                  limit: int, use_pickle: bool, poll_limit: float) -> None:
@@ -163,7 +164,7 @@ class NatsCallee:
             self.bus.unsubscribe_all(subject)
 
     def _on_discover(self, data: bytes, reply: str) -> None:
-        """On the bus loop: this instance's advert, to whoever discovers the flock's instances."""
+        """On a reader of the link: this instance's advert, to whoever discovers the flock's instances."""
         cluster = self.cluster
         if reply:
             packet = Packet(ADVERT, cluster.flock, self.instance, cluster.cage, cluster.node, OVER_NATS, 0,
@@ -171,7 +172,7 @@ class NatsCallee:
             self.bus.publish(reply, encode_packet(cluster.keys.hmac_key, packet))
 
     def _on_message(self, data: bytes, reply: str) -> None:
-        """On the bus loop: a call opened and sent on its way, or answered at once."""
+        """On a reader of the link: a call opened and run, or answered at once."""
         if not reply:
             return  # nobody to answer: not a call
         arrived = time.monotonic()
@@ -213,24 +214,41 @@ class NatsCallee:
         except IntakeClosedError:
             answer(None)
             return
-        self.callee.lifecycle.submit(request, runner, envelope, Identity(self.cluster.flock, caller),
-                                     when_done=functools.partial(self._done, request, answer))
+        identity = Identity(self.cluster.flock, caller)
+        if self.bus.may_block():  # another reader reads on: run it here, as the direct transport does
+            answer(self._call(request, runner, envelope, identity))
+        else:
+            self.callee.lifecycle.submit(request, runner, envelope, identity,
+                                         when_done=functools.partial(self._done, request, answer))
+
+    def _call(self, request: _request.Request, runner: Runner, envelope: dict[str, Any],
+              identity: Identity) -> dict[str, Any] | None:
+        """The call run on this thread if a worker slot is free, else queued and waited for."""
+        try:
+            reply: dict[str, Any] = self.callee.lifecycle.call(request, runner, envelope, identity)
+        except Exception as e:
+            return self._failure(request, e)
+        return reply
 
     def _done(self, request: _request.Request, answer: Answer,
               outcome: Outcome) -> None:
         """On the worker's thread: the call's answer, or why it has none."""
-        error = outcome.error
-        if error is None:
+        if outcome.error is None:
             answer(outcome.result)
-        elif isinstance(error, RequestExpiredError):
+        else:
+            answer(self._failure(request, outcome.error))
+
+    def _failure(self, request: _request.Request, error: BaseException) -> dict[str, Any] | None:
+        """The answer to a call that has not run to its end: a deadline error, or None (the
+        refusal) when the cage is stopping."""
+        if isinstance(error, RequestExpiredError):
             log.warning(f"request {request.unique_id} has not been answered in time, the caller gets a deadline "
                         f"error")
-            answer({"error": wire.error_dict(DeadlineError(f"request deadline has expired in cage "
-                                                           f"{self.cluster.cage}"))})
-        elif isinstance(error, IntakeClosedError):
-            answer(None)
-        else:
-            answer({"error": wire.error_dict(error)})
+            return {"error": wire.error_dict(DeadlineError(f"request deadline has expired in cage "
+                                                           f"{self.cluster.cage}"))}
+        if isinstance(error, IntakeClosedError):
+            return None
+        return {"error": wire.error_dict(error)}
 
     def _poll(self, envelope: dict[str, Any], caller: str, answer: Answer) -> None:
         """On a thread of its own: a reverse-call poll, long as the direct transport's."""
