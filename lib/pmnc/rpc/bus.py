@@ -291,21 +291,27 @@ class Link:
 
     def _read(self) -> None:
         """A reader. READERS threads take turns: the one whose turn it is waits for the socket
-        and reads what has come, then gives the turn to the next and handles what it read -
-        a call it may run right here (`may_block`), while another reads on."""
+        and reads what has come. Answers it hands out itself and reads on; with a call among
+        what it read, it gives the turn to the next reader first and may run the call right
+        here (`may_block`) while another reads on."""
         while not self._stopped:
             with self._turn:
                 ops, sock = self._read_turn()
-            if not ops:
-                continue
+                if not _has_calls(ops):
+                    for op in ops:  # answers and housekeeping only: quick, so this reader reads on
+                        self._handle(op, sock)
+                    continue
+            self._handle_calls(ops, sock)  # the turn has passed on: a call may run here
+
+    def _handle_calls(self, ops: list[Any], sock: socket.socket | None) -> None:
+        with self._counting:
+            self._idle -= 1
+        try:
+            for op in ops:
+                self._handle(op, sock)
+        finally:
             with self._counting:
-                self._idle -= 1
-            try:
-                for op in ops:
-                    self._handle(op, sock)
-            finally:
-                with self._counting:
-                    self._idle += 1
+                self._idle += 1
 
     def _read_turn(self) -> tuple[list[Any], socket.socket | None]:
         sock, parser, poller = self._sock, self._parser, self._poller
@@ -495,6 +501,14 @@ class Link:
                         self._write(sock, natswire.unsub(sid))
                     except OSError:
                         _shut(sock)
+
+
+def _has_calls(ops: list[Any]) -> bool:
+    """Whether what was read holds a message for a subscription (a call), not answers only."""
+    for op in ops:
+        if op.__class__ is Message and op.sid != 1:
+            return True
+    return False
 
 
 def _shut(sock: socket.socket) -> None:

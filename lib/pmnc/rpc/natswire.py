@@ -48,30 +48,31 @@ class Parser:
         self.max_payload = max_payload
 
     def feed(self, data: bytes) -> list[Any]:
-        buffer = self._buffer
-        buffer += data
+        # Whole messages are parsed out of `data` itself (slices of bytes are bytes: no copies
+        # through a bytearray); only what is left of a message not all come is kept.
+        source = bytes(self._buffer + data) if self._buffer else data
         ops: list[Any] = []
-        start = 0
-        while True:
-            end = buffer.find(CRLF, start)
+        start, size = 0, len(source)
+        while start < size:
+            end = source.find(CRLF, start)
             if end < 0:
-                if len(buffer) - start > MAX_CONTROL_LINE:
+                if size - start > MAX_CONTROL_LINE:
                     raise ProtocolError("a NATS protocol line longer than it may be")
                 break
-            line = bytes(buffer[start:end])
+            line = source[start:end]
             if line.startswith((b"MSG ", b"HMSG ")):
-                parsed = self._message(buffer, line, end + 2)
+                parsed = self._message(source, line, end + 2)
                 if parsed is None:
                     break  # the payload has not all come yet
                 message, start = parsed
                 ops.append(message)
-                continue
-            start = end + 2
-            ops.append(_control(line))
-        del buffer[:start]
+            else:
+                start = end + 2
+                ops.append(_control(line))
+        self._buffer = bytearray(source[start:]) if start < size else bytearray()
         return ops
 
-    def _message(self, buffer: bytearray, line: bytes, body: int) -> tuple[Message, int] | None:
+    def _message(self, source: bytes, line: bytes, body: int) -> tuple[Message, int] | None:
         parts = line.split()
         try:
             if parts[0] == b"MSG":  # MSG <subject> <sid> [reply] <size>
@@ -86,10 +87,10 @@ class Parser:
         if not 0 <= header_size <= size <= self.max_payload + MAX_CONTROL_LINE:
             raise ProtocolError(f"a NATS message of {size} bytes, more than max_payload")
         end = body + size
-        if len(buffer) < end + 2:
+        if len(source) < end + 2:
             return None
-        status = _status(bytes(buffer[body:body + header_size])) if header_size else 0
-        return Message(subject, sid, reply.decode(), bytes(buffer[body + header_size:end]), status), end + 2
+        status = _status(source[body:body + header_size]) if header_size else 0
+        return Message(subject, sid, reply.decode(), source[body + header_size:end], status), end + 2
 
 
 def _control(line: bytes) -> Any:
