@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import alive, free_port
+from peers import free_port, remove_orphans
 
 NATS_SERVER = Path("/usr/sbin/nats-server")
 PREFIX = "pmnc-nats-"  # of the temporary folders the fixtures make, in tempfile's directory
@@ -187,30 +187,13 @@ def start_all(nodes: list[NatsServer], timeout: float = 30.0) -> None:
         raise
 
 
-def kill_orphans() -> None:
-    """Servers a killed test run left behind: folders whose owner.pid is dead."""
-    for folder in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
-        try:
-            owner = int((folder / "owner.pid").read_text())
-        except (OSError, ValueError):
-            continue
-        if alive(owner):
-            continue
-        for pid_file in folder.glob("*/nats.pid"):
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 class NatsFolder:
     """A temporary folder for servers, with owner.pid so a later run can clean up after a killed one."""
 
     def __init__(self) -> None:
         if not NATS_SERVER.exists():
             pytest.skip(f"no NATS server at {NATS_SERVER} (Debian package nats-server)")
-        kill_orphans()
+        remove_orphans(PREFIX, "*/nats.pid")  # servers a killed test run left behind
         self.path = Path(tempfile.mkdtemp(prefix=PREFIX))
         (self.path / "owner.pid").write_text(str(os.getpid()))
         self.servers: list[NatsServer] = []

@@ -29,8 +29,9 @@ def alive(pid: int) -> bool:
 
 
 def remove_orphans(prefix: str, pid_file: str, sig: int = signal.SIGKILL) -> None:
-    """Folders `<tempdir>/<prefix>*` of a test run that was killed (its owner.pid is dead): the
-    server whose pid is the first word of `pid_file` there gets `sig`, the folder is removed."""
+    """Folders `<tempdir>/<prefix>*` of a test run that was killed (its owner.pid is dead): each
+    server whose pid is the first word of a file matching `pid_file` there (a glob: "*/nats.pid"
+    for several servers) gets `sig`, the folder is removed."""
     for folder in Path(tempfile.gettempdir()).glob(prefix + "*"):
         try:
             owner = int((folder / "owner.pid").read_text())
@@ -38,10 +39,11 @@ def remove_orphans(prefix: str, pid_file: str, sig: int = signal.SIGKILL) -> Non
             continue
         if alive(owner):
             continue
-        try:
-            os.kill(int((folder / pid_file).read_text().split()[0]), sig)
-        except (OSError, ValueError, IndexError):
-            pass
+        for path in folder.glob(pid_file):
+            try:
+                os.kill(int(path.read_text().split()[0]), sig)
+            except (OSError, ValueError, IndexError):
+                pass
         shutil.rmtree(folder, ignore_errors=True)
 
 

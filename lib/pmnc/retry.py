@@ -590,7 +590,81 @@ class Queues:
 _queues: weakref.WeakKeyDictionary[StateStore, Queues] = weakref.WeakKeyDictionary()
 
 
-class Engine:
+class _Rounds:
+    """What both engines share: a thread of rounds (`_round` says how long to wait for the next,
+    a `wake` cuts the wait short), a failing round said once and its end said once, and the
+    request a retried call runs as."""
+
+    interface: str
+    lifecycle: Lifecycle
+    settings: Settings
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._woken = False
+        self._ceasing = self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._failing = False  # the last round failed: said once, not every second
+
+    def _start_rounds(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"{self.interface}:engine", daemon=True)
+        self._thread.start()
+
+    def _stop_rounds(self, wait: float) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(wait)
+
+    def cease(self) -> None:
+        """No new calls taken; calls running go on."""
+        self._ceasing = True
+        self.wake()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def _round(self) -> float:
+        raise NotImplementedError
+
+    def _round_failed(self) -> None:
+        """After a round that raised, before the pause."""
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                delay = self._round()
+                if self._failing:
+                    log.message(f"interface {self.interface}: retried calls can be run again")
+                    self._failing = False
+            except Exception as e:
+                if not self._failing:
+                    log.error(f"interface {self.interface}: retried calls cannot be run: "
+                              f"{exc_string(e, stack=False)}")
+                    self._failing = True
+                self._round_failed()
+                delay = POLL_PERIOD
+            with self._cond:
+                if delay > 0 and not self._woken and not self._stopping:
+                    self._cond.wait(delay)
+                self._woken = False
+
+    def _begin(self, queued: dict[str, Any], rt_id: str, attempt: int, start: float,
+               expires: float | None) -> _request.Request:
+        """The request of one attempt: the one that queued the call (id, parameters, log levels,
+        description), with `parameters["retry"]`; IntakeClosedError while the cage stops."""
+        parameters = dict(queued.get("parameters") or {})
+        parameters["retry"] = {"id": rt_id, "attempt": attempt, "start": start, "deadline": expires}
+        return self.lifecycle.begin(
+            interface=self.interface, protocol="retry", timeout=self.settings.request_timeout,
+            parameters=parameters, description=queued.get("description"),
+            log_levels=list(queued.get("log_levels") or ()), unique_id=str(queued["id"]))
+
+
+class Engine(_Rounds):
     """Runs the retried calls of the queues `Queues` gives it in one cage's state file (see
     the module's doc): the queue named `interface` and, for the interface `retry`, the queues
     without an engine of their own. Each engine counts, reports and purges its own queues,
@@ -605,61 +679,24 @@ class Engine:
         self.queues = _queues.setdefault(store, Queues())
         self._adopted: set[str] = set()  # queues without an engine of their own this one runs (the catch-all)
         self.running: dict[str, int] = {}  # queue → calls claimed and not finished
-        self._cond = threading.Condition(threading.Lock())
-        self._woken = False
-        self._ceasing = self._stopping = False
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._tokens = 0
         self._instance = f"{node}.{cage}.{os.getpid()}"
         self._stats_due = 0.0
         self._last_counts: dict[str, dict[str, int]] = {}
-        self._failing = False  # the last round failed: said once, not every second
 
     def start(self) -> None:
         self.store.listeners.append(self.wake)
         self.queues.join(self)
-        self._thread = threading.Thread(target=self._loop, name=f"{self.interface}:engine", daemon=True)
-        self._thread.start()
-
-    def cease(self) -> None:
-        """No new claims; calls running go on."""
-        self._ceasing = True
-        self.wake()
+        self._start_rounds()
 
     def stop(self) -> None:
         """After cease and the drain of the calls running: the queue goes to the catch-all
         (not at cease, so that no other engine runs it while this one's calls finish)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
         if self.wake in self.store.listeners:
             self.store.listeners.remove(self.wake)
         self.queues.leave(self)
-        if self._thread is not None:
-            self._thread.join(5.0)
-
-    def wake(self) -> None:
-        with self._cond:
-            self._woken = True
-            self._cond.notify_all()
-
-    def _loop(self) -> None:
-        while not self._stopping:
-            try:
-                delay = self._round()
-                if self._failing:
-                    log.message(f"interface {self.interface}: retried calls can be run again")
-                    self._failing = False
-            except Exception as e:
-                if not self._failing:
-                    log.error(f"interface {self.interface}: retried calls cannot be run: "
-                              f"{exc_string(e, stack=False)}")
-                    self._failing = True
-                delay = POLL_PERIOD
-            with self._cond:
-                if not self._woken and not self._stopping:
-                    self._cond.wait(delay)
-                self._woken = False
+        self._stop_rounds(5.0)
 
     def _round(self) -> float:
         """Claim and dispatch what is due; seconds until something may be due next."""
@@ -728,13 +765,7 @@ class Engine:
     def _dispatch(self, message: Claimed) -> None:
         try:
             args, kwargs, queued = pickle.loads(message.payload)
-            parameters = dict(queued.get("parameters") or {})
-            parameters["retry"] = {"id": message.rt_id, "attempt": message.attempt, "start": message.start,
-                                   "deadline": message.expires}
-            request = self.lifecycle.begin(
-                interface=self.interface, protocol="retry", timeout=self.settings.request_timeout,
-                parameters=parameters, description=queued.get("description"),
-                log_levels=list(queued.get("log_levels") or ()), unique_id=str(queued["id"]))
+            request = self._begin(queued, message.rt_id, message.attempt, message.start, message.expires)
         except IntakeClosedError:
             self._finish(message, Move.RELEASE, time.time())
             return
@@ -842,7 +873,7 @@ class Delivered:
     ran: bool = False
 
 
-class JetStreamEngine:
+class JetStreamEngine(_Rounds):
     """Runs the retried calls of one queue kept in the flock's JetStream stream (rpc/jetstream.py),
     as `Engine` runs those of the state file: the same requests, `parameters["retry"]`, outcome
     for outcome - done: acknowledged (and its id recorded, so that a delivery again does not run it);
@@ -861,12 +892,8 @@ class JetStreamEngine:
             max_ack_pending=1 if settings.keep_order else UNLIMITED_PENDING)
         self.running = 0
         self.repeats = 0  # calls delivered again after they had run: not run again
-        self._cond = threading.Condition(threading.Lock())
-        self._woken = False
-        self._ceasing = self._stopping = False
+        super().__init__()
         self._open = False
-        self._thread: threading.Thread | None = None
-        self._failing = False
         self._stats_due = 0.0
         self._last_counts: tuple[int, int] | None = None
 
@@ -874,48 +901,18 @@ class JetStreamEngine:
         if self.queue != CATCH_ALL:
             with _jetstream_lock:
                 _jetstream_queues.setdefault(self.cage, set()).add(self.queue)
-        self._thread = threading.Thread(target=self._loop, name=f"{self.interface}:engine", daemon=True)
-        self._thread.start()
-
-    def cease(self) -> None:
-        self._ceasing = True
-        self.wake()
+        self._start_rounds()
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(FETCH_WAIT + jetstream.API_TIMEOUT)
+        self._stop_rounds(FETCH_WAIT + jetstream.API_TIMEOUT)
         with _jetstream_lock:
             _jetstream_queues.get(self.cage, set()).discard(self.queue)
         self.consumer.close()
 
-    def wake(self) -> None:
-        with self._cond:
-            self._woken = True
-            self._cond.notify_all()
-
-    def _loop(self) -> None:
-        while not self._stopping:
-            try:
-                delay = self._round()
-                if self._failing:
-                    log.message(f"interface {self.interface}: retried calls can be run again")
-                    self._failing = False
-            except Exception as e:
-                if not self._failing:
-                    log.error(f"interface {self.interface}: retried calls cannot be run: "
-                              f"{exc_string(e, stack=False)}")
-                    self._failing = True
-                if self._open:  # opened again next round: the consumer may have been deleted, or moved
-                    self._open = False
-                    self.consumer.close()
-                delay = POLL_PERIOD
-            with self._cond:
-                if delay > 0 and not self._woken and not self._stopping:
-                    self._cond.wait(delay)
-                self._woken = False
+    def _round_failed(self) -> None:
+        if self._open:  # opened again next round: the consumer may have been deleted, or moved
+            self._open = False
+            self.consumer.close()
 
     def _round(self) -> float:
         """Fetch what there is room for and dispatch it; seconds to wait before the next round."""
@@ -966,14 +963,8 @@ class JetStreamEngine:
 
     def _dispatch(self, delivered: Delivered) -> None:
         call = delivered.call
-        parameters = dict(call.request.get("parameters") or {})
-        parameters["retry"] = {"id": call.rt_id, "attempt": delivered.attempt, "start": call.start,
-                               "deadline": call.expires}
         try:
-            request = self.lifecycle.begin(
-                interface=self.interface, protocol="retry", timeout=self.settings.request_timeout,
-                parameters=parameters, description=call.request.get("description"),
-                log_levels=list(call.request.get("log_levels") or ()), unique_id=str(call.request["id"]))
+            request = self._begin(call.request, call.rt_id, delivered.attempt, call.start, call.expires)
         except IntakeClosedError:
             self._settle(delivered, self.consumer.nak, 0.0)
             return
