@@ -225,6 +225,39 @@ def test_instances_share_the_load_and_a_killed_one_costs_only_its_calls_in_fligh
     assert ("b", b_pid) not in after
 
 
+def test_an_instance_stopped_gracefully_under_load_costs_no_call(on_nats: Cluster, tmp_path: Path) -> None:
+    """A rolling restart: the stopping instance leaves the queue group first and answers what it
+    has taken; a call that reaches it meanwhile is refused unrun and goes to the other."""
+    a = start_worker(on_nats, node="a")
+    b = start_worker(on_nats, node="b")
+    serves(a, "worker")
+    serves(b, "worker")
+    runner = start_runner(on_nats)
+    a_pid, b_pid = a.child_pids()[-1], b.child_pids()[-1]
+    wait_until(lambda: set(runner.result('result = [pmnc("worker").work.whoami() for _ in range(20)]'))
+               == {("a", a_pid), ("b", b_pid)}, message="both instances taking calls")
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    calls: list[tuple[float, Outcome, float]] = []
+    stop = threading.Event()
+    threads = load(runner, markers, CLIENTS, stop, calls, hold=0.1, remain=5.0)
+    try:
+        wait_until(lambda: holding(markers, b_pid), message="a call in flight in b.worker")
+        assert b.stop() == 0  # SIGTERM: the supervisor stops the cage gracefully
+        stopped_at = time.monotonic()
+        wait_until(lambda: sum(1 for s, o, _ in list(calls) if s > stopped_at and o.result == ("a", a_pid)) >= 10,
+                   15.0, message="a.worker taking the calls")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15.0)
+
+    assert [o.error for _, o, _ in calls if o.error is not None] == [], b.log_text()[-3000:]
+    assert ("b", b_pid) in [o.result for _, o, _ in calls]  # b.worker did answer calls under the load
+    assert "the cage has been properly shut down" in b.log_text()
+
+
 def _pin(servers: dict[str, str], default: str) -> str:
     """nats_servers for config_cluster.py: each node's cages start on a NATS node of their own
     (they learn the others from it, for when it dies)."""

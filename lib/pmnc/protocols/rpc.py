@@ -274,8 +274,11 @@ class Interface(interfaces.Interface):
 
     def stop(self) -> None:
         """After the drain: connections still saying goodbye get the rest of their grace
-        (they close by themselves), then every connection is closed."""
+        (they close by themselves), then every connection is closed. Over NATS: the answers
+        still on their way are sent."""
         self.cease()
+        if self.nats is not None:
+            self.nats.stop(GOODBYE_GRACE)
         with self.lock:
             self.closed.wait_for(lambda: not (self.connections or self.handshaking), GOODBYE_GRACE)
             every = list(self.connections) + list(self.handshaking)

@@ -121,6 +121,7 @@ class Link:
         self._io = threading.Lock()  # one thread at a time on the socket (a TLS socket needs it)
         self._state = threading.Condition()  # connected or not
         self._subs: dict[int, tuple[str, str, Handler]] = {}  # sid → subject, queue, handler
+        self._draining: dict[int, tuple[str, str, Handler]] = {}  # unsubscribed, still handling what comes
         self._sids = itertools.count(2)  # sid 1: the answers to this link's requests
         self._inbox = f"_INBOX.{secrets.token_hex(11)}."
         self._waiting: dict[str, _Waiter] = {}  # reply token → the thread waiting for it
@@ -151,6 +152,8 @@ class Link:
                         f"{timeout:.0f}s; trying on, calls fail at their deadlines until it can")
 
     def stop(self) -> None:
+        if self.connected:
+            self.flush(1.0)  # what was written has reached the server: closing loses nothing
         self._stopped = True
         with self._state:
             sock = self._sock
@@ -376,9 +379,9 @@ class Link:
         if message.sid == 1:
             self._answered(message)
             return
-        entry = self._subs.get(message.sid)
+        entry = self._subs.get(message.sid) or self._draining.get(message.sid)
         if entry is None:
-            return  # unsubscribed meanwhile
+            return
         try:
             entry[2](message.data, message.reply)
         except Exception as e:  # a handler's bug must not stop the reader
@@ -491,16 +494,22 @@ class Link:
                 _shut(sock)
         return sid
 
-    def unsubscribe(self, subject: str) -> None:
+    def unsubscribe(self, subject: str, timeout: float) -> None:
+        """No more messages on `subject`. Those the server sent before it had the UNSUB still
+        reach the handler (a callee refuses them, and the caller goes elsewhere): the handler
+        is kept, and the UNSUB confirmed with a PING within `timeout`, so that nothing sent to
+        the subscription is left unanswered when the connection closes later."""
         for sid, entry in list(self._subs.items()):
-            if entry[0] == subject:
-                del self._subs[sid]
-                sock = self._sock
-                if sock is not None:
-                    try:
-                        self._write(sock, natswire.unsub(sid))
-                    except OSError:
-                        _shut(sock)
+            if entry[0] != subject:
+                continue
+            self._draining[sid] = self._subs.pop(sid)  # not subscribed again on a reconnection
+            sock = self._sock
+            if sock is not None:
+                try:
+                    self._write(sock, natswire.unsub(sid))
+                except OSError:
+                    _shut(sock)
+        self.flush(timeout)
 
 
 def _has_calls(ops: list[Any]) -> bool:
@@ -626,8 +635,8 @@ class Bus:
             link.flush(CONNECT_TIMEOUT)
 
     def unsubscribe_all(self, subject: str) -> None:
-        """No more messages on `subject` (a callee ceasing)."""
-        self._link().unsubscribe(subject)
+        """No more messages on `subject` (a callee ceasing); returns when the server has it."""
+        self._link().unsubscribe(subject, CONNECT_TIMEOUT)
 
     def may_block(self) -> bool:
         """Whether a subscription's handler, now, may run a call itself (another reader reads on)."""

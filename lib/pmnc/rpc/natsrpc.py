@@ -150,6 +150,8 @@ class NatsCallee:
         self.refused = codec.encode(wire.REFUSED, limit=limit)
         self.refusals = _Refusals(self.subject)
         self.ceasing = False
+        self.answering = 0  # calls taken and not yet answered
+        self.answered = threading.Condition()
 
     def start(self) -> None:
         cluster = self.cluster
@@ -162,6 +164,13 @@ class NatsCallee:
         self.ceasing = True
         for subject in (discovery_subject(self.cluster.flock), self.subject, self.exact_subject):
             self.bus.unsubscribe_all(subject)
+
+    def stop(self, grace: float) -> None:
+        """After the drain: the answers of calls that have run are sent before the cage's
+        connection to NATS closes (a request ends at the intake just before its answer goes)."""
+        with self.answered:
+            if not self.answered.wait_for(lambda: self.answering == 0, grace):
+                log.warning(f"NATS: {self.answering} answer(s) not sent within {grace:.1f}s of the cage stopping")
 
     def _on_discover(self, data: bytes, reply: str) -> None:
         """On a reader of the link: this instance's advert, to whoever discovers the flock's instances."""
@@ -181,6 +190,8 @@ class NatsCallee:
             self.refusals.note(describe(opened), arrived)
             self.bus.publish(reply, opened)
             return
+        with self.answered:
+            self.answering += 1
         answer = functools.partial(self._answer, reply, opened)
         try:
             envelope = codec.decode(opened.body, limit=self.limit, allow_pickle=self.use_pickle)
@@ -263,13 +274,18 @@ class NatsCallee:
             frame = self.refused
         else:
             frame = wire.answer_frame(answer, self.limit, self.use_pickle, opened.caller)
-        sealed = self.sealer.seal_reply(opened.ticket, frame)
-        if len(sealed) > self.bus.max_payload:
-            error = ProtocolError(f"the answer of {len(sealed)} bytes exceeds the NATS server's max_payload of "
-                                  f"{self.bus.max_payload} bytes")
-            log.warning(f"the answer to cage {opened.caller} cannot be sent: {error}")
-            sealed = self.sealer.seal_reply(opened.ticket, codec.encode({"error": wire.error_dict(error)}))
-        self.bus.publish(reply, sealed)
+        try:
+            sealed = self.sealer.seal_reply(opened.ticket, frame)
+            if len(sealed) > self.bus.max_payload:
+                error = ProtocolError(f"the answer of {len(sealed)} bytes exceeds the NATS server's max_payload "
+                                      f"of {self.bus.max_payload} bytes")
+                log.warning(f"the answer to cage {opened.caller} cannot be sent: {error}")
+                sealed = self.sealer.seal_reply(opened.ticket, codec.encode({"error": wire.error_dict(error)}))
+            self.bus.publish(reply, sealed)
+        finally:
+            with self.answered:
+                self.answering -= 1
+                self.answered.notify_all()
 
 
 class _Refusals:
