@@ -1,13 +1,13 @@
 """The cage's connections to a NATS cluster (config_cluster.py transport "nats", retry_store "jetstream").
 
 Calls go over a `Link`: one blocking connection, written to by the threads that call (under
-a lock, straight to the socket) and read by a few reader threads in turn: the one whose turn
-it is reads what has come, passes the turn on and handles what it read - wakes each caller
-whose answer came, and runs a call it received right there when another reader reads on
-(the callee's side: no hand-off to a worker thread, as over the direct transport). nats-py's asyncio
-client did the same with twice the time per call - a wake-up of its loop to send, another
-to answer, tasks in between (bench/rpc_calls.py --transport nats, bench/README.md): calls
-are what a cage does most, so they get the short path. JetStream (retried calls, jetstream.py)
+a lock, straight to the socket) and read by a few reader threads, of which what comes wakes
+one (EPOLLEXCLUSIVE): it reads, hands out the answers - each wakes the caller waiting for it
+- and runs a call it received right there when another reader is free to read on (the
+callee's side: no hand-off to a worker thread, as over the direct transport). nats-py's
+asyncio client took twice the time per call - a wake-up of its loop to send, another to
+answer, tasks in between (bench/rpc_calls.py --transport nats, bench/README.md): calls are
+what a cage does most, so they get the short path. JetStream (retried calls, jetstream.py)
 goes through nats-py, on an event-loop thread of its own, connected only where it is used.
 
     request(subject, payload, timeout)   blocking, one NATS request/reply
@@ -59,6 +59,8 @@ RECV_SIZE = 262144
 MAX_GATHERED = 10000  # answers a gather keeps
 MAX_SERVERS = 64  # servers a link keeps, given and told of
 READERS = 4  # threads that take turns reading a link (Link._read)
+WAIT_SLICE = 1.0  # seconds a reader waits for the socket before it looks whether the link has changed
+_EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)  # Linux 4.5: one waiter woken, not all
 
 Handler = Callable[[bytes, str], None]
 
@@ -132,13 +134,14 @@ class Link:
         self._ever = False
         self._broken = False  # the connection in _sock has failed: the keeper replaces it
         self._parser = natswire.Parser(DEFAULT_MAX_PAYLOAD)
-        self._poller = select.poll()
-        self._pings_out = 0
+        self._waits = [select.epoll() for _ in range(READERS)]  # each reader's wait for the socket
+        self._pings_out, self._heard = 0, 0.0
         self._turn = threading.Lock()  # held by the reader whose turn it is to read
         self._counting = threading.Lock()
         self._idle = READERS  # readers reading or waiting for their turn, not handling what they read
         self._threads = [threading.Thread(target=self._keep, name="nats", daemon=True)] + \
-            [threading.Thread(target=self._read, name=f"nats:read:{n}", daemon=True) for n in range(READERS)]
+            [threading.Thread(target=self._read, args=(n,), name=f"nats:read:{n}", daemon=True)
+             for n in range(READERS)]
 
     # --- life ------------------------------------------------------------------------------------
 
@@ -185,9 +188,10 @@ class Link:
                 time.sleep(RECONNECT_WAIT)  # a round of every server failed: a pause, not a spin
                 continue
             sock, self._parser = connection
-            self._poller = select.poll()
-            self._poller.register(sock, select.POLLIN)
-            self._pings_out = 0
+            fd = sock.fileno()
+            for waiting in self._waits:
+                waiting.register(fd, select.EPOLLIN | _EXCLUSIVE)
+            self._pings_out, self._heard = 0, time.monotonic()
             with self._state:
                 self._sock, self._broken = sock, False
                 self._state.notify_all()
@@ -196,7 +200,10 @@ class Link:
             with self._state:
                 self._state.wait_for(lambda: self._broken or self._stopped)
                 self._sock = None
-            _close(sock)
+            with self._turn:  # no reader is reading it now; those waiting on it time out and see
+                for waiting in self._waits:
+                    waiting.unregister(fd)
+                _close(sock)
             self._lost_pongs()
 
     def _break(self, sock: socket.socket, why: str) -> None:
@@ -292,19 +299,37 @@ class Link:
                     self.servers.append(server)
                     known.add((server.host, server.port))
 
-    def _read(self) -> None:
-        """A reader. READERS threads take turns: the one whose turn it is waits for the socket
-        and reads what has come. Answers it hands out itself and reads on; with a call among
-        what it read, it gives the turn to the next reader first and may run the call right
-        here (`may_block`) while another reads on."""
+    def _read(self, number: int) -> None:
+        """A reader. READERS threads wait for the socket, each on an epoll of its own with
+        EPOLLEXCLUSIVE, so that what comes wakes one of them, not all. The one woken takes the
+        turn, reads what has come and hands out the answers; with a call among it, it gives
+        the turn up first and may run the call right here (`may_block`), while another reads
+        on. Reader 0 also keeps the connection alive."""
+        waiting = self._waits[number]
         while not self._stopped:
+            sock = self._sock
+            if sock is None or self._broken:
+                with self._state:
+                    self._state.wait_for(lambda: (self._sock is not None and not self._broken) or self._stopped,
+                                         1.0)
+                continue
+            try:
+                ready = waiting.poll(WAIT_SLICE)
+            except (OSError, ValueError):
+                continue  # the connection changed under the wait
+            if not ready:
+                if number == 0 and time.monotonic() - self._heard >= PING_INTERVAL:
+                    self._keep_alive(sock)
+                continue
             with self._turn:
-                ops, sock = self._read_turn()
+                if sock is not self._sock:
+                    continue
+                ops = self._read_turn(sock)
                 if not _has_calls(ops):
-                    for op in ops:  # answers and housekeeping only: quick, so this reader reads on
+                    for op in ops:  # answers and housekeeping only: quick, so the turn stays
                         self._handle(op, sock)
                     continue
-            self._handle_calls(ops, sock)  # the turn has passed on: a call may run here
+            self._handle_calls(ops, sock)  # the turn is free for the next: a call may run here
 
     def _handle_calls(self, ops: list[Any], sock: socket.socket | None) -> None:
         with self._counting:
@@ -316,29 +341,26 @@ class Link:
             with self._counting:
                 self._idle += 1
 
-    def _read_turn(self) -> tuple[list[Any], socket.socket | None]:
-        sock, parser, poller = self._sock, self._parser, self._poller
-        if sock is None or self._broken:
-            with self._state:
-                self._state.wait_for(lambda: (self._sock is not None and not self._broken) or self._stopped, 1.0)
-            return [], None
+    def _read_turn(self, sock: socket.socket) -> list[Any]:
         try:
-            if not poller.poll(PING_INTERVAL * 1000.0):
-                self._keep_alive(sock)
-                return [], sock
-            return self._receive(sock, parser), sock
+            return self._receive(sock, self._parser)
         except (OSError, ProtocolError, ValueError) as e:
             self._break(sock, exc_string(e, stack=False))
-            return [], sock
+            return []
 
     def _keep_alive(self, sock: socket.socket) -> None:
         """Nothing heard for PING_INTERVAL: a PING; a server that answers none of MAX_PINGS_OUT
         is given up for another."""
         if self._pings_out >= MAX_PINGS_OUT:
-            raise TimeoutError(f"no answer to {self._pings_out} PINGs")
+            self._break(sock, f"no answer to {self._pings_out} PINGs")
+            return
         self._pings_out += 1
+        self._heard = time.monotonic()  # the next PING after another interval
         self._pongs.append(None)
-        self._write(sock, natswire.PING)
+        try:
+            self._write(sock, natswire.PING)
+        except OSError as e:
+            self._break(sock, exc_string(e, stack=False))
 
     def may_block(self) -> bool:
         """Whether a handler (on a reader) may run something long: another reader reads on."""
@@ -355,7 +377,7 @@ class Link:
                     return ops
                 if not data:
                     raise ConnectionError("closed by the server")
-                self._pings_out = 0  # the server is there
+                self._pings_out, self._heard = 0, time.monotonic()  # the server is there
                 ops.extend(parser.feed(data))
                 if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) and len(data) < RECV_SIZE:
                     return ops
