@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from nats_peer import NatsFolder
 from pmnc.errors import ConfigError, ProtocolError
 from pmnc.rpc import natswire
-from pmnc.rpc.bus import Link, NatsNoResponders, NatsTimeout
+from pmnc.rpc.bus import Bus, Link, NatsNoResponders, NatsTimeout
 from pmnc.rpc.natswire import Credentials, Message, Parser
 
 # --- parsing --------------------------------------------------------------------------------------
@@ -190,3 +190,20 @@ def test_each_kind_of_credentials_is_accepted_and_a_wrong_one_refused(nats_folde
     finally:
         link.stop()
         refused.stop()
+
+
+def test_jetstream_signs_in_with_the_same_nkey(nats_folder: NatsFolder, tmp_path: Path) -> None:
+    """nats-py, for JetStream, is given the signature of pmnc's own reading of the seed (it would
+    need the nkeys package to read the file itself)."""
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "user.nk").write_text(_nkey_seed(key))
+    server = nats_folder.single(extra=f'authorization {{ users = [ {{ nkey: "{_nkey_public(key)}" }} ] }}\n')
+    bus = Bus(_settings(server.url, nats_creds=str(tmp_path / "user.nk")), name="test.bus", label="test bus",
+              tls=None, calls=True, jetstream=True)
+    bus.start(5.0)
+    try:
+        assert bus.connected
+        info = bus.run(bus.jetstream().account_info(), 10.0)
+        assert info.limits is not None  # JetStream answered the signed-in connection
+    finally:
+        bus.stop()

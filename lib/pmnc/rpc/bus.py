@@ -427,18 +427,23 @@ class Link:
     # --- sending ----------------------------------------------------------------------------------
 
     def send(self, data: bytes, timeout: float) -> None:
-        """`data` to the server, waiting up to `timeout` for a connection if there is none."""
-        sock = self._sock
-        if sock is None:
-            if not self._wait_connected(timeout):
-                raise NatsTimeout(f"NATS is not connected ({', '.join(s.url for s in self.servers)})")
+        """`data` to the server, waiting up to `timeout` for a connection if there is none -
+        also when the connection breaks under the write: then it goes whole on the next one
+        (the server drops what it got of a message on the broken connection)."""
+        deadline = time.monotonic() + timeout
+        while True:
             sock = self._sock
-            assert sock is not None
-        try:
-            self._write(sock, data)
-        except OSError as e:
-            _shut(sock)  # the reader sees it and reconnects
-            raise NatsError(f"NATS at {self.url}: sending failed: {e}") from None
+            if sock is None or self._broken:
+                if not self._wait_connected(deadline - time.monotonic()):
+                    raise NatsTimeout(f"NATS is not connected ({', '.join(s.url for s in self.servers)})")
+                continue
+            try:
+                self._write(sock, data)
+                return
+            except OSError as e:
+                self._break(sock, exc_string(e, stack=False))
+                if time.monotonic() >= deadline:
+                    raise NatsError(f"NATS at {self.url}: sending failed: {e}") from None
 
     def _write(self, sock: socket.socket, data: bytes) -> None:
         """All of `data`, under the lock; a full socket buffer waits to drain (bounded)."""
@@ -564,9 +569,16 @@ class Bus:
         self.label = label
         self.servers: list[str] = list(settings["nats_servers"])
         self.link = Link(settings, name=name, label=label, tls=tls) if calls else None
-        self._options = {"name": name, "tls": tls, "user": settings["nats_user"],
-                         "password": settings["nats_password"], "token": settings["nats_token"],
-                         "user_credentials": settings["nats_creds"]}
+        self._options: dict[str, Any] = {"name": name, "tls": tls, "user": settings["nats_user"],
+                                         "password": settings["nats_password"], "token": settings["nats_token"]}
+        # nats-py signs with these (it would need the nkeys package to read the file itself)
+        self._creds = Credentials(settings["nats_creds"]) if jetstream and settings["nats_creds"] else None
+        if self._creds is not None:
+            creds = self._creds
+            self._options["signature_cb"] = lambda nonce: creds.signature(nonce).encode()
+            if creds.jwt is not None:
+                jwt = creds.jwt.encode()
+                self._options["user_jwt_cb"] = lambda: jwt
         self._jetstream = jetstream
         self._thread = EventLoopThread("nats-py")
         self.loop = self._thread.loop
@@ -595,6 +607,8 @@ class Bus:
                             f"({exc_string(e, stack=False)}); trying on")
 
     async def _connect(self) -> None:
+        if self._creds is not None and self._creds.jwt is None:  # an NKey user: CONNECT names its key
+            self.nc._public_nkey = self._creds.public_key
         # connect() tries the servers for ever (max_reconnect_attempts=-1) in a task of its own
         connecting = asyncio.ensure_future(self.nc.connect(
             servers=self.servers, allow_reconnect=True, max_reconnect_attempts=-1,

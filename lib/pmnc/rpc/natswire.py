@@ -180,12 +180,20 @@ class Credentials:
         self.jwt = jwt.group(1) if jwt else None
         self.key = Ed25519PrivateKey.from_private_bytes(_seed_bytes(seed.group(1)))
 
+    def signature(self, nonce: str) -> str:
+        """The server's nonce signed, as CONNECT carries it (base64url, unpadded)."""
+        return base64.urlsafe_b64encode(self.key.sign(nonce.encode())).rstrip(b"=").decode()
+
+    @property
+    def public_key(self) -> str:
+        """The NKey's public key ("U..."), which names the user where there is no JWT."""
+        return _encode_key(_USER_PREFIX, self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
     def sign(self, nonce: str) -> dict[str, str]:
-        signature = base64.urlsafe_b64encode(self.key.sign(nonce.encode())).rstrip(b"=").decode()
+        """What CONNECT carries for these credentials."""
         if self.jwt is not None:
-            return {"jwt": self.jwt, "sig": signature}
-        public = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return {"nkey": _encode_key(_USER_PREFIX, public), "sig": signature}
+            return {"jwt": self.jwt, "sig": self.signature(nonce)}
+        return {"nkey": self.public_key, "sig": self.signature(nonce)}
 
 
 def _seed_bytes(seed: str) -> bytes:
