@@ -121,7 +121,7 @@ class Link:
         self.url = ""  # the server connected to
         self._sock: socket.socket | None = None
         self._io = threading.Lock()  # one thread at a time on the socket (a TLS socket needs it)
-        self._state = threading.Condition()  # connected or not
+        self._state = threading.Condition(threading.Lock())  # connected or not
         self._subs: dict[int, tuple[str, str, Handler]] = {}  # sid → subject, queue, handler
         self._draining: dict[int, tuple[str, str, Handler]] = {}  # unsubscribed, still handling what comes
         self._sids = itertools.count(2)  # sid 1: the answers to this link's requests

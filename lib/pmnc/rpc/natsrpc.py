@@ -151,7 +151,7 @@ class NatsCallee:
         self.refusals = _Refusals(self.subject)
         self.ceasing = False
         self.answering = 0  # calls taken and not yet answered
-        self.answered = threading.Condition()
+        self.answered = threading.Condition(threading.Lock())
 
     def start(self) -> None:
         cluster = self.cluster
