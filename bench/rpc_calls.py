@@ -62,6 +62,7 @@ from http_hello import (
     wait_until,
 )
 from nats_server import NatsServer
+from pmnc import keys
 from xmlrpc_echo import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,14 +366,28 @@ class Echo:
         return x
 
 
-def serve_pyro() -> int:
-    """A Pyro5 daemon on a free loopback port serving one Echo object, until SIGTERM."""
+def pyro_tls(folder: str, role: str) -> None:
+    """Pyro5's two-way TLS, as pmnc's cages have it: the server and the client each show a
+    certificate of one CA (pmnc.keys made them) and check the other's (SSL_REQUIRECLIENTCERT)."""
+    config = Pyro5.config
+    config.SSL, config.SSL_REQUIRECLIENTCERT, config.SSL_CACERTS = True, True, str(Path(folder) / "ca.pem")
+    if role == "server":
+        config.SSL_SERVERCERT = str(Path(folder) / "pyro.pem")  # key and certificate in one file
+    else:
+        config.SSL_CLIENTCERT = str(Path(folder) / "client.pem")
+
+
+def serve_pyro(tls: str | None) -> int:
+    """A Pyro5 daemon on a free loopback port serving one Echo object, until SIGTERM; over two-way
+    TLS with the keys in folder `tls`, if given."""
+    if tls:
+        pyro_tls(tls, "server")
     daemon = Pyro5.api.Daemon(host=HOST, port=0)
     uri = daemon.register(Echo(), "echo")
     config = Pyro5.config
     print(f"rpc_calls: Pyro5 {Pyro5.__version__} daemon, servertype {config.SERVERTYPE} (thread pool "
-          f"{config.THREADPOOL_SIZE_MIN}..{config.THREADPOOL_SIZE}), SOCK_NODELAY={config.SOCK_NODELAY}, "
-          f"at {uri}", flush=True)
+          f"{config.THREADPOOL_SIZE_MIN}..{config.THREADPOOL_SIZE}), SOCK_NODELAY={config.SOCK_NODELAY}"
+          f"{', two-way TLS' if tls else ''}, at {uri}", flush=True)
     try:
         daemon.requestLoop()
     finally:
@@ -464,7 +479,10 @@ def pyro_concurrent(uri: str, calls: int, threads: int, warmup: int, server_pid:
     return measured(server_pid, body)
 
 
-def pyro_client(uri: str, serializer: str, calls: int, threads: int, warmup: int, server_pid: int) -> int:
+def pyro_client(uri: str, serializer: str, calls: int, threads: int, warmup: int, server_pid: int,
+                tls: str | None) -> int:
+    if tls:
+        pyro_tls(tls, "client")
     """Sequential, then over `threads`: one JSON line on stdout."""
     Pyro5.config.SERIALIZER = serializer
     sequential = pyro_sequential(uri, calls, warmup, server_pid)
@@ -474,21 +492,26 @@ def pyro_client(uri: str, serializer: str, calls: int, threads: int, warmup: int
 
 
 class PyroServer:
-    """This script with --serve-pyro; its clients are this script with --pyro-client."""
+    """This script with --serve-pyro; its clients are this script with --pyro-client. Over two-way
+    TLS with the keys in `tls` (a folder), if given."""
 
     BANNER = re.compile(r"rpc_calls: (Pyro5 .* at (PYRO:echo@[\d.]+:\d+))")
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.output = base / "pyro.out"
+    def __init__(self, base: Path, tls: Path | None = None) -> None:
+        self.base, self.tls = base, tls
+        self.output = base / ("pyro-tls.out" if tls else "pyro.out")
         self.process: subprocess.Popen[bytes] | None = None
         self.uri = ""
         self.description = ""
 
+    def _tls_args(self) -> list[str]:
+        return ["--pyro-tls", str(self.tls)] if self.tls else []
+
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.output, "wb") as out:
-            self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-pyro"],
+            self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-pyro",
+                                             *self._tls_args()],
                                             cwd=self.base, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         match = wait_until(self._listening, START_TIMEOUT, "Pyro5: its banner line")
@@ -506,7 +529,7 @@ class PyroServer:
         assert self.process is not None
         command = [sys.executable, str(Path(__file__).resolve()), "--pyro-client", self.uri,
                    "--serializer", serializer, "--calls", str(calls), "--threads", str(threads),
-                   "--warmup", str(warmup), "--server-pid", str(self.process.pid)]
+                   "--warmup", str(warmup), "--server-pid", str(self.process.pid), *self._tls_args()]
         done = subprocess.run(command, cwd=self.base, capture_output=True, text=True,
                               timeout=REQUEST_TIMEOUT * 2, check=False)
         if done.returncode != 0:
@@ -516,11 +539,44 @@ class PyroServer:
         return Run.from_json(answer["sequential"]), Run.from_json(answer["concurrent"])
 
     def stop(self) -> str:
+        name = "Pyro5 TLS" if self.tls else "Pyro5"
         if self.process is None:
-            return "Pyro5 was not started"
+            return f"{name} was not started"
         if self.process.poll() is None:
             self.process.terminate()
-        return end_process(self.process, "Pyro5", STOP_TIMEOUT, lambda: None)
+        return end_process(self.process, name, STOP_TIMEOUT, lambda: None)
+
+
+class PyroPeers:
+    """The Pyro5 peers of a run: plain TCP, and two-way TLS (`tls`: certificates of a CA of its own,
+    made by pmnc.keys, so that pmnc's mutual TLS is measured against Pyro5 doing as much)."""
+
+    def __init__(self, base: Path, tls: bool = True) -> None:
+        self.plain = PyroServer(base)
+        self.secure = PyroServer(base, base / "pyro-keys") if tls else None
+
+    def start(self) -> None:
+        self.plain.start()
+        if self.secure is not None:
+            assert self.secure.tls is not None
+            keys.make_ca(self.secure.tls, "rpc_calls Pyro5 CA")
+            keys.make_server(self.secure.tls, "pyro")
+            keys.make_client(self.secure.tls, "client")
+            self.secure.start()
+
+    @property
+    def description(self) -> str:
+        return self.plain.description + (f"; and {self.secure.description}" if self.secure else "")
+
+    def run(self, serializer: str, calls: int, threads: int, warmup: int) -> dict[str, tuple[Run, Run]]:
+        """`serializer` over plain TCP and over TLS: {"msgpack": ..., "msgpack TLS": ...}."""
+        runs = {serializer: self.plain.run(serializer, calls, threads, warmup)}
+        if self.secure is not None:
+            runs[f"{serializer} TLS"] = self.secure.run(serializer, calls, threads, warmup)
+        return runs
+
+    def stop(self) -> str:
+        return "; ".join([self.plain.stop(), *([self.secure.stop()] if self.secure else [])])
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -577,11 +633,11 @@ def introduce(args: argparse.Namespace) -> None:
           f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
 
 
-def measure_pyro(args: argparse.Namespace, peer: PyroServer) -> dict[str, tuple[Run, Run]]:
+def measure_pyro(args: argparse.Namespace, peer: PyroPeers) -> dict[str, tuple[Run, Run]]:
     pyro: dict[str, tuple[Run, Run]] = {}
     for serializer in args.serializers:
         print(f"Pyro5 {serializer}: warming up and measuring ...", flush=True)
-        pyro[serializer] = peer.run(serializer, args.calls, args.threads, args.warmup)
+        pyro.update(peer.run(serializer, args.calls, args.threads, args.warmup))
     return pyro
 
 
@@ -592,7 +648,7 @@ def failed_calls(runs: list[Run]) -> int:
     return errors
 
 
-def bench(args: argparse.Namespace, pmnc: PmncCages, peer: PyroServer) -> int:
+def bench(args: argparse.Namespace, pmnc: PmncCages, peer: PyroPeers) -> int:
     print(f"rpc_calls: echo({{'id': i, 'text': 'x' * 100}}) between two processes on loopback, {args.calls} calls "
           f"sequentially, then over {args.threads} threads, after {args.warmup} warm-up calls; "
           f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
@@ -607,10 +663,7 @@ def bench(args: argparse.Namespace, pmnc: PmncCages, peer: PyroServer) -> int:
     pmnc_sequential = pmnc.run(args.calls, 1)
     pmnc.run(args.warmup, args.threads)
     pmnc_concurrent = pmnc.run(args.calls, args.threads)
-    pyro: dict[str, tuple[Run, Run]] = {}
-    for serializer in args.serializers:
-        print(f"Pyro5 {serializer}: warming up and measuring ...", flush=True)
-        pyro[serializer] = peer.run(serializer, args.calls, args.threads, args.warmup)
+    pyro = measure_pyro(args, peer)
 
     print()
     threads = f"{args.threads} threads"
@@ -637,7 +690,7 @@ def bench(args: argparse.Namespace, pmnc: PmncCages, peer: PyroServer) -> int:
     return 0
 
 
-def bench_nats(args: argparse.Namespace, both: BothTransports, peer: PyroServer) -> int:
+def bench_nats(args: argparse.Namespace, both: BothTransports, peer: PyroPeers) -> int:
     """The direct and the nats tree, each sequentially then over threads, next to Pyro5."""
     introduce(args)
     both.start(args.threads)
@@ -692,22 +745,28 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pyro-client", metavar="URI", help=argparse.SUPPRESS)
     parser.add_argument("--serializer", default="serpent", help=argparse.SUPPRESS)
     parser.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--pyro-tls", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--no-tls-peer", action="store_true",
+                        help="measure Pyro5 over plain TCP only, not also over two-way TLS")
     args = parser.parse_args(argv)
     if args.serve_pyro:
-        return serve_pyro()
+        return serve_pyro(args.pyro_tls)
     if args.pyro_client:
         return pyro_client(args.pyro_client, args.serializer, args.calls, args.threads, args.warmup,
-                           args.server_pid)
+                           args.server_pid, args.pyro_tls)
     args.serializers = [s for s in args.serializers.split(",") if s]
     if args.calls < 2 or args.threads < 2 or args.warmup < 1:
         parser.error("--calls and --threads must be at least 2, --warmup at least 1")
     if not args.serializers or not set(args.serializers) <= set(SERIALIZERS):
         parser.error(f"--serializers: some of {', '.join(SERIALIZERS)}")
 
+    def peers(base: Path) -> PyroPeers:
+        return PyroPeers(base, tls=not args.no_tls_peer)
+
     if args.transport == "nats":
-        return run_pair("rpc_calls", args.keep, BothTransports, PyroServer,
+        return run_pair("rpc_calls", args.keep, BothTransports, peers,
                         lambda both, peer: bench_nats(args, both, peer))
-    return run_pair("rpc_calls", args.keep, PmncCages, PyroServer, lambda pmnc, peer: bench(args, pmnc, peer))
+    return run_pair("rpc_calls", args.keep, PmncCages, peers, lambda pmnc, peer: bench(args, pmnc, peer))
 
 
 if __name__ == "__main__":
