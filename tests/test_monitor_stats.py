@@ -482,7 +482,9 @@ def test_resource_calls_are_counted_with_their_time(in_process_cage: Callable[..
     assert (void["success"], void["failure"]) == (3, 1)
     processing = void["readings"]["processing"]
     assert processing["count"] == 4
-    assert 0.05 <= processing["p50"] <= processing["max"] < 0.5  # the sleeps, begin_transaction included
+    # the sleeps, begin_transaction included; p50 is kept to three significant digits, rounded
+    # half up, so it may be above the exact max by that rounding (50.18 ms is 50.2 ms)
+    assert 0.05 <= processing["p50"] <= processing["max"] * 1.005 and processing["max"] < 0.5
     assert 0 <= void["readings"]["pending"]["max"] < 0.5
     assert (resources["state"]["success"], resources["state"]["failure"]) == (1, 0)  # run inline
     broken = resources["broken"]  # never connected: a failure that took no processing
