@@ -8,6 +8,7 @@ receives, with its `pmnc` in scope. The NATS servers are real nats-server proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import ssl
@@ -163,9 +164,15 @@ def test_cages_call_each_other_through_nats_with_tls_and_their_own_certificates(
 # --- several instances ---------------------------------------------------------------------------
 
 
-def load(runner: Runner, folder: Path, clients: int, stop: threading.Event,
-         calls: list[tuple[float, Outcome, float]], hold: float = 0.2, remain: float = 2.0) -> list[threading.Thread]:
-    """`clients` threads calling worker.whoami(hold) in a loop until `stop`: (started, outcome, took)."""
+@contextlib.contextmanager
+def load(runner: Runner, folder: Path, hold: float = 0.2,
+         remain: float = 2.0) -> Iterator[list[tuple[float, Outcome, float]]]:
+    """CLIENTS threads calling worker.whoami(hold, folder) in a loop for the `with`'s time; yields
+    the calls, (started, outcome, took), as they end. `folder` gets whoami's markers."""
+    folder.mkdir()
+    calls: list[tuple[float, Outcome, float]] = []
+    stop = threading.Event()
+
     def client() -> None:
         while not stop.is_set():
             started = time.monotonic()
@@ -173,10 +180,15 @@ def load(runner: Runner, folder: Path, clients: int, stop: threading.Event,
                                  hold=hold, folder=str(folder))
             calls.append((started, outcome, time.monotonic() - started))
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
     for thread in threads:
         thread.start()
-    return threads
+    try:
+        yield calls
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15.0)
 
 
 def holding(folder: Path, pid: int) -> int:
@@ -196,11 +208,7 @@ def test_instances_share_the_load_and_a_killed_one_costs_only_its_calls_in_fligh
     assert set(answers) == {("a", a_pid), ("b", b_pid)}  # the queue group spreads them
 
     markers = tmp_path / "markers"
-    markers.mkdir()
-    calls: list[tuple[float, Outcome, float]] = []
-    stop = threading.Event()
-    threads = load(runner, markers, CLIENTS, stop, calls)
-    try:
+    with load(runner, markers) as calls:
         wait_until(lambda: holding(markers, b_pid), message="a call in flight in b.worker")
         os.kill(b_pid, signal.SIGKILL)
         in_flight = holding(markers, b_pid)  # its markers stay: the process died holding them
@@ -208,10 +216,6 @@ def test_instances_share_the_load_and_a_killed_one_costs_only_its_calls_in_fligh
         killed_at = time.monotonic()
         wait_until(lambda: sum(1 for s, o, _ in list(calls) if s > killed_at and o.result == ("a", a_pid)) >= 10,
                    15.0, message="a.worker taking the calls")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(15.0)
 
     failures = [(started, o) for started, o, _ in calls if o.error is not None]
     # only calls b.worker had taken: the one(s) it was running, and any NATS had just handed it
@@ -238,20 +242,12 @@ def test_an_instance_stopped_gracefully_under_load_costs_no_call(on_nats: Cluste
                == {("a", a_pid), ("b", b_pid)}, message="both instances taking calls")
 
     markers = tmp_path / "markers"
-    markers.mkdir()
-    calls: list[tuple[float, Outcome, float]] = []
-    stop = threading.Event()
-    threads = load(runner, markers, CLIENTS, stop, calls, hold=0.1, remain=5.0)
-    try:
+    with load(runner, markers, hold=0.1, remain=5.0) as calls:
         wait_until(lambda: holding(markers, b_pid), message="a call in flight in b.worker")
         assert b.stop() == 0  # SIGTERM: the supervisor stops the cage gracefully
         stopped_at = time.monotonic()
         wait_until(lambda: sum(1 for s, o, _ in list(calls) if s > stopped_at and o.result == ("a", a_pid)) >= 10,
                    15.0, message="a.worker taking the calls")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(15.0)
 
     assert [o.error for _, o, _ in calls if o.error is not None] == [], b.log_text()[-3000:]
     assert ("b", b_pid) in [o.result for _, o, _ in calls]  # b.worker did answer calls under the load
@@ -288,11 +284,7 @@ def test_a_nats_node_killed_under_load_costs_at_most_its_calls_in_flight(cluster
                == {("a", a_pid), ("b", b_pid)}, message="both instances reachable from n1")
 
     markers = tmp_path / "markers"
-    markers.mkdir()
-    calls: list[tuple[float, Outcome, float]] = []
-    stop = threading.Event()
-    threads = load(runner, markers, CLIENTS, stop, calls)
-    try:
+    with load(runner, markers) as calls:
         wait_until(lambda: holding(markers, a_pid), message="a call in flight in a.worker")
         in_flight = holding(markers, a_pid)
         n2.kill()  # a.worker's NATS node
@@ -300,10 +292,6 @@ def test_a_nats_node_killed_under_load_costs_at_most_its_calls_in_flight(cluster
         # a.worker reconnects to a node it learnt of and takes calls again
         wait_until(lambda: sum(1 for s, o, _ in list(calls) if s > killed_at + 0.5 and o.result == ("a", a_pid)) >= 3,
                    20.0, message="a.worker answering through another NATS node")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(15.0)
 
     failures = [(started, o) for started, o, _ in calls if o.error is not None]
     # at most what a.worker was running when its node died, and what NATS had handed it on the way
