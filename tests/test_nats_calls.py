@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import nats
 import pytest
-from conftest import Cluster, config_source, wait_until
+from conftest import CageProcess, Cluster, config_source, wait_until
 from nats.aio.msg import Msg
 from pmnc import keys
 from test_rpc import WORK, Outcome, Runner, _gone, start_runner, start_worker
@@ -196,16 +196,24 @@ def holding(folder: Path, pid: int) -> int:
     return len(list(folder.glob(f"holding-{pid}-*")))
 
 
-def test_instances_share_the_load_and_a_killed_one_costs_only_its_calls_in_flight(on_nats: Cluster,
-                                                                                    tmp_path: Path) -> None:
-    a = start_worker(on_nats, node="a")
-    b = start_worker(on_nats, node="b")
+def two_workers(cluster: Cluster) -> tuple[Runner, CageProcess, CageProcess, int, int]:
+    """Instances a.worker and b.worker and the runner, once the queue group spreads the runner's
+    calls over both: (runner, a, b, pid of a's cage, pid of b's)."""
+    a = start_worker(cluster, node="a")
+    b = start_worker(cluster, node="b")
     serves(a, "worker")
     serves(b, "worker")
-    runner = start_runner(on_nats)
+    runner = start_runner(cluster)
     a_pid, b_pid = a.child_pids()[-1], b.child_pids()[-1]
-    answers = runner.result('result = [pmnc("worker").work.whoami() for _ in range(40)]')
-    assert set(answers) == {("a", a_pid), ("b", b_pid)}  # the queue group spreads them
+    # interest crosses NATS routes a moment after the subscriptions: wait until both answer
+    wait_until(lambda: set(runner.result('result = [pmnc("worker").work.whoami() for _ in range(20)]'))
+               == {("a", a_pid), ("b", b_pid)}, message="both instances taking calls")
+    return runner, a, b, a_pid, b_pid
+
+
+def test_instances_share_the_load_and_a_killed_one_costs_only_its_calls_in_flight(on_nats: Cluster,
+                                                                                    tmp_path: Path) -> None:
+    runner, _, _, a_pid, b_pid = two_workers(on_nats)  # the queue group spreads the calls
 
     markers = tmp_path / "markers"
     with load(runner, markers) as calls:
@@ -232,14 +240,7 @@ def test_instances_share_the_load_and_a_killed_one_costs_only_its_calls_in_fligh
 def test_an_instance_stopped_gracefully_under_load_costs_no_call(on_nats: Cluster, tmp_path: Path) -> None:
     """A rolling restart: the stopping instance leaves the queue group first and answers what it
     has taken; a call that reaches it meanwhile is refused unrun and goes to the other."""
-    a = start_worker(on_nats, node="a")
-    b = start_worker(on_nats, node="b")
-    serves(a, "worker")
-    serves(b, "worker")
-    runner = start_runner(on_nats)
-    a_pid, b_pid = a.child_pids()[-1], b.child_pids()[-1]
-    wait_until(lambda: set(runner.result('result = [pmnc("worker").work.whoami() for _ in range(20)]'))
-               == {("a", a_pid), ("b", b_pid)}, message="both instances taking calls")
+    runner, _, b, a_pid, b_pid = two_workers(on_nats)
 
     markers = tmp_path / "markers"
     with load(runner, markers, hold=0.1, remain=5.0) as calls:
@@ -271,17 +272,9 @@ def test_a_nats_node_killed_under_load_costs_at_most_its_calls_in_flight(cluster
                                                                         tmp_path: Path) -> None:
     n1, n2, n3 = nats_cluster
     use_nats(cluster, _pin({"a": n2.url, "b": n3.url}, n1.url))
-    a = start_worker(cluster, node="a")
-    b = start_worker(cluster, node="b")
-    serves(a, "worker")
-    serves(b, "worker")
-    runner = start_runner(cluster)
-    a_pid, b_pid = a.child_pids()[-1], b.child_pids()[-1]
+    runner, _, _, a_pid, _ = two_workers(cluster)  # the runner on n1 reaches both
     assert "a.worker" in connections(n2) and "b.worker" in connections(n3)
     assert not {"a.worker", "b.worker"} & connections(n1)
-    # interest crosses the routes a moment after the subscriptions: wait until both instances answer
-    wait_until(lambda: set(runner.result('result = [pmnc("worker").work.whoami() for _ in range(20)]'))
-               == {("a", a_pid), ("b", b_pid)}, message="both instances reachable from n1")
 
     markers = tmp_path / "markers"
     with load(runner, markers) as calls:
