@@ -28,7 +28,8 @@ class Intake:
 
     def __init__(self, statistics: Statistics | None = None) -> None:
         self.statistics = statistics
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # begin and end hold it directly: they run once per request
+        self._cond = threading.Condition(self._mutex)  # for drain() to wait on
         self._active: dict[str, int] = {}  # interface → requests in flight
         self._open = False
         self._draining = 0  # threads waiting in drain(): only then does end() notify
@@ -38,7 +39,7 @@ class Intake:
             self._open = True
 
     def begin(self, *, interface: str, **kwargs: Any) -> Request:
-        with self._cond:
+        with self._mutex:
             if not self._open:
                 raise IntakeClosedError("request cannot begin, request factory has been shut down")
             self._active[interface] = self._active.get(interface, 0) + 1
@@ -49,7 +50,7 @@ class Intake:
         never having run, or a handler that raised, though the interface answered, is a failure)."""
         interface = request.interface
         assert interface is not None
-        with self._cond:
+        with self._mutex:
             self._active[interface] -= 1
             if self._draining:
                 self._cond.notify_all()

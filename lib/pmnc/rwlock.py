@@ -15,19 +15,22 @@ from collections.abc import Callable
 
 class SharedLock:
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Every module call takes and releases the lock shared: those paths hold the mutex
+        # itself (a C context manager), not the Condition's Python-level wrapper around it.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers: dict[int, int] = {}  # thread id → re-entry depth
         self._writer: int | None = None
         self._writers_waiting = 0
 
     def acquire_shared(self, timeout: float | None) -> bool:
         me = threading.get_ident()
-        with self._cond:
+        with self._mutex:
             depth = self._readers.get(me)
             if depth is not None:
                 self._readers[me] = depth + 1
                 return True
-            if self._writer == me:
+            if self._writer == me or (self._writer is None and not self._writers_waiting):
                 self._readers[me] = 1
                 return True
             if not self._wait(lambda: self._writer is None and not self._writers_waiting, timeout):
@@ -37,7 +40,7 @@ class SharedLock:
 
     def release_shared(self) -> None:
         me = threading.get_ident()
-        with self._cond:
+        with self._mutex:
             depth = self._readers[me]
             if depth > 1:
                 self._readers[me] = depth - 1

@@ -228,16 +228,17 @@ def typecheck(func: Callable[..., Any], *, input_parameter_error: type[Exception
     def bad_input(param: str, value: Any) -> Exception:
         return input_parameter_error(f"{name}() has got an incompatible value for {param}: {_short(value)}")
 
+    positional = sig.positional
+
     @functools.wraps(func)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        positional = sig.positional
-        for i, value in enumerate(args):
-            if i < len(positional):
-                param, check = positional[i]
-                if check is not None and not check(value):
-                    raise bad_input(param, value)
-            elif sig.var_positional is not None and not sig.var_positional(value):
-                raise bad_input("*args", value)
+        for (param, check), value in zip(positional, args, strict=False):  # every call of a handler: kept lean
+            if check is not None and not check(value):
+                raise bad_input(param, value)
+        if len(args) > len(positional) and sig.var_positional is not None:
+            for value in args[len(positional):]:
+                if not sig.var_positional(value):
+                    raise bad_input("*args", value)
         for param, value in kwargs.items():
             check = sig.by_name.get(param) if param in sig.named else sig.var_keyword
             if check is not None and not check(value):

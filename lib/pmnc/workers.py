@@ -127,7 +127,10 @@ class WorkerPool:
             raise ValueError("a worker pool needs at least one thread")
         self.name, self.size, self.idle_timeout = name, size, idle_timeout
         self._queue: list[_Unit] = []
-        self._cond = threading.Condition(threading.Lock())
+        # Hot paths hold the mutex itself (a C context manager); the Condition, over the same
+        # mutex, is only for waiting and waking.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._threads = 0
         self._idle = 0  # threads waiting for work
         self._signalled = 0  # of those, already woken for a unit they have yet to take
@@ -146,7 +149,7 @@ class WorkerPool:
         cancelled. Or wait for it with `unit.result(timeout)`."""
         unit = WorkUnit(request, fn, args, when_done)
         key = request.sort_key()
-        with self._cond:
+        with self._mutex:
             if self._stopped:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
             heapq.heappush(self._queue, (key[0], key[1], unit))
@@ -162,7 +165,7 @@ class WorkerPool:
         on this thread if a slot is free and nothing is queued, else queued earliest
         deadline first and waited for. At the deadline a unit still queued is
         cancelled (RequestExpiredError); one already running is left to finish."""
-        with self._cond:
+        with self._mutex:
             if self._stopped:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
             here = not self._queue and self._busy + self._inline < self.size
@@ -178,7 +181,7 @@ class WorkerPool:
             return fn(*args)
         finally:
             _request.attach(previous)
-            with self._cond:
+            with self._mutex:
                 self._inline -= 1
                 self.processed += 1
                 if self._queue:
@@ -211,7 +214,7 @@ class WorkerPool:
     def _take(self) -> WorkUnit | None:
         """The next unit, or None when this thread should retire."""
         me = threading.get_ident()
-        with self._cond:
+        with self._mutex:
             while True:
                 if self._queue and self._busy + self._inline < self.size:
                     if self._lookout == me:
@@ -256,7 +259,7 @@ class WorkerPool:
             try:
                 self._run(unit)
             finally:
-                with self._cond:
+                with self._mutex:
                     self._busy -= 1
                     self.processed += 1
 
