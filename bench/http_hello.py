@@ -1,6 +1,6 @@
 """Benchmark pmnc's sample cage against a bare uvicorn hello-world with wrk, then pmnc during hot reloads.
 
-    .venv/bin/python bench/http_hello.py [--duration 10] [--warmup 2]
+    .venv/bin/python bench/http_hello.py [--duration 10] [--warmup 2] [--connections 50] [--no-reloads]
 
 Phase 1: a temporary install tree runs the sample cage (`startup.py sample`,
 its HTTP interface moved to a free loopback port) and `bench/uvicorn_hello.py`
@@ -8,6 +8,10 @@ runs on another; each gets a warm-up and then `wrk -t2 -c50 -d<N>s --latency`,
 one after the other. Phase 2: wrk against pmnc again while a thread rewrites
 `cages/sample/interface_http.py` 10 times, evenly spaced; every response
 should still succeed and the cage log should show the 10 reloads.
+--connections N runs wrk with N connections (on min(2, N) threads) instead
+of 50 (above 50 the cage's max_connections_per_ip is raised to its
+max_connections: wrk is one address); --no-reloads leaves phase 2 out
+(bench/scaling.py uses both).
 Both servers are stopped at the end whatever happens. See bench/README.md.
 """
 
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 HOST = "127.0.0.1"
 WRK_THREADS, WRK_CONNECTIONS = 2, 50
+SAMPLE_SHARE = 50  # the sample cage's max_connections_per_ip: by default half of its max_connections, 100
 RELOADS = 10
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
@@ -141,8 +146,9 @@ class PmncCage:
 
     LISTENS = re.compile(r"interface http listens on https?://[\d.]+:(\d+)/")
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, whole_share: bool = False) -> None:
         self.root = base / "pmnc"
+        self.whole_share = whole_share  # max_connections_per_ip = max_connections (wrk's one address takes all)
         self.cage_dir = self.root / "cages" / "sample"
         self.logs = self.cage_dir / "logs"
         self.handler = self.cage_dir / "interface_http.py"
@@ -159,8 +165,12 @@ class PmncCage:
         shutil.copytree(ROOT / "cages" / "sample", self.cage_dir,
                         ignore=shutil.ignore_patterns("logs", "state", "__pycache__"))
         config = self.cage_dir / "config_interface_http.py"
-        text, count = re.subn(r"listener_address\s*=\s*\([^)]*\)", f'listener_address=("{HOST}", 0)',
-                              config.read_text())
+        text = config.read_text()
+        extra = ""
+        if self.whole_share:
+            most = re.search(r"max_connections\s*=\s*(\d+)", text)
+            extra = f", max_connections_per_ip={most.group(1) if most else 100}"
+        text, count = re.subn(r"listener_address\s*=\s*\([^)]*\)", f'listener_address=("{HOST}", 0){extra}', text)
         if count != 1:
             raise RuntimeError(f"{config}: no listener_address to rewrite")
         config.write_text(text)
@@ -284,9 +294,15 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def wrk(port: int, duration: int, latency: bool = True) -> WrkResult:
-    """`wrk -t2 -c50 -d<N>s [--latency] http://127.0.0.1:PORT/` (keep-alive, wrk's default)."""
-    command = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s",
+def wrk_threads(connections: int) -> int:
+    """wrk's threads for `connections`: it needs at least one connection per thread."""
+    return min(WRK_THREADS, connections)
+
+
+def wrk(port: int, duration: int, latency: bool = True, connections: int = WRK_CONNECTIONS) -> WrkResult:
+    """`wrk -t2 -c50 -d<N>s [--latency] http://127.0.0.1:PORT/` (keep-alive, wrk's default);
+    `connections` other than 50 on min(2, connections) threads."""
+    command = ["wrk", f"-t{wrk_threads(connections)}", f"-c{connections}", f"-d{duration}s",
                *(["--latency"] if latency else []), f"http://{HOST}:{port}/"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60.0, check=False)
     if done.returncode != 0:
@@ -336,6 +352,14 @@ def print_table(rows: list[tuple[str, WrkResult]]) -> None:
               f"{r.non_2xx:>9}{r.socket_errors:>9}")
 
 
+def print_log_problems(pmnc: PmncCage) -> None:
+    problems = [line for line in pmnc.log_text().splitlines() if " ERR " in line or " WRN " in line]
+    if problems:
+        print(f"cage log: {len(problems)} error/warning line(s), the first ones:")
+        for line in problems[:5]:
+            print(f"  {line}")
+
+
 def pmnc_version() -> str:
     """The commit under test, and whether lib/ differs from it (a benchmark of a work tree)."""
     def git(*args: str) -> str:
@@ -358,8 +382,8 @@ def wrk_version() -> str:
 
 
 def bench(args: argparse.Namespace, pmnc: PmncCage, peer: Uvicorn) -> int:
-    print(f"http_hello: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{args.duration:g}s --latency, keep-alive, "
-          f"warm-up {args.warmup:g}s each; {wrk_version()}; Python {sys.version.split()[0]}; "
+    print(f"http_hello: wrk -t{wrk_threads(args.connections)} -c{args.connections} -d{args.duration:g}s --latency, "
+          f"keep-alive, warm-up {args.warmup:g}s each; {wrk_version()}; Python {sys.version.split()[0]}; "
           f"{os.cpu_count()} CPUs shared by servers and wrk")
 
     pmnc.start()
@@ -368,19 +392,21 @@ def bench(args: argparse.Namespace, pmnc: PmncCage, peer: Uvicorn) -> int:
     print(peer.banner)
 
     print(f"warming up ({args.warmup:g}s each) ...", flush=True)
-    wrk(pmnc.port, args.warmup, latency=False)
-    wrk(peer.port, args.warmup, latency=False)
+    wrk(pmnc.port, args.warmup, latency=False, connections=args.connections)
+    wrk(peer.port, args.warmup, latency=False, connections=args.connections)
 
     print("phase 1: pmnc, then uvicorn ...", flush=True)
-    on_pmnc = wrk(pmnc.port, args.duration)
-    on_peer = wrk(peer.port, args.duration)
+    on_pmnc = wrk(pmnc.port, args.duration, connections=args.connections)
+    on_peer = wrk(peer.port, args.duration, connections=args.connections)
+    if args.no_reloads:
+        return report_phase_1(pmnc, on_pmnc, on_peer)
 
     print(f"phase 2: pmnc while interface_http.py is rewritten {RELOADS} times ...", flush=True)
     reloads_before = pmnc.reloads()
     rewriter = Rewriter(pmnc.handler, RELOADS, args.duration)
     rewriter.start()
     try:
-        on_reload = wrk(pmnc.port, args.duration)
+        on_reload = wrk(pmnc.port, args.duration, connections=args.connections)
     finally:
         rewriter.cancelled.set()
         rewriter.join(10.0)
@@ -401,11 +427,7 @@ def bench(args: argparse.Namespace, pmnc: PmncCage, peer: Uvicorn) -> int:
           f"{on_reload.rps / on_pmnc.rps if on_pmnc.rps else float('nan'):.2f} of its phase-1 rate")
     print(f"reloads: {rewriter.written} file rewrites, {reloads} 'module interface_http has been reloaded' "
           f"in the cage log; now serving {serving!r} (last written {rewriter.last_greeting!r})")
-    problems = [line for line in pmnc.log_text().splitlines() if " ERR " in line or " WRN " in line]
-    if problems:
-        print(f"cage log: {len(problems)} error/warning line(s), the first ones:")
-        for line in problems[:5]:
-            print(f"  {line}")
+    print_log_problems(pmnc)
     print(f"http_hello: pmnc {on_pmnc.rps:.0f} req/s, uvicorn {on_peer.rps:.0f} req/s, ratio {ratio:.2f}; "
           f"during {rewriter.written} reloads: {on_reload.rps:.0f} req/s, {on_reload.failed} failed")
 
@@ -416,19 +438,45 @@ def bench(args: argparse.Namespace, pmnc: PmncCage, peer: Uvicorn) -> int:
     return 0 if ok else 1
 
 
+def report_phase_1(pmnc: PmncCage, on_pmnc: WrkResult, on_peer: WrkResult) -> int:
+    """--no-reloads: phase 1's table and summary line only; clean when no response failed."""
+    print()
+    print_table([("pmnc", on_pmnc), ("uvicorn", on_peer)])
+    ratio = on_pmnc.rps / on_peer.rps if on_peer.rps else float("nan")
+    print_log_problems(pmnc)
+    print(f"http_hello: pmnc {on_pmnc.rps:.0f} req/s, uvicorn {on_peer.rps:.0f} req/s, ratio {ratio:.2f}; "
+          f"failed: pmnc {on_pmnc.failed}, uvicorn {on_peer.failed}")
+    if on_pmnc.failed or on_peer.failed:
+        print("http_hello: NOT CLEAN: see the failed responses above")
+        return 1
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=10, help="seconds of each measured wrk run (10)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of the warm-up run per server (2)")
+    parser.add_argument("--connections", type=int, default=WRK_CONNECTIONS,
+                        help=f"wrk's connections, on min({WRK_THREADS}, N) threads ({WRK_CONNECTIONS})")
+    parser.add_argument("--no-reloads", action="store_true", help="leave out phase 2, the run during reloads")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree and logs, print where")
     args = parser.parse_args(argv)
     if args.duration < 1 or args.warmup < 1:
         parser.error("--duration and --warmup are whole seconds, at least 1")
+    if args.connections < 1:
+        parser.error("--connections: at least 1")
     if shutil.which("wrk") is None:
         print("http_hello: wrk is not installed: run ./setup bench (as root) or apt-get install wrk", file=sys.stderr)
         return 2
 
-    return run_pair("http_hello", args.keep, PmncCage, Uvicorn, lambda pmnc, peer: bench(args, pmnc, peer))
+    # The sample cage lets one address hold half its max_connections (100): more wrk connections than
+    # that get 503s, so they get all of it, as its config advises for clients behind a proxy.
+    whole_share = args.connections > SAMPLE_SHARE
+    if whole_share:
+        print(f"http_hello: {args.connections} connections from one address: the sample cage gets "
+              f"max_connections_per_ip = its max_connections (its default is half of that, {SAMPLE_SHARE})")
+    return run_pair("http_hello", args.keep, lambda base: PmncCage(base, whole_share), Uvicorn,
+                    lambda pmnc, peer: bench(args, pmnc, peer))
 
 
 def run_pair(name: str, keep: bool, make_pmnc: Callable[[Path], Any], make_peer: Callable[[Path], Any],

@@ -308,7 +308,7 @@ class PmncCages:
         for cage in self.cages:
             logged(cage, r"the cage is ready", "ready")
         for cage in (self.caller, self.callee):
-            logged(cage, r"interface retry runs retried calls", "interface retry started")
+            logged(cage, r"interface retry runs (the )?retried calls", "interface retry started")
 
     def get(self, cage: Cage, query: str) -> dict[str, Any]:
         connection = http.client.HTTPConnection(HOST, self.ports[cage.name], timeout=REQUEST_TIMEOUT + 10.0)
