@@ -646,6 +646,17 @@ def bench(args: argparse.Namespace, base: Path, pg: PgCluster, cages: list[InPro
     return 1 if failed else 0
 
 
+def missing_postgres() -> str | None:
+    """Why PostgreSQL 15 cannot run here (not installed, no postgres user), or None."""
+    if not (PG_BIN / "initdb").exists():
+        return f"no PostgreSQL 15 in {PG_BIN} (Debian package postgresql-15)"
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "no postgres user to run PostgreSQL as"
+    return None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of each measured run (5)")
@@ -660,13 +671,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.threads < 1:
         parser.error("--duration must be positive, --warmup not negative, --threads at least 1")
-    if not (PG_BIN / "initdb").exists():
-        print(f"pg_transactions: no PostgreSQL 15 in {PG_BIN} (Debian package postgresql-15)", file=sys.stderr)
-        return 2
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        print("pg_transactions: no postgres user to run PostgreSQL as", file=sys.stderr)
+    missing = missing_postgres()
+    if missing:
+        print(f"pg_transactions: {missing}", file=sys.stderr)
         return 2
 
     def terminate(signum: int, frame: FrameType | None) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+import scaling  # bench/ is on sys.path when run as a script
+
 BENCH = Path(__file__).resolve().parent
 PANEL_W, PANEL_H = 330, 270  # one panel, its margins included
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 62, 14, 58, 44  # margins of the plot area within a panel
@@ -58,10 +60,7 @@ def fmt_rate(value: float) -> str:
 
 
 def fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "p99 ?"
-    digits = 0 if value >= 100 else 1 if value >= 10 else 2 if value >= 1 else 3
-    return f"p99 {value:.{digits}f} ms"
+    return f"p99 {scaling.fmt_ms(value)}"
 
 
 class Axes:

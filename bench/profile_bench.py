@@ -31,7 +31,6 @@ import bisect
 import html
 import math
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -265,13 +264,9 @@ def profile_pg_phase(args: argparse.Namespace, cluster: pgt.PgCluster, name: str
 
 
 def pg(args: argparse.Namespace) -> int:
-    if not (pgt.PG_BIN / "initdb").exists():
-        print(f"profile_bench: no PostgreSQL 15 in {pgt.PG_BIN} (Debian package postgresql-15)", file=sys.stderr)
-        return 2
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        print("profile_bench: no postgres user to run PostgreSQL as", file=sys.stderr)
+    missing = pgt.missing_postgres()
+    if missing:
+        print(f"profile_bench: {missing}", file=sys.stderr)
         return 2
     base = Path(tempfile.mkdtemp(prefix="pmnc-bench-profile-"))
     cluster = pgt.PgCluster(PG_THREADS, durable=False)
