@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import free_port, remove_orphans
+from peers import free_port, port_open, remove_orphans
 
 HOME = Path("/usr/share/activemq")
 PREFIX = "pmnc-amq-"  # of the temporary folders, in tempfile's directory
@@ -102,7 +102,8 @@ class AmqBroker:
         self.start()
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the broker and wait until STOMP answers CONNECT with CONNECTED."""
+        """Start the broker and wait until STOMP answers CONNECT with CONNECTED and, when built
+        with a keystore, the stomp+ssl port accepts connections too (it may open later)."""
         b = self.folder
         argv = ["java", *JAVA_OPTIONS, f"-Dactivemq.home={HOME}", f"-Dactivemq.base={b}",
                 f"-Dactivemq.conf={b / 'conf'}", f"-Dactivemq.data={b / 'data'}", f"-Djava.io.tmpdir={b / 'tmp'}",
@@ -119,7 +120,10 @@ class AmqBroker:
             time.sleep(0.05)
 
     def answers(self) -> bool:
-        """True if a raw STOMP CONNECT gets CONNECTED back (an open port alone is not enough)."""
+        """True if a raw STOMP CONNECT gets CONNECTED back (an open port alone is not enough)
+        and the stomp+ssl port, if any, is open."""
+        if self.ssl_port is not None and not port_open(self.ssl_port):
+            return False
         frame = f"CONNECT\naccept-version:1.2\nhost:localhost\nlogin:{USER}\npasscode:{PASSWORD}\n\n\0"
         try:
             with socket.create_connection(("127.0.0.1", self.stomp_port), timeout=1.0) as s:

@@ -20,6 +20,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_open(port: int, timeout: float = 1.0) -> bool:
+    """True if something accepts a TCP connection on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
