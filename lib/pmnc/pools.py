@@ -118,7 +118,8 @@ class ResourcePool:
                 self._serial += 1
                 serial = self._serial
             self._busy += 1
-        _disconnect(stale)
+        if stale:
+            _disconnect(stale)
         if resource is None:
             try:
                 resource = self._connect(serial)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import operator
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -242,8 +243,8 @@ class Transaction:
     def _run(self, participant: Participant, pool: ResourcePool) -> None:
         try:
             # a branch of a two-phase commit must run to be prepared: never from the cache
-            cache = _CacheUse(participant, pool, cacheable=participant.branch is None)
-            if cache.hit is not NoValue:
+            cache = _cache_use(participant, pool, cacheable=participant.branch is None)
+            if cache is not None and cache.hit is not NoValue:
                 self._report(participant, cache.hit)
                 self._reach(participant, Stage.COMMITTED)  # nothing ran, nothing to commit
                 return
@@ -256,12 +257,14 @@ class Transaction:
                     else:
                         self._reach(participant, Stage.COMMITTED)  # nothing to commit: the call was the effect
             finally:
-                cache.finish()
+                if cache is not None:
+                    cache.finish()
         except ResourceError as e:
             _no_call(participant, pool)
             self._report(participant, e)
 
-    def _invoke(self, participant: Participant, resource: Resource, pool: ResourcePool, cache: _CacheUse) -> Any:
+    def _invoke(self, participant: Participant, resource: Resource, pool: ResourcePool,
+                cache: _CacheUse | None) -> Any:
         options = self._options if participant.branch is None else {**self._options, "branch": participant.branch}
         return _invoke(self.xid, self._source, options, participant, resource, pool, cache)
 
@@ -514,7 +517,7 @@ def _recover_resource(pool: ResourcePool, prefix: str, decided: dict[str, Any]) 
 
 
 def _invoke(xid: str, source: str, options: dict[str, Any], participant: Participant, resource: Resource,
-            pool: ResourcePool, cache: _CacheUse) -> Any:
+            pool: ResourcePool, cache: _CacheUse | None) -> Any:
     """Begin and call, within the pool's time limits; a failure rolls back and
     leaves as a ResourceError (a terminal one discards the connection)."""
     request = _request.current()
@@ -525,7 +528,9 @@ def _invoke(xid: str, source: str, options: dict[str, Any], participant: Partici
         resource.begin_transaction(xid, source_module_name=source, transaction_options=options,
                                    resource_args=participant.resource_args,
                                    resource_kwargs=participant.resource_kwargs)
-        result = cache.call(_method(resource, participant.attrs), participant.args)
+        method = _method(resource, participant.attrs)
+        result = (method(*participant.args, **participant.kwargs) if cache is None
+                  else cache.call(method, participant.args))
     except Exception as e:
         _count(pool, participant, began, False)  # before the rollback: not the call's time
         error = _resource_error(e)
@@ -569,8 +574,8 @@ def _run_inline(xid: str, source: str, options: dict[str, Any], participant: Par
     it commits at once (when there is anything to commit)."""
     participant.handed = _request.monotonic()
     try:
-        cache = _CacheUse(participant, pool, cacheable=True)
-        if cache.hit is not NoValue:
+        cache = _cache_use(participant, pool, cacheable=True)
+        if cache is not None and cache.hit is not NoValue:
             return cache.hit
         try:
             with pool.connection() as resource:
@@ -579,7 +584,8 @@ def _run_inline(xid: str, source: str, options: dict[str, Any], participant: Par
                     _commit_inline(xid, participant, resource)
                 return result
         finally:
-            cache.finish()
+            if cache is not None:
+                cache.finish()
     except ResourceError as e:
         _no_call(participant, pool)
         e.participant_index = 0
@@ -609,6 +615,17 @@ CACHE_CALL_KEYS = ("pool__cache_key", "pool__cache_ttl", "pool__cache_weight", "
                    "pool__cache_wrap", "pool__cache_get", "pool__cache_put", "pool__cache_read_keys",
                    "pool__cache_write_keys")
 _DEFAULT_KEY = object()
+
+
+_is_cache_option = operator.methodcaller("startswith", "pool__cache_")
+
+
+def _cache_use(participant: Participant, pool: ResourcePool, *, cacheable: bool) -> _CacheUse | None:
+    """What the call does with its pool's result cache; None if nothing (its pool has none and
+    it passes no pool__cache_* kwarg, the commonest case): the call is then made as it is."""
+    if pool.cache is None and not any(map(_is_cache_option, participant.kwargs)):
+        return None
+    return _CacheUse(participant, pool, cacheable=cacheable)
 
 
 class _CacheUse:
@@ -734,7 +751,7 @@ def _method(resource: Resource, attrs: tuple[str, ...]) -> Callable[..., Any]:
     """Replay `xa.res.a.b` on the connection: `resource.a.b`, public names only - or, for a
     resource whose names are the user's own (another cage's modules), what its `_route` says,
     so a module named `commit` or `name` is never taken for the resource's own attribute."""
-    if not attrs or any(a.startswith("_") for a in attrs):
+    if not attrs or "_" in {a[:1] for a in attrs}:  # no generator: one call of every transaction
         raise ResourceInputParameterError(f"{'.'.join(attrs) or '()'} cannot be called on resource {resource.name}")
     route = getattr(resource, "_route", None)
     if route is not None:

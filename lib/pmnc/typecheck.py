@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import re
 import types
 import typing
@@ -119,12 +120,14 @@ def with_attr(*names: str) -> _Predicate:
 
 def compile_spec(spec: Any) -> Check:
     """Turn one annotation into a check, or refuse it with a clear error."""
+    # The two commonest checks are made of C callables: a handler's call then runs no Python
+    # frame for them (`isinstance(v, spec)` is `type(spec).__instancecheck__(spec, v)`).
     if spec is None or spec is type(None):
-        return lambda v: v is None
+        return functools.partial(operator.is_, None)
     if spec is Any:
         return anything
     if isinstance(spec, type) and not isinstance(spec, types.GenericAlias):
-        return lambda v: isinstance(v, spec)
+        return type(spec).__instancecheck__.__get__(spec)  # type: ignore[no-any-return]
     origin = typing.get_origin(spec)
     if origin is not None:
         return _compile_typing(spec, origin, typing.get_args(spec))

@@ -407,7 +407,9 @@ def _encoded_content(content: Any, headers: dict[str, str], encoding: str) -> by
 
 def render(status: int, headers: Iterable[tuple[str, str]], body: bytes, keep_alive: bool) -> bytes:
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
-    lines.extend(f"{_title(name)}: {value}" for name, value in headers)
+    titles = _TITLES
+    for name, value in headers:  # a loop, not a generator: one response has several headers
+        lines.append(f"{titles.get(name) or _title(name)}: {value}")
     lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body

@@ -171,15 +171,16 @@ class Resource(SQLResource):
         return self._guarded(cursor.fetchall)  # type: ignore[no-any-return]
 
     def _cursor(self) -> psycopg.Cursor[dict[str, Any]]:
-        """One cursor per connection, reused by every statement."""
-        conn = self._connection()
-        if self.cursor is None or self.cursor.connection is not conn or self.cursor.closed:
-            self.cursor = conn.cursor()
-        return self.cursor
+        """One cursor per connection, reused by every statement (never closed but with it)."""
+        conn = self._in_transaction()
+        cursor = self.cursor
+        if cursor is None or cursor.connection is not conn:
+            cursor = self.cursor = conn.cursor()
+        return cursor
 
     def commit(self) -> None:
         """One-phase commit, or phase 2 of a prepared branch on its own connection."""
-        conn = self._connection()
+        conn = self._in_transaction()
         self._guarded(conn.tpc_commit if self.branch is not None else conn.commit)
         self.branch = None
 
@@ -193,7 +194,7 @@ class Resource(SQLResource):
 
     def prepare(self) -> None:
         """Phase 1: from now on the branch survives anything until it is decided."""
-        self._guarded(self._connection().tpc_prepare)
+        self._guarded(self._in_transaction().tpc_prepare)
 
     def finish_prepared(self, branch: str, commit: bool) -> None:
         """Recovery: commit or roll back a prepared branch by its id, from any connection."""
@@ -225,6 +226,13 @@ class Resource(SQLResource):
             self.connect()
         assert self.conn is not None
         return self.conn
+
+    def _in_transaction(self) -> _Connection:
+        """The connection the transaction began on. Never a new one: a connection lost since
+        fails the statement or the commit (psycopg: "the connection is closed"), where a new
+        one would carry on without what was done before, and at the default isolation level."""
+        conn = self.conn
+        return conn if conn is not None else self._connection()
 
     def _guarded(self, fn: Any, *args: Any) -> Any:
         """`fn(*args)` with psycopg's errors turned into ours."""

@@ -1,0 +1,291 @@
+"""The floor of cage-to-cage calls: a bare echo over pmnc's wire and mutual TLS against Pyro5 msgpack over two-way TLS.
+
+    .venv/bin/python bench/rpc_floor.py [--calls 5000] [--threads 8] [--warmup 200]
+
+Issue 20 asks pmnc's cage-to-cage calls (bench/rpc_calls.py) for >= 1.5 x the
+calls/s of Pyro5 msgpack over two-way TLS, the peer of equal security. This
+measures how fast ANY Python implementation of pmnc's wire can go, so that the
+target can be judged against what the wire and TLS alone allow:
+
+- bare pmnc wire: a server process (this script with --serve-bare), a blocking
+  `ssl` socket per connection, each served by a thread of its own, with pmnc's
+  own mutual TLS (pmnc.rpc.identity.ClusterKeys: certificates made by
+  pmnc.keys, TLS >= 1.2, a certificate required of both ends, the identity URI
+  checked once per connection). It reads frames as pmnc does (`recv` of
+  pmnc's RECV_SIZE into codec.FrameDecoder; wire.py itself has nothing for
+  sockets) and answers each value back in a frame of codec.encode. The client,
+  in this process, sends {"id": i, "text": "x" * 100} in a frame of
+  codec.encode on one blocking mutual-TLS connection per thread and reads the
+  answer the same way. No request, lifecycle, pools, deadlines or call
+  envelope: the wire and TLS only.
+- Pyro5 msgpack over two-way TLS: rpc_calls.py's own peer (its --serve-pyro
+  server with --pyro-tls, its --pyro-client, keys made as it makes them).
+
+Each is measured sequentially (one connection) and over --threads threads (a
+connection each), after warm-up calls; calls/s, p50 and p99 latency and the
+client's and server's CPU per call (/proc) are printed, and the ratio bare /
+Pyro5. pmnc's calls carry more than the bare wire (an envelope, a request,
+the lifecycle on both sides), so they cannot beat it: if the ratio here is
+below 1.5, issue 20's target cannot be met by pmnc without changing the wire
+or its TLS guarantee. Every process is stopped at the end whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from http_hello import HOST, end_process, read_text, run_pair, wait_until
+from pmnc import keys
+from pmnc.protocols.rpc import RECV_SIZE
+from pmnc.rpc import codec
+from pmnc.rpc.identity import ClusterKeys, Identity, peer_identity
+from rpc_calls import (
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    TARGET,
+    PyroServer,
+    Run,
+    measured,
+    print_table,
+    pyro_calls,
+)
+
+FLOCK = "RPC_FLOOR"
+SERVER_CAGE, CLIENT_CAGE = "echo", "caller"  # the identities both ends show, as two cages would
+BANNER = re.compile(r"rpc_floor: bare pmnc wire at ([\d.]+):(\d+)")
+
+
+# --- the bare server: a process of its own --------------------------------------------------------------
+
+
+def serve_connection(raw: socket.socket, context: ssl.SSLContext) -> None:
+    """The handshake, the caller's identity as pmnc's interface checks it, then echo frames until EOF."""
+    try:
+        with context.wrap_socket(raw, server_side=True) as sock:
+            identity = peer_identity(sock.getpeercert())
+            if identity is None or identity.flock != FLOCK:
+                return
+            decoder = codec.FrameDecoder()
+            while data := sock.recv(RECV_SIZE):
+                for value in decoder.feed(data):
+                    sock.sendall(codec.encode(value))
+    except (OSError, codec.DecodeError, codec.EncodeError) as e:
+        print(f"rpc_floor: a connection broke: {type(e).__name__}: {e}", flush=True)
+
+
+def serve_bare(folder: str) -> int:
+    """Accept on a free loopback port until SIGTERM, a thread per connection."""
+    context = ClusterKeys.ensure(Path(folder), FLOCK, SERVER_CAGE).server_context()
+    listener = socket.create_server((HOST, 0))
+    host, port = listener.getsockname()[:2]
+    print(f"rpc_floor: bare pmnc wire at {host}:{port}, {ssl.OPENSSL_VERSION}", flush=True)
+    while True:
+        raw, _ = listener.accept()
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as pmnc's interface does
+        threading.Thread(target=serve_connection, args=(raw, context), daemon=True).start()
+
+
+class BareServer:
+    """This script with --serve-bare, the cluster keys in `base/floor-keys`."""
+
+    def __init__(self, base: Path) -> None:
+        self.base, self.keys = base, base / "floor-keys"
+        self.output = base / "bare.out"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.address = (HOST, 0)
+
+    def start(self) -> None:
+        ClusterKeys.ensure(self.keys, FLOCK, SERVER_CAGE)  # the CA and both identities, before either end needs them
+        ClusterKeys.ensure(self.keys, FLOCK, CLIENT_CAGE)
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-bare",
+                                             str(self.keys)],
+                                            cwd=self.base, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        match = wait_until(self._listening, START_TIMEOUT, "the bare server: its banner line")
+        self.address = (match.group(1), int(match.group(2)))
+
+    def _listening(self) -> re.Match[str] | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the bare server exited with code {self.process.returncode}: "
+                               f"{read_text(self.output)[-2000:]}")
+        return BANNER.search(read_text(self.output))
+
+    def description(self) -> str:
+        return read_text(self.output).splitlines()[0]
+
+    def problems(self) -> list[str]:
+        return [line for line in read_text(self.output).splitlines() if "broke" in line]
+
+    def stop(self) -> str:
+        if self.process is None:
+            return "the bare server was not started"
+        if self.process.poll() is None:
+            self.process.terminate()
+        return end_process(self.process, "the bare server", STOP_TIMEOUT, lambda: None)
+
+
+# --- the bare client: in this process ---------------------------------------------------------------------
+
+
+class BareProxy:
+    """One blocking mutual-TLS connection; echo(x) as pyro_calls wants it: a frame out, a frame back."""
+
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext) -> None:
+        raw = socket.create_connection(address)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = context.wrap_socket(raw, server_side=False)
+        if peer_identity(self.sock.getpeercert()) != Identity(FLOCK, SERVER_CAGE):  # as pmnc's _Channel checks
+            self.sock.close()
+            raise RuntimeError("the bare server is not the expected cage")
+        self.decoder = codec.FrameDecoder()
+
+    def echo(self, value: Any) -> Any:
+        self.sock.sendall(codec.encode(value))
+        while True:
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
+                raise EOFError("closed by the server")
+            answers = self.decoder.feed(data)
+            if answers:
+                return answers[0]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def bare_sequential(server: BareServer, context: ssl.SSLContext, calls: int, warmup: int) -> Run:
+    proxy = BareProxy(server.address, context)
+    try:
+        pyro_calls(proxy, range(warmup), [], [])
+
+        def body() -> tuple[list[float], float, list[str]]:
+            latencies: list[float] = []
+            errors: list[str] = []
+            began = time.perf_counter()
+            pyro_calls(proxy, range(calls), latencies, errors)
+            return latencies, time.perf_counter() - began, errors
+
+        assert server.process is not None
+        return measured(server.process.pid, body)
+    finally:
+        proxy.close()
+
+
+def bare_concurrent(server: BareServer, context: ssl.SSLContext, calls: int, threads: int, warmup: int) -> Run:
+    """As rpc_calls.pyro_concurrent: a connection per thread, connected and warmed up before the clock starts."""
+    shares = [range(t, calls, threads) for t in range(threads)]
+    latencies: list[list[float]] = [[] for _ in shares]
+    errors: list[list[str]] = [[] for _ in shares]
+    ready, start = threading.Barrier(threads + 1), threading.Barrier(threads + 1)
+
+    def thread(ids: range, mine: list[float], failed: list[str]) -> None:
+        proxy = None
+        try:
+            proxy = BareProxy(server.address, context)
+            pyro_calls(proxy, range(max(warmup // threads, 1)), [], failed)
+        except Exception as e:
+            failed.append(f"connecting: {type(e).__name__}: {e}")
+        ready.wait(START_TIMEOUT)
+        start.wait(START_TIMEOUT)
+        if proxy is not None:
+            if not failed:
+                pyro_calls(proxy, ids, mine, failed)
+            proxy.close()
+
+    workers = [threading.Thread(target=thread, args=part, name=f"bare-{n}", daemon=True)
+               for n, part in enumerate(zip(shares, latencies, errors, strict=True))]
+    for worker in workers:
+        worker.start()
+    ready.wait(START_TIMEOUT)
+
+    def body() -> tuple[list[float], float, list[str]]:
+        start.wait(START_TIMEOUT)
+        began = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        return ([x for part in latencies for x in part], time.perf_counter() - began,
+                [x for part in errors for x in part])
+
+    assert server.process is not None
+    return measured(server.process.pid, body)
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+def start_pyro(peer: PyroServer) -> None:
+    """Pyro5's two-way TLS keys, made as rpc_calls.PyroPeers makes them, then its server."""
+    assert peer.tls is not None
+    keys.make_ca(peer.tls, "rpc_floor Pyro5 CA")
+    keys.make_server(peer.tls, "pyro")
+    keys.make_client(peer.tls, "client")
+    peer.start()
+
+
+def ratio(bare: Run, pyro: Run) -> float:
+    return bare.rate / pyro.rate if pyro.rate else float("nan")
+
+
+def bench(args: argparse.Namespace, server: BareServer, pyro: PyroServer) -> int:
+    print(f"rpc_floor: echo({{'id': i, 'text': 'x' * 100}}) between two processes on loopback, {args.calls} calls "
+          f"sequentially, then over {args.threads} threads, after {args.warmup} warm-up calls; "
+          f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
+    server.start()
+    print(f"{server.description()}; client and server: blocking ssl sockets, mutual TLS of pmnc.rpc.identity, "
+          f"recv({RECV_SIZE}) into codec.FrameDecoder, codec.encode")
+    start_pyro(pyro)
+    print(f"{pyro.description}; client: rpc_calls.py --pyro-client, serializer msgpack {msgpack.version}")
+
+    print("bare pmnc wire: warming up and measuring ...", flush=True)
+    context = ClusterKeys.ensure(server.keys, FLOCK, CLIENT_CAGE).client_context()
+    bare = (bare_sequential(server, context, args.calls, args.warmup),
+            bare_concurrent(server, context, args.calls, args.threads, args.warmup))
+    print("Pyro5 msgpack TLS: warming up and measuring ...", flush=True)
+    peer = pyro.run("msgpack", args.calls, args.threads, args.warmup)
+
+    print()
+    threads = f"{args.threads} threads"
+    print_table([("bare pmnc wire, sequential", bare[0]), ("Pyro5 msgpack TLS, sequential", peer[0]),
+                 (f"bare pmnc wire, {threads}", bare[1]), (f"Pyro5 msgpack TLS, {threads}", peer[1])])
+    for line in server.problems()[:5]:
+        print(f"bare server: {line}")
+    print(f"rpc_floor: bare pmnc wire / Pyro5 msgpack TLS: sequential {ratio(bare[0], peer[0]):.2f}, "
+          f"{threads} {ratio(bare[1], peer[1]):.2f} (issue 20's target for pmnc: >= {TARGET:g})")
+    errors = sum(run.errors for run in (*bare, *peer))
+    if errors:
+        print(f"rpc_floor: NOT CLEAN: {errors} call(s) failed or answered something else")
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=5000, help="calls per measured run (5000)")
+    parser.add_argument("--threads", type=int, default=8, help="threads of the concurrent run (8)")
+    parser.add_argument("--warmup", type=int, default=200, help="warm-up calls before each run (200)")
+    parser.add_argument("--serve-bare", metavar="DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_bare:
+        return serve_bare(args.serve_bare)
+    if args.calls < 2 or args.threads < 2 or args.warmup < 1:
+        parser.error("--calls and --threads must be at least 2, --warmup at least 1")
+    return run_pair("rpc_floor", False, BareServer, lambda base: PyroServer(base, base / "pyro-keys"),
+                    lambda server, pyro: bench(args, server, pyro))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
