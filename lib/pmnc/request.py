@@ -55,6 +55,20 @@ def new_unique_id(prefix: str = "RQ") -> str:
     return f"{prefix}-{_stamp[1]}-{_ids.getrandbits(48):012X}"
 
 
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _copy_of(value: Any) -> Any:
+    """A deep copy of a parameter; a scalar, or a flat dict of scalars (auth_tokens, on every
+    call to another cage), without deepcopy's machinery."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict and _SCALARS.issuperset(map(type, value)) and _SCALARS.issuperset(map(type, value.values())):
+        return dict(value)
+    return copy.deepcopy(value)
+
+
 class Request:
     """One request: who asked, through which interface, and until when.
 
@@ -230,7 +244,7 @@ class Request:
         """The wire form, with an absolute epoch deadline, as the original's (and its keys)."""
         if self.deadline is None:
             raise DeadlineError("infinite request cannot be serialised")
-        parameters = {k: copy.deepcopy(v) for k, v in self.parameters.items()
+        parameters = {k: _copy_of(v) for k, v in self.parameters.items()
                       if isinstance(k, str) and not k.startswith("_")}
         return {
             "unique_id": self.unique_id,

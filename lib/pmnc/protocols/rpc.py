@@ -772,7 +772,8 @@ class Resource(resource.Resource):
             if not locations:
                 raise ResourceError(f"no instance of cage {self._target} has been found in {budget:.1f}s",
                                     recoverable=True, terminal=False)
-        random.shuffle(locations)
+        if len(locations) > 1:  # shuffle is Python, even for one
+            random.shuffle(locations)
         return locations
 
     def _budget(self, cluster: Cluster, request: _request.Request) -> float:
