@@ -1,6 +1,7 @@
 """Count the function calls one HTTP request costs the sample cage and a bare uvicorn: where the time goes.
 
     .venv/bin/python bench/calls_per_request.py [--requests 4000] [--clients 8] [--top 25]
+    .venv/bin/python bench/calls_per_request.py --pg [--requests 2000] [--top 25]
 
 Timing under load varies by a tenth from run to run here, and a flame graph's shares are of a
 total that moves with it; a count of calls does not. Each server runs on a thread of this
@@ -16,6 +17,10 @@ of their own) send `--requests` GETs of `/` between them:
 It prints calls per request (Python functions, and all calls with those into C), pmnc's Python
 calls grouped by the part of pmnc that makes them, and the `--top` functions of each. Counting
 slows both servers tenfold; the counts do not depend on it. See bench/README.md, "Issue 20".
+
+`--pg` counts one transaction of pg_transactions.py's "1 insert" instead, on one thread: plain
+psycopg against `pmnc.transaction.db1.execute(...)` (a throwaway PostgreSQL 15 and a cage on a
+thread of this process, as pg_transactions.py starts them; every call of this process counted).
 """
 
 from __future__ import annotations
@@ -209,11 +214,61 @@ def report_parts(counter: Counter, n: int) -> None:
             print(f"  {calls / n:6.1f}  {where:20} {PARTS.get(where, '')}")
 
 
-def report_top(name: str, counter: Counter, n: int, top: int) -> None:
-    print(f"{name}, the {top} Python functions called most per request:")
+def report_top(name: str, counter: Counter, n: int, top: int, unit: str = "request") -> None:
+    print(f"{name}, the {top} Python functions called most per {unit}:")
     python = [(key, calls) for key, calls in counter.counts.items() if key[0] != "C"]
     for (where, function), calls in sorted(python, key=lambda item: -item[1])[:top]:
         print(f"  {calls / n:6.2f}  {where}:{function}")
+
+
+def count_transactions(args: argparse.Namespace, base: Path) -> None:
+    """pg_transactions.py's single insert, plain psycopg and through pmnc, `--requests` each."""
+    import pg_transactions as pgt  # psycopg and a PostgreSQL 15 only for --pg
+    from inprocess import InProcessCage
+
+    missing = pgt.missing_postgres()
+    if missing is not None:
+        raise SystemExit(f"calls_per_request: --pg needs PostgreSQL: {missing}")
+    n, pg, cages = args.requests, pgt.PgCluster(1, False), []
+    try:
+        pg.start()
+        cage = InProcessCage(base, 2, {
+            db: f"protocol='postgresql', server_address=('127.0.0.1', {pg.port}), database={db!r}, "
+                f"username='postgres', connect_timeout=3.0, pool__size=2" for db in pgt.DATABASES})
+        cages.append(cage)
+        cage.start()
+        clients = {"psycopg": pgt.psycopg_single(pg), "pmnc": pgt.pmnc_single(cage.transaction, 600.0)}
+        counted = {}
+        for offset, (name, client) in enumerate(clients.items()):
+            counter = counted[name] = Counter()
+            thread = threading.Thread(target=transactions, args=(client, counter, offset * 10 * (WARMUP + n), n),
+                                      name=f"txn-{name}")
+            thread.start()
+            thread.join()
+    finally:
+        for cage in cages:
+            cage.stop()
+        pg.stop()
+    for name, counter in counted.items():
+        print(f"{name}: {sum(counter.counts.values()) / n:.0f} calls per transaction, {counter.python() / n:.0f} "
+              f"of them Python functions")
+    for name, counter in counted.items():
+        report_top(name, counter, n, args.top, "transaction")
+
+
+def transactions(client: Any, counter: Counter, first_key: int, n: int) -> None:
+    """On this thread: warm-up transactions, then `n` counted (sys.setprofile: this thread only)."""
+    with client(0) as step:
+        for key in range(first_key, first_key + WARMUP):
+            step(key)
+        counter.on = True
+        sys.setprofile(counter)
+        try:
+            for key in range(first_key + WARMUP, first_key + WARMUP + n):
+                step(key)
+        finally:
+            sys.setprofile(None)
+            counter.on = False
 
 
 def main(argv: list[str]) -> int:
@@ -221,9 +276,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=4000, help="requests counted per server (4000)")
     parser.add_argument("--clients", type=int, default=8, help="keep-alive clients sending them (8)")
     parser.add_argument("--top", type=int, default=25, help="functions listed per server (25)")
+    parser.add_argument("--pg", action="store_true", help="count a PostgreSQL transaction instead")
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="pmnc-calls-"))
     try:
+        if args.pg:
+            count_transactions(args, base)
+            return 0
         started = time.monotonic()
         pmnc = measure("pmnc", lambda: sample_cage(base), args)
         peer = measure("uvicorn", bare_uvicorn, args)
