@@ -44,25 +44,22 @@ import datetime
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
+import subrun
 from http_hello import pmnc_version
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 RUN_TIMEOUT = 900.0  # seconds one run may take before it is interrupted (the defaults take well under 2 minutes)
-STOP_GRACE = 90.0  # seconds an interrupted run gets to stop its servers before it is killed
 TAIL = 25  # lines of a failed run's output kept in the JSON
 RATIO = r"(nan|\d+(?:\.\d+)?)"  # the benchmarks print their ratios as {:.2f}
 
@@ -143,10 +140,6 @@ def ratios(name: str, lines: list[str]) -> dict[str, float | None]:
 # --- running one script -------------------------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    pass
-
-
 @dataclass
 class Run:
     benchmark: str
@@ -162,49 +155,18 @@ class Run:
 
 
 def run_once(bench: Benchmark, round_: int, quick: bool, logs: Path, verbose: bool) -> Run:
-    """One run of `bench` in a session of its own, its output streamed to a log file; on Ctrl-C, SIGTERM
-    or the timeout it gets SIGINT (the scripts stop their servers on KeyboardInterrupt) and time to clean up."""
-    log_path = logs / f"{bench.name}-{round_}.log"
+    """One run of `bench` (subrun.run: stopped cleanly on Ctrl-C, SIGTERM or the timeout), its output
+    streamed to a log file."""
     began = time.monotonic()
-    lines: list[str] = []
-    # Unbuffered, so that the log shows a long run's progress as it goes.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("w") as log:
-        process = subprocess.Popen(bench.command(quick), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
-        reader = threading.Thread(target=read_lines, args=(process, lines, log, verbose), name="reader", daemon=True)
-        reader.start()
-        try:
-            process.wait(RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            stop(process)
-            lines.append(f"median5: interrupted after {RUN_TIMEOUT:.0f}s\n")
-        except (KeyboardInterrupt, Interrupted):
-            stop(process)
-            raise
-        finally:
-            reader.join(10.0)
-    return judge(bench, round_, quick, process.returncode, time.monotonic() - began, lines)
+    with (logs / f"{bench.name}-{round_}.log").open("w") as log:
+        def on_line(line: str) -> None:
+            log.write(line)
+            log.flush()
+            if verbose:
+                print(f"  | {line}", end="", flush=True)
 
-
-def read_lines(process: subprocess.Popen[str], lines: list[str], log: TextIO, verbose: bool) -> None:
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        log.write(line)
-        log.flush()
-        if verbose:
-            print(f"  | {line}", end="", flush=True)
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        process.wait(STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+        returncode, lines = subrun.run(bench.command(quick), timeout=RUN_TIMEOUT, on_line=on_line, name="median5")
+    return judge(bench, round_, quick, returncode, time.monotonic() - began, lines)
 
 
 def judge(bench: Benchmark, round_: int, quick: bool, returncode: int | None, seconds: float,
@@ -335,13 +297,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     benches = [BENCHMARKS[name] for name in BENCHMARKS if name in args.only]  # always in the same order
 
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted  # the running script is stopped cleanly (run_once)
-
-    signal.signal(signal.SIGTERM, terminate)
-    # Started in the background, this process has SIGINT ignored and the scripts would inherit that; they
-    # stop their servers on KeyboardInterrupt, so they must get SIGINT's default (a handler here gives them that).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    subrun.stop_cleanly_on_signals()
     logs = args.logs or Path(tempfile.mkdtemp(prefix="pmnc-median5-"))
     logs.mkdir(parents=True, exist_ok=True)
     quick = " (--quick: a smoke test, not a measurement)" if args.quick else ""
@@ -356,7 +312,7 @@ def main(argv: list[str]) -> int:
             for bench in benches:
                 runs.append(run_once(bench, round_, args.quick, logs, args.verbose))
                 print(progress(runs[-1], args.runs), flush=True)
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, subrun.Interrupted):
         print("median5: interrupted; nothing written", file=sys.stderr)
         return 130
     seconds = time.monotonic() - began

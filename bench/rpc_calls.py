@@ -32,6 +32,7 @@ concurrent), with the nats-server's own CPU per call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -446,24 +447,38 @@ def pyro_sequential(uri: str, calls: int, warmup: int, server_pid: int) -> Run:
 
 def pyro_concurrent(uri: str, calls: int, threads: int, warmup: int, server_pid: int) -> Run:
     """T threads, each with a proxy of its own, connected and warmed up before the clock starts."""
+    def connect() -> Any:
+        proxy = Pyro5.api.Proxy(uri)
+        proxy._pyroBind()
+        return proxy
+
+    return concurrent_calls(connect, calls, threads, warmup, server_pid, "pyro")
+
+
+def concurrent_calls(connect: Callable[[], Any], calls: int, threads: int, warmup: int, server_pid: int,
+                     name: str) -> Run:
+    """T threads, each with a client of its own from `connect()` (a context manager with `echo`),
+    connected and warmed up before the clock starts; the calls shared out between them."""
     shares = [range(t, calls, threads) for t in range(threads)]
     latencies: list[list[float]] = [[] for _ in shares]
     errors: list[list[str]] = [[] for _ in shares]
     ready, start = threading.Barrier(threads + 1), threading.Barrier(threads + 1)
 
     def thread(ids: range, mine: list[float], failed: list[str]) -> None:
-        with Pyro5.api.Proxy(uri) as proxy:
-            try:
-                proxy._pyroBind()
+        try:
+            client = connect()
+        except Exception as e:
+            failed.append(f"connecting: {type(e).__name__}: {e}")
+            client = contextlib.nullcontext()
+        with client as proxy:
+            if proxy is not None:
                 pyro_calls(proxy, range(max(warmup // threads, 1)), [], failed)
-            except Exception as e:
-                failed.append(f"connecting: {type(e).__name__}: {e}")
             ready.wait(START_TIMEOUT)
             start.wait(START_TIMEOUT)
-            if not failed:
+            if proxy is not None and not failed:
                 pyro_calls(proxy, ids, mine, failed)
 
-    workers = [threading.Thread(target=thread, args=part, name=f"pyro-{n}", daemon=True)
+    workers = [threading.Thread(target=thread, args=part, name=f"{name}-{n}", daemon=True)
                for n, part in enumerate(zip(shares, latencies, errors, strict=True))]
     for worker in workers:
         worker.start()

@@ -56,6 +56,7 @@ from rpc_calls import (
     TARGET,
     PyroServer,
     Run,
+    concurrent_calls,
     measured,
     print_table,
     pyro_calls,
@@ -166,6 +167,12 @@ class BareProxy:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> BareProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def bare_sequential(server: BareServer, context: ssl.SSLContext, calls: int, warmup: int) -> Run:
     proxy = BareProxy(server.address, context)
@@ -187,41 +194,9 @@ def bare_sequential(server: BareServer, context: ssl.SSLContext, calls: int, war
 
 def bare_concurrent(server: BareServer, context: ssl.SSLContext, calls: int, threads: int, warmup: int) -> Run:
     """As rpc_calls.pyro_concurrent: a connection per thread, connected and warmed up before the clock starts."""
-    shares = [range(t, calls, threads) for t in range(threads)]
-    latencies: list[list[float]] = [[] for _ in shares]
-    errors: list[list[str]] = [[] for _ in shares]
-    ready, start = threading.Barrier(threads + 1), threading.Barrier(threads + 1)
-
-    def thread(ids: range, mine: list[float], failed: list[str]) -> None:
-        proxy = None
-        try:
-            proxy = BareProxy(server.address, context)
-            pyro_calls(proxy, range(max(warmup // threads, 1)), [], failed)
-        except Exception as e:
-            failed.append(f"connecting: {type(e).__name__}: {e}")
-        ready.wait(START_TIMEOUT)
-        start.wait(START_TIMEOUT)
-        if proxy is not None:
-            if not failed:
-                pyro_calls(proxy, ids, mine, failed)
-            proxy.close()
-
-    workers = [threading.Thread(target=thread, args=part, name=f"bare-{n}", daemon=True)
-               for n, part in enumerate(zip(shares, latencies, errors, strict=True))]
-    for worker in workers:
-        worker.start()
-    ready.wait(START_TIMEOUT)
-
-    def body() -> tuple[list[float], float, list[str]]:
-        start.wait(START_TIMEOUT)
-        began = time.perf_counter()
-        for worker in workers:
-            worker.join()
-        return ([x for part in latencies for x in part], time.perf_counter() - began,
-                [x for part in errors for x in part])
-
     assert server.process is not None
-    return measured(server.process.pid, body)
+    return concurrent_calls(lambda: BareProxy(server.address, context), calls, threads, warmup,
+                            server.process.pid, "bare")
 
 
 # --- the run ------------------------------------------------------------------------------------------------

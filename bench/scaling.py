@@ -31,23 +31,19 @@ import datetime
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+import subrun
 from http_hello import pmnc_version
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RUN_TIMEOUT = 900.0  # seconds one benchmark run may take before it is interrupted
-STOP_GRACE = 90.0  # seconds an interrupted run gets to stop its servers before it is killed
 E2E_CALLS = 20  # retry_enqueue.py's end-to-end part cannot be skipped: keep it short
 QUICK = {"duration": 1, "warmup": 1, "calls": 300, "rpc_warmup": 20, "enqueues": 100, "enqueue_warmup": 10,
          "e2e_calls": 4}
@@ -125,53 +121,21 @@ def pair(output: str, pmnc: str, peer: str, failed_columns: tuple[int, ...]) -> 
 # --- running one script --------------------------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    pass
-
-
 def run_script(script: str, args: list[str], verbose: bool) -> RunRecord:
-    """`python bench/<script> <args>` in a session of its own; on Ctrl-C, SIGTERM or the timeout it gets
-    SIGINT (the scripts stop their servers on KeyboardInterrupt) and some time to clean up."""
+    """`python bench/<script> <args>` (subrun.run: stopped cleanly on Ctrl-C, SIGTERM or the timeout)."""
     command = [sys.executable, str(BENCH / script), *args]
     shown = " ".join(["python", f"bench/{script}", *args])
     print(f"scaling: {shown} ...", file=sys.stderr, flush=True)
     began = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=read_lines, args=(process, lines, verbose), name="reader", daemon=True)
-    reader.start()
-    try:
-        process.wait(RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        stop(process)
-        lines.append(f"scaling: interrupted after {RUN_TIMEOUT:.0f}s\n")
-    except (KeyboardInterrupt, Interrupted):
-        stop(process)
-        raise
-    finally:
-        reader.join(10.0)
-    seconds = time.monotonic() - began
-    print(f"scaling: ... exit code {process.returncode}, {seconds:.0f}s", file=sys.stderr, flush=True)
-    return RunRecord(script, shown, process.returncode, round(seconds, 1), "".join(lines))
 
-
-def read_lines(process: subprocess.Popen[str], lines: list[str], verbose: bool) -> None:
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
+    def on_line(line: str) -> None:
         if verbose:
             print(f"  | {line}", end="", file=sys.stderr, flush=True)
 
-
-def stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        process.wait(STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+    returncode, lines = subrun.run(command, timeout=RUN_TIMEOUT, on_line=on_line, name="scaling")
+    seconds = time.monotonic() - began
+    print(f"scaling: ... exit code {returncode}, {seconds:.0f}s", file=sys.stderr, flush=True)
+    return RunRecord(script, shown, returncode, round(seconds, 1), "".join(lines))
 
 
 # --- the three benchmarks --------------------------------------------------------------------------------
@@ -336,17 +300,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
 def main(argv: list[str]) -> int:
     args, settings = parse_args(argv)
 
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted  # the running script is stopped cleanly (run_script)
-
-    signal.signal(signal.SIGTERM, terminate)
+    subrun.stop_cleanly_on_signals()
     began = time.monotonic()
     benches: list[Benchmark] = []
     runs: list[RunRecord] = []
     try:
         for key in args.only:
             benches.append(BENCHMARKS[key](args.clients, settings, runs, args.verbose))
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, subrun.Interrupted):
         print("scaling: interrupted; nothing written", file=sys.stderr)
         return 130
     args.out.write_text(json.dumps(as_json(benches, args.clients, settings, runs, time.monotonic() - began),
