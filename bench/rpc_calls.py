@@ -433,16 +433,21 @@ def measured(server_pid: int, body: Callable[[], tuple[list[float], float, list[
 def pyro_sequential(uri: str, calls: int, warmup: int, server_pid: int) -> Run:
     with Pyro5.api.Proxy(uri) as proxy:
         proxy._pyroBind()
-        pyro_calls(proxy, range(warmup), [], [])
+        return sequential_calls(proxy, calls, warmup, server_pid)
 
-        def body() -> tuple[list[float], float, list[str]]:
-            latencies: list[float] = []
-            errors: list[str] = []
-            began = time.perf_counter()
-            pyro_calls(proxy, range(calls), latencies, errors)
-            return latencies, time.perf_counter() - began, errors
 
-        return measured(server_pid, body)
+def sequential_calls(proxy: Any, calls: int, warmup: int, server_pid: int) -> Run:
+    """`calls` echoes one after the other on `proxy`, after `warmup` of them."""
+    pyro_calls(proxy, range(warmup), [], [])
+
+    def body() -> tuple[list[float], float, list[str]]:
+        latencies: list[float] = []
+        errors: list[str] = []
+        began = time.perf_counter()
+        pyro_calls(proxy, range(calls), latencies, errors)
+        return latencies, time.perf_counter() - began, errors
+
+    return measured(server_pid, body)
 
 
 def pyro_concurrent(uri: str, calls: int, threads: int, warmup: int, server_pid: int) -> Run:

@@ -40,7 +40,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +56,8 @@ from rpc_calls import (
     PyroServer,
     Run,
     concurrent_calls,
-    measured,
     print_table,
-    pyro_calls,
+    sequential_calls,
 )
 
 FLOCK = "RPC_FLOOR"
@@ -175,21 +173,9 @@ class BareProxy:
 
 
 def bare_sequential(server: BareServer, context: ssl.SSLContext, calls: int, warmup: int) -> Run:
-    proxy = BareProxy(server.address, context)
-    try:
-        pyro_calls(proxy, range(warmup), [], [])
-
-        def body() -> tuple[list[float], float, list[str]]:
-            latencies: list[float] = []
-            errors: list[str] = []
-            began = time.perf_counter()
-            pyro_calls(proxy, range(calls), latencies, errors)
-            return latencies, time.perf_counter() - began, errors
-
-        assert server.process is not None
-        return measured(server.process.pid, body)
-    finally:
-        proxy.close()
+    assert server.process is not None
+    with BareProxy(server.address, context) as proxy:
+        return sequential_calls(proxy, calls, warmup, server.process.pid)
 
 
 def bare_concurrent(server: BareServer, context: ssl.SSLContext, calls: int, threads: int, warmup: int) -> Run:
