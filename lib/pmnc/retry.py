@@ -858,6 +858,10 @@ class Engine(_Rounds):
 
 FETCH_WAIT = 1.0  # seconds a fetch waits for a call: how soon a ceasing engine notices
 UNLIMITED_PENDING = -1  # max_ack_pending without keep_order: calls waiting to be retried hold no place
+# Attempts run here, remembered per call (the newest this many): a call's attempt is the more of that
+# and JetStream's delivery count, which nats-server 2.9 was seen to give as 1 again for a call given
+# back (nak) and delivered anew (tests/test_nats_retry.py, in four runs of five on one machine).
+ATTEMPTS_REMEMBERED = 10000
 
 _jetstream_queues: dict[str, set[str]] = {}  # cage → queues with a JetStream engine of their own in this process
 _jetstream_lock = threading.Lock()
@@ -892,6 +896,7 @@ class JetStreamEngine(_Rounds):
             max_ack_pending=1 if settings.keep_order else UNLIMITED_PENDING)
         self.running = 0
         self.repeats = 0  # calls delivered again after they had run: not run again
+        self._attempts: dict[str, int] = {}  # rt_id → the last attempt run here, oldest first (ATTEMPTS_REMEMBERED)
         super().__init__()
         self._open = False
         self._stats_due = 0.0
@@ -944,7 +949,18 @@ class JetStreamEngine(_Rounds):
         if call.queue != self.queue and self._runs_elsewhere(call.queue):
             self.consumer.ack(msg, forget=False)  # its own interface's consumer runs (and deletes) it
             return
-        self._dispatch(Delivered(msg, call, int(msg.metadata.num_delivered or 1)))
+        with self._cond:
+            attempt = max(int(msg.metadata.num_delivered or 1), self._attempts.get(call.rt_id, 0) + 1)
+        self._dispatch(Delivered(msg, call, attempt))
+
+    def _attempted(self, call: jetstream.Queued, attempt: int | None) -> None:
+        """Remember the attempt run here (None: the call is settled for good, forget it)."""
+        with self._cond:
+            self._attempts.pop(call.rt_id, None)
+            if attempt is not None:
+                self._attempts[call.rt_id] = attempt
+                if len(self._attempts) > ATTEMPTS_REMEMBERED:
+                    del self._attempts[next(iter(self._attempts))]
 
     def _runs_elsewhere(self, queue: str) -> bool:
         """Whether a retry interface of this cage other than the catch-all runs `queue`: one that
@@ -975,9 +991,11 @@ class JetStreamEngine(_Rounds):
     def _execute(self, delivered: Delivered) -> None:
         delivered.ran = True
         call, consumer = delivered.call, self.consumer
+        self._attempted(call, delivered.attempt)
         what = f"retried call {call.rt_id} ({call.module}.{call.method}, attempt {delivered.attempt})"
         if call.expires is not None and time.time() >= call.expires:
             log.warning(f"{what} has expired, dropped")
+            self._attempted(call, None)
             self._settle(delivered, consumer.term)
             return
         try:
@@ -991,6 +1009,7 @@ class JetStreamEngine(_Rounds):
             with self._cond:
                 self.repeats += 1
             log.warning(f"retried call {call.rt_id} has already run, not run again")
+            self._attempted(call, None)
             self._settle(delivered, consumer.ack)
             return
         try:
@@ -1004,6 +1023,7 @@ class JetStreamEngine(_Rounds):
             self._settle(delivered, consumer.nak, delay)
         else:
             log.info(f"{what} is done")
+            self._attempted(call, None)
             try:
                 consumer.mark_run(call.dedupe, call.rt_id)
             except Exception as e:  # acknowledged all the same: a repeat becomes possible, not certain
