@@ -158,7 +158,9 @@ def single(tmp: Path, *, jetstream: bool = True, max_payload: int | None = None,
     return NatsServer(folder, "n1", config, port, http_port, jetstream=jetstream).start()
 
 
-MESH_ATTEMPTS = 2  # nats-server 2.9 may settle with a route missing (CI saw "Duplicate Route", then no retry)
+# nats-server 2.9 may settle with a route missing (CI saw "Duplicate Route", then no retry; route
+# reconnects silently abandoned after duplicate resolution were fixed upstream in 2026, nats-server #8454)
+MESH_ATTEMPTS = 2
 
 
 def cluster3(tmp: Path, *, jetstream: bool = True, max_payload: int | None = None) -> list[NatsServer]:
