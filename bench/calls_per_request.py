@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/calls_per_request.py [--requests 4000] [--clients 8] [--top 25]
     .venv/bin/python bench/calls_per_request.py --pg [--requests 2000] [--top 25]
+    .venv/bin/python bench/calls_per_request.py --opcodes [--requests 2000] [--top 25]
 
 Timing under load varies by a tenth from run to run here, and a flame graph's shares are of a
 total that moves with it; a count of calls does not. Each server runs on a thread of this
@@ -17,6 +18,9 @@ of their own) send `--requests` GETs of `/` between them:
 It prints calls per request (Python functions, and all calls with those into C), pmnc's Python
 calls grouped by the part of pmnc that makes them, and the `--top` functions of each. Counting
 slows both servers tenfold; the counts do not depend on it. See bench/README.md, "Issue 20".
+
+`--opcodes` counts the bytecode instructions executed instead of the calls (a trace function,
+slower still): what a call costs inside, where the count of calls is the same.
 
 `--pg` counts one transaction of pg_transactions.py's "1 insert" instead, on one thread: plain
 psycopg against `pmnc.transaction.db1.execute(...)` (a throwaway PostgreSQL 15 and a cage on a
@@ -95,6 +99,23 @@ class Counter:
 
     def python(self) -> int:
         return sum(n for (where, _), n in self.counts.items() if where != "C")
+
+
+class OpcodeCounter(Counter):
+    """--opcodes: the bytecode instructions the server's threads execute, per function (a trace
+    function with f_trace_opcodes: slower still, as exact)."""
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if not self.on or threading.current_thread().name.startswith("client"):
+            return None
+        frame.f_trace_opcodes = True
+        return self._opcode
+
+    def _opcode(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "opcode" and self.on:
+            code = frame.f_code
+            self.counts[(os.path.basename(code.co_filename), code.co_name)] += 1
+        return self._opcode
 
 
 def get(port: int, requests: int) -> None:
@@ -190,32 +211,37 @@ def answers(port: int) -> bool:
 
 
 def measure(name: str, server: Callable[[], Any], args: argparse.Namespace) -> Counter:
-    counter = Counter()
-    threading.setprofile(counter)  # threads started from now on: the server's
+    counter = OpcodeCounter() if args.opcodes else Counter()
+    hook = threading.settrace if args.opcodes else threading.setprofile
+    hook(counter)  # threads started from now on: the server's
     try:
         with server() as port:
             count(counter, port, args.requests, args.clients)
     finally:
-        threading.setprofile(None)  # type: ignore[arg-type]
+        hook(None)  # type: ignore[arg-type]
     n = args.requests
-    print(f"{name}: {sum(counter.counts.values()) / n:.0f} calls per request, {counter.python() / n:.0f} of them "
-          f"Python functions")
+    if args.opcodes:
+        print(f"{name}: {counter.python() / n:.0f} bytecode instructions per request")
+    else:
+        print(f"{name}: {sum(counter.counts.values()) / n:.0f} calls per request, {counter.python() / n:.0f} of them "
+              f"Python functions")
     return counter
 
 
-def report_parts(counter: Counter, n: int) -> None:
+def report_parts(counter: Counter, n: int, unit: str = "Python calls") -> None:
     by_file: collections.Counter[str] = collections.Counter()
     for (where, _), calls in counter.counts.items():
         if where != "C":
             by_file[where] += calls
-    print("pmnc's Python calls per request, by the part that makes them:")
+    print(f"pmnc's {unit} per request, by the part that makes them:")
     for where, calls in by_file.most_common():
         if calls / n >= 0.5:
             print(f"  {calls / n:6.1f}  {where:20} {PARTS.get(where, '')}")
 
 
 def report_top(name: str, counter: Counter, n: int, top: int, unit: str = "request") -> None:
-    print(f"{name}, the {top} Python functions called most per {unit}:")
+    most = "running the most bytecode" if isinstance(counter, OpcodeCounter) else "called most"
+    print(f"{name}, the {top} Python functions {most} per {unit}:")
     python = [(key, calls) for key, calls in counter.counts.items() if key[0] != "C"]
     for (where, function), calls in sorted(python, key=lambda item: -item[1])[:top]:
         print(f"  {calls / n:6.2f}  {where}:{function}")
@@ -277,6 +303,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--clients", type=int, default=8, help="keep-alive clients sending them (8)")
     parser.add_argument("--top", type=int, default=25, help="functions listed per server (25)")
     parser.add_argument("--pg", action="store_true", help="count a PostgreSQL transaction instead")
+    parser.add_argument("--opcodes", action="store_true", help="count bytecode instructions, not calls")
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="pmnc-calls-"))
     try:
@@ -287,10 +314,15 @@ def main(argv: list[str]) -> int:
         pmnc = measure("pmnc", lambda: sample_cage(base), args)
         peer = measure("uvicorn", bare_uvicorn, args)
         n = args.requests
-        print(f"calls_per_request: pmnc {sum(pmnc.counts.values()) / n:.0f} calls ({pmnc.python() / n:.0f} Python), "
-              f"uvicorn {sum(peer.counts.values()) / n:.0f} ({peer.python() / n:.0f} Python): "
-              f"{pmnc.python() / peer.python():.2f} x the Python calls; {time.monotonic() - started:.0f}s")
-        report_parts(pmnc, n)
+        seconds = time.monotonic() - started
+        if args.opcodes:
+            print(f"calls_per_request: pmnc {pmnc.python() / n:.0f} bytecode instructions, uvicorn "
+                  f"{peer.python() / n:.0f}: {pmnc.python() / peer.python():.2f} x; {seconds:.0f}s")
+        else:
+            print(f"calls_per_request: pmnc {sum(pmnc.counts.values()) / n:.0f} calls ({pmnc.python() / n:.0f} "
+                  f"Python), uvicorn {sum(peer.counts.values()) / n:.0f} ({peer.python() / n:.0f} Python): "
+                  f"{pmnc.python() / peer.python():.2f} x the Python calls; {seconds:.0f}s")
+        report_parts(pmnc, n, "bytecode instructions" if args.opcodes else "Python calls")
         report_top("pmnc", pmnc, n, args.top)
         report_top("uvicorn", peer, n, args.top)
     finally:
