@@ -991,13 +991,13 @@ class JetStreamEngine(_Rounds):
     def _execute(self, delivered: Delivered) -> None:
         delivered.ran = True
         call, consumer = delivered.call, self.consumer
-        self._attempted(call, delivered.attempt)
         what = f"retried call {call.rt_id} ({call.module}.{call.method}, attempt {delivered.attempt})"
         if call.expires is not None and time.time() >= call.expires:
             log.warning(f"{what} has expired, dropped")
             self._attempted(call, None)
             self._settle(delivered, consumer.term)
             return
+        self._attempted(call, delivered.attempt)
         try:
             ran_before = consumer.has_run(call.dedupe)
         except Exception as e:  # not known whether it has run: not run now, tried again later
