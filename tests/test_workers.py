@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -220,54 +221,53 @@ def test_repr_is_a_status_line(make_pool: Callable[..., WorkerPool]) -> None:
 
 def test_idle_worker_is_woken_even_when_its_wait_timed_out_at_the_same_moment(
         make_pool: Callable[..., WorkerPool]) -> None:
-    """A notify may coincide with a worker's wait timing out; Condition.wait then
-    returns False although that notify was spent on it (CPython does this). The
-    pool must not lose count of its idle threads because of it, or later work
-    sits queued until the idle timeout (60 s by default) passes.
+    """A wake-up may coincide with an idle worker's wait timing out: the token sent to it
+    arrives just after its wait gave up. The pool must neither lose the token nor count
+    the thread twice, or later work sits queued until the idle timeout (60 s by default)
+    passes, or a thread retires that was counted on.
 
-    The coincidence is made deterministic here by reporting one notified wait
-    as timed out; with the real clock it happens within a few hundred requests
-    of steady traffic."""
+    The coincidence is made deterministic here by reporting one wait that got its token
+    as timed out, the token still on its way; with the real clock it happens now and then
+    under steady traffic."""
     pool = make_pool(1)
-    real = pool._cond
-    waiting = threading.Semaphore(0)
-    long_wait = threading.Event()
+    real = pool._wakeups
     racy = [True]
 
-    class RacyCondition:
-        def __enter__(self) -> bool:
-            return real.__enter__()
+    class RacyWakeups:
+        def put(self, item: None) -> None:
+            real.put(item)
 
-        def __exit__(self, *exc: object) -> None:
-            real.__exit__(*exc)
-
-        def notify(self, n: int = 1) -> None:
-            real.notify(n)
-
-        def notify_all(self) -> None:
-            real.notify_all()
-
-        def wait(self, timeout: float | None = None) -> bool:
-            if not threading.current_thread().name.startswith(pool.name + "/"):
-                return real.wait(timeout)
-            if timeout is None or timeout >= 1.0:
-                long_wait.set()  # the worker has gone quiet
-            waiting.release()
-            notified = real.wait(timeout)
-            if notified and racy[0]:
+        def get(self, block: bool = True, timeout: float | None = None) -> None:
+            real.get(block, timeout)
+            if timeout is not None and racy[0]:
                 racy[0] = False
-                return False  # the timeout fired just as the notify arrived
-            return notified
+                real.put(None)  # still on its way ...
+                raise queue.Empty  # ... when the wait times out
 
-    pool._cond = RacyCondition()  # type: ignore[assignment]
+    pool._wakeups = RacyWakeups()  # type: ignore[assignment]
     assert pool.submit(infinite(), lambda: 1).result(5.0) == 1
-    assert waiting.acquire(timeout=5.0)  # the worker waits for more
-    assert pool.submit(infinite(), lambda: 2).result(5.0) == 2
-    assert long_wait.wait(10.0)  # no activity: the worker settles into its long idle wait
+    wait_until(lambda: pool._idle == 1, message="the worker waits for more")
     try:
+        assert pool.submit(infinite(), lambda: 2).result(2.0) == 2
         assert pool.submit(infinite(), lambda: 3).result(2.0) == 3
     except FutureTimeoutError:
         pytest.fail("work stayed queued although the only worker was idle")
+    assert not racy[0]
+    assert len(threads_of(pool)) == 1
+
+
+def test_each_idle_thread_that_times_out_retires_once_and_work_still_runs(
+        make_pool: Callable[..., WorkerPool]) -> None:
+    pool = make_pool(3, idle_timeout=0.02)
+    for round_ in range(20):  # submits meet idle waits timing out, now and then at the same moment
+        blockers = [Blocker() for _ in range(3)]
+        units = [pool.submit(infinite(), b) for b in blockers]
+        wait_until(lambda bs=blockers: all(b.started.is_set() for b in bs), message=f"round {round_}: three running")
+        for b in blockers:
+            b.release.set()
+        assert [u.result(5.0) for u in units] == ["unblocked"] * 3
+    wait_until(lambda: not threads_of(pool), message="idle threads retired")
+    assert pool._threads == 0 and pool._idle == 0 and pool._coming == 0
 
 
 # --- stop --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ start lazily and retire after being idle.
 from __future__ import annotations
 
 import heapq
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -112,13 +113,11 @@ class WorkUnit:
 _Unit = tuple[float, int, WorkUnit]
 
 
-# Waking a thread per request makes threads fight over the GIL and starves the
-# event loop. So a submit wakes a thread only when none is running or coming;
-# otherwise one idle thread, the lookout, polls every LOOKOUT_PERIOD and takes
-# work that a busy thread has left waiting (a long call must not hold up the
-# queue). The lookout stands down after LOOKOUT_QUIET without activity.
-LOOKOUT_PERIOD = 0.002
-LOOKOUT_QUIET = 0.1
+# How an idle thread is woken, measured (bench/http_floor.py, the sample cage under wrk):
+# a token in a C SimpleQueue, one per unit that has no thread coming, costs far less
+# than a Condition's notify (a lock allocated and a Python wait per wake-up) or a lock
+# of the thread's own released: ~11 us of CPU per HTTP request against the Condition
+# with a polling lookout this pool had before, ~30 us against the own lock.
 
 
 class WorkerPool:
@@ -127,17 +126,15 @@ class WorkerPool:
             raise ValueError("a worker pool needs at least one thread")
         self.name, self.size, self.idle_timeout = name, size, idle_timeout
         self._queue: list[_Unit] = []
-        # Hot paths hold the mutex itself (a C context manager); the Condition, over the same
-        # mutex, is only for waiting and waking.
+        # Hot paths hold the mutex itself (a C context manager). Idle threads wait on
+        # _wakeups, outside it: each token wakes one of them for one queued unit.
         self._mutex = threading.Lock()
-        self._cond = threading.Condition(self._mutex)
+        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._threads = 0
-        self._idle = 0  # threads waiting for work
-        self._signalled = 0  # of those, already woken for a unit they have yet to take
+        self._idle = 0  # threads waiting for a token, not yet sent one
+        self._coming = 0  # threads sent a token or started, for a unit they have yet to look for
         self._busy = 0
         self._inline = 0  # slots taken by call() on callers' own threads
-        self._lookout: int | None = None  # the thread id of the lookout, if any
-        self._active_at = 0.0  # when the lookout last saw work
         self._stopped = False
         self._serial = 0
         self.processed = 0
@@ -153,8 +150,7 @@ class WorkerPool:
             if self._stopped:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
             heapq.heappush(self._queue, (key[0], key[1], unit))
-            if self._busy + self._signalled == 0 or self._lookout is None:
-                self._wake_one()
+            self._wake()
             depth = len(self._queue)
         if depth > 1 and log.enabled(log.DEBUG):
             log.debug(f"{self!r}: queued {request.unique_id}")
@@ -168,7 +164,7 @@ class WorkerPool:
         with self._mutex:
             if self._stopped:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
-            here = not self._queue and self._busy + self._inline < self.size
+            here = not self._queue and self._busy + self._inline + self._coming < self.size
             if here:
                 self._inline += 1
         if not here:
@@ -184,8 +180,7 @@ class WorkerPool:
             with self._mutex:
                 self._inline -= 1
                 self.processed += 1
-                if self._queue:
-                    self._wake_one()
+                self._wake()
 
     def _call_queued(self, request: Request, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         unit = self.submit(request, fn, *args)
@@ -198,70 +193,64 @@ class WorkerPool:
         except CancelledError:
             raise RequestExpiredError("request has been cancelled") from None
 
-    def _wake_one(self) -> None:
-        if self._idle > self._signalled:
-            self._signalled += 1
-            self._cond.notify()
-        elif self._threads < self.size:
-            self._start_thread()
-
-    def _start_thread(self) -> None:
-        self._threads += 1
-        self._serial += 1
-        thread = threading.Thread(target=self._work, name=f"{self.name}/{self._serial}", daemon=True)
-        thread.start()
-
-    def _take(self) -> WorkUnit | None:
-        """The next unit, or None when this thread should retire."""
-        me = threading.get_ident()
-        with self._mutex:
-            while True:
-                if self._queue and self._busy + self._inline < self.size:
-                    if self._lookout == me:
-                        self._lookout = None
-                    self._busy += 1
-                    self._active_at = time.monotonic()
-                    unit = heapq.heappop(self._queue)[2]
-                    if self._queue and self._lookout is None:
-                        self._wake_one()  # someone must watch what is left
-                    return unit
-                if self._stopped:
-                    self._retire(me)
-                    return None
-                timeout = self._wait_timeout(me)
-                self._idle += 1
-                notified = self._cond.wait(timeout)
+    def _wake(self) -> None:
+        """(Under the mutex.) A thread for the next queued unit that has none coming, while a
+        slot is free: an idle one woken, or a new one. A busy thread looks at the queue
+        again when it is done, so work queued behind full slots needs no wake-up."""
+        if len(self._queue) > self._coming and self._busy + self._inline + self._coming < self.size:
+            if self._idle:
                 self._idle -= 1
-                # A notify that meets a timing-out wait is spent on it though wait()
-                # says False: count every return, at worst one wake-up is spurious.
-                self._signalled = max(self._signalled - 1, 0)
-                if not notified and timeout == self.idle_timeout and not self._queue:
-                    self._retire(me)
-                    return None
-
-    def _wait_timeout(self, me: int) -> float:
-        """Become (or stay) the lookout while there is activity; else wait long."""
-        if self._lookout not in (None, me):
-            return self.idle_timeout
-        if self._busy or time.monotonic() - self._active_at < LOOKOUT_QUIET:
-            self._lookout = me
-            return LOOKOUT_PERIOD
-        self._lookout = None
-        return self.idle_timeout
-
-    def _retire(self, me: int) -> None:
-        if self._lookout == me:
-            self._lookout = None
-        self._threads -= 1
+                self._coming += 1
+                self._wakeups.put(None)
+            elif self._threads < self.size:
+                self._coming += 1
+                self._threads += 1
+                self._serial += 1
+                threading.Thread(target=self._work, name=f"{self.name}/{self._serial}", daemon=True).start()
 
     def _work(self) -> None:
-        while (unit := self._take()) is not None:
-            try:
-                self._run(unit)
-            finally:
-                with self._mutex:
+        mutex = self._mutex
+        mutex.acquire()
+        self._coming -= 1
+        try:
+            while (unit := self._take()) is not None:
+                mutex.release()
+                try:
+                    self._run(unit)
+                finally:
+                    mutex.acquire()
                     self._busy -= 1
                     self.processed += 1
+        finally:
+            self._threads -= 1
+            mutex.release()
+
+    def _take(self) -> WorkUnit | None:
+        """(Under the mutex, which it may let go while idle.) The next unit, or None when
+        this thread should retire: idle for idle_timeout, or the pool stopped."""
+        while True:
+            if self._queue and self._busy + self._inline < self.size:
+                self._busy += 1
+                return heapq.heappop(self._queue)[2]
+            if self._stopped:
+                return None
+            self._idle += 1
+            self._mutex.release()
+            try:
+                self._wakeups.get(timeout=self.idle_timeout)
+                woken = True
+            except queue.Empty:
+                woken = False
+            self._mutex.acquire()
+            if not woken:
+                if self._idle:  # nobody has sent an idle thread a token since: this one goes
+                    self._idle -= 1
+                    return None
+                # A token is on its way to an idle thread (the timeout met it): take it.
+                self._mutex.release()
+                self._wakeups.get()
+                self._mutex.acquire()
+            self._coming -= 1
 
     @staticmethod
     def _run(unit: WorkUnit) -> None:
@@ -284,16 +273,18 @@ class WorkerPool:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Refuse new work, cancel what is queued, and let the threads go."""
-        with self._cond:
+        with self._mutex:
             self._stopped = True
             queued, self._queue = self._queue, []
-            self._cond.notify_all()
+            idle, self._idle = self._idle, 0
+            self._coming += idle
+            for _ in range(idle):
+                self._wakeups.put(None)
         for _, _, unit in queued:
             unit.cancel()
         end = time.monotonic() + timeout
         while self._threads and time.monotonic() < end:
-            with self._cond:
-                self._cond.wait(0.05)
+            time.sleep(0.01)
 
     @property
     def queued(self) -> int:
