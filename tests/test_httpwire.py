@@ -459,6 +459,24 @@ def test_header_names_are_title_case_on_the_wire() -> None:
     assert b"\r\nWww-Authenticate: Basic\r\n" in wire
 
 
+def test_the_same_headers_again_are_checked_against_the_new_content() -> None:
+    """A header set is checked and rendered once and remembered: what depends on the content
+    (its length, its type's charset) and on the connection is still decided every time."""
+    headers = {"content-type": "text/plain", "content-length": "5", "x-a": "1"}
+    first, _ = finish(content="hello", headers=dict(headers))
+    again, _ = finish(content="hello", headers=dict(headers))
+    assert first == again
+    assert read_response(first)[1] == [("Content-Type", "text/plain; charset=utf-8"), ("X-A", "1"),
+                                       ("Cache-Control", "no-cache"), ("Pragma", "no-cache"),
+                                       ("Content-Length", "5"), ("Connection", "keep-alive")]
+    with pytest.raises(ResponseError, match="content-length 5"):
+        finish(content="hello!", headers=dict(headers))
+    closing, keep_alive = finish(keep_alive=False, content="hello", headers=dict(headers, connection="close"))
+    assert not keep_alive and closing.split(b"\r\n\r\n")[0].endswith(b"Connection: close")
+    with pytest.raises(ResponseError, match="x-a"):
+        finish(content="hello", headers=dict(headers, **{"x-a": "1\r\nInjected: yes"}))
+
+
 @pytest.mark.parametrize("status", [0, 99, 100, 101, 299, 600, 1000, -200, "200", 200.0, True, None])
 def test_unknown_status_is_refused(status: Any) -> None:
     with pytest.raises(ResponseError):

@@ -380,16 +380,36 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 
 def _checked_headers(headers: Any) -> dict[str, str]:
+    """The handler's headers checked, their names lower-cased: a new dict, the caller's to change."""
     if not isinstance(headers, dict):
         raise ResponseError("response headers must be a dict")
+    items = tuple(headers.items())
+    try:
+        known = _CHECKED.get(items)
+    except TypeError:  # an unhashable name or value: checked below, and refused
+        known = None
+    if known is not None:
+        return dict(known)
     checked = {}
-    for name, value in headers.items():
+    plain = True  # only exact str are remembered: a subclass may hash and compare as it likes
+    for name, value in items:
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise ResponseError(f"response header name {name!r} is invalid")
         if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
             raise ResponseError(f"response header {name} must be a one-line str without control characters")
+        plain = plain and type(name) is str and type(value) is str
         checked[name.lower()] = value
+    if plain and len(_CHECKED) < _REMEMBERED:
+        _CHECKED[items] = dict(checked)
     return checked
+
+
+# A handler sends the same few header sets again and again: each is checked, and its head
+# rendered, once. Bounded: handlers that vary their headers (cookies, ETags) fill it, and
+# then they are checked and rendered every time, as before.
+_REMEMBERED = 256
+_CHECKED: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+_HEADS: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}
 
 
 def _encoded_content(content: Any, headers: dict[str, str], encoding: str) -> bytes:
@@ -406,13 +426,25 @@ def _encoded_content(content: Any, headers: dict[str, str], encoding: str) -> by
 
 
 def render(status: int, headers: Iterable[tuple[str, str]], body: bytes, keep_alive: bool) -> bytes:
+    key = (status, tuple(headers))
+    head = _HEADS.get(key)
+    if head is None:
+        head = _render_head(*key)
+        if len(_HEADS) < _REMEMBERED and all(type(n) is str and type(v) is str for n, v in key[1]):
+            _HEADS[key] = head
+    return b"".join((head, str(len(body)).encode(), _KEEP_ALIVE if keep_alive else _CLOSE, body))
+
+
+_KEEP_ALIVE, _CLOSE = b"\r\nConnection: keep-alive\r\n\r\n", b"\r\nConnection: close\r\n\r\n"
+
+
+def _render_head(status: int, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The status line and the headers, up to the value of Content-Length."""
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
-    titles = _TITLES
     for name, value in headers:  # a loop, not a generator: one response has several headers
-        lines.append(f"{titles.get(name) or _title(name)}: {value}")
-    lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+        lines.append(f"{_title(name)}: {value}")
+    lines.append("Content-Length: ")
+    return "\r\n".join(lines).encode("latin-1", "replace")
 
 
 def error_response(status: int, text: str = "") -> bytes:
