@@ -375,9 +375,10 @@ class Phase(enum.Enum):
     place among the heads (or CLOSED at once, with no place on probation either); a whole
     head (or a bad request) → SEATED once it has a slot; SEATED → IN_FLIGHT as its request
     starts; IN_FLIGHT → IDLE, HEAD_AWAITED (the next head has begun) or SEATED (its body, or
-    more requests, are coming); IDLE → HEAD_AWAITED at the next byte. Any phase → CLOSED,
-    which is final. Whether a connection reads (`paused`) or may answer (`write_paused`) is
-    backpressure, and goes across phases: flags, not phases.
+    more requests, are coming); IDLE → SEATED when its next read holds a whole request (or a bad
+    one), else HEAD_AWAITED. Any phase → CLOSED, which is final. Whether a connection reads
+    (`paused`) or may answer (`write_paused`) is backpressure, and goes across phases: flags,
+    not phases.
     """
 
     ON_PROBATION = "on probation"
@@ -397,7 +398,7 @@ _NEXT: dict[Phase, frozenset[Phase]] = {  # the moves `Connection._enter` allows
     Phase.HEAD_AWAITED: frozenset({Phase.SEATED, Phase.CLOSED}),
     Phase.SEATED: frozenset({Phase.IN_FLIGHT, Phase.CLOSED}),
     Phase.IN_FLIGHT: frozenset({Phase.SEATED, Phase.HEAD_AWAITED, Phase.IDLE, Phase.CLOSED}),
-    Phase.IDLE: frozenset({Phase.HEAD_AWAITED, Phase.CLOSED}),
+    Phase.IDLE: frozenset({Phase.HEAD_AWAITED, Phase.SEATED, Phase.CLOSED}),
     Phase.CLOSED: frozenset(),
 }
 
@@ -458,11 +459,7 @@ class Connection(asyncio.Protocol):
         if self.closing or self.refusal is not None:
             return
         now = time.monotonic()
-        if self.phase is Phase.IDLE:  # a new request begins, its head is waited for
-            self._enter(Phase.HEAD_AWAITED)
-            self.iface.idle.discard(self)
-            self.iface.heads.add(self)  # still holding its slot: _track decides, once this read is parsed
-            self._arm(now + self.iface.header_timeout)
+        idle = self.phase is Phase.IDLE  # a keep-alive connection's next request begins
         if not self.unparsed and len(data) <= self.slice and len(self.queue) < MAX_PIPELINED:
             self._feed(data, now)  # the usual case: one read, one slice
             if self.refusal is not None:
@@ -470,8 +467,21 @@ class Connection(asyncio.Protocol):
         else:
             self.unparsed += data
             self._parse(now)
+        if idle:
+            self._wake_up(now)
         self._track()
         self._next()
+
+    def _wake_up(self, now: float) -> None:
+        """An idle keep-alive connection has read: with a whole request (or a bad one) it goes
+        on in its slot; else its head is waited for (_track decides about the slot)."""
+        self.iface.idle.discard(self)
+        if self.queue or self.refusal is not None:
+            self._enter(Phase.SEATED)
+            return
+        self._enter(Phase.HEAD_AWAITED)
+        self.iface.heads.add(self)
+        self._arm(now + self.iface.header_timeout)
 
     def _parse(self, now: float) -> None:
         """Parse what was read, a slice at a time, while fewer than MAX_PIPELINED
