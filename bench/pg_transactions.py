@@ -18,7 +18,10 @@ inserting a row of 100 characters:
   then `commit()`;
 - pmnc: an in-process cage with `config_resource_db1.py` / `db2` (protocol
   "postgresql", pool__size = N); each thread with its own attached Request
-  calling `pmnc.transaction.db1.execute("INSERT ...", id=..., payload=...)`;
+  calling `pmnc.transaction.db1.execute("INSERT ...", id=..., payload=...)`
+  (a transaction of one statement: pmnc sends it autocommitted, one round
+  trip where psycopg's transaction takes three);
+- for scale, psycopg with the insert autocommitted, what pmnc sends;
 - pmnc, two participants: `xa = pmnc.transaction.create()`, an insert on
   db1 and one on db2, `xa.execute()` (best effort), and the same with
   `create(two_phase=True)` when this version of pmnc prepares the branches
@@ -229,16 +232,20 @@ class PrepareCounter:
 # --- the clients ---------------------------------------------------------------------------------------
 
 
-def psycopg_single(pg: PgCluster) -> Client:
+def psycopg_single(pg: PgCluster, *, autocommit: bool = False) -> Client:
+    """A transaction per insert (BEGIN, INSERT, COMMIT: three round trips); or, `autocommit`,
+    the insert alone, its own transaction in one round trip (as pmnc runs a transaction of one
+    statement)."""
     @contextmanager
     def client(i: int) -> Iterator[Step]:
-        with psycopg.connect(pg.dsn("db1"), autocommit=False) as conn:
+        with psycopg.connect(pg.dsn("db1"), autocommit=autocommit) as conn:
             cursor = conn.cursor()
 
             def step(key: int) -> None:
                 try:
                     cursor.execute(INSERT_PSYCOPG, (key, PAYLOAD))
-                    conn.commit()
+                    if not autocommit:
+                        conn.commit()
                 except Exception:
                     conn.rollback()
                     raise
@@ -581,6 +588,8 @@ def bench(args: argparse.Namespace, base: Path, pg: PgCluster, cages: list[InPro
     with PrepareCounter() as counter:
         runs.append(measure("psycopg, 1 insert", ("db1",), psycopg_single(pg), args, pg))
         runs.append(measure("pmnc, 1 insert", ("db1",), pmnc_single(transaction, timeout), args, pg))
+        runs.append(measure("psycopg, 1 insert autocommitted", ("db1",), psycopg_single(pg, autocommit=True),
+                            args, pg))
         runs.append(measure("pmnc, 2 participants, best effort", DATABASES,
                             pmnc_two(transaction, timeout, two_phase=False), args, pg))
         missing = two_phase_missing(transaction, counter)
@@ -614,6 +623,9 @@ def bench(args: argparse.Namespace, base: Path, pg: PgCluster, cages: list[InPro
           f"(target >= {TARGET}: {verdict}); CPU per transaction: this process "
           f"{pooled.per_txn_us(pooled.client_cpu):.0f} against {plain.per_txn_us(plain.client_cpu):.0f} us, "
           f"the server {pooled.per_txn_us(pooled.server_cpu):.0f} against {plain.per_txn_us(plain.server_cpu):.0f} us")
+    alone = by_name["psycopg, 1 insert autocommitted"]
+    print(f"for scale: psycopg with the insert autocommitted (one round trip, as pmnc sends a transaction of one "
+          f"statement) {alone.rate:.0f}/s; pmnc/that {pooled.rate / alone.rate if alone.rate else float('nan'):.2f}")
     two_phase = by_name.get("pmnc, 2 participants, two-phase")
     if two_phase is None:
         print(f"two-phase: not available in this version ({missing})")

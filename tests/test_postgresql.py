@@ -37,7 +37,7 @@ def table(pg: PgServer) -> Iterator[str]:
 
 def start(in_process_cage: Callable[..., InProcessCage], pg: PgServer, **resource: Any) -> Any:
     """A cage with resource `db` on the test server; returns its `pmnc.transaction`."""
-    config = dict(pg.config(), pool__size=4, **resource)
+    config = dict(pg.config(), **{"pool__size": 4, **resource})
     cage = in_process_cage(files={"config_resource_db.py": config_source(config),
                                   "config_resource_db2.py": config_source(dict(pg.config("db2"), pool__size=4))})
     return cage.cage.runtime.root.transaction
@@ -62,6 +62,61 @@ def test_statements_of_one_call_run_in_one_transaction_and_return_rows(
                                f"INSERT INTO {table} (id, name) VALUES (1, 'duplicate')")
     assert info.value.state == "23505" and info.value.recoverable and not info.value.terminal
     assert pg.query(f"SELECT id FROM {table} ORDER BY id") == [(1,)]
+
+
+def test_a_transaction_of_one_statement_is_one_round_trip_at_the_default_session(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, attach: Callable[[float], Request]) -> None:
+    """The only participant's call of one statement runs autocommitted: it is its own
+    transaction, with no BEGIN before it (now() is the statement's own start), at READ
+    COMMITTED and read-write whatever the database's defaults; a call of several
+    statements, or at another isolation level, is a transaction begun before them."""
+    database = f"d_{uuid.uuid4().hex[:12]}"
+    pg.admin(f"CREATE DATABASE {database}")
+    try:
+        pg.admin(f"ALTER DATABASE {database} SET default_transaction_isolation = 'serializable'")
+        pg.admin(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
+        transaction = start(in_process_cage, pg, database=database, pool__size=1)  # one connection for all
+        attach(5.0)
+        alone = "SELECT now() = statement_timestamp() AS alone, current_setting('transaction_isolation') AS level, " \
+                "current_setting('transaction_read_only') AS ro"
+        assert transaction.db.execute(alone) == ([{"alone": True, "level": "read committed", "ro": "off"}],)
+        transaction.db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        transaction.db.execute("INSERT INTO t VALUES (1)")
+        _, rows = transaction.db.execute("INSERT INTO t VALUES (2)", alone)
+        assert rows == [{"alone": False, "level": "read committed", "ro": "off"}]
+        [[row]] = transaction.db(isolation_level="REPEATABLE READ").execute(alone)
+        assert dict(row) == {"alone": False, "level": "repeatable read", "ro": "off"}
+        with pytest.raises(SQLResourceError) as info:  # the second fails: the first is rolled back
+            transaction.db.execute("INSERT INTO t VALUES (3)", "INSERT INTO t VALUES (1)")
+        assert info.value.state == "23505" and info.value.recoverable
+        with pytest.raises(SQLResourceError) as info:  # fails alone: nothing was done
+            transaction.db.execute("INSERT INTO t VALUES (1)")
+        assert info.value.state == "23505" and info.value.recoverable and not info.value.terminal
+        assert transaction.db.execute("SELECT id FROM t ORDER BY id") == ([{"id": 1}, {"id": 2}],)
+        xa = transaction.create()  # with a participant of another resource, nothing commits before the decision
+        xa.db.execute("INSERT INTO t VALUES (4)")
+        xa.db2.execute("SELEKT 1")
+        with pytest.raises(SQLResourceError):
+            xa.execute()
+        assert transaction.db.execute("SELECT id FROM t ORDER BY id") == ([{"id": 1}, {"id": 2}],)
+    finally:
+        pg.admin(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+def test_an_autocommitted_statement_whose_connection_fails_under_it_is_not_recoverable(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, attach: Callable[[float], Request]) -> None:
+    """It may have committed before the server went: retrying it could do it twice. In a
+    transaction begun before it, the same failure left nothing done."""
+    transaction = start(in_process_cage, pg)
+    attach(5.0)
+    suicide = "SELECT pg_terminate_backend(pg_backend_pid())"
+    with pytest.raises(SQLResourceError) as info:
+        transaction.db.execute(suicide)
+    assert info.value.state == "57P01" and not info.value.recoverable and info.value.terminal
+    with pytest.raises(SQLResourceError) as info:
+        transaction.db.execute("SELECT 1", suicide)
+    assert info.value.state == "57P01" and info.value.recoverable and info.value.terminal
+    assert transaction.db.execute("SELECT 1 AS one") == ([{"one": 1}],)
 
 
 def test_values_round_trip_with_their_types(in_process_cage: Callable[..., InProcessCage], pg: PgServer,

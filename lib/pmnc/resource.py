@@ -52,6 +52,10 @@ class Resource:
         self.idle_timeout = 30.0  # the pool sets its pool__idle_timeout / pool__max_age where given
         self.max_age = 300.0
         self.discarded = False  # expire() was called: never reuse, whatever the timers say
+        # Set by the transaction while this connection's call is the whole transaction and
+        # commit() follows as soon as it returns (the only participant, run inline): the
+        # call may then be its own commit (PostgreSQL: one statement in autocommit).
+        self.commit_follows = False
 
     @classmethod
     def _construct(cls, name: str, config: dict[str, Any], *, cluster: Any = None, interfaces: Any = None,

@@ -579,7 +579,11 @@ def _run_inline(xid: str, source: str, options: dict[str, Any], participant: Par
             return cache.hit
         try:
             with pool.connection() as resource:
-                result = _invoke(xid, source, options, participant, resource, pool, cache)
+                resource.commit_follows = True
+                try:
+                    result = _invoke(xid, source, options, participant, resource, pool, cache)
+                finally:
+                    resource.commit_follows = False
                 if pool.transactional:
                     _commit_inline(xid, participant, resource)
                 return result

@@ -17,6 +17,12 @@ and their config files work as they are (pg8000's `server_encoding = None` too).
 - Errors are SQLResourceError with the SQLSTATE: recoverable (the local
   transaction rolls back), and the connection is kept only for SQLSTATE
   classes that leave it sound (data, integrity, syntax errors and the like).
+- A transaction of one call of one statement at the default session (the only
+  participant, which commits as soon as its call returns) is one round trip,
+  not three: the statement runs in autocommit, where it is its own transaction
+  (BEGIN and COMMIT spared). What differs: an error at its commit (a deferred
+  constraint) comes from the statement, and an error that may have come after
+  the commit (the connection lost) is not recoverable.
 - Two-phase commit: in a `create(two_phase=True)` transaction the branch is
   begun with its global id, prepared (`PREPARE TRANSACTION`), then committed
   or rolled back by that id - from any connection, also after a restart.
@@ -24,6 +30,7 @@ and their config files work as they are (pg8000's `server_encoding = None` too).
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Generator
 from typing import Any
@@ -35,7 +42,7 @@ from psycopg.rows import dict_row
 from pmnc import log
 from pmnc import request as _request
 from pmnc.errors import ConfigError, ResourceDeadlineError, ResourceInputParameterError, SQLResourceError
-from pmnc.protocols.sql import SQL_KEYS, SQLResource, Statement
+from pmnc.protocols.sql import SQL_KEYS, Row, SQLResource, Statement
 from pmnc.schema import Key, address, resource_file
 
 # SQLSTATE classes after which the connection is still good (as the original's):
@@ -47,6 +54,14 @@ ISOLATION_LEVELS = {
     "SERIALIZABLE": psycopg.IsolationLevel.SERIALIZABLE,
 }
 PROBE_AFTER = 5.0  # seconds idle after which a connection is checked before a transaction uses it
+DEFAULT_SESSION = (psycopg.IsolationLevel.READ_COMMITTED, False)  # (isolation level, read only) of a plain call
+# What an autocommitted statement runs at (the server's and role's defaults may differ): the
+# default session, as a BEGIN of a plain call states it.
+SESSION_CHARACTERISTICS = b"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE"
+# SQLSTATE classes of errors that may come after the server has committed an autocommitted
+# statement (connection, operator intervention, system and internal errors); with no SQLSTATE
+# the connection failed. Any other error means the statement, and so its commit, failed.
+UNCERTAIN_CLASSES = frozenset({"08", "57", "58", "XX"})
 
 
 class _Connection(psycopg.Connection[dict[str, Any]]):
@@ -110,6 +125,9 @@ class Resource(SQLResource):
         self.session: tuple[psycopg.IsolationLevel, bool] | None = None  # as last set, on session_of
         self.session_of: _Connection | None = None
         self.branch: str | None = None  # the two-phase commit branch in progress
+        self.at_once = False  # this transaction may be one autocommitted statement (begin_transaction)
+        self.autocommitted = False  # ... and it was: there is nothing left to commit
+        self.characteristics_of: _Connection | None = None  # the connection SESSION_CHARACTERISTICS was set on
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -142,12 +160,51 @@ class Resource(SQLResource):
             self._probe()
         conn = self._connection()
         session = (ISOLATION_LEVELS[level], bool(resource_kwargs.get("read_only", False)))
+        self.branch = transaction_options.get("branch")
+        self.at_once = self.commit_follows and self.branch is None and session == DEFAULT_SESSION
+        self.autocommitted = False
+        if not self.at_once:  # else execute() decides, by the number of statements
+            self._begin(conn, session)
+
+    def _begin(self, conn: _Connection, session: tuple[psycopg.IsolationLevel, bool]) -> None:
+        """A transaction psycopg begins with the first statement (BEGIN as `session` says)."""
+        self._explicit(conn)
         if session != self.session or conn is not self.session_of:  # psycopg sends it with the next BEGIN
             conn.isolation_level, conn.read_only = session
             self.session, self.session_of = session, conn
-        self.branch = transaction_options.get("branch")
         if self.branch is not None:
             self._guarded(conn.tpc_begin, self.branch)
+
+    def execute(self, *statements: str, **params: Any) -> tuple[list[Row], ...]:
+        if self.at_once:
+            conn = self._in_transaction()
+            if len(statements) == 1:
+                self._autocommit(self._sound(conn))
+                self.autocommitted = True
+            else:
+                self._begin(conn, DEFAULT_SESSION)
+        return super().execute(*statements, **params)
+
+    def _sound(self, conn: _Connection) -> _Connection:
+        """The connection, replaced first if the server has closed it since its last use (its
+        socket reads the end): then an autocommitted statement that fails is one that reached
+        the server, whose commit may have happened, and only that failure is not recoverable."""
+        if select.select([conn.pgconn.socket], [], [], 0)[0]:  # the end, or a notice: look
+            self._probe()
+        return self._in_transaction()
+
+    def _autocommit(self, conn: _Connection) -> None:
+        """The connection in autocommit, at the default session."""
+        if not conn.autocommit:
+            self._guarded(setattr, conn, "autocommit", True)
+        if self.characteristics_of is not conn:
+            self._guarded(conn.execute, SESSION_CHARACTERISTICS)
+            self.characteristics_of = conn
+
+    def _explicit(self, conn: _Connection) -> None:
+        """The connection out of autocommit: its statements are in a transaction psycopg begins."""
+        if conn.autocommit:
+            self._guarded(setattr, conn, "autocommit", False)
 
     def _probe(self) -> None:
         """A connection idle for a while may have been closed by the server (a restart,
@@ -180,11 +237,15 @@ class Resource(SQLResource):
 
     def commit(self) -> None:
         """One-phase commit, or phase 2 of a prepared branch on its own connection."""
+        if self.autocommitted:  # the statement was its own transaction
+            self.autocommitted = False
+            return
         conn = self._in_transaction()
         self._guarded(conn.tpc_commit if self.branch is not None else conn.commit)
         self.branch = None
 
     def rollback(self) -> None:
+        self.autocommitted = False
         conn, branch, self.branch = self.conn, self.branch, None
         if conn is None or conn.closed:
             return
@@ -243,7 +304,7 @@ class Resource(SQLResource):
             self._cancel()
             raise ResourceDeadlineError(f"request deadline waiting for {self.name}") from None
         except psycopg.Error as e:
-            raise _sql_error(e) from None
+            raise _sql_error(e, self.autocommitted) from None
 
 
 def _format(name: str) -> str:
@@ -253,10 +314,13 @@ def _format(name: str) -> str:
 CANCEL_TIMEOUT = 0.5  # seconds a cancel request may take past the deadline
 
 
-def _sql_error(e: psycopg.Error) -> SQLResourceError:
+def _sql_error(e: psycopg.Error, autocommitted: bool = False) -> SQLResourceError:
+    """Ours for psycopg's. Recoverable (nothing was done) unless the statement was autocommitted
+    and the error may have come after its commit."""
     state = e.sqlstate
     safe = state is not None and state[:2] in SAFE_CLASSES and not isinstance(e, pg_errors.ReadOnlySqlTransaction)
-    return SQLResourceError(_message(e), state=state, recoverable=True, terminal=not safe)
+    uncertain = autocommitted and (state is None or state[:2] in UNCERTAIN_CLASSES)
+    return SQLResourceError(_message(e), state=state, recoverable=not uncertain, terminal=not safe)
 
 
 def _message(e: psycopg.Error) -> str:
