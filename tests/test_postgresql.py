@@ -93,6 +93,14 @@ def test_a_transaction_of_one_statement_is_one_round_trip_at_the_default_session
             transaction.db.execute("INSERT INTO t VALUES (1)")
         assert info.value.state == "23505" and info.value.recoverable and not info.value.terminal
         assert transaction.db.execute("SELECT id FROM t ORDER BY id") == ([{"id": 1}, {"id": 2}],)
+        transaction.db.execute("BEGIN")  # a block begun alone is committed as its transaction: not left open
+        transaction.db.execute("INSERT INTO t VALUES (5)")
+        assert pg.query("SELECT id FROM t WHERE id = 5", database) == [(5,)]
+        transaction.db.execute("DELETE FROM t WHERE id = 5")
+        with pytest.raises(SQLResourceError) as info:  # needs a block: alone it is refused, with another it runs
+            transaction.db.execute("LOCK TABLE t")
+        assert info.value.state == "25P01" and info.value.recoverable
+        assert transaction.db.execute("LOCK TABLE t", "SELECT count(*) AS n FROM t") == ([], [{"n": 2}])
         xa = transaction.create()  # with a participant of another resource, nothing commits before the decision
         xa.db.execute("INSERT INTO t VALUES (4)")
         xa.db2.execute("SELEKT 1")

@@ -237,10 +237,11 @@ class Resource(SQLResource):
 
     def commit(self) -> None:
         """One-phase commit, or phase 2 of a prepared branch on its own connection."""
-        if self.autocommitted:  # the statement was its own transaction
-            self.autocommitted = False
-            return
         conn = self._in_transaction()
+        if self.autocommitted:  # the statement was its own transaction ...
+            self.autocommitted = False
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                return  # ... unless it was a BEGIN, whose block is committed as the transaction would be
         self._guarded(conn.tpc_commit if self.branch is not None else conn.commit)
         self.branch = None
 
