@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import os
+import resource
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -125,6 +127,28 @@ def test_an_autocommitted_statement_whose_connection_fails_under_it_is_not_recov
         transaction.db.execute("SELECT 1", suicide)
     assert info.value.state == "57P01" and info.value.recoverable and info.value.terminal
     assert transaction.db.execute("SELECT 1 AS one") == ([{"one": 1}],)
+
+
+def test_a_statement_alone_runs_on_a_connection_whose_descriptor_is_above_1024(
+        in_process_cage: Callable[..., InProcessCage], pg: PgServer, attach: Callable[[float], Request]) -> None:
+    """A busy cage has descriptors beyond select()'s 1024 (the supervisor raises the limit):
+    the look at a reused connection before an autocommitted statement must not use select."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the open-files limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200) if hard == resource.RLIM_INFINITY
+                                                else min(max(soft, 1200), hard), hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        transaction = start(in_process_cage, pg, pool__size=1)
+        attach(5.0)
+        assert min(fillers) < 1024 < max(fillers)  # the lowest free descriptors are all above 1024 now
+        assert transaction.db.execute("SELECT 1 AS one") == ([{"one": 1}],)  # connects above 1024
+        assert transaction.db.execute("SELECT 2 AS two") == ([{"two": 2}],)  # reuses it, looked at first
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_values_round_trip_with_their_types(in_process_cage: Callable[..., InProcessCage], pg: PgServer,

@@ -189,7 +189,7 @@ class Resource(SQLResource):
         """The connection, replaced first if the server has closed it since its last use (its
         socket reads the end): then an autocommitted statement that fails is one that reached
         the server, whose commit may have happened, and only that failure is not recoverable."""
-        if select.select([conn.pgconn.socket], [], [], 0)[0]:  # the end, or a notice: look
+        if _readable(conn.pgconn.socket):  # the end, or a notice: look
             self._probe()
         return self._in_transaction()
 
@@ -306,6 +306,14 @@ class Resource(SQLResource):
             raise ResourceDeadlineError(f"request deadline waiting for {self.name}") from None
         except psycopg.Error as e:
             raise _sql_error(e, self.autocommitted) from None
+
+
+def _readable(fd: int) -> bool:
+    """Whether `fd` has something to read now (poll, not select: a busy cage's descriptor
+    numbers may be above select's 1024)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _format(name: str) -> str:
