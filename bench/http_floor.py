@@ -48,9 +48,9 @@ import httptools
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_hello import HOST, TARGET, WRK_CONNECTIONS, Uvicorn, end_process, read_text, wait_answers, wait_until, wrk
+from xmlrpc_echo import cpu_seconds
 
 HELLO = b"Hello, world !"
-TICKS = os.sysconf("SC_CLK_TCK")
 MODES = ("handoff", "inline")
 
 
@@ -171,20 +171,16 @@ class FloorServer:
         return end_process(self.process, self.mode, 30.0, lambda: None)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def measure(name: str, port: int, pid: int, duration: int) -> tuple[float, float]:
     """(requests/s, µs of the server's CPU per request) of one wrk run; raises if any request failed."""
     before = cpu_seconds(pid)
     result = wrk(port, duration, latency=False, connections=WRK_CONNECTIONS)
-    used = cpu_seconds(pid) - before
+    after = cpu_seconds(pid)
     if result.failed:
         raise RuntimeError(f"{name}: {result.failed} requests failed:\n{result.output}")
-    return result.rps, used / result.requests * 1e6 if result.requests else float("nan")
+    if before is None or after is None or not result.requests:
+        return result.rps, float("nan")
+    return result.rps, (after - before) / result.requests * 1e6
 
 
 def bench(args: argparse.Namespace, servers: dict[str, FloorServer | Uvicorn]) -> int:
