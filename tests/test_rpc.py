@@ -298,6 +298,27 @@ def test_values_keep_their_types_both_ways(cluster: Cluster) -> None:
     assert back["aware"].utcoffset() == datetime.timedelta(hours=3)
 
 
+def test_a_value_larger_than_the_socket_buffers_goes_both_ways_whole(cluster: Cluster) -> None:
+    # The caller's socket does not block: a frame this large is written in many pieces as the
+    # callee reads, and its answer comes in many TLS records, each waited for by the deadline.
+    start_worker(cluster)
+    runner = start_runner(cluster)
+    code = """
+import hashlib, os
+value = {"blob": os.urandom(6 * 1024 * 1024), "text": "\u017e" * 100_000}
+back, seen = pmnc("worker").work.echo(value)
+small, _ = pmnc("worker").work.echo({"small": 1})
+result = (back == value, hashlib.sha256(back["blob"]).hexdigest() == hashlib.sha256(value["blob"]).hexdigest(),
+          seen, small)
+"""
+
+    same, same_digest, seen_types, small = runner.result(code)
+
+    assert same and same_digest
+    assert seen_types == {"blob": "bytes", "text": "str"}
+    assert small == {"small": 1}  # the same connection, in step after the large exchange
+
+
 def test_what_msgpack_cannot_carry_is_refused_before_sending_unless_pickle_is_enabled(cluster: Cluster) -> None:
     start_worker(cluster)
     runner = start_runner(cluster)

@@ -839,29 +839,23 @@ class _Channel:
             sock.close()
             raise _failure(location, f"the server there is not cage {location.cage} of flock {cluster.flock} "
                                     f"(it is {identity})", recoverable=True)
+        sock.setblocking(False)
         return cls(sock, location, cluster)
 
     def usable(self) -> bool:
         """Not closed by the other side meanwhile (an instance that died or restarted), nor
         told that it is stopping (`gone`): a reused connection must be good before a call
-        goes out on it, so that a call is never sent into a dead socket and lost."""
+        goes out on it, so that a call is never sent into a dead socket and lost. The socket
+        is non-blocking, and every answer is read whole, so TLS holds nothing back: anything
+        that has come since shows on the socket itself."""
         try:
-            if not self.sock.pending() and not _ready([self.sock.fileno()], 0):
+            if not _ready([self.sock.fileno()], 0):
                 return True
-        except (OSError, ValueError):
-            return False
-        self.sock.setblocking(False)
-        try:
             data = self.sock.recv(RECV_SIZE)
         except ssl.SSLWantReadError:
             return True  # only TLS housekeeping was there
-        except OSError:
+        except (OSError, ValueError):
             return False
-        finally:
-            try:
-                self.sock.setblocking(True)
-            except OSError:
-                pass
         try:
             self.gone = any(wire.is_refusal(frame) for frame in self.decoder.feed(data)) if data else False
         except ProtocolError:
@@ -870,18 +864,27 @@ class _Channel:
 
     def exchange(self, frame: bytes, request: _request.Request, cluster: Cluster) -> Any:
         """The answer to `frame`; a refusal if the instance is stopping and has not run it
-        (then `gone` is set, as it is when a goodbye follows the answer)."""
+        (then `gone` is set, as it is when a goodbye follows the answer).
+
+        The socket is non-blocking and the waits are polls bounded by the deadline: each
+        system call lets the GIL go, and with calls on several threads every such let-go
+        wakes another thread, so a call makes as few as it can - a write, a poll for the
+        answer, a read (a socket timeout would add an ioctl per call, and a read that
+        finds nothing yet)."""
         try:
-            self.sock.settimeout(max(request.remain, 0.001))
-            self.sock.sendall(frame)
+            self._send(frame, request)
             while True:
-                data = self.sock.recv(RECV_SIZE)
+                if not _ready([self.sock.fileno()], request.remain):
+                    raise TimeoutError
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except ssl.SSLWantReadError:
+                    continue  # a TLS record that holds no data (a session ticket)
                 if not data:
                     raise EOFError
                 answers = self.decoder.feed(data)
                 if answers:
                     break
-                self.sock.settimeout(max(request.remain, 0.001))
         except TimeoutError:
             self.close()
             raise RPCDeadlineError(f"request deadline waiting for a response from cage {self.location.name}") from None
@@ -899,6 +902,18 @@ class _Channel:
             self.close()
             raise _failure(self.location, "answered more than it was asked", recoverable=False, terminal=False)
         return answers[0]
+
+    def _send(self, frame: bytes, request: _request.Request) -> None:
+        view = memoryview(frame)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except ssl.SSLWantWriteError:
+                if not _ready([self.sock.fileno()], request.remain, select.POLLOUT):
+                    raise TimeoutError from None
+            except ssl.SSLWantReadError:
+                if not _ready([self.sock.fileno()], request.remain):
+                    raise TimeoutError from None
 
     def close(self) -> None:
         try:
