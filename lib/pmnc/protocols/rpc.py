@@ -507,13 +507,14 @@ class Connection:
             timeout = iface.request_timeout if self.decoder.pending else iface.idle_timeout
             if until is not None:
                 timeout = until - time.monotonic()
-            if not self.sock.pending():
-                fd = self.sock.fileno()
-                ready = _ready([fd, iface.wake_r] if wake else [fd], timeout)
-                if not ready:
-                    return None
-                if fd not in ready:
-                    return _WOKEN
+            # No look at what TLS holds decrypted (`pending`, one more let-go of the GIL a
+            # call): a read asks for more than a TLS record holds, so it takes every record whole.
+            fd = self.sock.fileno()
+            ready = _ready([fd, iface.wake_r] if wake else [fd], timeout)
+            if not ready:
+                return None
+            if fd not in ready:
+                return _WOKEN
             try:
                 data = self.sock.recv(RECV_SIZE)
             except (OSError, ssl.SSLError):
