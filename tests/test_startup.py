@@ -135,6 +135,30 @@ def test_pid_file_and_log_records(cage_process) -> None:
     assert f"interface http listens on http://127.0.0.1:{port}/" in cage.log_text()
 
 
+def frozen_count_handler(version: str) -> str:
+    return module_source(f"""
+        import gc
+
+        def process_request(request, response):
+            response["content"] = f"{{gc.get_freeze_count()}} {version}"
+            response["headers"]["content-type"] = "text/plain"
+    """, ["process_request"])
+
+
+def test_the_boot_is_out_of_the_collectors_sight_and_modules_still_reload(cage_process) -> None:
+    # A full collection walks every object it tracks; what the boot made lives as long as the
+    # process, so the cage freezes it once started (bench/README: the CPU of each request).
+    cage = cage_process(interfaces={"http": http_config()}, files={"interface_http.py": frozen_count_handler("one")})
+    port = cage.port()
+    answer = served(port)
+    assert answer is not None and answer[0] == 200
+    frozen, version = answer[1].split()
+    assert int(frozen) > 1000 and version == "one"  # the framework and the modules of the boot
+
+    write_file(cage.root / "cages" / "sample" / "interface_http.py", frozen_count_handler("two"))
+    wait_until(lambda: (served(port) or (0, ""))[1].endswith(" two"), message="the new version served")
+
+
 # --- restarts ------------------------------------------------------------------------------
 
 

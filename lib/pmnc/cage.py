@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pmnc import log
@@ -134,11 +135,13 @@ class Cage:
         self.loader.stop()
         log.unbridge_stdlib()  # a process may run another cage after this one (tests, self-test)
 
-    def run(self, stopping: threading.Event) -> None:
+    def run(self, stopping: threading.Event, ready: Callable[[], None] | None = None) -> None:
         """Serve until `stopping` is set (or pmnc.startup.exit() sets it), with maintenance
-        every second."""
+        every second; `ready()` once the cage has started."""
         self.runtime.on_exit = stopping.set
         self.start()
+        if ready is not None:
+            ready()
         try:
             while not stopping.wait(MAINTENANCE_PERIOD):
                 try:

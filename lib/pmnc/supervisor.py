@@ -13,6 +13,7 @@ fork, no signals sent to the child.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import re
@@ -242,7 +243,7 @@ def run_cage(root: str, node: str, cage: str, mode: str, files: str = "") -> int
     raise_descriptor_limit()
     try:
         running = Cage(os.path.join(root, "cages"), cage, node)
-        running.run(stopping)
+        running.run(stopping, ready=freeze_boot_objects)
     except StateCorruptError as e:
         log.error(f"the cage refuses to start: {e}")
         return EXIT_REFUSED
@@ -252,6 +253,17 @@ def run_cage(root: str, node: str, cage: str, mode: str, files: str = "") -> int
     if running.runtime.exit_asked.is_set():
         return EXIT_ASKED
     return EXIT_TERMINATED if terminated.is_set() else 0
+
+
+def freeze_boot_objects() -> None:
+    """What the boot made (the framework, the modules loaded, their classes and configs) lives
+    as long as the cage process: taken out of the garbage collector's sight, it is no longer
+    walked by every full collection, which a busy cage makes every second or so - about 4 %
+    of the CPU of a small HTTP request (bench/README.md, issue 20). What a module reload
+    leaves behind of a version loaded at boot stays in memory, once per module."""
+    gc.collect()
+    gc.freeze()
+    log.debug(f"{gc.get_freeze_count()} objects of the boot are no longer collected")
 
 
 def raise_descriptor_limit() -> None:
