@@ -19,7 +19,7 @@ from pmnc.errors import IntakeClosedError, RequestExpiredError
 from pmnc.loader import Loader
 from pmnc.monitor.stats import Statistics
 from pmnc.request import Request
-from pmnc.workers import WorkerPool, WorkUnit
+from pmnc.workers import _CANCELLED, _DONE, _QUEUED, WorkerPool, WorkUnit, _states
 
 
 class Intake:
@@ -108,67 +108,81 @@ class Outcome:
         return self.result
 
 
-_settling = threading.Lock()  # guards every InFlight's settling; held for a few instructions
+class InFlight(WorkUnit):
+    """A submitted request: the work unit the worker pool runs, settled once. Whoever comes first
+    settles it and ends it at the intake: the work's outcome (handed to `deliver`), the interface's
+    deadline (`expire`) or its client leaving (`abandon`). What comes later is dropped: a result
+    that comes after the deadline is logged and never answered with. One object and one lock
+    (the units' own) per request: this runs for every request of every interface."""
 
+    __slots__ = ("_intake", "_settled", "_when_done")
 
-class InFlight:
-    """A submitted request. Whoever comes first settles it and ends it at the intake: the work's
-    outcome (handed to `when_done`), the interface's deadline (`expire`) or its client leaving
-    (`abandon`). What comes later is dropped: a result that comes after the deadline is logged
-    and never answered with."""
-
-    __slots__ = ("_intake", "_settled", "_unit", "_when_done", "request")
-
-    def __init__(self, intake: Intake, request: Request, when_done: Callable[[Outcome], None]) -> None:
-        self._intake, self.request, self._when_done = intake, request, when_done
-        self._unit: WorkUnit | None = None
+    def __init__(self, intake: Intake, request: Request, fn: Callable[..., Any], args: tuple[Any, ...],
+                 when_done: Callable[[Outcome], None] | None) -> None:
+        super().__init__(request, fn, args, None)
+        self._intake, self._when_done = intake, when_done
         self._settled = False
+
+    def deliver(self, outcome: Outcome) -> None:
+        """The outcome, once, on the worker's thread (or the thread that stopped the pool):
+        `when_done(outcome)`. An interface may override it instead of passing when_done."""
+        assert self._when_done is not None
+        self._when_done(outcome)
 
     def expire(self) -> bool:
         """The deadline came first: True if this settles the request (work still queued never
         starts; the interface answers with its deadline error now), False if the outcome is
-        already on its way to `when_done`."""
-        if not self._settle(False):
-            return False
-        if self._unit is not None:
-            self._unit.cancel()
+        already on its way to `deliver`."""
+        with _states:
+            if self._settled:
+                return False
+            self._settled = True
+            if self._state == _QUEUED:
+                self._state = _CANCELLED
+        self._intake.end(self.request, False)
         return True
 
     def abandon(self) -> None:
         """Nobody waits for the answer any more: work still queued never starts."""
-        if self._settle(False) and self._unit is not None:
-            self._unit.cancel()
+        self.expire()
 
-    def _settle(self, ok: bool) -> bool:
-        with _settling:
-            if self._settled:
-                return False
-            self._settled = True
-        self._intake.end(self.request, ok)
+    def cancel(self) -> bool:
+        """The pool stopping with this still queued: it never runs, and says why."""
+        with _states:
+            if self._state != _QUEUED:
+                return self._state == _CANCELLED
+            self._state = _CANCELLED
+            settled, self._settled = self._settled, True
+        if not settled:
+            self._intake.end(self.request, False)
+            request = self.request
+            self.deliver(Outcome(error=RequestExpiredError("request has expired and will not be processed")
+                              if request.expired else IntakeClosedError("the cage is shutting down")))
         return True
 
-    def _finished(self, unit: WorkUnit) -> None:
-        """On the worker's thread: the work is done, or was cancelled."""
-        if unit.cancelled() and self._settled:
-            return  # expired or abandoned: cancelled by the interface
-        outcome = _outcome(unit, self.request)
-        if not self._settle(outcome.error is None):
-            if self.request.expired:
-                log.warning(f"request {self.request.unique_id} finished {self.request.expired_for:.1f}s "
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        """On the worker's thread: the work is done (or expired in the queue)."""
+        self._result, self._error = result, error
+        with _states:
+            self._state = _DONE
+            settled, self._settled = self._settled, True
+        if settled:
+            request = self.request
+            if request.expired:
+                log.warning(f"request {request.unique_id} finished {request.expired_for:.1f}s "
                             f"after its deadline, the result is discarded")
             return
-        self._when_done(outcome)
+        self._intake.end(self.request, error is None)
+        self.deliver(Outcome(result, error))
 
     def _refused(self, error: BaseException) -> None:
-        if self._settle(False):
-            self._when_done(Outcome(error=error))
-
-
-def _outcome(unit: WorkUnit, request: Request) -> Outcome:
-    if unit.cancelled():  # only the pool stopping cancels work nobody has settled
-        return Outcome(error=RequestExpiredError("request has expired and will not be processed")
-                       if request.expired else IntakeClosedError("the cage is shutting down"))
-    return Outcome(*unit.settled())
+        """The pool had stopped: it never ran."""
+        with _states:
+            settled, self._settled = self._settled, True
+            self._state = _CANCELLED
+        if not settled:
+            self._intake.end(self.request, False)
+            self.deliver(Outcome(error=error))
 
 
 class Lifecycle:
@@ -223,9 +237,12 @@ class Lifecycle:
         """Queue `fn(*args)` for `request`; `when_done(outcome)` is called once, on the worker's
         thread (at once, here, if the cage is stopping), unless the interface settled the request
         first (InFlight.expire/abandon)."""
-        flight = InFlight(self.intake, request, when_done)
+        return self.enqueue(InFlight(self.intake, request, fn, args, when_done))
+
+    def enqueue(self, flight: InFlight) -> InFlight:
+        """`submit` for an interface's own kind of InFlight (one that overrides `deliver`)."""
         try:
-            flight._unit = self.workers.submit(request, fn, *args, when_done=flight._finished)
+            self.workers.enqueue(flight)
         except RuntimeError:  # the worker pool has stopped
             flight._refused(IntakeClosedError("the cage is shutting down"))
         return flight

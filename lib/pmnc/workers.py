@@ -111,6 +111,7 @@ class WorkUnit:
 
 
 _Unit = tuple[float, int, WorkUnit]
+_NEVER = float("inf")  # the deadline of an infinite request, in the queue's order
 
 
 # How an idle thread is woken, measured (bench/http_floor.py, the sample cage under wrk):
@@ -146,12 +147,16 @@ class WorkerPool:
         """Queue `fn(*args)` to run on a worker thread with `request` attached;
         `when_done(unit)` is called (on the worker's thread) once it is done or
         cancelled. Or wait for it with `unit.result(timeout)`."""
-        unit = WorkUnit(request, fn, args, when_done)
-        key = request.sort_key()
+        return self.enqueue(WorkUnit(request, fn, args, when_done))
+
+    def enqueue(self, unit: WorkUnit) -> WorkUnit:
+        """`submit` of a unit made by the caller (the request lifecycle's own kind)."""
+        request = unit.request
+        deadline = request.deadline
         with self._mutex:
             if self._stopped:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
-            heapq.heappush(self._queue, (key[0], key[1], unit))
+            heapq.heappush(self._queue, (_NEVER if deadline is None else deadline, request.sequence, unit))
             self._wake()
             depth = len(self._queue)
         if depth > 1 and log.enabled(log.DEBUG):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-import functools
 import re
 import ssl
 import time
@@ -47,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log
 from pmnc.errors import ConfigError, DeadlineError, IntakeClosedError, exc_string
-from pmnc.lifecycle import Outcome
+from pmnc.lifecycle import InFlight, Outcome
 from pmnc.protocols.httpclient import Resource as Resource  # the resource side of protocol "http"
 from pmnc.protocols.httpwire import (
     Continue,
@@ -364,7 +363,7 @@ class Phase(enum.Enum):
     ON_PROBATION   its first read to hold a whole head       probation    503 (the refusal it had)
     HEAD_AWAITED   a request head, first or next             heads        408, or a quiet close *
     SEATED         the body, or the client to take answers   slots        408, or a quiet close *
-    IN_FLIGHT      the worker, for the request's answer      slots        504 (`_InFlight.expire`)
+    IN_FLIGHT      the worker, for the request's answer      slots        504 (`_InFlight.time_out`)
     IDLE           a keep-alive client's next request        slots, idle  a quiet close
     CLOSED         nothing: closed, or closing                -            nothing
 
@@ -577,9 +576,10 @@ class Connection(asyncio.Protocol):
             return
         keep_alive = self._may_keep_alive(http)
         self._enter(Phase.IN_FLIGHT)
-        self.current = _InFlight(self, request, http, keep_alive)
+        self.current = flight = _InFlight(self, request, http, keep_alive)
         assert request.deadline is not None
         self._arm(request.deadline)
+        self.iface.lifecycle.enqueue(flight)
 
     def _may_keep_alive(self, http: HttpRequest) -> bool:
         iface = self.iface
@@ -673,7 +673,7 @@ class Connection(asyncio.Protocol):
 
     def _expire(self) -> None:
         assert self.current is not None
-        self.current.expire()
+        self.current.time_out()
 
     def _late(self) -> None:
         if self.parser.receiving or self.served == 0:
@@ -745,40 +745,44 @@ _AT_DEADLINE: dict[Phase, Callable[[Connection], None]] = {  # what the timer do
 }
 
 
-class _InFlight:
-    """One request between the loop and a worker. Whoever comes first answers (the lifecycle
-    decides, see lifecycle.InFlight): the worker's outcome, posted to the loop, or the
-    connection's timer (`expire`); `abandon` is the client going away."""
+class _InFlight(InFlight):
+    """One request between the loop and a worker: the lifecycle's unit of work, settled once by
+    whoever comes first (see lifecycle.InFlight): the worker's outcome, posted to the loop, or
+    the connection's timer (`time_out`); `abandon` is the client going away."""
+
+    __slots__ = ("connection",)
 
     def __init__(self, connection: Connection, request: Request, http: HttpRequest, keep_alive: bool) -> None:
-        self.connection, self.request = connection, request
         iface = connection.iface
-        self.flight = iface.lifecycle.submit(request, iface.handle, http, keep_alive,
-                                             when_done=functools.partial(iface.loop_thread.post, self._done))
+        super().__init__(iface.lifecycle.intake, request, iface.handle, (http, keep_alive), None)
+        self.connection = connection
 
-    def _done(self, outcome: Outcome) -> None:
+    def deliver(self, outcome: Outcome) -> None:
+        """On the worker: the answer goes to the loop."""
+        self.connection.iface.loop_thread.post(self._answer, outcome)
+
+    def _answer(self, outcome: Outcome) -> None:
         """On the loop: the worker's answer, or why there is none."""
-        if self.connection.current is not self:
+        connection = self.connection
+        if connection.current is not self:
             return  # the client has gone
         try:
             data, keep_alive = outcome.value()
         except Exception as e:  # expired in the queue, or the cage is stopping
             if self.request.expired:
-                data = self.connection.iface.deadline_response()[0]
+                data = connection.iface.deadline_response()[0]
             else:
                 data = error_response(503, exc_string(e, stack=False))
             keep_alive = False
-        self.connection.finished(data, keep_alive)
+        connection.finished(data, keep_alive)
 
-    def expire(self) -> None:
+    def time_out(self) -> None:
         """The deadline came first: the client gets 504 (or its protocol's equivalent) now -
         unless the answer is already on its way to the loop."""
-        if not self.flight.expire():
+        if not self.expire():
             return
-        data, what = self.connection.iface.deadline_response()
+        iface = self.connection.iface
+        data, what = iface.deadline_response()
         log.warning(f"request {self.request.unique_id} has not been answered in "
-                    f"{self.connection.iface.request_timeout:.1f}s, the client gets {what}")
+                    f"{iface.request_timeout:.1f}s, the client gets {what}")
         self.connection.finished(data, False)
-
-    def abandon(self) -> None:
-        self.flight.abandon()

@@ -32,7 +32,7 @@ import base64
 import gzip
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -51,6 +51,8 @@ GZIP_LEVEL = 6  # zlib's default: nearly the ratio of level 9 (gzip.compress's d
 CHUNK_FRAMING = 16
 # Headers whose every line matters: with "last wins", `gzip` then `chunked` would pass as `chunked`.
 _JOINED = frozenset({"transfer-encoding", "content-encoding"})
+# What on_headers_complete looks at beyond the method and the version: most requests have none of it.
+_LOOKED_AT = frozenset({"content-encoding", "transfer-encoding", "content-length", "authorization", "expect"})
 # A response field value (RFC 9110 5.5): tab, visible ASCII and obs-text; no control character
 # (C0, DEL, C1 - U+0085 NEL among them - which parsers may take for line ends or string ends).
 _FIELD_VALUE = re.compile("[\t\x20-\x7e\xa0-\U0010ffff]*")
@@ -96,16 +98,20 @@ class Continue:
     data: bytes = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-@dataclass
 class _Message:
-    started: float
-    method: str = ""
-    head_size: int = 0  # of the headers and the trailer
-    framing: int = 0  # chunk framing beyond CHUNK_FRAMING a chunk (feeds inside the body only)
-    url: bytearray = field(default_factory=bytearray)
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytearray = field(default_factory=bytearray)
-    credentials: tuple[str, str] | None = None
+    """The request being received (a plain class: one is made per request)."""
+
+    __slots__ = ("body", "credentials", "framing", "head_size", "headers", "method", "started", "url")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.method = ""
+        self.head_size = 0  # of the headers and the trailer
+        self.framing = 0  # chunk framing beyond CHUNK_FRAMING a chunk (feeds inside the body only)
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: bytes | bytearray = b""  # the one piece of most bodies; a bytearray if more came
+        self.credentials: tuple[str, str] | None = None
 
 
 class RequestParser:
@@ -200,23 +206,29 @@ class RequestParser:
         self._unfinished_head = 0
 
     def on_url(self, url: bytes) -> None:
-        assert self._message is not None
-        self._message.url += url
-        if len(self._message.url) > self.limits.max_url_size:
+        message = self._message
+        assert message is not None
+        message.url += url
+        if len(message.url) > self.limits.max_url_size:
             raise HttpError(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self._message is not None
+        message = self._message
+        assert message is not None
         size = len(name) + len(value) + 4
-        self._count_head(size)
         if not self._in_head:
+            self._count_head(size)
             self._fed_trailer += size
             return  # a chunked body's trailer: it must not rewrite the headers
-        headers = self._message.headers
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        message.head_size += size  # no chunk framing yet: the head's bytes alone count
+        if message.head_size > self.limits.max_header_size:
+            raise HttpError(431)
+        headers = message.headers
+        key = name.decode("latin-1").lower()
         if key in _JOINED and key in headers:
-            text = f"{headers[key]}, {text}"  # as RFC 9110 5.3 combines field lines
-        headers[key] = text
+            headers[key] = f"{headers[key]}, {value.decode('latin-1')}"  # as RFC 9110 5.3 combines field lines
+        else:
+            headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         message = self._message
@@ -227,12 +239,18 @@ class RequestParser:
             raise HttpError(405)
         if self._parser.get_http_version() not in ("1.0", "1.1"):
             raise HttpError(505)
-        if message.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        if not _LOOKED_AT.isdisjoint(message.headers):
+            self._look_at_headers(message)
+
+    def _look_at_headers(self, message: _Message) -> None:
+        """The headers that may refuse a request or change how its body is read."""
+        headers = message.headers
+        if headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise HttpError(415, "request content encodings are not supported")
-        coding = message.headers.get("transfer-encoding")
+        coding = headers.get("transfer-encoding")
         if coding is not None and coding.strip().lower() != "chunked":
             raise HttpError(501, "transfer codings other than chunked are not supported")
-        length = message.headers.get("content-length", "0")
+        length = headers.get("content-length", "0")
         if not length.isdigit():
             raise HttpError(400, "invalid content-length")
         if self._parser.should_upgrade() and (coding is not None or int(length)):
@@ -240,16 +258,22 @@ class RequestParser:
         self._chunked = coding is not None
         if int(length) > self.limits.max_body_size:
             raise HttpError(413)
-        if "authorization" in message.headers:
-            message.credentials = basic_credentials(message.headers["authorization"])
-        if message.headers.get("expect", "").lower() == "100-continue":
+        if "authorization" in headers:
+            message.credentials = basic_credentials(headers["authorization"])
+        if headers.get("expect", "").lower() == "100-continue":
             self._events.append(Continue())
 
     def on_body(self, body: bytes) -> None:
-        assert self._message is not None
-        self._message.body += body
+        message = self._message
+        assert message is not None
+        if not message.body:
+            message.body = body
+        else:  # appended in place: a body that trickles in is not copied whole at every piece
+            if type(message.body) is bytes:
+                message.body = bytearray(message.body)
+            message.body += body
         self._fed_body += len(body)
-        if len(self._message.body) > self.limits.max_body_size:
+        if len(message.body) > self.limits.max_body_size:
             raise HttpError(413)
 
     def on_chunk_header(self) -> None:
@@ -257,21 +281,17 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         message, self._message = self._message, None
-        self._chunked = False
         assert message is not None
         headers = message.headers
-        headers.pop("transfer-encoding", None)
-        headers["content-length"] = str(len(message.body))
-        self._events.append(HttpRequest(
-            method=message.method,
-            url=message.url.decode("latin-1"),
-            version=self._parser.get_http_version(),
-            headers=headers,
-            content=bytes(message.body),
-            keep_alive=self._parser.should_keep_alive(),
-            started=message.started,
-            credentials=message.credentials,
-        ))
+        if self._chunked:
+            self._chunked = False
+            headers.pop("transfer-encoding", None)
+        body = message.body if type(message.body) is bytes else bytes(message.body)
+        headers["content-length"] = str(len(body))
+        parser = self._parser
+        self._events.append(HttpRequest(message.method, message.url.decode("latin-1"), parser.get_http_version(),
+                                        headers, body, parser.should_keep_alive(), message.started,
+                                        message.credentials))
 
 
 def basic_credentials(authorization: str) -> tuple[str, str] | None:
@@ -307,6 +327,31 @@ def finish_response(response: dict[str, Any], keep_alive: bool, encoding: str,
     The body is gzipped when its content type fully matches one of `gzip_types`
     and `accept_encoding` (the request's Accept-Encoding) allows it.
     """
+    status: Any = response.get("status_code")
+    headers: Any = response.get("headers")
+    content: Any = response.get("content")
+    if type(status) is int and type(headers) is dict and not gzip_types:
+        # A handler answers with the same few heads again and again: each is checked once.
+        try:
+            known = _FINISHED.get((status, tuple(headers.items()), type(content), not content, keep_alive, encoding))
+        except TypeError:  # an unhashable name or value: checked below, and refused
+            known = None
+        if known is not None:
+            head, keep_alive = known
+            body = content.encode(encoding, "replace") if type(content) is str else bytes(content)
+            return b"".join((head, str(len(body)).encode(), _KEEP_ALIVE if keep_alive else _CLOSE, body)), keep_alive
+    checked, body, keep = _checked_response(response, keep_alive, encoding, gzip_types, accept_encoding)
+    head = _head(status, tuple(checked.items()))
+    if (type(status) is int and type(headers) is dict and not gzip_types and len(_FINISHED) < _REMEMBERED
+            and all(type(n) is str and type(v) is str and n.lower() != "content-length" for n, v in headers.items())):
+        _FINISHED[(status, tuple(headers.items()), type(content), not content, keep_alive, encoding)] = (head, keep)
+    return b"".join((head, str(len(body)).encode(), _KEEP_ALIVE if keep else _CLOSE, body)), keep
+
+
+def _checked_response(response: dict[str, Any], keep_alive: bool, encoding: str, gzip_types: Sequence[re.Pattern[str]],
+                      accept_encoding: str) -> tuple[dict[str, str], bytes, bool]:
+    """The response's headers as they go out, its body, and whether the connection is kept alive;
+    ResponseError if it breaks a rule."""
     status = response.get("status_code")
     if not isinstance(status, int) or isinstance(status, bool) or status not in _REASONS or status < 200:
         raise ResponseError(f"response status code {status!r} is not a final HTTP status")
@@ -330,7 +375,7 @@ def finish_response(response: dict[str, Any], keep_alive: bool, encoding: str,
     headers.setdefault("cache-control", "no-cache")
     if headers["cache-control"] == "no-cache":
         headers.setdefault("pragma", "no-cache")
-    return render(status, headers.items(), body, keep_alive), keep_alive
+    return headers, body, keep_alive
 
 
 def _gzipped(status: int, headers: dict[str, str], body: bytes, gzip_types: Sequence[re.Pattern[str]],
@@ -410,6 +455,9 @@ def _checked_headers(headers: Any) -> dict[str, str]:
 _REMEMBERED = 256
 _CHECKED: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
 _HEADS: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}
+# (status, the handler's header items, the content's type, no content, keep-alive, encoding)
+# → (the head up to Content-Length's value, keep-alive): what finish_response decided for them.
+_FINISHED: dict[tuple[Any, ...], tuple[bytes, bool]] = {}
 
 
 def _encoded_content(content: Any, headers: dict[str, str], encoding: str) -> bytes:
@@ -426,13 +474,19 @@ def _encoded_content(content: Any, headers: dict[str, str], encoding: str) -> by
 
 
 def render(status: int, headers: Iterable[tuple[str, str]], body: bytes, keep_alive: bool) -> bytes:
-    key = (status, tuple(headers))
+    head = _head(status, tuple(headers))
+    return b"".join((head, str(len(body)).encode(), _KEEP_ALIVE if keep_alive else _CLOSE, body))
+
+
+def _head(status: int, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The status line and the headers, up to the value of Content-Length; remembered."""
+    key = (status, headers)
     head = _HEADS.get(key)
     if head is None:
-        head = _render_head(*key)
-        if len(_HEADS) < _REMEMBERED and all(type(n) is str and type(v) is str for n, v in key[1]):
+        head = _render_head(status, headers)
+        if len(_HEADS) < _REMEMBERED and all(type(n) is str and type(v) is str for n, v in headers):
             _HEADS[key] = head
-    return b"".join((head, str(len(body)).encode(), _KEEP_ALIVE if keep_alive else _CLOSE, body))
+    return head
 
 
 _KEEP_ALIVE, _CLOSE = b"\r\nConnection: keep-alive\r\n\r\n", b"\r\nConnection: close\r\n\r\n"
