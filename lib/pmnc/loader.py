@@ -230,11 +230,14 @@ class Loader:
         """`pmnc.name.attr(*args, **kwargs)` (from module `source`; `pmnc.name.attr.a.b(...)`
         has `attributes` ("a", "b")), holding the module's lock shared so that a reload
         waits for this call to finish."""
-        self.current(name)
-        mod = self._modules[name]
-        request = _request.current()
-        if not mod.lock.acquire_shared(None if request.deadline is None else request.remain):
-            raise ModuleAccessTimedOutError(f"request deadline waiting for module {name} being reloaded")
+        mod = self._modules.get(name)
+        if mod is None or mod.version is None:
+            self._first_load(name)
+            mod = self._modules[name]
+        if not mod.lock.acquire_shared(0.0):  # a reload is waiting or under way: wait within the deadline
+            request = _request.current()
+            if not mod.lock.acquire_shared(None if request.deadline is None else request.remain):
+                raise ModuleAccessTimedOutError(f"request deadline waiting for module {name} being reloaded")
         try:
             version = mod.version
             assert version is not None

@@ -99,8 +99,8 @@ class Request:
         self.interface = interface
         self._protocol = protocol
         self.parameters: dict[str, Any] = parameters if parameters is not None else {}
-        self._description = _bounded(description)
-        self.log_levels: list[int] = list(log_levels or ())
+        self._description = description if description is None else _bounded(description)
+        self.log_levels: list[int] = list(log_levels) if log_levels else []
         self.start = monotonic() if start is None else start
         self.started: float | None = None  # monotonic, when a worker began the work (workers.py)
         self.failed = False  # its handler raised, whatever the interface answered (lifecycle.py)

@@ -251,7 +251,34 @@ def typecheck(func: Callable[..., Any], *, input_parameter_error: type[Exception
             raise return_value_error(f"{name}() has returned an incompatible value: {_short(result)}")
         return result
 
-    checked.__pmnc_checked__ = True  # type: ignore[attr-defined]
+    wrapper: Callable[..., Any] = checked
+    if len(positional) == 2 and sig.var_positional is None and sig.var_keyword is None:
+        wrapper = _checked_pair(func, checked, positional, sig.result, bad_input, return_value_error)
+    wrapper.__pmnc_checked__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _checked_pair(func: Callable[..., Any], general: Callable[..., Any], positional: list[tuple[str, Check | None]],
+                  result_check: Check | None, bad_input: Callable[[str, Any], Exception],
+                  return_value_error: type[Exception]) -> Callable[..., Any]:
+    """`general` for a function of two parameters (every interface's `process_request(request,
+    response)`), unrolled for a call with two positional values: it runs for every request."""
+    (first, check_first), (second, check_second) = positional
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if kwargs or len(args) != 2:
+            return general(*args, **kwargs)
+        a, b = args
+        if check_first is not None and not check_first(a):
+            raise bad_input(first, a)
+        if check_second is not None and not check_second(b):
+            raise bad_input(second, b)
+        result = func(a, b)
+        if result_check is not None and not result_check(result):
+            raise return_value_error(f"{func.__name__}() has returned an incompatible value: {_short(result)}")
+        return result
+
     return checked
 
 

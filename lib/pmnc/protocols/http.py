@@ -136,7 +136,7 @@ class Interface(interfaces.Interface):
         self.heads = _Waiting()  # connections waiting for a request head: silent, trickling it, or a whole one unread
         self.probation: set[Connection] = set()  # newcomers refused a head's place: their first read decides
         self.slots = _Waiting()  # connections whose head is in: a request in flight, a body on its way, or idle
-        self.idle = _Waiting()  # idle keep-alive connections (holding slots)
+        self.idle = _Idle(self.slots)  # idle keep-alive connections (holding slots)
         self.ceasing = False
         self._server: asyncio.base_events.Server | None = None
 
@@ -208,7 +208,6 @@ class Interface(interfaces.Interface):
         has had no chance to be read, and is kept.
         """
         self.slots.discard(connection)
-        self.idle.discard(connection)
         self.heads.discard(connection)
         refusal = self._room(connection.peer_ip, self.heads, self.max_pending_heads, self.max_pending_heads_per_ip,
                              self.heads, time.monotonic() - self.head_grace)
@@ -236,7 +235,7 @@ class Interface(interfaces.Interface):
             self.slots.add(connection)
         return refusal
 
-    def _room(self, ip: str, held: _Waiting, limit: int, share: int, waiting: _Waiting,
+    def _room(self, ip: str, held: _Waiting, limit: int, share: int, waiting: _Waiting | _Idle,
               cutoff: float) -> str | None:
         if held.count(ip) >= share and not self._evict(waiting, ip, cutoff):
             return "too many connections from your address"
@@ -245,7 +244,7 @@ class Interface(interfaces.Interface):
         return None
 
     @staticmethod
-    def _evict(waiting: _Waiting, ip: str | None, cutoff: float) -> bool:
+    def _evict(waiting: _Waiting | _Idle, ip: str | None, cutoff: float) -> bool:
         """Close the oldest of `waiting` (of address `ip`, if given) if it has waited since before
         `cutoff`; False if none has."""
         oldest = waiting.oldest(ip, cutoff)
@@ -260,7 +259,6 @@ class Interface(interfaces.Interface):
         self.heads.discard(connection)
         self.probation.discard(connection)
         self.slots.discard(connection)
-        self.idle.discard(connection)
 
     # --- the request, on a worker thread ---------------------------------------------
 
@@ -356,6 +354,34 @@ class _Waiting:
         return None
 
 
+class _Idle:
+    """The idle keep-alive connections, oldest idle first: the slots' connections in phase IDLE.
+    Not a registry of its own: going idle and waking up, at every keep-alive request, only sets
+    a connection's phase and `idle_since`; the rare eviction looks through the slots."""
+
+    def __init__(self, slots: _Waiting) -> None:
+        self.slots = slots
+
+    def _of(self, ip: str | None) -> list[Connection]:
+        held = self.slots.all if ip is None else self.slots.by_ip.get(ip, {})
+        return sorted((c for c in held if c.phase is Phase.IDLE), key=lambda c: c.idle_since)
+
+    def __len__(self) -> int:
+        return len(self._of(None))
+
+    def __contains__(self, connection: object) -> bool:
+        return connection in self.slots and getattr(connection, "phase", None) is Phase.IDLE
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(self._of(None))
+
+    def oldest(self, ip: str | None = None, before: float = float("inf")) -> Connection | None:
+        """The one idle longest (of address `ip`, if given), if it became idle before `before`."""
+        for connection in self._of(ip):
+            return connection if connection.idle_since < before else None
+        return None
+
+
 class Phase(enum.Enum):
     """Where a connection is in its life: what it waits for, and so what its one timer does.
 
@@ -421,6 +447,7 @@ class Connection(asyncio.Protocol):
         self.deadline = 0.0  # of whatever the connection waits for now, on the loop's clock
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
+        self.idle_since = 0.0  # in IDLE: since when (the oldest idle one goes first for a newcomer)
         self.auth_tokens: dict[str, Any] = {}
         self.unparsed = bytearray()  # read but not parsed yet: requests are waiting
         self.slice = SLICE
@@ -455,7 +482,7 @@ class Connection(asyncio.Protocol):
         self._arm(self.first_byte + (self.iface.header_timeout if refusal is None else self.iface.head_grace))
 
     def data_received(self, data: bytes) -> None:
-        if self.closing or self.refusal is not None:
+        if self.phase is Phase.CLOSED or self.refusal is not None:
             return
         now = time.monotonic()
         idle = self.phase is Phase.IDLE  # a keep-alive connection's next request begins
@@ -468,13 +495,13 @@ class Connection(asyncio.Protocol):
             self._parse(now)
         if idle:
             self._wake_up(now)
-        self._track()
+        if self.phase is Phase.HEAD_AWAITED or self.phase is Phase.ON_PROBATION:
+            self._track()
         self._next()
 
     def _wake_up(self, now: float) -> None:
         """An idle keep-alive connection has read: with a whole request (or a bad one) it goes
         on in its slot; else its head is waited for (_track decides about the slot)."""
-        self.iface.idle.discard(self)
         if self.queue or self.refusal is not None:
             self._enter(Phase.SEATED)
             return
@@ -551,9 +578,9 @@ class Connection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Start the next parsed request if none is in flight."""
-        if self.current is not None or self.closing or self.write_paused:
+        if self.current is not None or self.phase is Phase.CLOSED or self.write_paused:
             return
-        while self.queue and isinstance(interim := self.queue[0], Continue):
+        while self.queue and type(interim := self.queue[0]) is Continue:
             self.queue.popleft()
             self._write(interim.data)  # only now: after the answers before it
         if not self.queue:
@@ -600,14 +627,14 @@ class Connection(asyncio.Protocol):
             self._enter(Phase.HEAD_AWAITED)
             self.iface.heads.add(self)
             self._arm(time.monotonic() + self.iface.header_timeout)
+            self._track()
         elif self.parser.receiving:
             self._enter(Phase.SEATED)
             self._arm(time.monotonic() + self.iface.request_timeout)
         else:
             self._enter(Phase.IDLE)
-            self.iface.idle.add(self)
-            self._arm(time.monotonic() + self.iface.keep_alive_idle_timeout)
-        self._track()
+            self.idle_since = now = time.monotonic()
+            self._arm(now + self.iface.keep_alive_idle_timeout)
 
     def _track(self) -> None:
         """Once its head is in, a connection leaves the heads and takes a slot (or gets 503):
@@ -754,7 +781,7 @@ class _InFlight(InFlight):
 
     def __init__(self, connection: Connection, request: Request, http: HttpRequest, keep_alive: bool) -> None:
         iface = connection.iface
-        super().__init__(iface.lifecycle.intake, request, iface.handle, (http, keep_alive), None)
+        InFlight.__init__(self, iface.lifecycle.intake, request, iface.handle, (http, keep_alive), None)
         self.connection = connection
 
     def deliver(self, outcome: Outcome) -> None:
