@@ -56,13 +56,11 @@ class Intake:
                 self._cond.notify_all()
         statistics = self.statistics
         if statistics is not None and statistics.enabled:
-            now, started = _request.monotonic(), request.started
-            response = now - request.start
+            now, started, start = _request.monotonic(), request.started, request.start
             if started is None:  # never ran: expired in the queue, or the cage stopping
-                statistics.request(interface, response, None, response, False)
+                statistics.request(interface, now - start, None, now - start, False)
             else:
-                statistics.request(interface, started - request.start, now - started, response,
-                                   ok and not request.failed)
+                statistics.request(interface, started - start, now - started, now - start, ok and not request.failed)
 
     def close(self) -> int:
         with self._cond:

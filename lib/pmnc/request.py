@@ -95,7 +95,7 @@ class Request:
     ) -> None:
         if (timeout is None) != (interface is None) or (interface is None) != (protocol is None):
             raise ValueError("a finite request needs an interface and a protocol, an infinite one neither")
-        self.unique_id = unique_id or new_unique_id()
+        self._unique_id = unique_id or None  # made when first asked for: most requests never are
         self.interface = interface
         self._protocol = protocol
         self.parameters: dict[str, Any] = parameters if parameters is not None else {}
@@ -107,6 +107,15 @@ class Request:
         self.deadline: float | None = None if timeout is None else self.start + timeout
         # A tie-breaker so equal deadlines keep arrival order in the EDF queue.
         self.sequence = next(self._sequence)
+
+    @property
+    def unique_id(self) -> str:
+        """`RQ-YYYYMMDDhhmmss-<12 upper hex>` (new_unique_id), made the first time it is asked for:
+        a request that writes no log line and goes to no other cage never needs it."""
+        unique_id = self._unique_id
+        if unique_id is None:
+            unique_id = self._unique_id = new_unique_id()
+        return unique_id
 
     # --- timing --------------------------------------------------------------
 
@@ -232,6 +241,7 @@ class Request:
         """The same request for another thread: same id and deadline, its own
         copy of the parameters and log levels (transaction participants)."""
         twin = object.__new__(Request)
+        self.unique_id  # noqa: B018 - made now, so that the twin has the same
         twin.__dict__.update(self.__dict__)
         twin.parameters = dict(self.parameters)
         twin.log_levels = list(self.log_levels)

@@ -267,11 +267,14 @@ class WorkerPool:
         if not unit._start():
             return  # the interface gave up on it
         request = unit.request
-        if request.expired:
+        now = _request.monotonic()
+        if request.deadline is not None and now >= request.deadline:
             unit._finish(None, RequestExpiredError("request has expired and will not be processed"))
             return
-        request.started = _request.monotonic()
-        previous = _request.attach(request)
+        request.started = now
+        attached = _request._current  # the thread's current request (request.attach, inline: once per unit)
+        previous = getattr(attached, "request", None)
+        attached.request = request
         try:
             result = unit.fn(*unit.args)
         except BaseException as e:
@@ -279,7 +282,7 @@ class WorkerPool:
         else:
             unit._finish(result, None)
         finally:
-            _request.attach(previous)
+            attached.request = previous
 
     def stop(self, timeout: float = 3.0) -> None:
         """Refuse new work, cancel what is queued, and let the threads go."""

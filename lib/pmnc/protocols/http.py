@@ -264,10 +264,11 @@ class Interface(interfaces.Interface):
 
     def handle(self, http: HttpRequest, keep_alive: bool) -> tuple[bytes, bool]:
         """Run the handler and render its response (or a 500) to bytes."""
-        request = {"method": http.method, "url": http.url, "headers": http.headers, "content": http.content}
-        http.headers["connection"] = "keep-alive" if keep_alive else "close"
+        headers = http.headers
+        request = {"method": http.method, "url": http.url, "headers": headers, "content": http.content}
+        headers["connection"] = "keep-alive" if keep_alive else "close"
         response = new_response(keep_alive)
-        accept_encoding = http.headers.get("accept-encoding", "")  # before the handler may change the headers
+        accept_encoding = headers.get("accept-encoding", "") if self.gzip_content_types else ""  # before the handler
         try:
             self.lifecycle.handle(self.handler, "process_request", (request, response))
             if self.ceasing:  # the connection closes after this answer: say so
@@ -593,25 +594,23 @@ class Connection(asyncio.Protocol):
         assert isinstance(http, HttpRequest)
         if self.unparsed:
             self._parse(time.monotonic())
-        started = self.first_byte if self.served == 0 else http.started
+        iface = self.iface
+        tokens = (dict(self.auth_tokens) if http.credentials is None and not iface.original_ip_header_fields
+                  else self._request_tokens(http))
         try:
-            request = self.iface.lifecycle.begin(
-                interface=self.iface.name, protocol=self.iface.protocol, timeout=self.iface.request_timeout,
-                parameters={"auth_tokens": self._request_tokens(http)}, start=started)
+            request = iface.lifecycle.begin(
+                interface=iface.name, protocol=iface.protocol, timeout=iface.request_timeout,
+                parameters={"auth_tokens": tokens}, start=self.first_byte if self.served == 0 else http.started)
         except IntakeClosedError:
             self._refuse(503, "the cage is shutting down")
             return
-        keep_alive = self._may_keep_alive(http)
+        keep_alive = (http.keep_alive and iface.keep_alive_support and not iface.ceasing
+                      and self.served + 1 < iface.keep_alive_max_requests)
         self._enter(Phase.IN_FLIGHT)
         self.current = flight = _InFlight(self, request, http, keep_alive)
         assert request.deadline is not None
         self._arm(request.deadline)
-        self.iface.lifecycle.enqueue(flight)
-
-    def _may_keep_alive(self, http: HttpRequest) -> bool:
-        iface = self.iface
-        return (http.keep_alive and iface.keep_alive_support and not iface.ceasing
-                and self.served + 1 < iface.keep_alive_max_requests)
+        iface.lifecycle.enqueue(flight)
 
     def finished(self, data: bytes, keep_alive: bool) -> None:
         """The answer to the current request is ready (on the loop)."""
