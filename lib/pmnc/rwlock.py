@@ -12,41 +12,53 @@ import threading
 import time
 from collections.abc import Callable
 
+_get_ident = threading.get_ident
+
 
 class SharedLock:
+    """Readers go without the mutex while no writer is about: every module call takes and
+    releases the lock shared, so that path is a few dictionary operations. It relies on each
+    of them being atomic (the GIL) and on this order: a reader announces itself in `_readers`
+    and then looks for a writer; a writer, under the mutex, announces itself in
+    `_writers_waiting` and then looks at `_readers`. So at least one of them sees the other;
+    a reader that sees a writer withdraws, wakes the writer, and waits under the mutex."""
+
     def __init__(self) -> None:
-        # Every module call takes and releases the lock shared: those paths hold the mutex
-        # itself (a C context manager), not the Condition's Python-level wrapper around it.
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
-        self._readers: dict[int, int] = {}  # thread id → re-entry depth
+        self._readers: dict[int, int] = {}  # thread id → re-entry depth; only that thread changes its entry
         self._writer: int | None = None
         self._writers_waiting = 0
 
     def acquire_shared(self, timeout: float | None) -> bool:
-        me = threading.get_ident()
+        me = _get_ident()
+        readers = self._readers
+        depth = readers.get(me)
+        if depth is not None:  # re-entry goes on at once, writer or not: no deadlock against one waiting
+            readers[me] = depth + 1
+            return True
+        readers[me] = 1  # announced first, then the look for a writer (see the class)
+        writer = self._writer
+        if (writer is None and not self._writers_waiting) or writer == me:
+            return True
+        del readers[me]
         with self._mutex:
-            depth = self._readers.get(me)
-            if depth is not None:
-                self._readers[me] = depth + 1
-                return True
-            if self._writer == me or (self._writer is None and not self._writers_waiting):
-                self._readers[me] = 1
-                return True
+            self._cond.notify_all()  # a writer waiting for the readers to go may have seen this one
             if not self._wait(lambda: self._writer is None and not self._writers_waiting, timeout):
                 return False
-            self._readers[me] = 1
+            readers[me] = 1
             return True
 
     def release_shared(self) -> None:
-        me = threading.get_ident()
-        with self._mutex:
-            depth = self._readers[me]
-            if depth > 1:
-                self._readers[me] = depth - 1
-                return
-            del self._readers[me]
-            if not self._readers and self._writers_waiting:
+        me = _get_ident()
+        readers = self._readers
+        depth = readers[me]
+        if depth > 1:
+            readers[me] = depth - 1
+            return
+        del readers[me]
+        if self._writers_waiting and not readers:
+            with self._mutex:
                 self._cond.notify_all()
 
     def acquire_exclusive(self, timeout: float | None) -> bool:
