@@ -38,12 +38,16 @@ class Intake:
         with self._cond:
             self._open = True
 
-    def begin(self, *, interface: str, **kwargs: Any) -> Request:
+    def begin(self, *, interface: str, protocol: str, timeout: float, parameters: dict[str, Any] | None = None,
+              start: float | None = None, **kwargs: Any) -> Request:
         with self._mutex:
             if not self._open:
                 raise IntakeClosedError("request cannot begin, request factory has been shut down")
             self._active[interface] = self._active.get(interface, 0) + 1
-        return Request(interface=interface, **kwargs)
+        if kwargs:
+            return Request(interface=interface, protocol=protocol, timeout=timeout, parameters=parameters,
+                           start=start, **kwargs)
+        return Request(interface=interface, protocol=protocol, timeout=timeout, parameters=parameters, start=start)
 
     def end(self, request: Request, ok: bool) -> None:
         """The request is over: `ok` if its work returned in time (an exception, the deadline,

@@ -504,7 +504,7 @@ class Connection(asyncio.Protocol):
         """An idle keep-alive connection has read: with a whole request (or a bad one) it goes
         on in its slot; else its head is waited for (_track decides about the slot)."""
         if self.queue or self.refusal is not None:
-            self._enter(Phase.SEATED)
+            self.phase = Phase.SEATED  # from IDLE (the caller's test), as _NEXT allows: a move per request, inline
             return
         self._enter(Phase.HEAD_AWAITED)
         self.iface.heads.add(self)
@@ -606,7 +606,8 @@ class Connection(asyncio.Protocol):
             return
         keep_alive = (http.keep_alive and iface.keep_alive_support and not iface.ceasing
                       and self.served + 1 < iface.keep_alive_max_requests)
-        self._enter(Phase.IN_FLIGHT)
+        assert self.phase is Phase.SEATED, f"a request starts on a connection {self.phase.name}"
+        self.phase = Phase.IN_FLIGHT  # as _NEXT allows; inline: once a request
         self.current = flight = _InFlight(self, request, http, keep_alive)
         assert request.deadline is not None
         self._arm(request.deadline)
@@ -631,7 +632,8 @@ class Connection(asyncio.Protocol):
             self._enter(Phase.SEATED)
             self._arm(time.monotonic() + self.iface.request_timeout)
         else:
-            self._enter(Phase.IDLE)
+            if self.phase is Phase.IN_FLIGHT:  # else CLOSED, and it stays so (see _enter; inline: once a request)
+                self.phase = Phase.IDLE
             self.idle_since = now = time.monotonic()
             self._arm(now + self.iface.keep_alive_idle_timeout)
 

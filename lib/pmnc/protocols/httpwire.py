@@ -98,31 +98,28 @@ class Continue:
     data: bytes = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class _Message:
-    """The request being received (a plain class: one is made per request)."""
-
-    __slots__ = ("body", "credentials", "framing", "head_size", "headers", "method", "started", "url")
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.method = ""
-        self.head_size = 0  # of the headers and the trailer
-        self.framing = 0  # chunk framing beyond CHUNK_FRAMING a chunk (feeds inside the body only)
-        self.url = b""
-        self.headers: dict[str, str] = {}
-        self.body: bytes | bytearray = b""  # the one piece of most bodies; a bytearray if more came
-        self.credentials: tuple[str, str] | None = None
-
-
 class RequestParser:
-    """Feed it bytes with `feed(data, now)`; it returns complete requests."""
+    """Feed it bytes with `feed(data, now)`; it returns complete requests. The request being
+    received is kept in the parser's own fields (`_url`, `_headers`, ...): no object per request
+    until it is complete."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        self._max_url, self._max_head = limits.max_url_size, limits.max_header_size
+        self._max_body = limits.max_body_size
         self._parser = httptools.HttpRequestParser(self)
-        self._message: _Message | None = None
+        self.receiving = False  # a request has begun and is not yet complete
+        self.in_head = False  # a request has begun and its head (request line and headers) is not yet complete
+        self._messages = 0  # requests begun: tells whether a feed ended inside the chunked body it began in
+        self._started = 0.0
+        self._method = ""
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: bytes | bytearray = b""  # the one piece of most bodies; a bytearray if more came
+        self._credentials: tuple[str, str] | None = None
+        self._head_size = 0  # of the headers and the trailer
+        self._framing = 0  # chunk framing beyond CHUNK_FRAMING a chunk (feeds inside the body only)
         self._unfinished_head = 0  # bytes fed while a header block stays incomplete
-        self._in_head = False
         self._begun = False
         self._chunked = False  # the message being read has a chunked body
         self._fed_body = self._fed_chunks = self._fed_trailer = 0  # of the current feed
@@ -130,36 +127,30 @@ class RequestParser:
         self._now = 0.0
 
     @property
-    def receiving(self) -> bool:
-        """A request has begun and is not yet complete."""
-        return self._message is not None
-
-    @property
-    def in_head(self) -> bool:
-        """A request has begun and its head (request line and headers) is not yet complete."""
-        return self._in_head
-
-    @property
     def started(self) -> float | None:
         """When the request being received began (its `now`), None between requests."""
-        return None if self._message is None else self._message.started
+        return self._started if self.receiving else None
 
     def feed(self, data: bytes, now: float) -> list[HttpRequest | Continue]:
         """Complete requests in the order they came; HttpError for a bad one,
         carrying in `.parsed` those that came before it."""
         self._now = now
-        head_was_open = self._in_head
-        in_body = self._message if self._chunked else None
+        head_was_open = self.in_head
+        in_body = self._messages if self._chunked else None
         self._begun = False
-        self._fed_body = self._fed_chunks = self._fed_trailer = 0
+        if in_body is not None:
+            self._fed_body = self._fed_chunks = self._fed_trailer = 0
         try:
-            self._parse(data)
-            if self._in_head and head_was_open and not self._begun:
+            try:
+                self._parser.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+                self._parse_on(data, e)
+            if self.in_head and head_was_open and not self._begun:
                 # httptools buffers an unfinished header line: bound what it may hold
                 self._unfinished_head += len(data)
-                if self._unfinished_head > self.limits.max_header_size + self.limits.max_url_size:
+                if self._unfinished_head > self._max_head + self._max_url:
                     raise HttpError(431)
-            if in_body is not None and self._message is in_body:
+            if in_body is not None and self.receiving and self._messages == in_body:
                 # all of this feed was inside one chunked body: what is not data is framing
                 # (a feed where the body begins or ends is bounded by its own length)
                 self._count_head(framing=len(data) - self._fed_body - self._fed_trailer
@@ -170,60 +161,64 @@ class RequestParser:
         events, self._events = self._events, []
         return events
 
-    def _parse(self, data: bytes) -> None:
-        while data:
+    def _parse_on(self, data: bytes, stop: Exception) -> None:
+        """httptools stopped with `stop` in `data`: a refusal, or after a request asking for a
+        protocol upgrade (it is ready for more), which is served as HTTP/1.1, and what follows it
+        is read as HTTP/1.1."""
+        while True:
+            if isinstance(stop, httptools.HttpParserCallbackError):
+                if isinstance(stop.__context__, HttpError):
+                    raise stop.__context__ from None
+                raise HttpError(400) from None
+            if not isinstance(stop, httptools.HttpParserUpgrade):
+                raise HttpError(400, str(stop)) from None
+            data = data[stop.args[0]:]
+            if not data:
+                return
             try:
                 self._parser.feed_data(data)
                 return
-            except httptools.HttpParserCallbackError as e:
-                if isinstance(e.__context__, HttpError):
-                    raise e.__context__ from None
-                raise HttpError(400) from None
-            except httptools.HttpParserUpgrade as e:
-                # httptools stops after a request asking for an upgrade (and is ready for more):
-                # that request is served as HTTP/1.1, and what follows it is read as HTTP/1.1
-                data = data[e.args[0]:]
-            except httptools.HttpParserError as e:
-                raise HttpError(400, str(e)) from None
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+                stop = e
 
     def _count_head(self, size: int = 0, framing: int = 0) -> None:
         """Headers, trailer and chunk framing beyond CHUNK_FRAMING a chunk share max_header_size.
         A chunk line split between feeds leaves a few bytes in one and a whole allowance in the
         next: the framing count may carry one chunk's allowance, no more."""
-        message = self._message
-        assert message is not None
-        message.head_size += size
-        message.framing = max(message.framing + framing, -CHUNK_FRAMING)
-        if message.head_size + max(message.framing, 0) > self.limits.max_header_size:
+        self._head_size += size
+        self._framing = max(self._framing + framing, -CHUNK_FRAMING)
+        if self._head_size + max(self._framing, 0) > self._max_head:
             raise HttpError(431)
 
     # --- httptools callbacks ---------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._message = _Message(self._now)
-        self._in_head = True
+        self.receiving = self.in_head = True
+        self._messages += 1
+        self._started = self._now
+        self._url = b""
+        self._headers = {}
+        self._body = b""
+        self._credentials = None
+        self._head_size = self._framing = 0
         self._begun = True  # a header block that began in this feed is not counted as unfinished
         self._unfinished_head = 0
 
     def on_url(self, url: bytes) -> None:
-        message = self._message
-        assert message is not None
-        message.url += url
-        if len(message.url) > self.limits.max_url_size:
+        self._url += url
+        if len(self._url) > self._max_url:
             raise HttpError(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        message = self._message
-        assert message is not None
         size = len(name) + len(value) + 4
-        if not self._in_head:
+        if not self.in_head:
             self._count_head(size)
             self._fed_trailer += size
             return  # a chunked body's trailer: it must not rewrite the headers
-        message.head_size += size  # no chunk framing yet: the head's bytes alone count
-        if message.head_size > self.limits.max_header_size:
+        self._head_size += size  # no chunk framing yet: the head's bytes alone count
+        if self._head_size > self._max_head:
             raise HttpError(431)
-        headers = message.headers
+        headers = self._headers
         key = name.decode("latin-1").lower()
         if key in _JOINED and key in headers:
             headers[key] = f"{headers[key]}, {value.decode('latin-1')}"  # as RFC 9110 5.3 combines field lines
@@ -231,20 +226,18 @@ class RequestParser:
             headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        message = self._message
-        assert message is not None
-        self._in_head = False
-        method = message.method = self._parser.get_method().decode("ascii", "replace").upper()
+        self.in_head = False
+        method = self._method = self._parser.get_method().decode("ascii", "replace").upper()
         if method not in self.limits.allowed_methods:
             raise HttpError(405)
         if self._parser.get_http_version() not in ("1.0", "1.1"):
             raise HttpError(505)
-        if not _LOOKED_AT.isdisjoint(message.headers):
-            self._look_at_headers(message)
+        if not _LOOKED_AT.isdisjoint(self._headers):
+            self._look_at_headers()
 
-    def _look_at_headers(self, message: _Message) -> None:
+    def _look_at_headers(self) -> None:
         """The headers that may refuse a request or change how its body is read."""
-        headers = message.headers
+        headers = self._headers
         if headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise HttpError(415, "request content encodings are not supported")
         coding = headers.get("transfer-encoding")
@@ -256,42 +249,38 @@ class RequestParser:
         if self._parser.should_upgrade() and (coding is not None or int(length)):
             raise HttpError(400, "a request asking for a protocol upgrade cannot have a body here")
         self._chunked = coding is not None
-        if int(length) > self.limits.max_body_size:
+        if int(length) > self._max_body:
             raise HttpError(413)
         if "authorization" in headers:
-            message.credentials = basic_credentials(headers["authorization"])
+            self._credentials = basic_credentials(headers["authorization"])
         if headers.get("expect", "").lower() == "100-continue":
             self._events.append(Continue())
 
     def on_body(self, body: bytes) -> None:
-        message = self._message
-        assert message is not None
-        if not message.body:
-            message.body = body
+        if not self._body:
+            self._body = body
         else:  # appended in place: a body that trickles in is not copied whole at every piece
-            if type(message.body) is bytes:
-                message.body = bytearray(message.body)
-            message.body += body
+            if type(self._body) is bytes:
+                self._body = bytearray(self._body)
+            self._body += body
         self._fed_body += len(body)
-        if len(message.body) > self.limits.max_body_size:
+        if len(self._body) > self._max_body:
             raise HttpError(413)
 
     def on_chunk_header(self) -> None:
         self._fed_chunks += 1
 
     def on_message_complete(self) -> None:
-        message, self._message = self._message, None
-        assert message is not None
-        headers = message.headers
+        self.receiving = False
+        headers = self._headers
         if self._chunked:
             self._chunked = False
             headers.pop("transfer-encoding", None)
-        body = message.body if type(message.body) is bytes else bytes(message.body)
+        body = self._body if type(self._body) is bytes else bytes(self._body)
         headers["content-length"] = str(len(body))
         parser = self._parser
-        self._events.append(HttpRequest(message.method, message.url.decode("latin-1"), parser.get_http_version(),
-                                        headers, body, parser.should_keep_alive(), message.started,
-                                        message.credentials))
+        self._events.append(HttpRequest(self._method, self._url.decode("latin-1"), parser.get_http_version(),
+                                        headers, body, parser.should_keep_alive(), self._started, self._credentials))
 
 
 def basic_credentials(authorization: str) -> tuple[str, str] | None:
