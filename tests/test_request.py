@@ -497,3 +497,13 @@ def test_self_test_is_seen_by_every_request_of_the_process(monkeypatch: pytest.M
     assert finite(1.0).self_test is None
     monkeypatch.setattr(Request, "_self_test", "mod")
     assert finite(1.0).self_test == "mod" and Request(timeout=None).self_test == "mod"
+
+
+def test_the_intakes_constructor_makes_the_same_request_as_the_keywords() -> None:
+    """Request.begun (the intake's, once per request) sets every field Request(...) sets, alike."""
+    keywords = rq.Request(interface="http", protocol="http", timeout=5.0, parameters={"a": 1}, start=100.0)
+    begun = rq.Request.begun("http", "http", 5.0, {"a": 1}, 100.0)
+    assert vars(begun).keys() == vars(keywords).keys()
+    assert {k: v for k, v in vars(begun).items() if k != "sequence"} == \
+        {k: v for k, v in vars(keywords).items() if k != "sequence"}
+    assert begun.sequence > keywords.sequence and begun.deadline == 105.0

@@ -44,10 +44,10 @@ class Intake:
             if not self._open:
                 raise IntakeClosedError("request cannot begin, request factory has been shut down")
             self._active[interface] = self._active.get(interface, 0) + 1
-        if kwargs:
+        if kwargs or timeout is None:
             return Request(interface=interface, protocol=protocol, timeout=timeout, parameters=parameters,
                            start=start, **kwargs)
-        return Request(interface=interface, protocol=protocol, timeout=timeout, parameters=parameters, start=start)
+        return Request.begun(interface, protocol, timeout, parameters, start)
 
     def end(self, request: Request, ok: bool) -> None:
         """The request is over: `ok` if its work returned in time (an exception, the deadline,

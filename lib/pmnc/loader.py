@@ -246,7 +246,7 @@ class Loader:
                 function = version_attr(version, attr, source)  # dynamic, or the error saying why not
             if attributes or attr in version.injected or (kwargs and "__module_properties" in kwargs):
                 return _call_the_originals_way(version, attr, function, args, kwargs, source, attributes)
-            return function(*args, **kwargs)
+            return function(*args, **kwargs) if kwargs else function(*args)
         finally:
             mod.lock.release_shared()
 

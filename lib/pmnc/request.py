@@ -108,6 +108,26 @@ class Request:
         # A tie-breaker so equal deadlines keep arrival order in the EDF queue.
         self.sequence = next(self._sequence)
 
+    @classmethod
+    def begun(cls, interface: str, protocol: str, timeout: float, parameters: dict[str, Any] | None,
+              start: float | None) -> Request:
+        """`Request(interface=..., protocol=..., timeout=..., parameters=..., start=...)`, what the
+        intake begins for every request of an interface: the same fields, set without the checks
+        and the defaults of the keywords not given (it runs once per request)."""
+        request = object.__new__(cls)
+        request._unique_id = None
+        request.interface = interface
+        request._protocol = protocol
+        request.parameters = parameters if parameters is not None else {}
+        request._description = None
+        request.log_levels = []
+        request.start = start = monotonic() if start is None else start
+        request.started = None
+        request.failed = False
+        request.deadline = start + timeout
+        request.sequence = next(cls._sequence)
+        return request
+
     @property
     def unique_id(self) -> str:
         """`RQ-YYYYMMDDhhmmss-<12 upper hex>` (new_unique_id), made the first time it is asked for:

@@ -159,7 +159,7 @@ class WorkerPool:
             heapq.heappush(self._queue, (_NEVER if deadline is None else deadline, request.sequence, unit))
             self._wake()
             depth = len(self._queue)
-        if depth > 1 and log.enabled(log.DEBUG):
+        if depth > self.size and log.enabled(log.DEBUG):  # more wait than there are threads
             log.debug(f"{self!r}: queued {request.unique_id}")
         return unit
 

@@ -581,17 +581,18 @@ class Connection(asyncio.Protocol):
         """Start the next parsed request if none is in flight."""
         if self.current is not None or self.phase is Phase.CLOSED or self.write_paused:
             return
-        while self.queue and type(interim := self.queue[0]) is Continue:
-            self.queue.popleft()
+        queue = self.queue
+        while queue and type(interim := queue[0]) is Continue:
+            queue.popleft()
             self._write(interim.data)  # only now: after the answers before it
-        if not self.queue:
+        if not queue:
             if self.refusal is not None:
                 self._refuse(*self.refusal)
             elif self.eof:
                 self.close()
             return
-        http = self.queue.popleft()
-        assert isinstance(http, HttpRequest)
+        http = queue.popleft()
+        assert type(http) is HttpRequest
         if self.unparsed:
             self._parse(time.monotonic())
         iface = self.iface
