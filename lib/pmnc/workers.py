@@ -89,13 +89,6 @@ class WorkUnit:
         no wait and no lock."""
         return self._result, self._error
 
-    def _start(self) -> bool:
-        with _states:
-            if self._state != _QUEUED:
-                return False
-            self._state = _RUNNING
-            return True
-
     def _finish(self, result: Any, error: BaseException | None) -> None:
         self._result, self._error = result, error
         with _states:
@@ -264,8 +257,10 @@ class WorkerPool:
 
     @staticmethod
     def _run(unit: WorkUnit) -> None:
-        if not unit._start():
-            return  # the interface gave up on it
+        with _states:  # queued → running
+            if unit._state != _QUEUED:
+                return  # the interface gave up on it
+            unit._state = _RUNNING
         request = unit.request
         now = _request.monotonic()
         if request.deadline is not None and now >= request.deadline:

@@ -113,6 +113,7 @@ class RequestParser:
         self._messages = 0  # requests begun: tells whether a feed ended inside the chunked body it began in
         self._started = 0.0
         self._method = ""
+        self._version = ""
         self._url = b""
         self._headers: dict[str, str] = {}
         self._body: bytes | bytearray = b""  # the one piece of most bodies; a bytearray if more came
@@ -230,8 +231,9 @@ class RequestParser:
         method = self._method = self._parser.get_method().decode("ascii", "replace").upper()
         if method not in self.limits.allowed_methods:
             raise HttpError(405)
-        if self._parser.get_http_version() not in ("1.0", "1.1"):
+        if (version := self._parser.get_http_version()) not in ("1.0", "1.1"):
             raise HttpError(505)
+        self._version = version
         if not _LOOKED_AT.isdisjoint(self._headers):
             self._look_at_headers()
 
@@ -279,7 +281,7 @@ class RequestParser:
         body = self._body if type(self._body) is bytes else bytes(self._body)
         headers["content-length"] = str(len(body))
         parser = self._parser
-        self._events.append(HttpRequest(self._method, self._url.decode("latin-1"), parser.get_http_version(),
+        self._events.append(HttpRequest(self._method, self._url.decode("latin-1"), self._version,
                                         headers, body, parser.should_keep_alive(), self._started, self._credentials))
 
 
