@@ -146,12 +146,15 @@ class WorkerPool:
         """`submit` of a unit made by the caller (the request lifecycle's own kind)."""
         request = unit.request
         deadline = request.deadline
-        with self._mutex:
+        self._mutex.acquire()  # not `with`: its enter and exit calls cost as much again, once a request
+        try:
             if self._stopped:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
             heapq.heappush(self._queue, (_NEVER if deadline is None else deadline, request.sequence, unit))
             self._wake()
             depth = len(self._queue)
+        finally:
+            self._mutex.release()
         if depth > self.size and log.enabled(log.DEBUG):  # more wait than there are threads
             log.debug(f"{self!r}: queued {request.unique_id}")
         return unit
@@ -257,10 +260,13 @@ class WorkerPool:
 
     @staticmethod
     def _run(unit: WorkUnit) -> None:
-        with _states:  # queued → running
-            if unit._state != _QUEUED:
-                return  # the interface gave up on it
+        _states.acquire()  # queued → running (not `with`, as in enqueue)
+        state = unit._state
+        if state == _QUEUED:
             unit._state = _RUNNING
+        _states.release()
+        if state != _QUEUED:
+            return  # the interface gave up on it
         request = unit.request
         now = _request.monotonic()
         if request.deadline is not None and now >= request.deadline:

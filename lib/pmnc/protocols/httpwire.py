@@ -231,9 +231,13 @@ class RequestParser:
         method = self._method = self._parser.get_method().decode("ascii", "replace").upper()
         if method not in self.limits.allowed_methods:
             raise HttpError(405)
-        if (version := self._parser.get_http_version()) not in ("1.0", "1.1"):
+        if "connection" not in self._headers and self._parser.should_keep_alive():
+            self._version = "1.1"  # the only version llhttp takes whose default is keep-alive (and no call to
+            # get_http_version, which formats a string: ~160 ns, against ~20 for should_keep_alive)
+        elif (version := self._parser.get_http_version()) in ("1.0", "1.1"):
+            self._version = version
+        else:
             raise HttpError(505)
-        self._version = version
         if not _LOOKED_AT.isdisjoint(self._headers):
             self._look_at_headers()
 
