@@ -150,6 +150,7 @@ class WorkerPool:
         try:
             if self._stopped:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
+            # request.sort_key(), inline: earliest deadline first, infinite requests last, then arrival
             heapq.heappush(self._queue, (_NEVER if deadline is None else deadline, request.sequence, unit))
             self._wake()
             depth = len(self._queue)
