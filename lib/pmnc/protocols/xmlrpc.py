@@ -87,9 +87,11 @@ def _fast_call(data: bytes) -> tuple[str, tuple[Any, ...]] | None:
         return None
     try:
         root = ElementTree.fromstring(data)
-        name = root.find("methodName")
-        params = root.find("params")
-        if root.tag != "methodCall" or name is None or not name.text or len(root) != (2 if params is not None else 1):
+        # the children by position, not root.find (ElementPath, in Python): methodName, then params if any
+        if root.tag != "methodCall" or not 1 <= len(root) <= 2:
+            return None
+        name, params = root[0], (root[1] if len(root) == 2 else None)
+        if name.tag != "methodName" or not name.text or (params is not None and params.tag != "params"):
             return None
         return name.text, tuple(_value(p[0]) for p in params if p.tag == "param") if params else ()
     except Exception:  # malformed, or a construct the walk does not know: the careful way says what is wrong
