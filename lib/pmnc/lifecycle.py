@@ -19,7 +19,7 @@ from pmnc.errors import IntakeClosedError, RequestExpiredError
 from pmnc.loader import Loader
 from pmnc.monitor.stats import Statistics
 from pmnc.request import Request
-from pmnc.workers import _CANCELLED, _DONE, _QUEUED, WorkerPool, WorkUnit, _states
+from pmnc.workers import CANCELLED, DONE, QUEUED, WorkerPool, WorkUnit, unit_states
 
 
 class Intake:
@@ -129,7 +129,7 @@ class InFlight(WorkUnit):
                  when_done: Callable[[Outcome], None] | None) -> None:
         # WorkUnit's fields set here, not through its __init__: one call less per request
         self.request, self.fn, self.args = request, fn, args
-        self._state = _QUEUED
+        self._state = QUEUED
         self._result: Any = None
         self._error: BaseException | None = None
         self._callback = None  # InFlight delivers its outcome itself (`deliver`)
@@ -147,12 +147,12 @@ class InFlight(WorkUnit):
         """The deadline came first: True if this settles the request (work still queued never
         starts; the interface answers with its deadline error now), False if the outcome is
         already on its way to `deliver`."""
-        with _states:
+        with unit_states:
             if self._settled:
                 return False
             self._settled = True
-            if self._state == _QUEUED:
-                self._state = _CANCELLED
+            if self._state == QUEUED:
+                self._state = CANCELLED
         self._intake.end(self.request, False)
         return True
 
@@ -162,10 +162,10 @@ class InFlight(WorkUnit):
 
     def cancel(self) -> bool:
         """The pool stopping with this still queued: it never runs, and says why."""
-        with _states:
-            if self._state != _QUEUED:
-                return self._state == _CANCELLED
-            self._state = _CANCELLED
+        with unit_states:
+            if self._state != QUEUED:
+                return self._state == CANCELLED
+            self._state = CANCELLED
             settled, self._settled = self._settled, True
         if not settled:
             self._intake.end(self.request, False)
@@ -177,10 +177,10 @@ class InFlight(WorkUnit):
     def _finish(self, result: Any, error: BaseException | None) -> None:
         """On the worker's thread: the work is done (or expired in the queue)."""
         self._result, self._error = result, error
-        _states.acquire()  # not `with`, as in Intake.begin
-        self._state = _DONE
+        unit_states.acquire()  # not `with`, as in Intake.begin
+        self._state = DONE
         settled, self._settled = self._settled, True
-        _states.release()
+        unit_states.release()
         if settled:
             request = self.request
             if request.expired:
@@ -192,9 +192,9 @@ class InFlight(WorkUnit):
 
     def _refused(self, error: BaseException) -> None:
         """The pool had stopped: it never ran."""
-        with _states:
+        with unit_states:
             settled, self._settled = self._settled, True
-            self._state = _CANCELLED
+            self._state = CANCELLED
         if not settled:
             self._intake.end(self.request, False)
             self.deliver(Outcome(error=error))

@@ -28,8 +28,10 @@ from pmnc import request as _request
 from pmnc.errors import RequestExpiredError
 from pmnc.request import Request
 
-_QUEUED, _RUNNING, _CANCELLED, _DONE = range(4)
-_states = threading.Lock()  # guards every unit's state change; held for a few instructions
+# A unit's states, and the one lock every state change holds (for a few instructions). The request
+# lifecycle's InFlight (lifecycle.py) is a WorkUnit that settles itself: it moves them too.
+QUEUED, RUNNING, CANCELLED, DONE = range(4)
+unit_states = threading.Lock()
 
 
 class WorkUnit:
@@ -44,7 +46,7 @@ class WorkUnit:
     def __init__(self, request: Request, fn: Callable[..., Any], args: tuple[Any, ...],
                  when_done: Callable[[WorkUnit], None] | None) -> None:
         self.request, self.fn, self.args = request, fn, args
-        self._state = _QUEUED
+        self._state = QUEUED
         self._result: Any = None
         self._error: BaseException | None = None
         self._callback = when_done
@@ -52,20 +54,20 @@ class WorkUnit:
 
     def cancel(self) -> bool:
         """Prevent a queued unit from running; False once it has started."""
-        with _states:
-            if self._state == _QUEUED:
-                self._state = _CANCELLED
-            elif self._state != _CANCELLED:
+        with unit_states:
+            if self._state == QUEUED:
+                self._state = CANCELLED
+            elif self._state != CANCELLED:
                 return False
             callback, done = self._callback, self._done
         self._notify(callback, done)
         return True
 
     def cancelled(self) -> bool:
-        return self._state == _CANCELLED
+        return self._state == CANCELLED
 
     def done(self) -> bool:
-        return self._state in (_CANCELLED, _DONE)
+        return self._state in (CANCELLED, DONE)
 
     def result(self, timeout: float | None = None) -> Any:
         error = self.exception(timeout)
@@ -74,13 +76,13 @@ class WorkUnit:
         return self._result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        with _states:
-            if self._state not in (_CANCELLED, _DONE) and self._done is None:
+        with unit_states:
+            if self._state not in (CANCELLED, DONE) and self._done is None:
                 self._done = threading.Event()
             done = self._done
         if done is not None and not done.wait(timeout):
             raise TimeoutError(f"work unit of {self.request.unique_id} not done in {timeout}s")
-        if self._state == _CANCELLED:
+        if self._state == CANCELLED:
             raise CancelledError()
         return self._error
 
@@ -91,8 +93,8 @@ class WorkUnit:
 
     def _finish(self, result: Any, error: BaseException | None) -> None:
         self._result, self._error = result, error
-        with _states:
-            self._state = _DONE
+        with unit_states:
+            self._state = DONE
             callback, done = self._callback, self._done
         self._notify(callback, done)
 
@@ -261,12 +263,12 @@ class WorkerPool:
 
     @staticmethod
     def _run(unit: WorkUnit) -> None:
-        _states.acquire()  # queued → running (not `with`, as in enqueue)
+        unit_states.acquire()  # queued → running (not `with`, as in enqueue)
         state = unit._state
-        if state == _QUEUED:
-            unit._state = _RUNNING
-        _states.release()
-        if state != _QUEUED:
+        if state == QUEUED:
+            unit._state = RUNNING
+        unit_states.release()
+        if state != QUEUED:
             return  # the interface gave up on it
         request = unit.request
         now = _request.monotonic()
