@@ -127,13 +127,7 @@ class InFlight(WorkUnit):
 
     def __init__(self, intake: Intake, request: Request, fn: Callable[..., Any], args: tuple[Any, ...],
                  when_done: Callable[[Outcome], None] | None) -> None:
-        # WorkUnit's fields set here, not through its __init__: one call less per request
-        self.request, self.fn, self.args = request, fn, args
-        self._state = QUEUED
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._callback = None  # InFlight delivers its outcome itself (`deliver`)
-        self._done: threading.Event | None = None
+        WorkUnit.__init__(self, request, fn, args, None)  # no callback: InFlight delivers its outcome itself
         self._intake, self._when_done = intake, when_done
         self._settled = False
 
