@@ -1,6 +1,6 @@
-"""Run issue 20's four benchmarks N times each (5 by default) and report each ratio's median against its target.
+"""Run issue 20's four benchmarks and the floor of rpc_calls N times each (5 by default), and take each median.
 
-    .venv/bin/python bench/median5.py [--runs 5] [--only http_hello,xmlrpc_echo,rpc_calls,pg_transactions]
+    .venv/bin/python bench/median5.py [--runs 5] [--only http_hello,xmlrpc_echo,rpc_calls,rpc_floor,pg_transactions]
                                       [--quick] [--out bench/median5.json] [--logs DIR] [--verbose]
 
 Issue 20's targets hold for the median of five runs on one machine. Each
@@ -20,6 +20,11 @@ line(s):
   target >= 1.5 for each. pmnc's cages always talk mutual TLS, so at equal
   security the TLS rows decide; the plain ones are shown next to them. The
   serpent ratios it also prints are kept in the JSON's raw lines only.
+- rpc_floor.py: not a target of its own but the measure of rpc_calls' one:
+  the bare wire (pmnc's mutual TLS and codec, nothing else) against the same
+  Pyro5 msgpack TLS, sequentially and over 8 threads, and the multiplexed
+  wire over 8 threads, in the same rounds - how far any call that carries a
+  request and a deadline could go on each wire.
 - pg_transactions.py: "1 insert", pmnc.transaction against plain psycopg,
   transactions/s; target >= 0.8.
 
@@ -106,6 +111,12 @@ BENCHMARKS = {b.name: b for b in (
                Measure("sequential msgpack TLS", "rpc_calls: sequential, pmnc/Pyro5 msgpack TLS", 1.5),
                Measure("threads msgpack", "rpc_calls: 8 threads, pmnc/Pyro5 msgpack", 1.5, decides=False),
                Measure("threads msgpack TLS", "rpc_calls: 8 threads, pmnc/Pyro5 msgpack TLS", 1.5))),
+    Benchmark("rpc_floor", (), ("--calls", "500", "--warmup", "50"),
+              _summary(r"rpc_floor: bare pmnc wire / ", r"rpc_floor: NOT CLEAN"),
+              (Measure("floor sequential", "rpc_floor: sequential, bare wire/Pyro5 msgpack TLS", 1.5, decides=False),
+               Measure("floor threads", "rpc_floor: 8 threads, bare wire/Pyro5 msgpack TLS", 1.5, decides=False),
+               Measure("floor multiplexed", "rpc_floor: 8 threads, multiplexed wire/Pyro5 msgpack TLS", 1.5,
+                       decides=False))),
     Benchmark("pg_transactions", (), ("--duration", "1", "--warmup", "0.5"),
               _summary(r"single insert: ", r"pg_transactions: pmnc ", r"pg_transactions: NOT CLEAN"),
               (Measure("1 insert", "pg_transactions: 1 insert, tx/s, pmnc/psycopg", 0.8),)),
@@ -130,6 +141,12 @@ def ratios(name: str, lines: list[str]) -> dict[str, float | None]:
             kind = "sequential" if phase.group(1) == "sequential" else "threads"
             for serializer, value in re.findall(rf"pmnc/Pyro5 (msgpack(?: TLS)?) {RATIO}\b", line):
                 found[f"{kind} {serializer}"] = _ratio(value)
+        elif name == "rpc_floor":
+            per_connection, _, multiplexed = line.partition("; multiplexed")
+            for kind, value in re.findall(rf"(sequential|threads) {RATIO}\b", per_connection):
+                found[f"floor {kind}"] = _ratio(value)
+            for value in re.findall(rf"threads {RATIO}\b", multiplexed):
+                found["floor multiplexed"] = _ratio(value)
         else:
             match = re.match(rf"{name}: pmnc .*?, ratio {RATIO}\b", line)
             if match:
@@ -221,6 +238,8 @@ def rows(benches: list[Benchmark], runs: list[Run], count: int) -> list[Row]:
             counted = [v for v in values if v is not None]
             median = statistics.median(counted) if counted else None
             verdict = "no run" if median is None else "met" if median >= m.target else "NOT met"
+            if not m.decides and median is not None:
+                verdict = f"(for scale: {'at or above' if median >= m.target else 'below'} the target)"
             if counted and len(counted) < count:
                 verdict += f" ({len(counted)} of {count} runs)"
             table.append(Row(bench.name, m.key, m.title, m.target, m.decides, values, median, len(counted), verdict))
@@ -229,7 +248,8 @@ def rows(benches: list[Benchmark], runs: list[Run], count: int) -> list[Row]:
 
 def print_table(table: list[Row], count: int) -> None:
     """A star marks the rows that decide where a benchmark shows others for scale."""
-    shown_for_scale = {row.benchmark for row in table if not row.decides}
+    shown_for_scale = {row.benchmark for row in table if not row.decides and any(r.benchmark == row.benchmark
+                                                                                  and r.decides for r in table)}
     titles = [f"{row.title} *" if row.benchmark in shown_for_scale and row.decides else row.title for row in table]
     width = max(len(title) for title in titles) + 2
     print(f"{'benchmark / measure':<{width}}" + "".join(f"{f'run {i}':>8}" for i in range(1, count + 1))

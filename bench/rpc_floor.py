@@ -18,13 +18,24 @@ target can be judged against what the wire and TLS alone allow:
   codec.encode on one blocking mutual-TLS connection per thread and reads the
   answer the same way. No request, lifecycle, pools, deadlines or call
   envelope: the wire and TLS only.
+- multiplexed pmnc wire: the same server process, TLS and codec on a second
+  port, where one connection carries many calls at once: each frame is
+  `[call id, value]`; the connection's thread reads frames and hands each to
+  a pool of WORKERS threads (user code never runs on the reading thread, as
+  in a cage), and the answers go back tagged with their id, whoever is
+  writing taking every answer waiting in one `sendall`. The client's threads
+  share one connection (`MuxConnection`): the same combining write, and a
+  reader thread that hands each answer to the thread waiting for its id.
+  Measured over --threads threads only (sequentially it only adds the two
+  hand-offs). This is the lever "one multiplexed connection per target
+  cage": what it is worth before anything of pmnc's is added to it.
 - Pyro5 msgpack over two-way TLS: rpc_calls.py's own peer (its --serve-pyro
   server with --pyro-tls, its --pyro-client, keys made as it makes them).
 
 Each is measured sequentially (one connection) and over --threads threads (a
 connection each), after warm-up calls; calls/s, p50 and p99 latency and the
 client's and server's CPU per call (/proc) are printed, and the ratio bare /
-Pyro5. pmnc's calls carry more than the bare wire (an envelope, a request,
+Pyro5 (and multiplexed / Pyro5 over threads). pmnc's calls carry more than the bare wire (an envelope, a request,
 the lifecycle on both sides), so they cannot beat it: if the ratio here is
 below 1.5, issue 20's target cannot be met by pmnc without changing the wire
 or its TLS guarantee. Every process is stopped at the end whatever happens.
@@ -33,13 +44,16 @@ or its TLS guarantee. Every process is stopped at the end whatever happens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import queue
 import re
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +76,8 @@ from rpc_calls import (
 
 FLOCK = "RPC_FLOOR"
 SERVER_CAGE, CLIENT_CAGE = "echo", "caller"  # the identities both ends show, as two cages would
-BANNER = re.compile(r"rpc_floor: bare pmnc wire at ([\d.]+):(\d+)")
+BANNER = re.compile(r"rpc_floor: bare pmnc wire at ([\d.]+):(\d+), multiplexed at port (\d+)")
+WORKERS = 10  # the multiplexed server's threads that run calls: a cage's default thread_count
 
 
 # --- the bare server: a process of its own --------------------------------------------------------------
@@ -83,16 +98,84 @@ def serve_connection(raw: socket.socket, context: ssl.SSLContext) -> None:
         print(f"rpc_floor: a connection broke: {type(e).__name__}: {e}", flush=True)
 
 
+class CombiningWriter:
+    """Frames from many threads onto one socket: whoever finds nobody writing writes every frame
+    waiting, so that calls or answers that come together go out in one `sendall`."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock, self.lock = sock, threading.Lock()
+        self.waiting: list[bytes] = []
+        self.writing = False
+
+    def write(self, frame: bytes) -> None:
+        self.lock.acquire()
+        self.waiting.append(frame)
+        if self.writing:  # the writer takes it with the rest
+            self.lock.release()
+            return
+        self.writing = True
+        try:
+            while self.waiting:
+                batch = b"".join(self.waiting)
+                self.waiting.clear()
+                self.lock.release()
+                try:
+                    self.sock.sendall(batch)
+                finally:
+                    self.lock.acquire()
+        finally:
+            self.writing = False
+            self.lock.release()
+
+
+def serve_multiplexed(raw: socket.socket, context: ssl.SSLContext) -> None:
+    """As serve_connection, but the calls of a connection run on WORKERS threads, answered by id."""
+    calls: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+    try:
+        with context.wrap_socket(raw, server_side=True) as sock:
+            identity = peer_identity(sock.getpeercert())
+            if identity is None or identity.flock != FLOCK:
+                return
+            writer = CombiningWriter(sock)
+
+            def work() -> None:
+                while (call := calls.get()) is not None:
+                    call_id, value = call
+                    writer.write(codec.encode([call_id, value]))
+
+            workers = [threading.Thread(target=work, daemon=True) for _ in range(WORKERS)]
+            for worker in workers:
+                worker.start()
+            decoder = codec.FrameDecoder()
+            while data := sock.recv(RECV_SIZE):
+                for call in decoder.feed(data):
+                    calls.put(call)
+    except (OSError, codec.DecodeError, codec.EncodeError) as e:
+        print(f"rpc_floor: a multiplexed connection broke: {type(e).__name__}: {e}", flush=True)
+    finally:
+        for _ in range(WORKERS):
+            calls.put(None)
+
+
 def serve_bare(folder: str) -> int:
-    """Accept on a free loopback port until SIGTERM, a thread per connection."""
+    """Accept on two free loopback ports until SIGTERM, a thread per connection: the bare wire
+    on one, the multiplexed wire on the other."""
     context = ClusterKeys.ensure(Path(folder), FLOCK, SERVER_CAGE).server_context()
-    listener = socket.create_server((HOST, 0))
-    host, port = listener.getsockname()[:2]
-    print(f"rpc_floor: bare pmnc wire at {host}:{port}, {ssl.OPENSSL_VERSION}", flush=True)
+    listeners = [(socket.create_server((HOST, 0)), serve) for serve in (serve_connection, serve_multiplexed)]
+    host, port = listeners[0][0].getsockname()[:2]
+    print(f"rpc_floor: bare pmnc wire at {host}:{port}, multiplexed at port {listeners[1][0].getsockname()[1]}, "
+          f"{ssl.OPENSSL_VERSION}", flush=True)
+    threading.Thread(target=accept, args=(*listeners[1], context), daemon=True).start()
+    accept(*listeners[0], context)
+    return 0
+
+
+def accept(listener: socket.socket, serve: Callable[[socket.socket, ssl.SSLContext], None],
+           context: ssl.SSLContext) -> None:
     while True:
         raw, _ = listener.accept()
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as pmnc's interface does
-        threading.Thread(target=serve_connection, args=(raw, context), daemon=True).start()
+        threading.Thread(target=serve, args=(raw, context), daemon=True).start()
 
 
 class BareServer:
@@ -102,7 +185,7 @@ class BareServer:
         self.base, self.keys = base, base / "floor-keys"
         self.output = base / "bare.out"
         self.process: subprocess.Popen[bytes] | None = None
-        self.address = (HOST, 0)
+        self.address = self.multiplexed = (HOST, 0)
 
     def start(self) -> None:
         ClusterKeys.ensure(self.keys, FLOCK, SERVER_CAGE)  # the CA and both identities, before either end needs them
@@ -115,6 +198,7 @@ class BareServer:
                                             start_new_session=True)
         match = wait_until(self._listening, START_TIMEOUT, "the bare server: its banner line")
         self.address = (match.group(1), int(match.group(2)))
+        self.multiplexed = (match.group(1), int(match.group(3)))
 
     def _listening(self) -> re.Match[str] | None:
         assert self.process is not None
@@ -172,6 +256,53 @@ class BareProxy:
         self.close()
 
 
+class MuxConnection:
+    """One mutual-TLS connection shared by the client's threads: a call is a frame `[id, value]`
+    written by a CombiningWriter; a reader thread hands each answer to the thread waiting for its id."""
+
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext) -> None:
+        self.sock = BareProxy(address, context).sock
+        self.writer = CombiningWriter(self.sock)
+        self.lock = threading.Lock()
+        self.waiting: dict[int, list[Any]] = {}  # id -> [a lock released when the answer is in, the answer]
+        self.last_id = 0
+        threading.Thread(target=self._read, name="mux-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        decoder = codec.FrameDecoder()
+        try:
+            while data := self.sock.recv(RECV_SIZE):
+                for call_id, value in decoder.feed(data):
+                    with self.lock:
+                        slot = self.waiting.pop(call_id)
+                    slot[1] = value
+                    slot[0].release()
+        except OSError:
+            pass
+        with self.lock:  # the end of the connection: whoever still waits gets an error
+            for slot in self.waiting.values():
+                slot[1] = EOFError("closed by the server")
+                slot[0].release()
+            self.waiting.clear()
+
+    def echo(self, value: Any) -> Any:
+        arrived = threading.Lock()
+        arrived.acquire()
+        slot = [arrived, None]
+        with self.lock:
+            self.last_id += 1
+            call_id = self.last_id
+            self.waiting[call_id] = slot
+        self.writer.write(codec.encode([call_id, value]))
+        arrived.acquire()
+        if isinstance(slot[1], EOFError):
+            raise slot[1]
+        return slot[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def bare_sequential(server: BareServer, context: ssl.SSLContext, calls: int, warmup: int) -> Run:
     assert server.process is not None
     with BareProxy(server.address, context) as proxy:
@@ -183,6 +314,18 @@ def bare_concurrent(server: BareServer, context: ssl.SSLContext, calls: int, thr
     assert server.process is not None
     return concurrent_calls(lambda: BareProxy(server.address, context), calls, threads, warmup,
                             server.process.pid, "bare")
+
+
+def multiplexed_concurrent(server: BareServer, context: ssl.SSLContext, calls: int, threads: int,
+                           warmup: int) -> Run:
+    """`threads` threads sharing one MuxConnection, warmed up before the clock starts."""
+    assert server.process is not None
+    shared = MuxConnection(server.multiplexed, context)
+    try:
+        return concurrent_calls(lambda: contextlib.nullcontext(shared), calls, threads, warmup,
+                                server.process.pid, "mux")
+    finally:
+        shared.close()
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -214,18 +357,21 @@ def bench(args: argparse.Namespace, server: BareServer, pyro: PyroServer) -> int
     print("bare pmnc wire: warming up and measuring ...", flush=True)
     context = ClusterKeys.ensure(server.keys, FLOCK, CLIENT_CAGE).client_context()
     bare = (bare_sequential(server, context, args.calls, args.warmup),
-            bare_concurrent(server, context, args.calls, args.threads, args.warmup))
+            bare_concurrent(server, context, args.calls, args.threads, args.warmup),
+            multiplexed_concurrent(server, context, args.calls, args.threads, args.warmup))
     print("Pyro5 msgpack TLS: warming up and measuring ...", flush=True)
     peer = pyro.run("msgpack", args.calls, args.threads, args.warmup)
 
     print()
     threads = f"{args.threads} threads"
     print_table([("bare pmnc wire, sequential", bare[0]), ("Pyro5 msgpack TLS, sequential", peer[0]),
-                 (f"bare pmnc wire, {threads}", bare[1]), (f"Pyro5 msgpack TLS, {threads}", peer[1])])
+                 (f"bare pmnc wire, {threads}", bare[1]), (f"multiplexed wire, {threads}", bare[2]),
+                 (f"Pyro5 msgpack TLS, {threads}", peer[1])])
     for line in server.problems()[:5]:
         print(f"bare server: {line}")
     print(f"rpc_floor: bare pmnc wire / Pyro5 msgpack TLS: sequential {ratio(bare[0], peer[0]):.2f}, "
-          f"{threads} {ratio(bare[1], peer[1]):.2f} (issue 20's target for pmnc: >= {TARGET:g})")
+          f"{threads} {ratio(bare[1], peer[1]):.2f}; multiplexed, {threads} {ratio(bare[2], peer[1]):.2f} "
+          f"(issue 20's target for pmnc: >= {TARGET:g})")
     errors = sum(run.errors for run in (*bare, *peer))
     if errors:
         print(f"rpc_floor: NOT CLEAN: {errors} call(s) failed or answered something else")
