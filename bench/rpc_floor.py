@@ -23,9 +23,11 @@ target can be judged against what the wire and TLS alone allow:
   `[call id, value]`; the connection's thread reads frames and hands each to
   a pool of WORKERS threads (user code never runs on the reading thread, as
   in a cage), and the answers go back tagged with their id, whoever is
-  writing taking every answer waiting in one `sendall`. The client's threads
+  writing taking every answer waiting in one write. The client's threads
   share one connection (`MuxConnection`): the same combining write, and a
   reader thread that hands each answer to the thread waiting for its id.
+  Both ends make every TLS call under a lock (`SharedTLS`): OpenSSL forbids
+  reading and writing one connection from two threads at once.
   Measured over --threads threads only (sequentially it only adds the two
   hand-offs). This is the lever "one multiplexed connection per target
   cage": what it is worth before anything of pmnc's is added to it.
@@ -48,6 +50,7 @@ import contextlib
 import os
 import queue
 import re
+import select
 import socket
 import ssl
 import subprocess
@@ -98,14 +101,28 @@ def serve_connection(raw: socket.socket, context: ssl.SSLContext) -> None:
         print(f"rpc_floor: a connection broke: {type(e).__name__}: {e}", flush=True)
 
 
-class CombiningWriter:
-    """Frames from many threads onto one socket: whoever finds nobody writing writes every frame
-    waiting, so that calls or answers that come together go out in one `sendall`."""
+class SharedTLS:
+    """A mutual-TLS socket that several threads use at once. OpenSSL forbids reading and writing
+    one connection from two threads at the same time (CPython's `ssl` lets both run and can crash,
+    python/cpython#143756), so every TLS call is made under `lock` on a non-blocking socket, and
+    the waits - for data, for room to write - are polls outside it. Writes combine: whoever finds
+    nobody writing sends every frame waiting, so frames that come together go in one write."""
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
-        self.sock, self.lock = sock, threading.Lock()
+        sock.setblocking(False)
+        self.sock, self.fd, self.lock = sock, sock.fileno(), threading.Lock()
         self.waiting: list[bytes] = []
         self.writing = False
+
+    def recv(self) -> bytes:
+        """What has come (b"" at the end): the wait outside the lock, the read under it."""
+        while True:
+            select.select([self.fd], [], [])
+            with self.lock:
+                try:
+                    return self.sock.recv(RECV_SIZE)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue
 
     def write(self, frame: bytes) -> None:
         self.lock.acquire()
@@ -116,13 +133,17 @@ class CombiningWriter:
         self.writing = True
         try:
             while self.waiting:
-                batch = b"".join(self.waiting)
+                view = memoryview(b"".join(self.waiting))
                 self.waiting.clear()
-                self.lock.release()
-                try:
-                    self.sock.sendall(batch)
-                finally:
-                    self.lock.acquire()
+                while view:
+                    try:
+                        view = view[self.sock.send(view):]
+                    except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                        self.lock.release()
+                        try:
+                            select.select([], [self.fd], [])
+                        finally:
+                            self.lock.acquire()
         finally:
             self.writing = False
             self.lock.release()
@@ -136,18 +157,17 @@ def serve_multiplexed(raw: socket.socket, context: ssl.SSLContext) -> None:
             identity = peer_identity(sock.getpeercert())
             if identity is None or identity.flock != FLOCK:
                 return
-            writer = CombiningWriter(sock)
+            shared = SharedTLS(sock)
 
             def work() -> None:
                 while (call := calls.get()) is not None:
                     call_id, value = call
-                    writer.write(codec.encode([call_id, value]))
+                    shared.write(codec.encode([call_id, value]))
 
-            workers = [threading.Thread(target=work, daemon=True) for _ in range(WORKERS)]
-            for worker in workers:
-                worker.start()
+            for _ in range(WORKERS):
+                threading.Thread(target=work, daemon=True).start()
             decoder = codec.FrameDecoder()
-            while data := sock.recv(RECV_SIZE):
+            while data := shared.recv():
                 for call in decoder.feed(data):
                     calls.put(call)
     except (OSError, codec.DecodeError, codec.EncodeError) as e:
@@ -258,11 +278,10 @@ class BareProxy:
 
 class MuxConnection:
     """One mutual-TLS connection shared by the client's threads: a call is a frame `[id, value]`
-    written by a CombiningWriter; a reader thread hands each answer to the thread waiting for its id."""
+    written through SharedTLS; a reader thread hands each answer to the thread waiting for its id."""
 
     def __init__(self, address: tuple[str, int], context: ssl.SSLContext) -> None:
-        self.sock = BareProxy(address, context).sock
-        self.writer = CombiningWriter(self.sock)
+        self.shared = SharedTLS(BareProxy(address, context).sock)
         self.lock = threading.Lock()
         self.waiting: dict[int, list[Any]] = {}  # id -> [a lock released when the answer is in, the answer]
         self.last_id = 0
@@ -271,7 +290,7 @@ class MuxConnection:
     def _read(self) -> None:
         decoder = codec.FrameDecoder()
         try:
-            while data := self.sock.recv(RECV_SIZE):
+            while data := self.shared.recv():
                 for call_id, value in decoder.feed(data):
                     with self.lock:
                         slot = self.waiting.pop(call_id)
@@ -293,14 +312,14 @@ class MuxConnection:
             self.last_id += 1
             call_id = self.last_id
             self.waiting[call_id] = slot
-        self.writer.write(codec.encode([call_id, value]))
+        self.shared.write(codec.encode([call_id, value]))
         arrived.acquire()
         if isinstance(slot[1], EOFError):
             raise slot[1]
         return slot[1]
 
     def close(self) -> None:
-        self.sock.close()
+        self.shared.sock.close()
 
 
 def bare_sequential(server: BareServer, context: ssl.SSLContext, calls: int, warmup: int) -> Run:
