@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, InProcessCage, Pki, http_config, http_request, module_source, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pmnc.protocols.xmlrpc import _fast_call, parse_call
+from pmnc.protocols.xmlrpc import _fast_call, dumps_result, parse_call
 
 HANDLER = module_source("""
     import os
@@ -334,3 +334,49 @@ def test_unusual_bodies_take_the_careful_way() -> None:
     assert _fast_call(latin) is None and parse_call(latin) == ("m", ("é",))
     commented = b"<?xml version='1.0'?><!-- hi --><methodCall><methodName>m</methodName></methodCall>"
     assert _fast_call(commented) is None and parse_call(commented) == ("m", ())
+
+
+# --- the fast encoder writes what the standard library writes -----------------------------------------
+
+_answers = st.recursive(_scalars | st.none() | st.integers() | st.floats()
+                        | st.text(st.sampled_from("<>&\"' é\x00\ud800")), lambda inner:
+                        st.lists(inner, max_size=4) | st.lists(inner, max_size=3).map(tuple)
+                        | st.dictionaries(st.text(st.sampled_from("a<&>") , max_size=3) | st.integers(0, 2), inner,
+                                          max_size=4), max_leaves=12)
+
+
+def _stdlib(result: Any, encoding: str, allow_none: bool) -> str | type[BaseException]:
+    try:
+        return xmlrpc.client.dumps((result,), methodresponse=True, encoding=encoding, allow_none=allow_none)
+    except Exception as e:
+        return type(e)
+
+
+def _ours(result: Any, encoding: str, allow_none: bool) -> str | type[BaseException]:
+    try:
+        return dumps_result(result, encoding, allow_none)
+    except Exception as e:
+        return type(e)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_answers, st.sampled_from(["utf-8", "iso-8859-1", "UTF-8"]), st.booleans())
+def test_fast_encoding_equals_the_standard_librarys(result: Any, encoding: str, allow_none: bool) -> None:
+    """Character for character, and the same error where the standard library refuses
+    (None without allow_none, an int beyond 32 bits, a key that is not a str)."""
+    assert _ours(result, encoding, allow_none) == _stdlib(result, encoding, allow_none)
+
+
+def test_unusual_answers_are_the_standard_librarys() -> None:
+    recursive: list[Any] = [1]
+    recursive.append(recursive)
+    assert _ours(recursive, "utf-8", False) is TypeError  # "cannot marshal recursive sequences"
+    wrapped = {"when": xmlrpc.client.DateTime("20261207T10:00:00"), "blob": xmlrpc.client.Binary(b"\x00\x01")}
+    assert dumps_result(wrapped, "utf-8", False) == _stdlib(wrapped, "utf-8", False)
+
+    class Point:
+        def __init__(self) -> None:
+            self.x, self.y = 1, 2
+
+    assert dumps_result(Point(), "utf-8", False) == _stdlib(Point(), "utf-8", False)  # a struct of its __dict__
+    assert _ours(True.__class__.__mro__, "utf-8", False) is TypeError  # types cannot be marshalled

@@ -141,6 +141,81 @@ def _refuse_dtd(*_: Any) -> None:
     raise CallError("document type declarations (and so entities) are not accepted")
 
 
+# --- the answer ------------------------------------------------------------------------------------------
+
+
+def dumps_result(result: Any, encoding: str, allow_none: bool) -> str:
+    """`xmlrpc.client.dumps((result,), methodresponse=True, ...)`, character for character.
+
+    The common values - str, int, bool, float, None, lists, tuples and dicts of
+    them, exactly those types - are written by `_dump`, a loop with no method
+    call per value; anything else (bytes, dates, wrappers, subclasses, ints out
+    of XML-RPC's range, nesting deep enough to be recursive) is the standard
+    library's to write or to refuse, for the whole value, as before.
+    """
+    out = [_response_head(encoding), "<params>\n<param>\n"]
+    try:
+        _dump(result, out.append, allow_none, 0)
+    except _Unusual:
+        return xmlrpc.client.dumps((result,), methodresponse=True, encoding=encoding, allow_none=allow_none)
+    out.append("</param>\n</params>\n</methodResponse>\n")
+    return "".join(out)
+
+
+def _response_head(encoding: str) -> str:
+    if encoding and encoding != "utf-8":  # as xmlrpc.client.dumps: utf-8 is XML's default, not named
+        return f"<?xml version='1.0' encoding='{encoding}'?>\n<methodResponse>\n"
+    return "<?xml version='1.0'?>\n<methodResponse>\n"
+
+
+class _Unusual(Exception):
+    """A value `_dump` leaves to the standard library."""
+
+
+_MAX_DEPTH = 64  # deeper than this may be a recursive value: the standard library says so
+_MININT, _MAXINT = xmlrpc.client.MININT, xmlrpc.client.MAXINT
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _dump(value: Any, write: Callable[[str], Any], allow_none: bool, depth: int) -> None:
+    kind = type(value)
+    if kind is str:
+        write(f"<value><string>{_escape(value)}</string></value>\n")
+    elif kind is int:
+        if not _MININT <= value <= _MAXINT:
+            raise _Unusual
+        write(f"<value><int>{value}</int></value>\n")
+    elif kind is dict:
+        if depth > _MAX_DEPTH:
+            raise _Unusual
+        write("<value><struct>\n")
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unusual
+            write(f"<member>\n<name>{_escape(key)}</name>\n")
+            _dump(item, write, allow_none, depth + 1)
+            write("</member>\n")
+        write("</struct></value>\n")
+    elif kind is list or kind is tuple:
+        if depth > _MAX_DEPTH:
+            raise _Unusual
+        write("<value><array><data>\n")
+        for item in value:
+            _dump(item, write, allow_none, depth + 1)
+        write("</data></array></value>\n")
+    elif kind is bool:
+        write("<value><boolean>1</boolean></value>\n" if value else "<value><boolean>0</boolean></value>\n")
+    elif kind is float:
+        write(f"<value><double>{value!r}</double></value>\n")
+    elif value is None and allow_none:
+        write("<value><nil/></value>")
+    else:
+        raise _Unusual
+
+
 class Interface(HttpInterface):
     protocol = "xmlrpc"
 
@@ -186,8 +261,11 @@ class Interface(HttpInterface):
         return self._render(body, keep_alive and not self.ceasing)
 
     def _dumps(self, params: tuple[Any, ...] | xmlrpc.client.Fault) -> bytes:
-        text = xmlrpc.client.dumps(params, methodresponse=True, encoding=self.response_encoding,
-                                   allow_none=self.allow_none)
+        if isinstance(params, tuple):
+            text = dumps_result(params[0], self.response_encoding, self.allow_none)
+        else:
+            text = xmlrpc.client.dumps(params, methodresponse=True, encoding=self.response_encoding,
+                                       allow_none=self.allow_none)
         return text.encode(self.response_encoding, "xmlcharrefreplace")
 
     def _render(self, body: bytes, keep_alive: bool) -> tuple[bytes, bool]:
