@@ -397,6 +397,36 @@ def test_queued_work_whose_deadline_passes_is_never_started(cluster: Cluster, tm
     assert journal.read_text().split() == ["slow", "after"]
 
 
+def test_calls_made_at_the_same_time_share_a_connection_and_none_waits_for_another(cluster: Cluster,
+                                                                                  tmp_path: Path) -> None:
+    """While one call holds the worker for 3 s, others made meanwhile (they share its connection)
+    are answered at once, one at its deadline, and the connection serves on after it."""
+    start_worker(cluster)
+    runner = start_runner(cluster)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    slow: list[Outcome] = []
+    holder = threading.Thread(target=lambda: slow.append(
+        runner.run('result = pmnc("worker").work.whoami(3.0, folder)', folder=str(markers))))
+    holder.start()
+    try:
+        wait_until(lambda: any(markers.iterdir()), message="the slow call holding the worker")
+        quick = runner.result("""
+            import os
+            result = [pmnc("worker").work.handle(i) for i in range(20)]
+            result.append(bool(os.listdir(folder)))  # the slow call still under way
+        """, folder=str(markers))
+        late = runner.run('pmnc("worker").work.sleep(3.0)', remain=0.5)
+        after = runner.result('result = pmnc("worker").work.handle(21)')
+    finally:
+        holder.join(15.0)
+    assert quick == [2 * i for i in range(20)] + [True]
+    assert late.error is not None and late.error["type"] == "pmnc.errors.RPCDeadlineError"
+    assert late.elapsed < 1.5
+    assert after == 42  # the connection the late call gave up on serves on
+    assert slow[0].error is None and len(slow[0].result) == 2  # whoami: (node, pid)
+
+
 # --- 5. several instances of a cage --------------------------------------------------------------
 
 

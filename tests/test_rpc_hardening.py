@@ -410,3 +410,75 @@ def test_a_callee_lost_during_the_call_is_named_without_its_address(cluster: Clu
     assert b"127.0.0.1" not in body, body
     wait_until(lambda: re.search(r"cage \S+\.worker at 127\.0\.0\.1:\d+: connection lost", caller.log_text()),
                message="the address in the caller's log")
+
+
+# --- 12. calls made at the same time share a connection: tagged frames ----------------------------------
+
+
+def send_tagged(sock: ssl.SSLSocket, tag: Any, method: str, *args: Any, **request: Any) -> None:
+    sock.sendall(codec.encode({**envelope(method, *args, **request), "tag": tag}, limit=MAX_FRAME))
+
+
+def read_answers(sock: ssl.SSLSocket, decoder: codec.FrameDecoder, count: int) -> list[Any]:
+    """The next `count` answers in the order they come (a decoder of the connection's own:
+    several may arrive in one read)."""
+    answers: list[Any] = []
+    while len(answers) < count:
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError(f"closed after {answers}")
+        answers.extend(decoder.feed(data))
+    return answers
+
+
+def test_tagged_calls_on_one_connection_are_answered_as_they_finish(env: Env, tmp_path: Path) -> None:
+    """A slow call holds up no other on its connection: each is answered, tagged, when done."""
+    napping = tmp_path / "napping"
+    decoder = codec.FrameDecoder(MAX_FRAME)
+    with env.raw.connect(env.port) as sock:
+        send_tagged(sock, 1, "nap", 1.5, str(napping))
+        wait_until(napping.exists, message="the slow call running")
+        for tag in (2, 3, 4):
+            send_tagged(sock, tag, "ping", f"quick-{tag}")
+        quick = read_answers(sock, decoder, 3)
+        assert sorted((a["tag"], a["result"][:2]) for a in quick) == [
+            (tag, ["pong", f"quick-{tag}"]) for tag in (2, 3, 4)]
+        assert read_answers(sock, decoder, 1) == [{"result": "napped", "tag": 1}]
+        # untagged, the next call is answered before another frame is read, as before
+        assert exchange(sock, envelope("ping", "plain"))["result"][:2] == ["pong", "plain"]
+
+
+def test_every_answer_to_a_tagged_call_carries_its_tag(env: Env) -> None:
+    decoder = codec.FrameDecoder(MAX_FRAME)
+    with env.raw.connect(env.port) as sock:
+        send_tagged(sock, 7, "fail", "no")
+        send_tagged(sock, 8, "ping", "x", id="")  # a malformed request: an error, answered at once
+        send_tagged(sock, "nine", "ping", "x")  # a tag that is not an integer: refused
+        answers = {a["tag"]: a for a in read_answers(sock, decoder, 3)}
+    assert answers[7]["error"]["type"].endswith("OrderError") and answers[7]["error"]["message"] == "no"
+    assert "request id" in answers[8]["error"]["message"]
+    assert "tag must be an integer" in answers["nine"]["error"]["message"]
+
+
+def test_a_shared_connection_gets_its_answers_and_the_goodbye(cluster: Cluster, tmp_path: Path) -> None:
+    """Stopping, the callee says goodbye at once and refuses what comes after, tagged; the
+    tagged calls it has already taken are still answered."""
+    (worker,), _ = start_cluster(cluster)
+    raw = RawCage(cluster.root, tmp_path)
+    marker = tmp_path / "ran"
+    decoder = codec.FrameDecoder(MAX_FRAME)
+    with raw.connect(rpc_port(worker)) as sock:
+        send_tagged(sock, 1, "nap", 2.0, str(tmp_path / "napping"))
+        wait_until((tmp_path / "napping").exists, message="the call running")
+        stopper = threading.Thread(target=worker.stop)
+        stopper.start()
+        try:
+            worker.wait_for_log("the cage is shutting down")
+            assert read_answers(sock, decoder, 1) == [{"refused": "stopping"}]  # the goodbye, while it naps
+            send_tagged(sock, 2, "touch", str(marker))
+            answers = read_answers(sock, decoder, 2)
+            assert sorted(answers, key=lambda a: a["tag"]) == [{"result": "napped", "tag": 1},
+                                                               {"refused": "stopping", "tag": 2}]
+        finally:
+            stopper.join(30.0)
+    assert not marker.exists()

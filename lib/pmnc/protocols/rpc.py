@@ -4,14 +4,17 @@ Caller: `pmnc("worker").m.f(x)` is a one-participant transaction on the pool
 `rpc__worker` (config_resource_rpc.py; it is the per-target bulkhead). A
 connection of that pool picks an instance of `worker` per call, at random
 among the live ones the locator knows (discovering them if none), and keeps
-one TLS socket per instance it has used. Every wait is bounded by the
-request's deadline. A connect that fails moves on to the next instance
-within the same budget (nothing has been sent); a connection lost during a
-call fails that call at once (it may have run) and the instance is skipped.
-An instance that is stopping says so - a refusal (wire.REFUSED) instead of
-an answer, or unasked, as a goodbye - and nothing it refused has run: the
-call goes to another instance within the same deadline, and fails
-(recoverable) only if there is none.
+one TLS socket per instance it has used - for calls made alone. A call made
+while others of this cage to the same target are under way is tagged and
+goes on the one connection per instance they share (_SharedChannel: one
+write for every call waiting, a reader thread handing each answer to its
+call). Every wait is bounded by the request's deadline. A connect that fails
+moves on to the next instance within the same budget (nothing has been
+sent); a connection lost during a call fails that call at once (it may have
+run) and the instance is skipped. An instance that is stopping says so - a
+refusal (wire.REFUSED) instead of an answer, or unasked, as a goodbye - and
+nothing it refused has run: the call goes to another instance within the
+same deadline, and fails (recoverable) only if there is none.
 
 Callee: the interface accepts TLS connections whose client certificate is
 from the cluster CA and names a cage of this flock. Each connection has a
@@ -24,7 +27,10 @@ the one request lifecycle (lifecycle.py, `call`). The call runs on the connectio
 thread when one of the worker pool's `thread_count` slots is free and
 nothing waits (no hand-off between threads: less than half the CPU per call
 of serving it on the event loop and running it on a worker, measured with
-bench/rpc_calls.py), and is queued earliest deadline first otherwise.
+bench/rpc_calls.py), and is queued earliest deadline first otherwise. A
+tagged call (wire.py) is handed to the worker pool at once, and the worker
+that ran it writes its answer, tagged, while the connection's thread reads
+on: on a shared connection a slow call holds up no other.
 Queued work whose deadline passes is never started, and an answer later
 than the deadline is replaced by a deadline error.
 
@@ -53,6 +59,7 @@ from __future__ import annotations
 import collections
 import errno
 import functools
+import itertools
 import os
 import random
 import select
@@ -77,6 +84,7 @@ from pmnc.errors import (
     RPCDeadlineError,
     exc_string,
 )
+from pmnc.lifecycle import Outcome
 from pmnc.monitor.health import headline
 from pmnc.rpc import codec, natsrpc, wire
 from pmnc.rpc.callee import Callee, remain
@@ -400,14 +408,21 @@ class _Outage:
 
 class Connection:
     """One caller's connection, served by its own thread: the TLS handshake (a peer that
-    is not a cage of this cluster is refused and logged), then calls one at a time,
-    each answered before the next frame is read."""
+    is not a cage of this cluster is refused and logged), then its calls. An untagged call
+    runs on this thread, answered before the next frame is read; a tagged one (wire.py:
+    calls a caller makes at the same time share a connection) is handed to the worker pool
+    and answered, tagged, by the worker that ran it, while this thread reads on. Every TLS
+    call on the socket is made under `tls`: OpenSSL forbids two threads in one connection
+    at once (and CPython's ssl does not stop them)."""
 
     def __init__(self, iface: Interface, sock: ssl.SSLSocket, peer: str) -> None:
         self.iface, self.sock, self.peer = iface, sock, peer
         self.caller: Identity | None = None
         self.decoder = codec.FrameDecoder(iface.limit, iface.use_pickle)
         self.received: collections.deque[Any] = collections.deque()  # frames read, not yet answered
+        self.tls = threading.Lock()
+        self.tagged = 0  # tagged calls handed to the workers and not yet answered
+        self.answered = threading.Condition()  # a tagged call has been answered
 
     def serve(self) -> None:
         try:
@@ -468,32 +483,44 @@ class Connection:
             if envelope is None:
                 return
             if iface.ceasing:  # what was read now (if anything) is refused with the rest
-                self._goodbye()
+                self._goodbye(envelope)
                 return
-            if not self._send(self._answer(envelope, time.monotonic())):
+            answer = self._answer(envelope, time.monotonic())
+            if answer is not None and not self._send(answer):
                 return
 
-    def _goodbye(self) -> None:
+    def _goodbye(self, envelope: Any) -> None:
         """The cage is stopping: a refusal tells the caller to go elsewhere. Calls that
         crossed it are refused too, until the caller closes or the grace ends - not
         closing at once keeps them from resetting the connection before the caller has
-        read why."""
+        read why. Tagged calls already with the workers are answered before it closes."""
         until = time.monotonic() + GOODBYE_GRACE
-        if not self._send(self.iface.refused):
+        if _tag(envelope) is not None and not self._send(self._refusal(envelope)):
+            return
+        if not self._send(self.iface.refused):  # the goodbye, and the answer to an untagged call just read
             return
         while True:
             try:
                 envelope = self._read_frame(wake=False, until=until)
             except ProtocolError:
-                return
-            if envelope is None or not self._send(self.iface.refused):
-                return
+                break
+            if envelope is None or not self._send(self._refusal(envelope)):
+                break
+        with self.answered:  # every call handed to the workers ends by its deadline
+            self.answered.wait_for(lambda: not self.tagged, self.iface.request_timeout)
+
+    def _refusal(self, envelope: Any) -> bytes:
+        tag = _tag(envelope)
+        return self.iface.refused if tag is None else codec.encode({**wire.REFUSED, "tag": tag})
 
     def _send(self, frame: bytes) -> bool:
+        self.tls.acquire()  # not `with`: once a call
         try:
             self.sock.sendall(frame)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: closed meanwhile
             return False
+        finally:
+            self.tls.release()
         return True
 
     def _read_frame(self, *, wake: bool, until: float | None = None) -> Any:
@@ -515,18 +542,22 @@ class Connection:
                 return None
             if fd not in ready:
                 return _WOKEN
+            self.tls.acquire()
             try:
                 data = self.sock.recv(RECV_SIZE)
             except (OSError, ssl.SSLError):
                 return None
+            finally:
+                self.tls.release()
             if not data:
                 return None
             self.received.extend(self.decoder.feed(data))
         return self.received.popleft()
 
-    def _answer(self, envelope: Any, arrived: float) -> bytes:
+    def _answer(self, envelope: Any, arrived: float) -> bytes | None:
         """The frame that answers one frame: a call's result or error, a poll's calls,
-        a post's acceptance; a malformed one gets an error saying so (and is logged)."""
+        a post's acceptance; a malformed one gets an error saying so (and is logged).
+        None for a tagged call: a worker answers it (`_hand_over`)."""
         assert self.caller is not None
         iface = self.iface
         try:
@@ -534,6 +565,8 @@ class Connection:
                 raise ProtocolError("a frame that is not a call")
             kind = envelope.get("kind")
             if kind == "call":
+                if "tag" in envelope:
+                    return self._hand_over(envelope, _checked_tag(envelope), arrived)
                 return self._call(envelope, arrived, iface.run_call)
             if kind == "retry":
                 return self._call(envelope, arrived, iface.accept_retried)
@@ -548,7 +581,50 @@ class Connection:
             log.warning(f"interface {iface.name}: cage {self.caller.cage} at {self.peer}: "
                         f"{exc_string(e, stack=False)}")
             error = e if isinstance(e, ProtocolError) else ProtocolError(f"malformed call: {e}")
-            return codec.encode({"error": wire.error_dict(error)})
+            answer = {"error": wire.error_dict(error)}
+            tag = _tag(envelope)
+            return codec.encode(answer if tag is None else {**answer, "tag": tag})
+
+    def _hand_over(self, envelope: dict[str, Any], tag: int, arrived: float) -> bytes | None:
+        """A tagged call, to the worker pool: the worker that runs it sends its answer, tagged,
+        while this thread reads the calls that follow. The rest is as `_call`."""
+        assert self.caller is not None
+        iface, caller = self.iface, self.caller
+        if _late(envelope) and self._caller_gone():
+            raise ProtocolError("a call that arrived after its caller had gone (the network held it up)")
+        try:
+            request = iface.callee.request(envelope, caller.cage, arrived)
+        except IntakeClosedError:  # stopping: not run, go elsewhere
+            return self._refusal(envelope)
+
+        def answer(outcome: Outcome) -> None:
+            error = outcome.error
+            reply: dict[str, Any]
+            if isinstance(error, IntakeClosedError):  # the cage stopped with it still queued: it never ran
+                reply = {**wire.REFUSED}
+            elif request.expired or isinstance(error, RequestExpiredError):  # late answers are never sent
+                reply = self._deadline_reply(request)
+            elif error is not None:
+                reply = {"error": wire.error_dict(error)}
+            else:
+                reply = outcome.result
+            reply["tag"] = tag
+            self._send(wire.answer_frame(reply, iface.limit, iface.use_pickle, caller.cage))
+            with self.answered:
+                self.tagged -= 1
+                self.answered.notify_all()
+
+        with self.answered:
+            self.tagged += 1
+        iface.lifecycle.submit(request, iface.run_call, envelope, caller, when_done=answer)
+        return None
+
+    def _deadline_reply(self, request: _request.Request) -> dict[str, Any]:
+        assert self.caller is not None
+        log.warning(f"request {request.unique_id} from cage {self.caller.cage} has not been answered in "
+                    f"time, the caller gets a deadline error")
+        return {"error": wire.error_dict(DeadlineError(f"request deadline has expired in cage "
+                                                       f"{self.iface.runtime.name}"))}
 
     def _call(self, envelope: dict[str, Any], arrived: float,
               run: Callable[[dict[str, Any], Identity], dict[str, Any]]) -> bytes:
@@ -563,20 +639,18 @@ class Connection:
         try:
             reply = iface.lifecycle.call(request, run, envelope, self.caller)
         except RequestExpiredError:  # in the queue, or a late answer, which is never sent
-            log.warning(f"request {request.unique_id} from cage {self.caller.cage} has not been answered in "
-                        f"time, the caller gets a deadline error")
-            reply = {"error": wire.error_dict(DeadlineError(f"request deadline has expired in cage "
-                                                            f"{iface.runtime.name}"))}
+            reply = self._deadline_reply(request)
         except RuntimeError as e:  # the worker pool has stopped
             reply = {"error": wire.error_dict(e)}
         return wire.answer_frame(reply, iface.limit, iface.use_pickle, self.caller.cage)
 
     def _caller_gone(self) -> bool:
         """Whether the caller has closed the connection behind the frame just read."""
-        if not self.sock.pending() and not _ready([self.sock.fileno()], 0):
-            return False
-        self.sock.setblocking(False)
+        self.tls.acquire()  # workers' answers wait while the socket does not block
         try:
+            if not self.sock.pending() and not _ready([self.sock.fileno()], 0):
+                return False
+            self.sock.setblocking(False)
             data = self.sock.recv(RECV_SIZE)
         except ssl.SSLWantReadError:
             return False
@@ -584,6 +658,7 @@ class Connection:
             return True
         finally:
             self.sock.settimeout(self.iface.request_timeout)
+            self.tls.release()
         if not data:
             return True
         self.received.extend(self.decoder.feed(data))  # more calls: the caller is there
@@ -606,10 +681,23 @@ class Connection:
             iface.handshaking.pop(self, None)
             iface.connections.discard(self)
             iface.closed.notify_all()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        with self.tls:  # no worker in the middle of an answer
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+def _tag(envelope: Any) -> Any:
+    """The tag of a tagged call (wire.py), None if it is not one."""
+    return envelope.get("tag") if isinstance(envelope, dict) else None
+
+
+def _checked_tag(envelope: dict[str, Any]) -> int:
+    tag = envelope["tag"]
+    if type(tag) is not int:
+        raise ProtocolError("a call's tag must be an integer")
+    return tag
 
 
 def _shut(sock: socket.socket) -> None:
@@ -699,63 +787,91 @@ class Resource(resource.Resource):
                                "kwargs": kwargs, "request": wire.wire_request(request)}, request)
 
     def _exchange(self, envelope: dict[str, Any], request: _request.Request) -> Any:
+        """The answer to `envelope` from an instance of the target. A call made while other
+        calls of this cage to the same target are under way is tagged and goes on the
+        connection they share (_SharedChannel: their frames and answers travel together);
+        one alone goes on this pool connection's own, and runs there on the connection's
+        thread (no hand-off: the least latency). A frame too large to share goes alone."""
         if not self._target:
             raise ResourceInputParameterError("resource rpc needs a target: use pmnc(\"cage\") or rpc__<cage>")
         cluster = self._cluster.get()
         envelope["source"], envelope["target"] = [cluster.node, cluster.cage], self._target
-        try:
-            frame = codec.encode(envelope, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
-        except ProtocolError as e:
-            raise ResourceInputParameterError(f"the call cannot be sent to cage {self._target}: {e}") from None
         if cluster.transport == "nats":
-            reply = natsrpc.call_until_answered(cluster, self._target, frame, request)
+            reply = natsrpc.call_until_answered(cluster, self._target, self._encode(envelope, cluster), request)
             return _result(reply, self._target, self._target, lambda: None)
-        stopping: set[str] = set()  # instances that refused the call: it did not run there
-        while True:
-            channel = self._channel(cluster, request, stopping)
-            reply = channel.exchange(frame, request, cluster)
-            if channel.gone:  # it said goodbye, after its answer or instead of one
-                self._forget(channel, cluster)
-            if not wire.is_refusal(reply):
-                break
-            stopping.add(channel.location.instance)
-            log.debug(f"cage {channel.location} is stopping, the call goes to another instance")
+        calls = _calls_to(cluster, self._target)
+        tag = next(_TAGS) if calls.begin() and envelope["kind"] == "call" else None
+        try:
+            if tag is not None:
+                envelope["tag"] = tag
+            frame = self._encode(envelope, cluster)
+            if tag is not None and len(frame) > SHARED_FRAME_MAX:
+                tag = None
+                del envelope["tag"]
+                frame = self._encode(envelope, cluster)
+            shared = calls if tag is not None else None
+            stopping: set[str] = set()  # instances that refused the call: it did not run there
+            while True:
+                channel = self._channel(cluster, request, stopping, shared)
+                reply = channel.exchange(frame, request, cluster, tag)
+                if channel.gone:  # it said goodbye, after its answer or instead of one
+                    self._forget(channel, cluster, shared)
+                if reply is _UNSENT:  # a shared connection that closed meanwhile: another one
+                    continue
+                if not wire.is_refusal(reply):
+                    break
+                stopping.add(channel.location.instance)
+                log.debug(f"cage {channel.location} is stopping, the call goes to another instance")
+        finally:
+            calls.end()
         return _result(reply, self._target, channel.location.name, channel.close)
 
-    def _forget(self, channel: _Channel, cluster: Cluster) -> None:
-        """An instance that is stopping: its connection closed, the instance skipped."""
-        channel.close()
-        if self._channels.get(channel.location.instance) is channel:
+    def _encode(self, envelope: dict[str, Any], cluster: Cluster) -> bytes:
+        try:
+            return codec.encode(envelope, limit=cluster.max_frame_size, use_pickle=cluster.use_pickle)
+        except ProtocolError as e:
+            raise ResourceInputParameterError(f"the call cannot be sent to cage {self._target}: {e}") from None
+
+    def _forget(self, channel: _Channel | _SharedChannel, cluster: Cluster, shared: _Calls | None) -> None:
+        """An instance that is stopping: no more calls on its connection, the instance skipped."""
+        channel.retire()
+        if shared is not None:
+            shared.drop(channel)
+        elif self._channels.get(channel.location.instance) is channel:
             del self._channels[channel.location.instance]
         cluster.locator.failed(channel.location)
 
-    def _channel(self, cluster: Cluster, request: _request.Request, stopping: set[str]) -> _Channel:
-        """A connection to one live instance, picked at random: an open one if this
-        connection has it, else a new one; failing ones, and those `stopping` (more are
-        found on the way: then the instances are looked up again), are skipped within
-        the budget."""
+    def _channel(self, cluster: Cluster, request: _request.Request, stopping: set[str],
+                 shared: _Calls | None) -> _Channel | _SharedChannel:
+        """A connection to one live instance, picked at random: an open one if there is one
+        (this pool connection's own, or, for a `shared` call, the one the target's calls
+        share), else a new one; failing ones, and those `stopping` (more are found on the
+        way: then the instances are looked up again), are skipped within the budget."""
+        channels: dict[str, Any] = self._channels if shared is None else shared.channels
         while True:
             failures = []
             for location in self._locations(cluster, request, stopping):
-                channel = self._channels.get(location.instance)
+                channel = channels.get(location.instance)
                 if channel is not None:
                     if channel.usable():
-                        return channel
+                        return channel  # type: ignore[no-any-return]
                     if channel.gone:
-                        self._forget(channel, cluster)
+                        self._forget(channel, cluster, shared)
                         stopping.add(location.instance)
                         break  # look the instances up again: a new one may have come meanwhile
-                    channel.close()
+                    channel.retire()
                 try:
-                    channel = _Channel.connect(location, cluster, self._budget(cluster, request))
+                    new = _Channel.connect(location, cluster, self._budget(cluster, request))
                 except ResourceError as e:
                     cluster.locator.failed(location)
                     failures.append(str(e))
                     if request.expired:
                         break
                     continue
-                self._channels[location.instance] = channel
-                return channel
+                if shared is not None:
+                    return shared.share(new, cluster)
+                self._channels[location.instance] = new
+                return new
             if failures or request.expired:
                 raise ResourceError(f"cage {self._target} cannot be reached: {'; '.join(failures) or 'no time left'}",
                                     recoverable=True, terminal=False)
@@ -843,6 +959,9 @@ class _Channel:
         sock.setblocking(False)
         return cls(sock, location, cluster)
 
+    def retire(self) -> None:
+        self.close()
+
     def usable(self) -> bool:
         """Not closed by the other side meanwhile (an instance that died or restarted), nor
         told that it is stopping (`gone`): a reused connection must be good before a call
@@ -863,9 +982,10 @@ class _Channel:
             pass
         return False  # the end of the stream, or bytes nobody asked for
 
-    def exchange(self, frame: bytes, request: _request.Request, cluster: Cluster) -> Any:
-        """The answer to `frame`; a refusal if the instance is stopping and has not run it
-        (then `gone` is set, as it is when a goodbye follows the answer).
+    def exchange(self, frame: bytes, request: _request.Request, cluster: Cluster, tag: int | None = None) -> Any:
+        """The answer to `frame` (this connection carries one call at a time: its `tag`, if
+        it has one, needs no matching); a refusal if the instance is stopping and has not
+        run it (then `gone` is set, as it is when a goodbye follows the answer).
 
         The socket is non-blocking and the waits are polls bounded by the deadline: each
         system call lets the GIL go, and with calls on several threads every such let-go
@@ -921,6 +1041,255 @@ class _Channel:
             self.sock.close()
         except OSError:
             pass
+
+
+# --- calls made at the same time share a connection -------------------------------------------------
+
+SHARED_FRAME_MAX = 65536  # bytes: a larger call goes on a connection of its own (its write is long)
+SHARED_IDLE = 60.0  # seconds a shared connection with no call is kept
+_TAGS = itertools.count(1)  # tags of this cage's shared calls: next() is atomic
+_UNSENT = object()  # what a shared connection that could not take the call answers: not sent, try another
+
+
+class _Calls:
+    """This cage's calls to one target cage: how many are under way, and the connections
+    those made at the same time share, by instance. In `Cluster.links`, closed with it."""
+
+    __slots__ = ("channels", "in_flight", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.channels: dict[str, _SharedChannel] = {}
+
+    def begin(self) -> bool:
+        """One more call under way: True if others are (it shares their connection)."""
+        self.lock.acquire()  # not `with`: twice a call
+        others = self.in_flight
+        self.in_flight = others + 1
+        self.lock.release()
+        return others > 0
+
+    def end(self) -> None:
+        self.lock.acquire()
+        self.in_flight -= 1
+        self.lock.release()
+
+    def share(self, new: _Channel, cluster: Cluster) -> _SharedChannel:
+        """The shared connection to `new`'s instance: `new` becomes it, unless another thread's
+        call made a usable one meanwhile (then `new` is closed)."""
+        with self.lock:
+            current = self.channels.get(new.location.instance)
+            if current is None or not current.usable():
+                current = self.channels[new.location.instance] = _SharedChannel(new, cluster)
+                current.start()
+                return current
+        new.close()
+        return current
+
+    def drop(self, channel: _Channel | _SharedChannel) -> None:
+        with self.lock:
+            if self.channels.get(channel.location.instance) is channel:
+                del self.channels[channel.location.instance]
+
+    def close(self) -> None:
+        with self.lock:
+            channels, self.channels = list(self.channels.values()), {}
+        for channel in channels:
+            channel.close()
+
+
+def _calls_to(cluster: Cluster, target: str) -> _Calls:
+    calls = cluster.links.get(target)
+    if calls is None:
+        calls = cluster.links.setdefault(target, _Calls())  # atomic: two first calls get the same one
+    return calls  # type: ignore[no-any-return]
+
+
+class _Waiter:
+    """A shared call waiting for its answer: `arrived` is released when `answer` is in."""
+
+    __slots__ = ("answer", "arrived")
+
+    def __init__(self) -> None:
+        self.arrived = threading.Lock()
+        self.arrived.acquire()
+        self.answer: Any = None
+
+
+class _SharedChannel:
+    """One TLS connection to one instance, shared by the calls made at the same time: each
+    frame tagged (wire.py), written by whoever finds nobody writing - every frame waiting in
+    one write - and read by a thread of its own that hands each answer to the call waiting
+    for its tag. Waits are bounded by each call's deadline; a call that gives up leaves the
+    connection to the others (its answer, if it comes, is dropped). Every TLS call is made
+    under `tls`, the socket never blocks: OpenSSL forbids two threads in one connection at
+    once. A connection lost fails every call on it (they may have run); a goodbye (the
+    instance stopping) takes no more calls, and those under way get their answers."""
+
+    def __init__(self, channel: _Channel, cluster: Cluster) -> None:
+        self.channel, self.sock, self.location = channel, channel.sock, channel.location
+        self.fd = channel.sock.fileno()
+        self.decoder = codec.FrameDecoder(cluster.max_frame_size, cluster.use_pickle)
+        self.lock = threading.Lock()  # the waiters, the frames to write, the state below
+        self.tls = threading.Lock()
+        self.waiting: dict[int, _Waiter] = {}
+        self.outbox: list[bytes] = []
+        self.writing = False
+        self.lost: str | None = None  # why no more calls go on it (and those under way failed)
+        self.gone = False  # the instance has said it is stopping
+        self.locator = cluster.locator
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, name=f"rpc:{self.location.name}", daemon=True).start()
+
+    def usable(self) -> bool:
+        """Neither lost nor gone, nor closed by the other side (the reader may not have seen it yet)."""
+        if self.lost is not None or self.gone:
+            return False
+        return not _ready([self.fd], 0, select.POLLRDHUP)
+
+    def exchange(self, frame: bytes, request: _request.Request, cluster: Cluster, tag: int | None) -> Any:
+        """The answer to `frame`, tagged `tag`; _UNSENT if this connection could not take it."""
+        assert tag is not None
+        waiter = _Waiter()
+        self.lock.acquire()
+        if self.lost is not None or self.gone:
+            self.lock.release()
+            return _UNSENT
+        self.waiting[tag] = waiter
+        self.lock.release()
+        self._write(frame, request)
+        if not waiter.arrived.acquire(timeout=max(request.remain, 0.0)):
+            with self.lock:
+                self.waiting.pop(tag, None)
+            raise RPCDeadlineError(f"request deadline waiting for a response from cage {self.location.name}")
+        if isinstance(waiter.answer, ResourceError):
+            raise waiter.answer
+        return waiter.answer
+
+    def _write(self, frame: bytes, request: _request.Request) -> None:
+        """Whoever finds nobody writing writes, with every frame that comes meanwhile."""
+        self.lock.acquire()
+        self.outbox.append(frame)
+        if self.writing or self.lost is not None:
+            self.lock.release()
+            return
+        self.writing = True
+        failure = None
+        try:
+            while self.outbox and failure is None:
+                data = b"".join(self.outbox)
+                self.outbox.clear()
+                self.lock.release()
+                try:
+                    failure = self._send(data, request)
+                finally:
+                    self.lock.acquire()
+        finally:
+            self.writing = False
+            self.lock.release()
+        if failure is not None:
+            self._lose(failure)
+
+    def _send(self, data: bytes, request: _request.Request) -> str | None:
+        """None once `data` is written; else why not (the connection is then lost: part of a frame may be out)."""
+        view = memoryview(data)
+        while view:
+            self.tls.acquire()
+            try:
+                view = view[self.sock.send(view):]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+            except (OSError, ValueError) as e:
+                return str(e) or type(e).__name__
+            finally:
+                self.tls.release()
+            if view and not _ready([self.fd], request.remain, select.POLLOUT):
+                return "the other side took nothing within the deadline of a call writing"
+        return None
+
+    def _read(self) -> None:
+        """The reader's thread: answers to their calls, until the connection ends."""
+        why = "closed by the other side"
+        try:
+            while self._next_read():
+                self.tls.acquire()
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except ssl.SSLWantReadError:
+                    continue
+                finally:
+                    self.tls.release()
+                if not data:
+                    break
+                for answer in self.decoder.feed(data):
+                    self._deliver(answer)
+        except ProtocolError as e:
+            why = f"answered with a bad frame: {e}"
+        except (OSError, ValueError) as e:
+            why = str(e) or type(e).__name__
+        self._lose(why)
+
+    def _next_read(self) -> bool:
+        """Wait for data; False when the connection is to close: lost, gone with every call
+        answered, or idle for SHARED_IDLE."""
+        while True:
+            if self.lost is not None or (self.gone and not self.waiting):
+                return False
+            if _ready([self.fd], SHARED_IDLE):
+                return True
+            with self.lock:
+                if not self.waiting and not self.writing:
+                    self.lost = "idle"
+                    return False
+
+    def _deliver(self, answer: Any) -> None:
+        tag = answer.pop("tag", None) if isinstance(answer, dict) else None
+        if tag is None:
+            if not wire.is_refusal(answer):
+                raise ProtocolError("an answer without a tag on a shared connection")
+            self.gone = True  # the goodbye
+            return
+        if wire.is_refusal(answer):
+            self.gone = True
+        with self.lock:
+            waiter = self.waiting.pop(tag, None)
+        if waiter is not None:  # else the call gave up at its deadline
+            waiter.answer = answer
+            waiter.arrived.release()
+
+    def _lose(self, why: str) -> None:
+        """No more calls on it; those under way fail (they may have run)."""
+        with self.lock:
+            if self.lost is None:
+                self.lost = why
+            why, waiting, self.waiting = self.lost, self.waiting, {}
+        if waiting:
+            self.locator.failed(self.location)
+        for waiter in waiting.values():
+            waiter.answer = _failure(self.location, f"connection lost during the call: {why}",
+                                     recoverable=False, terminal=False)
+            waiter.arrived.release()
+        self.close()
+
+    def retire(self) -> None:
+        """No more calls; those under way get their answers, then it closes."""
+        self.gone = True
+        if not self.waiting:
+            self.close()
+
+    def close(self) -> None:
+        """Wakes the reader (which fails the calls still waiting); the socket is closed once
+        nobody is in the middle of a TLS call on it."""
+        if self.lost is None:
+            self.lost = "closed by this cage"
+        _shut(self.sock)
+        if self.tls.acquire(timeout=1.0):
+            try:
+                self.channel.close()
+            finally:
+                self.tls.release()
 
 
 class ExactLink:

@@ -84,6 +84,9 @@ class Cluster:
                                advertise_period=config["advertise_period"],
                                exact_locations=config["exact_locations"])
         self.reverse = ReverseCalls()
+        # This cage's calls to other cages by target, and the connections those made at the
+        # same time share (protocols/rpc.py); each has close(), called when the cluster stops.
+        self.links: dict[str, Any] = {}
         self.settings: dict[str, Any] = config
         self.transport: str = config["transport"]
         self.retry_store: str = config["retry_store"]
@@ -116,6 +119,8 @@ class Cluster:
         return f"pmnc.{self.flock}.call.{cage}"
 
     def stop(self) -> None:
+        for link in list(self.links.values()):
+            link.close()
         self.locator.stop()
         self.reverse.stop()
         if self.bus is not None:

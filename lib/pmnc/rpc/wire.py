@@ -7,6 +7,10 @@ A call is a dict (msgpack-encoded in one frame, see codec.py):
               start, expires; see retry.py)
     source    [node, cage] of the caller (informational: the TLS identity decides)
     target    the cage called
+    tag       (optional) an integer the answer carries back: calls a caller makes while
+              others to the same cage are under way share one connection, tagged, and
+              their answers come in the order they are done; an untagged call is answered
+              before the next frame on its connection is read
     module, method, args, kwargs
     request   id, remain (seconds left when sent), deadline (epoch, informational),
               interface, protocol, description, log_levels, parameters (not `retry`; of
@@ -20,7 +24,9 @@ with the exception's type, message, args, attributes and traceback text;
 the caller rebuilds builtin and framework types and turns any other into
 RemoteError naming the type. `{"refused": "stopping"}` (REFUSED) says
 the callee is stopping: nothing more sent on that connection runs there,
-so the caller tries another instance; it also comes unasked, as a goodbye.
+so the caller tries another instance; it also comes unasked (untagged), as a
+goodbye, after which the tagged calls already under way are still answered.
+Every answer to a tagged call, refusals and errors included, carries its tag.
 """
 
 from __future__ import annotations
@@ -181,4 +187,7 @@ def answer_frame(reply: dict[str, Any], limit: int, use_pickle: bool, caller: st
         return codec.encode(reply, limit=limit, use_pickle=use_pickle)
     except ProtocolError as e:
         log.warning(f"the answer to cage {caller} cannot be sent: {e}")
-        return codec.encode({"error": error_dict(e)}, limit=limit)
+        error = {"error": error_dict(e)}
+        if "tag" in reply:
+            error["tag"] = reply["tag"]
+        return codec.encode(error, limit=limit)
