@@ -421,6 +421,9 @@ class Connection:
         self.decoder = codec.FrameDecoder(iface.limit, iface.use_pickle)
         self.received: collections.deque[Any] = collections.deque()  # frames read, not yet answered
         self.tls = threading.Lock()
+        self.out = threading.Lock()  # the answers waiting to be written, and whether one is being written
+        self.outbox: list[bytes] = []
+        self.writing = False
         self.tagged = 0  # tagged calls handed to the workers and not yet answered
         self.answered = threading.Condition()  # a tagged call has been answered
 
@@ -514,9 +517,33 @@ class Connection:
         return self.iface.refused if tag is None else codec.encode({**wire.REFUSED, "tag": tag})
 
     def _send(self, frame: bytes) -> bool:
-        self.tls.acquire()  # not `with`: once a call
+        """Write `frame`; False if the connection is broken. Answers that workers finish while
+        another is being written wait and go with the next write, all of them in one."""
+        self.out.acquire()  # not `with`: once a call
+        if self.writing:
+            self.outbox.append(frame)  # the writer takes it (if the write fails, the caller sees the loss)
+            self.out.release()
+            return True
+        self.writing = sent = True
         try:
-            self.sock.sendall(frame)
+            while True:
+                self.out.release()
+                try:
+                    sent = sent and self._write(frame)
+                finally:
+                    self.out.acquire()
+                if not self.outbox:
+                    return sent
+                frame = b"".join(self.outbox)
+                self.outbox.clear()
+        finally:
+            self.writing = False
+            self.out.release()
+
+    def _write(self, data: bytes) -> bool:
+        self.tls.acquire()
+        try:
+            self.sock.sendall(data)
         except (OSError, ValueError):  # ValueError: closed meanwhile
             return False
         finally:
