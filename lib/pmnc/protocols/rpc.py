@@ -426,6 +426,7 @@ class Connection:
         self.writing = False
         self.tagged = 0  # tagged calls handed to the workers and not yet answered
         self.answered = threading.Condition()  # a tagged call has been answered
+        self.closing = False  # the goodbye waits for the tagged calls' answers: tell it of each
 
     def serve(self) -> None:
         try:
@@ -510,6 +511,7 @@ class Connection:
             if envelope is None or not self._send(self._refusal(envelope)):
                 break
         with self.answered:  # every call handed to the workers ends by its deadline
+            self.closing = True
             self.answered.wait_for(lambda: not self.tagged, self.iface.request_timeout)
 
     def _refusal(self, envelope: Any) -> bytes:
@@ -637,12 +639,15 @@ class Connection:
                 reply = outcome.result
             reply["tag"] = tag
             self._send(wire.answer_frame(reply, iface.limit, iface.use_pickle, caller.cage))
-            with self.answered:
-                self.tagged -= 1
+            self.answered.acquire()  # the Condition's lock itself: no `with`, once a call
+            self.tagged -= 1
+            if self.closing:
                 self.answered.notify_all()
+            self.answered.release()
 
-        with self.answered:
-            self.tagged += 1
+        self.answered.acquire()
+        self.tagged += 1
+        self.answered.release()
         iface.lifecycle.submit(request, iface.run_call, envelope, caller, when_done=answer)
         return None
 
