@@ -435,15 +435,18 @@ def test_a_copy_of_a_handled_message_is_acknowledged_without_running_again(proxy
 
 
 def test_the_handled_ids_survive_a_cage_restart(amq_broker: AmqBroker, in_process_cage: Any) -> None:
-    """The broker is killed (SIGKILL) while the handler works; the handler then succeeds, its
-    acknowledgement cannot be sent, and the cage is stopped while the broker is down. A new cage
-    on the same install tree (the same state) gets the message again from the restarted broker
-    (KahaDB kept it) and acknowledges it without running the handler."""
+    """The broker is killed (SIGKILL) while the handler works; once the cage has seen the
+    connection go, the handler succeeds, its acknowledgement cannot be sent, and the cage is
+    stopped while the broker is down. A new cage on the same install tree (the same state) gets
+    the message again from the restarted broker (KahaDB kept it) and acknowledges it without
+    running the handler. (Had the handler finished before the cage saw the connection go, the
+    acknowledgement would have gone into the dead socket without an error, and nothing said so.)"""
     name = unique()
     cage = cage_with(in_process_cage, amq_broker.config(queue=name), log_level="INFO")
     send(amq_broker, name, "block:go", "after")
     wait_until(lambda: texts(cage.cage_dir) == ["block:go"], message="the handler running")
     amq_broker.kill()
+    wait_until(lambda: "was lost" in cage.log_text(), message="the cage seeing the connection go")
     (cage.cage_dir / "go").touch()
     wait_until(lambda: "an acknowledgement was not sent" in cage.log_text(), message="the ack lost")
     cage.stop()
