@@ -421,9 +421,7 @@ class Connection:
         self.decoder = codec.FrameDecoder(iface.limit, iface.use_pickle)
         self.received: collections.deque[Any] = collections.deque()  # frames read, not yet answered
         self.tls = threading.Lock()
-        self.out = threading.Lock()  # the answers waiting to be written, and whether one is being written
-        self.outbox: list[bytes] = []
-        self.writing = False
+        self.out = _Outbox()  # answers that workers finish while another is being written go with the next
         self.tagged = 0  # tagged calls handed to the workers and not yet answered
         self.answered = threading.Condition()  # a tagged call has been answered
         self.closing = False  # the goodbye waits for the tagged calls' answers: tell it of each
@@ -519,38 +517,18 @@ class Connection:
         return self.iface.refused if tag is None else codec.encode({**wire.REFUSED, "tag": tag})
 
     def _send(self, frame: bytes) -> bool:
-        """Write `frame`; False if the connection is broken. Answers that workers finish while
-        another is being written wait and go with the next write, all of them in one."""
-        self.out.acquire()  # not `with`: once a call
-        if self.writing:
-            self.outbox.append(frame)  # the writer takes it (if the write fails, the caller sees the loss)
-            self.out.release()
-            return True
-        self.writing = sent = True
-        try:
-            while True:
-                self.out.release()
-                try:
-                    sent = sent and self._write(frame)
-                finally:
-                    self.out.acquire()
-                if not self.outbox:
-                    return sent
-                frame = b"".join(self.outbox)
-                self.outbox.clear()
-        finally:
-            self.writing = False
-            self.out.release()
+        """Write `frame` (or leave it to the worker writing); False if the connection is broken."""
+        return self.out.write(frame, self._write) is None
 
-    def _write(self, data: bytes) -> bool:
+    def _write(self, data: bytes) -> str | None:
         self.tls.acquire()
         try:
             self.sock.sendall(data)
-        except (OSError, ValueError):  # ValueError: closed meanwhile
-            return False
+        except (OSError, ValueError) as e:  # ValueError: closed meanwhile
+            return str(e) or type(e).__name__
         finally:
             self.tls.release()
-        return True
+        return None
 
     def _read_frame(self, *, wake: bool, until: float | None = None) -> Any:
         """The next frame's object; None when the caller goes (or stays idle too long, or
@@ -1138,6 +1116,46 @@ def _calls_to(cluster: Cluster, target: str) -> _Calls:
     return calls  # type: ignore[no-any-return]
 
 
+class _Outbox:
+    """Frames from several threads onto one connection: whoever finds nobody writing writes, with
+    every frame that comes meanwhile - all of those in one write. `send(data)` gives None once
+    `data` is out, else why not; what still waits is then dropped (the connection is broken)."""
+
+    __slots__ = ("frames", "lock", "writing")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.frames: list[bytes] = []
+        self.writing = False
+
+    def write(self, frame: bytes, send: Callable[[bytes], str | None]) -> str | None:
+        """None once `frame` is written or left to the thread writing; else why writing failed."""
+        lock = self.lock
+        lock.acquire()  # not `with`: once a call
+        if self.writing:
+            self.frames.append(frame)
+            lock.release()
+            return None
+        self.writing = True
+        try:
+            while True:
+                lock.release()
+                try:
+                    failure = send(frame)
+                finally:
+                    lock.acquire()
+                if failure is not None:
+                    self.frames.clear()
+                    return failure
+                if not self.frames:
+                    return None
+                frame = b"".join(self.frames)
+                self.frames.clear()
+        finally:
+            self.writing = False
+            lock.release()
+
+
 class _Waiter:
     """A shared call waiting for its answer: `arrived` is released when `answer` is in."""
 
@@ -1163,11 +1181,10 @@ class _SharedChannel:
         self.channel, self.sock, self.location = channel, channel.sock, channel.location
         self.fd = channel.sock.fileno()
         self.decoder = codec.FrameDecoder(cluster.max_frame_size, cluster.use_pickle)
-        self.lock = threading.Lock()  # the waiters, the frames to write, the state below
+        self.lock = threading.Lock()  # the waiters and the state below
         self.tls = threading.Lock()
         self.waiting: dict[int, _Waiter] = {}
-        self.outbox: list[bytes] = []
-        self.writing = False
+        self.out = _Outbox()
         self.lost: str | None = None  # why no more calls go on it (and those under way failed)
         self.gone = False  # the instance has said it is stopping
         self.locator = cluster.locator
@@ -1201,26 +1218,9 @@ class _SharedChannel:
         return waiter.answer
 
     def _write(self, frame: bytes, request: _request.Request) -> None:
-        """Whoever finds nobody writing writes, with every frame that comes meanwhile."""
-        self.lock.acquire()
-        self.outbox.append(frame)
-        if self.writing or self.lost is not None:
-            self.lock.release()
+        if self.lost is not None:  # every call waiting on it has been failed
             return
-        self.writing = True
-        failure = None
-        try:
-            while self.outbox and failure is None:
-                data = b"".join(self.outbox)
-                self.outbox.clear()
-                self.lock.release()
-                try:
-                    failure = self._send(data, request)
-                finally:
-                    self.lock.acquire()
-        finally:
-            self.writing = False
-            self.lock.release()
+        failure = self.out.write(frame, lambda data: self._send(data, request))
         if failure is not None:
             self._lose(failure)
 
@@ -1272,7 +1272,7 @@ class _SharedChannel:
             if _ready([self.fd], SHARED_IDLE):
                 return True
             with self.lock:
-                if not self.waiting and not self.writing:
+                if not self.waiting and not self.out.writing:
                     self.lost = "idle"
                     return False
 
