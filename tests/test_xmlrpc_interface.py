@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, InProcessCage, Pki, http_config, http_request, module_source, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pmnc.protocols.xmlrpc import _fast_call, dumps_result, parse_call
+from pmnc.protocols.xmlrpc import CallError, _careful_call, _read_call, _tree_call, dumps_result, parse_call
 
 HANDLER = module_source("""
     import os
@@ -323,17 +323,75 @@ _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
 def test_fast_decoding_equals_the_standard_librarys(args: list[Any], method: str) -> None:
     data = xmlrpc.client.dumps(tuple(args), method).encode("utf-8")
     expected_args, expected_method = xmlrpc.client.loads(data, use_builtin_types=True)
-    assert _fast_call(data) == (expected_method, expected_args)
+    assert _read_call(data) == (expected_method, expected_args)
+    assert _tree_call(data) == (expected_method, expected_args)
     assert parse_call(data) == (expected_method, expected_args)
 
 
 def test_unusual_bodies_take_the_careful_way() -> None:
     with_nil = xmlrpc.client.dumps((None,), "m", allow_none=True).encode()
-    assert _fast_call(with_nil) is None and parse_call(with_nil) == ("m", (None,))
-    latin = xmlrpc.client.dumps(("é",), "m", encoding="iso-8859-1").encode("iso-8859-1")
-    assert _fast_call(latin) is None and parse_call(latin) == ("m", ("é",))
+    assert _read_call(with_nil) is None and _tree_call(with_nil) is None and parse_call(with_nil) == ("m", (None,))
+    latin = xmlrpc.client.dumps(("Ã©",), "m", encoding="iso-8859-1").encode("iso-8859-1")  # whose bytes are UTF-8 too
+    assert _read_call(latin) is None and _tree_call(latin) is None and parse_call(latin) == ("m", ("Ã©",))
     commented = b"<?xml version='1.0'?><!-- hi --><methodCall><methodName>m</methodName></methodCall>"
-    assert _fast_call(commented) is None and parse_call(commented) == ("m", ())
+    assert _read_call(commented) is None and _tree_call(commented) is None and parse_call(commented) == ("m", ())
+    crlf = xmlrpc.client.dumps(("a\nb",), "m").replace("\n", "\r\n").encode()  # XML makes each line end \n
+    assert _read_call(crlf) is None and parse_call(crlf) == ("m", ("a\nb",))
+
+
+def test_the_first_road_reads_references_and_spacing_as_expat_does() -> None:
+    data = (b'<?xml version="1.0" encoding="UTF-8"?>\n<methodCall> <methodName>m</methodName>\r\n<params>'
+            b"<param> <value>\t<string>&lt;&#65;&#x1F600;&amp;&gt;&quot;&apos;</string>\n</value></param>"
+            b"<param><value>  </value></param>"
+            b"<param><value><struct> <member><name>k&amp;</name> <value><i4>7</i4></value> </member></struct>"
+            b"</value></param></params></methodCall>\n")
+    expected = ("m", ("<A\U0001F600&>\"'", "  ", {"k&": 7}))
+    assert _read_call(data) == expected and _careful_call(data) == expected
+
+
+@pytest.mark.parametrize("text", ["&#0;", "&#xD800;", "&#xFFFE;", "&#x110000;", "&bogus;", "a & b", "\x01", "]]>"])
+def test_what_xml_refuses_in_a_text_is_refused(text: str) -> None:
+    data = f"<methodCall><methodName>m</methodName><params><param><value><string>{text}</string></value>" \
+           "</param></params></methodCall>"
+    assert _read_call(data.encode()) is None
+    with pytest.raises(CallError):
+        parse_call(data.encode())
+
+
+# Pieces that, put anywhere in a body, make it something the first road must read exactly as
+# expat and the unmarshaller do, or leave: spacing, references valid and not, characters XML
+# refuses, markup it does not expect.
+_PIECES = (" ", "\t", "\n", "\r", "\r\n", "&amp;", "&lt;", "&#65;", "&#x41;", "&#0;", "&#xD800;", "&#xFFFE;",
+           "&#x10FFFF;", "&#x110000;", "&bogus;", "&", ">", "]]>", "\x01", "\x7f", "\ufeff", "\ufffe", "é",
+           "<value>", "</value>", "<int>", "</int>", "<string>", "<param>", "</param>", "<member>", "</member>",
+           "<name>", "</name>", "<array>", "<data>", "</data>", "<struct>", "</struct>", "<value/>", "<nil/>",
+           "<!-- c -->", "<?pi x?>", "<![CDATA[x]]>", "<value a='1'>", "1", "x", "0", "2", "T", "</params>",
+           "</methodCall>", "<?xml version='1.0'?>", "<?xml version='1.0' encoding='latin-1'?>")
+_HARMLESS = (" ", "\n", "\t", "&amp;", "&#65;", "&#x1F600;", "é")  # often, so that many edited bodies are read
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_values, max_size=2), st.booleans(),
+       st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(_PIECES) | st.sampled_from(_HARMLESS) | st.none(),
+                                 st.booleans()), max_size=3))
+def test_the_first_road_reads_only_what_expat_reads_alike(args: list[Any], compact: bool,
+                                                          edits: list[tuple[int, str | None, bool]]) -> None:
+    text = xmlrpc.client.dumps(tuple(args), "m")
+    if compact:
+        text = text.replace("\n", "")
+    for at, piece, between_tags in edits:  # most often where one tag ends or the next begins
+        if piece is None:  # no piece: a tag taken out
+            starts = [i for i, c in enumerate(text) if c == "<"]
+            at = starts[at % len(starts)]
+            text = text[:at] + text[text.index(">", at) + 1:]
+            continue
+        places = [i for i, c in enumerate(text) if c == "<"] + [i + 1 for i, c in enumerate(text) if c == ">"]
+        at = places[at % len(places)] if between_tags else at % (len(text) + 1)
+        text = text[:at] + piece + text[at:]
+    data = text.encode("utf-8")
+    read = _read_call(data)
+    if read is not None:
+        assert read == _careful_call(data)
 
 
 # --- the fast encoder writes what the standard library writes -----------------------------------------
