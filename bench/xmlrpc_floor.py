@@ -8,7 +8,7 @@ process of its own beside the standard library's threaded server, under
 xmlrpc_echo's own raw clients (2 processes x 4 threads, keep-alive):
 
 - guarded: the call parsed by pmnc's own `parse_call` and the answer made by
-  the standard library's `xmlrpc.client.dumps`, as the cage does;
+  its own `dumps_result`, as the cage does;
 - unmarshalled: the same, with the answer's bytes made once (no marshalling);
 - no_xml: the same, with neither parsing nor marshalling (the call's value
   known in advance): what the server costs around the XML.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
 import guarded_floor as floor
 import xmlrpc_echo
-from pmnc.protocols.xmlrpc import parse_call
+from pmnc.protocols.xmlrpc import dumps_result, parse_call
 
 MODES = ("guarded", "unmarshalled", "no_xml")
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\nCache-Control: no-cache\r\n"
@@ -59,8 +59,8 @@ def serve(mode: str) -> None:
         method, args = ("echo", (xmlrpc_echo.VALUE,)) if mode == "no_xml" else parse_call(flight.body)
         response: dict[str, Any] = {"result": None}
         floor.MODULE.call("process_request", ({"method": method, "args": args}, response))
-        body = ANSWER if mode != "guarded" else xmlrpc.client.dumps(
-            (response["result"],), methodresponse=True, encoding="utf-8").encode("utf-8", "xmlcharrefreplace")
+        body = ANSWER if mode != "guarded" else dumps_result(
+            response["result"], "utf-8", allow_none=False).encode("utf-8", "xmlcharrefreplace")
         keep_alive = flight.keep_alive
         return b"".join((HEAD, str(len(body)).encode(), b"\r\nConnection: keep-alive\r\n\r\n" if keep_alive
                          else b"\r\nConnection: close\r\n\r\n", body)), keep_alive
