@@ -193,6 +193,31 @@ def test_threads_start_lazily_up_to_size(make_pool: Callable[..., WorkerPool]) -
     assert len(threads_of(pool)) == 3
 
 
+def test_a_put_off_wake_is_paid_once_and_wakes_enough_threads_for_every_unit(
+        make_pool: Callable[..., WorkerPool]) -> None:
+    # the event loop queues a burst of requests without waking anyone, then pays once before it waits
+    pool = make_pool(3)
+    blockers = [Blocker() for _ in range(3)]
+    futures = [pool.enqueue(WorkUnit(infinite(), b, (), None), wake=False) for b in blockers]
+    assert threads_of(pool) == [] and pool.queued == 3  # nobody woken yet
+    pool.pay_owed_wake()
+    wait_until(lambda: all(b.started.is_set() for b in blockers), message="each unit on a thread of its own")
+    assert len(threads_of(pool)) == 3
+    for b in blockers:
+        b.release.set()
+    assert [f.result(5.0) for f in futures] == ["unblocked"] * 3
+
+
+def test_a_thread_finishing_its_unit_takes_one_queued_without_a_wake(make_pool: Callable[..., WorkerPool]) -> None:
+    pool = make_pool(1)
+    blocker = Blocker()
+    pool.submit(infinite(), blocker)
+    assert blocker.started.wait(5.0)
+    after = pool.enqueue(WorkUnit(infinite(), lambda: "taken", (), None), wake=False)
+    blocker.release.set()
+    assert after.result(5.0) == "taken"  # no pay_owed_wake: the busy thread looked at the queue again
+
+
 def test_idle_threads_retire(make_pool: Callable[..., WorkerPool]) -> None:
     pool = make_pool(2, idle_timeout=0.05)
     pool.submit(infinite(), lambda: None).result(5.0)

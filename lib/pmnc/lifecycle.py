@@ -248,10 +248,11 @@ class Lifecycle:
         first (InFlight.expire/abandon)."""
         return self.enqueue(InFlight(self.intake, request, fn, args, when_done))
 
-    def enqueue(self, flight: InFlight) -> InFlight:
-        """`submit` for an interface's own kind of InFlight (one that overrides `deliver`)."""
+    def enqueue(self, flight: InFlight, wake: bool = True) -> InFlight:
+        """`submit` for an interface's own kind of InFlight (one that overrides `deliver`);
+        `wake=False` from the event loop only (see WorkerPool.enqueue)."""
         try:
-            self.workers.enqueue(flight)
+            self.workers.enqueue(flight, wake)
         except RuntimeError:  # the worker pool has stopped
             flight._refused(IntakeClosedError("the cage is shutting down"))
         return flight

@@ -1,13 +1,18 @@
 """The cage's one asyncio event loop, running in its own thread.
 
 Listeners and connections live here; user code never does. Work crosses to
-the worker pool and results come back with `call_soon_threadsafe`.
+the worker pool, and the worker woken for it is woken once, just before the
+loop next waits (`before_waiting`): a burst of requests read in one turn of
+the loop costs one wake-up, and a worker that finishes meanwhile takes the
+next without any. Results come back with `post`, which shares one
+`call_soon_threadsafe` among all that arrive between two turns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import selectors
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -16,8 +21,9 @@ T = TypeVar("T")
 
 
 class EventLoopThread:
-    def __init__(self, name: str = "asyncio") -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, name: str = "asyncio", before_waiting: Callable[[], None] | None = None) -> None:
+        """`before_waiting()` runs on the loop each time it is about to wait for events."""
+        self.loop = asyncio.SelectorEventLoop(_Selector(before_waiting)) if before_waiting else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._posted: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
         self._wakeup_pending = False
@@ -62,3 +68,15 @@ class EventLoopThread:
         self._thread.join(timeout)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+class _Selector(selectors.DefaultSelector):  # the platform's best: epoll here
+    """The loop's selector, calling `before_waiting` each time before it waits for events."""
+
+    def __init__(self, before_waiting: Callable[[], None]) -> None:
+        super().__init__()
+        self._before_waiting = before_waiting
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self._before_waiting()
+        return super().select(timeout)

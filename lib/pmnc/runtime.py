@@ -97,7 +97,8 @@ class Runtime:
         built_in = {"state": self._state_resource, "pmnc": self._outbox_resource}
         self._resources = ResourcePools(self.loader, thread_count, sweep_period, cluster=self.cluster,
                                         built_in=built_in, interfaces=self.interface, statistics=self.statistics)
-        self._loop = EventLoopThread()
+        # the HTTP interfaces queue requests from the loop with the worker's wake put off till it next waits
+        self._loop = EventLoopThread(before_waiting=self._workers.pay_owed_wake)
         self._loop.start()
         self.cluster.start()
 

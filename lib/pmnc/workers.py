@@ -135,6 +135,7 @@ class WorkerPool:
         self._inline = 0  # slots taken by call() on callers' own threads
         self._stopped = False
         self._serial = 0
+        self._owed = False  # a wake put off by enqueue(wake=False), for pay_owed_wake
         self.processed = 0
 
     def submit(self, request: Request, fn: Callable[..., Any], *args: Any,
@@ -144,8 +145,12 @@ class WorkerPool:
         cancelled. Or wait for it with `unit.result(timeout)`."""
         return self.enqueue(WorkUnit(request, fn, args, when_done))
 
-    def enqueue(self, unit: WorkUnit) -> WorkUnit:
-        """`submit` of a unit made by the caller (the request lifecycle's own kind)."""
+    def enqueue(self, unit: WorkUnit, wake: bool = True) -> WorkUnit:
+        """`submit` of a unit made by the caller (the request lifecycle's own kind).
+
+        `wake=False` puts off waking a thread for it until `pay_owed_wake()`, which
+        the caller must call soon (the event loop does, before it next waits);
+        meanwhile a thread that finishes its unit takes this one without a wake."""
         request = unit.request
         deadline = request.deadline
         self._mutex.acquire()  # not `with`: its enter and exit calls cost as much again, once a request
@@ -154,7 +159,10 @@ class WorkerPool:
                 raise RuntimeError(f"worker pool {self.name} has been stopped")
             # request.sort_key(), inline: earliest deadline first, infinite requests last, then arrival
             heapq.heappush(self._queue, (_NEVER if deadline is None else deadline, request.sequence, unit))
-            self._wake()
+            if wake:
+                self._wake()
+            else:
+                self._owed = True
             depth = len(self._queue)
         finally:
             self._mutex.release()
@@ -198,6 +206,14 @@ class WorkerPool:
             raise RequestExpiredError("request deadline has expired while it was being processed") from None
         except CancelledError:
             raise RequestExpiredError("request has been cancelled") from None
+
+    def pay_owed_wake(self) -> None:
+        """The wake enqueue(wake=False) put off, if the unit is still waiting for a thread."""
+        if self._owed:
+            self._mutex.acquire()
+            self._owed = False
+            self._wake()
+            self._mutex.release()
 
     def _wake(self) -> None:
         """(Under the mutex.) A thread for the queue, unless one is coming already, while a

@@ -618,7 +618,7 @@ class Connection(asyncio.Protocol):
         self.current = flight = _InFlight(self, request, http, keep_alive)
         assert request.deadline is not None
         self._arm(request.deadline)
-        iface.lifecycle.enqueue(flight)
+        iface.lifecycle.enqueue(flight, wake=False)  # the loop wakes a worker before it next waits
 
     def finished(self, data: bytes, keep_alive: bool) -> None:
         """The answer to the current request is ready (on the loop)."""
