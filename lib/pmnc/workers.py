@@ -211,9 +211,11 @@ class WorkerPool:
         """The wake enqueue(wake=False) put off, if the unit is still waiting for a thread."""
         if self._owed:
             self._mutex.acquire()
-            self._owed = False
-            self._wake()
-            self._mutex.release()
+            try:
+                self._owed = False
+                self._wake()  # may start a thread, which can fail: the mutex must not stay held
+            finally:
+                self._mutex.release()
 
     def _wake(self) -> None:
         """(Under the mutex.) A thread for the queue, unless one is coming already, while a
