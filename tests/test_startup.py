@@ -334,6 +334,64 @@ def test_interface_added_and_removed_in_config_interfaces(cage_process) -> None:
     assert hello(cage.port("http"))
 
 
+# --- CPU placement -------------------------------------------------------------------------
+
+
+def placed_config(cpu_affinity: object) -> str:
+    """config_interfaces.py as make_tree writes it (one interface, http), with `cpu_affinity`."""
+    return config_source({"interfaces": ("http",), "request_timeout": 10.0, "thread_count": 10,
+                          "sweep_period": 15.0, "log_level": "LOG", "cpu_affinity": cpu_affinity})
+
+
+def thread_cpus(pid: int) -> set[frozenset[int]]:
+    """The distinct CPU sets the threads of process `pid` may run on."""
+    cpus = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            cpus.add(frozenset(os.sched_getaffinity(int(tid))))
+        except ProcessLookupError:  # the thread has just ended
+            pass
+    return cpus
+
+
+needs_two_cpus = pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                                    reason="placing threads on CPUs needs Linux and two CPUs to choose from")
+
+
+@needs_two_cpus
+def test_cpu_affinity_keeps_every_thread_on_its_cpus_and_follows_the_config(cage_process) -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    first, second = allowed[0], allowed[-1]
+    cage = cage_process(interfaces={"http": http_config()}, files={"config_interfaces.py": placed_config((first,))})
+    pid = cage.child_pids()[-1]
+    port = cage.port()
+    assert hello(port)  # the loop, a worker and the threads started for them are all there now
+    assert thread_cpus(pid) == {frozenset({first})}
+    cage.wait_for_log(rf"the cage's threads run on CPU\(s\) {first}\n")
+
+    write_file(cage.cage_dir / "config_interfaces.py", placed_config(second))
+    wait_until(lambda: thread_cpus(pid) == {frozenset({second})}, 5.0, message=f"every thread on CPU {second}")
+    assert hello(port)
+
+    write_file(cage.cage_dir / "config_interfaces.py", placed_config((first, 4095)))  # not a CPU it may use
+    cage.wait_for_log(r"cpu_affinity \[\d+, 4095\] names CPUs this process may not run on.*stay where they are")
+    assert thread_cpus(pid) == {frozenset({second})}
+
+    write_file(cage.cage_dir / "config_interfaces.py", placed_config(None))
+    wait_until(lambda: thread_cpus(pid) == {frozenset(allowed)}, 5.0, message="every thread back on every CPU")
+    cage.wait_for_log("the cage's threads run where the system puts them")
+    assert hello(port)
+
+
+def test_cpu_affinity_naming_a_cpu_not_allowed_stops_the_boot(cage_process) -> None:
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("cpu_affinity is honoured on Linux only")
+    cage = cage_process(interfaces={"http": http_config()}, files={"config_interfaces.py": placed_config(4095)},
+                        ready=False)
+    cage.wait_for_log(r"cpu_affinity \[4095\] names CPUs this process may not run on \(it may run on \[")
+    assert "the cage is ready" not in cage.log_text()
+
+
 # --- self-test -----------------------------------------------------------------------------
 
 

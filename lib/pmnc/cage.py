@@ -1,12 +1,12 @@
 """One cage: boot, maintenance and shutdown, in the original's order.
 
-Boot:      stdlib logging bridged → log level → loader (watching files) → state file checked (a
+Boot:      stdlib logging bridged → log level, CPUs (placement.py) → loader (watching files) → state file checked (a
            damaged one stops the boot) → worker pool and resource pools →
            event loop → branches of two-phase commits left prepared are
            finished (transaction.recover_in_doubt) → intake opens →
            interfaces start, in the configured order → in a cage named
            health_monitor, its probes of the other cages (monitor/health.py).
-Every 1 s: re-read the log level and whether statistics are taken;
+Every 1 s: re-read the log level, whether statistics are taken, the CPUs;
            start, stop or restart interfaces whose configuration changed,
            retry those that failed to start (with a back-off), say if a
            handler module went missing; sweep resource
@@ -33,6 +33,7 @@ from pmnc.errors import ConfigError, ModuleError, exc_string
 from pmnc.interfaces import InterfaceManager
 from pmnc.loader import Loader
 from pmnc.monitor.health import start_health_monitor
+from pmnc.placement import Placement
 from pmnc.runtime import Runtime
 from pmnc.schema import INTERFACES_KEYS
 from pmnc.state import KEYS as STATE_KEYS
@@ -53,6 +54,7 @@ class Cage:
         self.runtime.interface_names = self.interfaces.names
         self._recovery_due: float | None = None
         self._recovery: threading.Thread | None = None
+        self.placement = Placement()
 
     def settings(self) -> dict[str, Any]:
         """config_interfaces.py, every key (schema.INTERFACES_KEYS); ConfigError for an unknown one."""
@@ -61,6 +63,7 @@ class Cage:
     def start(self) -> None:
         log.bridge_stdlib()  # what drivers and asyncio log through stdlib logging reaches the cage log
         settings = self.settings()  # a key it does not know stops the boot: the cage would not run as meant
+        self.placement.check(settings["cpu_affinity"])  # so do CPUs it may not run on
         self._apply_settings()
         self.loader.start()
         self.runtime.request_timeout = settings["request_timeout"]
@@ -105,9 +108,9 @@ class Cage:
         self._recovery_due = None if done else time.monotonic() + RECOVERY_PERIOD
 
     def _apply_settings(self) -> None:
-        """The log level, `statistics` and `request_timeout` (of calls made outside any request,
-        rpc/calls.py) of config_interfaces.py, re-read every second; kept as they are while the
-        file cannot be used."""
+        """The log level, `statistics`, `request_timeout` (of calls made outside any request,
+        rpc/calls.py) and `cpu_affinity` of config_interfaces.py, re-read every second; kept as
+        they are while the file cannot be used."""
         try:
             settings = self.settings()
             log.set_level(settings["log_level"])
@@ -115,6 +118,10 @@ class Cage:
             log.error(f"config_interfaces.py cannot be used, the log level stays as it is: {e}")
             return
         self.runtime.request_timeout = settings["request_timeout"]
+        try:
+            self.placement.apply(settings["cpu_affinity"])
+        except ConfigError as e:
+            log.error(f"{e}; the threads stay where they are")
         statistics = self.runtime.statistics
         if statistics.enabled != settings["statistics"]:
             statistics.enabled = settings["statistics"]
