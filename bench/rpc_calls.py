@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -96,6 +97,7 @@ CAGE_CONFIG = '''config = dict(
     thread_count={thread_count!r},
     sweep_period=15.0,
     log_level="LOG",
+    cpu_affinity={cpu_affinity!r},
 )
 
 # EOF
@@ -249,6 +251,19 @@ class Cage:
         kill_cage_processes(self.log_text())
 
 
+PIN: tuple[int, int] | None = None  # --pin: the CPUs of the callers and of the callees, both pmnc's and Pyro5's
+CALLER, CALLEE = 0, 1
+
+
+def kept_on(side: int) -> tuple[int] | None:
+    """A cage's cpu_affinity: its side's CPU under --pin."""
+    return None if PIN is None else (PIN[side],)
+
+
+def pinned() -> str:
+    return "" if PIN is None else f", callers kept on CPU {PIN[CALLER]} and callees on CPU {PIN[CALLEE]}"
+
+
 class PmncCages:
     """Cages `echo` and `caller` in a temporary install tree; the caller runs the calls.
     With transport "nats" the tree's config_cluster.py sends calls through the nats-server `broker`."""
@@ -277,18 +292,19 @@ class PmncCages:
         self.echo.folder.mkdir()
         (self.echo.folder / "echo.py").write_text(ECHO_MODULE)
         (self.echo.folder / "config_interfaces.py").write_text(CAGE_CONFIG.format(
-            interfaces=("rpc",), request_timeout=10.0, thread_count=thread_count))
+            interfaces=("rpc",), request_timeout=10.0, thread_count=thread_count, cpu_affinity=kept_on(CALLEE)))
         self.caller.folder.mkdir()
         (self.caller.folder / "interface_http.py").write_text(CALLER_HANDLER)
         (self.caller.folder / "config_interfaces.py").write_text(CAGE_CONFIG.format(
-            interfaces=("rpc", "http"), request_timeout=REQUEST_TIMEOUT, thread_count=thread_count))
+            interfaces=("rpc", "http"), request_timeout=REQUEST_TIMEOUT, thread_count=thread_count,
+            cpu_affinity=kept_on(CALLER)))
         config = (ROOT / "cages" / "sample" / "config_interface_http.py").read_text()
         config, count = re.subn(r"listener_address\s*=\s*\([^)]*\)", f'listener_address=("{HOST}", 0)', config)
         if count != 1:
             raise RuntimeError("cages/sample/config_interface_http.py: no listener_address to rewrite")
         (self.caller.folder / "config_interface_http.py").write_text(config)
         self.description = (f"{pmnc_version()}: cages echo (rpc) and caller (rpc, http), "
-                            f"{thread_count} worker threads each")
+                            f"{thread_count} worker threads each{pinned()}")
         if self.broker is not None:
             self.description += f", transport nats through {self.broker.url}"
 
@@ -535,8 +551,10 @@ class PyroServer:
                                              *self._tls_args()],
                                             cwd=self.base, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
+        if PIN is not None:  # before it serves: the threads it starts inherit it
+            os.sched_setaffinity(self.process.pid, {PIN[CALLEE]})
         match = wait_until(self._listening, START_TIMEOUT, "Pyro5: its banner line")
-        self.description, self.uri = match.group(1), match.group(2)
+        self.description, self.uri = match.group(1) + pinned(), match.group(2)
 
     def _listening(self) -> re.Match[str] | None:
         assert self.process is not None
@@ -551,8 +569,9 @@ class PyroServer:
         command = [sys.executable, str(Path(__file__).resolve()), "--pyro-client", self.uri,
                    "--serializer", serializer, "--calls", str(calls), "--threads", str(threads),
                    "--warmup", str(warmup), "--server-pid", str(self.process.pid), *self._tls_args()]
+        keep = None if PIN is None else functools.partial(os.sched_setaffinity, 0, {PIN[CALLER]})
         done = subprocess.run(command, cwd=self.base, capture_output=True, text=True,
-                              timeout=REQUEST_TIMEOUT * 2, check=False)
+                              timeout=REQUEST_TIMEOUT * 2, check=False, preexec_fn=keep)
         if done.returncode != 0:
             raise RuntimeError(f"the Pyro5 client ({serializer}) failed with code {done.returncode}:\n"
                                f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -761,6 +780,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--transport", choices=TRANSPORTS, default="direct",
                         help="direct: the cages' own TLS connections (the default); nats: those AND calls "
                              "through a nats-server started for the run, in the same run")
+    parser.add_argument("--pin", metavar="CALLER,CALLEE",
+                        help="keep the calling side (the caller cage, the Pyro5 client) on CPU CALLER and the "
+                             "called (the echo cage, the Pyro5 server) on CPU CALLEE (default: neither kept)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree and logs, print where")
     parser.add_argument("--serve-pyro", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pyro-client", metavar="URI", help=argparse.SUPPRESS)
@@ -780,6 +802,12 @@ def main(argv: list[str]) -> int:
         parser.error("--calls and --threads must be at least 2, --warmup at least 1")
     if not args.serializers or not set(args.serializers) <= set(SERIALIZERS):
         parser.error(f"--serializers: some of {', '.join(SERIALIZERS)}")
+    if args.pin is not None:
+        cpus = tuple(int(cpu) for cpu in args.pin.split(",") if cpu.strip().isdigit())
+        if len(cpus) != 2 or not set(cpus) <= os.sched_getaffinity(0):
+            parser.error(f"--pin {args.pin}: two CPUs this machine lets us use, such as 0,1")
+        global PIN
+        PIN = (cpus[0], cpus[1])
 
     def peers(base: Path) -> PyroPeers:
         return PyroPeers(base, tls=not args.no_tls_peer)

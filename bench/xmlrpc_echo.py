@@ -1,7 +1,7 @@
 """Benchmark pmnc's XML-RPC interface against the standard library's threading SimpleXMLRPCServer, both echoing.
 
     .venv/bin/python bench/xmlrpc_echo.py [--duration 10] [--warmup 2] [--processes 2] [--threads 4]
-                                          [--client raw|proxy] [--keep]
+                                          [--client raw|proxy] [--pin CPU] [--keep]
 
 Both servers run as processes of their own on free loopback ports: pmnc as
 `startup.py xmlrpc_echo` in a temporary install tree (its interface made from
@@ -12,8 +12,11 @@ of `--threads` threads, each thread with its own keep-alive connection,
 calling `echo(VALUE)` back to back for `--duration` seconds after a warm-up.
 The default `raw` client sends a pre-built request and checks the answer byte
 for byte, so that the clients cost little CPU next to the servers; `proxy`
-uses `xmlrpc.client.ServerProxy` instead. Both servers are stopped at the end
-whatever happens. See bench/README.md.
+uses `xmlrpc.client.ServerProxy` instead. `--pin CPU` keeps each server on
+that one CPU (pmnc by `cpu_affinity` in its config_interfaces.py, the
+standard library's server by this script; the clients go where the system
+puts them). Both servers are stopped at the end whatever happens. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -79,10 +82,13 @@ CAGE_CONFIG = '''config = dict(
     thread_count=10,
     sweep_period=15.0,
     log_level="LOG",
+    cpu_affinity={cpus},
 )
 
 # EOF
 '''
+
+PIN: int | None = None  # --pin: the CPU both servers are kept on (pmnc by its cpu_affinity, the peer by this script)
 
 
 # --- the standard library's server (this script with --serve-stdlib) ------------------------------
@@ -117,6 +123,10 @@ def serve_stdlib(port: int) -> int:
 
 
 # --- the servers, from the benchmark's side ----------------------------------------------------------
+
+
+def pinned() -> str:
+    return "" if PIN is None else f", kept on CPU {PIN}"
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -209,11 +219,11 @@ class PmncCage(Server):
             raise RuntimeError("config_interface_xmlrpc_1.py: no listener_address to rewrite")
         (self.cage_dir / "config_interface_xmlrpc.py").write_text(text)
         (self.cage_dir / "interface_xmlrpc.py").write_text(HANDLER)
-        (self.cage_dir / "config_interfaces.py").write_text(CAGE_CONFIG)
+        (self.cage_dir / "config_interfaces.py").write_text(CAGE_CONFIG.format(cpus=None if PIN is None else (PIN,)))
         settings = dict(re.findall(r"^\s*(keep_alive_max_requests|max_connections)=(\S+),", text, re.M))
         self.description = (f"{pmnc_version()}: cage {CAGE}, xmlrpc interface from the template "
                             f"(keep_alive_max_requests={settings.get('keep_alive_max_requests', '?')}), "
-                            f"10 worker threads")
+                            f"10 worker threads{pinned()}")
 
     def start(self) -> None:
         self.make_tree()
@@ -251,12 +261,15 @@ class Stdlib(Server):
 
     def start(self) -> None:
         self.launch([sys.executable, str(Path(__file__).resolve()), "--serve-stdlib"], self.base)
+        assert self.process is not None
+        if PIN is not None:  # before it serves: the threads it starts for connections inherit it
+            os.sched_setaffinity(self.process.pid, {PIN})
         super().start()
 
     def listening(self) -> re.Match[str] | None:
         match = self.BANNER.search(read_text(self.output))
         if match:
-            self.description = match.group(0).removeprefix("xmlrpc_echo: ")
+            self.description = match.group(0).removeprefix("xmlrpc_echo: ") + pinned()
         return match
 
     def stop(self) -> str:
@@ -495,6 +508,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--processes", type=int, default=2, help="client processes (2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per client process, a connection each (4)")
     parser.add_argument("--client", choices=("raw", "proxy"), default="raw", help="how clients call (raw)")
+    parser.add_argument("--pin", type=int, metavar="CPU",
+                        help="keep each server on this CPU (pmnc by its cpu_affinity; default: neither kept)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree and logs, print where")
     parser.add_argument("--serve-stdlib", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -503,6 +518,10 @@ def main(argv: list[str]) -> int:
         return serve_stdlib(args.port)
     if args.duration <= 0 or args.warmup <= 0 or args.processes < 1 or args.threads < 1:
         parser.error("--duration and --warmup must be positive, --processes and --threads at least 1")
+    if args.pin is not None and args.pin not in os.sched_getaffinity(0):
+        parser.error(f"--pin {args.pin}: not a CPU this machine lets us use")
+    global PIN
+    PIN = args.pin
 
     return run_pair("xmlrpc_echo", args.keep, PmncCage, Stdlib, lambda pmnc, peer: bench(args, pmnc, peer))
 
