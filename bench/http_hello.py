@@ -1,6 +1,7 @@
 """Benchmark pmnc's sample cage against a bare uvicorn hello-world with wrk, then pmnc during hot reloads.
 
     .venv/bin/python bench/http_hello.py [--duration 10] [--warmup 2] [--connections 50] [--no-reloads]
+                                         [--pin CPU]
 
 Phase 1: a temporary install tree runs the sample cage (`startup.py sample`,
 its HTTP interface moved to a free loopback port) and `bench/uvicorn_hello.py`
@@ -12,7 +13,9 @@ summary line gives pmnc/uvicorn against issue 20's target (>= 0.8).
 --connections N runs wrk with N connections (on min(2, N) threads) instead
 of 50 (above 50 the cage's max_connections_per_ip is raised to its
 max_connections: wrk is one address); --no-reloads leaves phase 2 out
-(bench/scaling.py uses both).
+(bench/scaling.py uses both); --pin CPU keeps each server on that one CPU
+(pmnc by `cpu_affinity` in its config_interfaces.py, uvicorn by this script;
+wrk goes where the system puts it).
 Both servers are stopped at the end whatever happens. See bench/README.md.
 """
 
@@ -176,6 +179,13 @@ class PmncCage:
         if count != 1:
             raise RuntimeError(f"{config}: no listener_address to rewrite")
         config.write_text(text)
+        if PIN is not None:
+            settings = self.cage_dir / "config_interfaces.py"
+            text, count = re.subn(r"^config = dict\(\n", f"config = dict(\n    cpu_affinity=({PIN},),\n",
+                                  settings.read_text(), flags=re.M)
+            if count != 1:
+                raise RuntimeError(f"{settings}: no config = dict( to add cpu_affinity to")
+            settings.write_text(text)
 
     def start(self) -> None:
         self.make_tree()
@@ -231,6 +241,8 @@ class Uvicorn:
             self.process = subprocess.Popen([sys.executable, str(BENCH / "uvicorn_hello.py"), "--port", "0"],
                                             cwd=BENCH, stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
+        if PIN is not None:
+            os.sched_setaffinity(self.process.pid, {PIN})
         match = wait_until(self._listening, START_TIMEOUT, "uvicorn: its banner line")
         self.banner, self.port = match.group(0), int(match.group(1))
         wait_answers(self.port, "uvicorn")
@@ -389,9 +401,9 @@ def bench(args: argparse.Namespace, pmnc: PmncCage, peer: Uvicorn) -> int:
           f"{os.cpu_count()} CPUs shared by servers and wrk")
 
     pmnc.start()
-    print(f"{pmnc_version()}: sample cage on http://{HOST}:{pmnc.port}/ (tree {pmnc.root})")
+    print(f"{pmnc_version()}: sample cage on http://{HOST}:{pmnc.port}/ (tree {pmnc.root}){pinned()}")
     peer.start()
-    print(peer.banner)
+    print(peer.banner + pinned())
 
     print(f"warming up ({args.warmup:g}s each) ...", flush=True)
     wrk(pmnc.port, args.warmup, latency=False, connections=args.connections)
@@ -460,6 +472,13 @@ def report_phase_1(pmnc: PmncCage, on_pmnc: WrkResult, on_peer: WrkResult) -> in
     return 0
 
 
+PIN: int | None = None  # --pin: the CPU both servers are kept on (pmnc by its cpu_affinity, uvicorn by this script)
+
+
+def pinned() -> str:
+    return "" if PIN is None else f", kept on CPU {PIN}"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=10, help="seconds of each measured wrk run (10)")
@@ -467,10 +486,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=WRK_CONNECTIONS,
                         help=f"wrk's connections, on min({WRK_THREADS}, N) threads ({WRK_CONNECTIONS})")
     parser.add_argument("--no-reloads", action="store_true", help="leave out phase 2, the run during reloads")
+    parser.add_argument("--pin", type=int, metavar="CPU",
+                        help="keep each server on this CPU (pmnc by its cpu_affinity; default: neither kept)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree and logs, print where")
     args = parser.parse_args(argv)
     if args.duration < 1 or args.warmup < 1:
         parser.error("--duration and --warmup are whole seconds, at least 1")
+    if args.pin is not None and args.pin not in os.sched_getaffinity(0):
+        parser.error(f"--pin {args.pin}: not a CPU this machine lets us use")
+    global PIN
+    PIN = args.pin
     if args.connections < 1:
         parser.error("--connections: at least 1")
     if shutil.which("wrk") is None:

@@ -1,6 +1,6 @@
-"""Run issue 20's four benchmarks and the floor of rpc_calls N times each (5 by default), and take each median.
+"""Run issue 20's four benchmarks, rpc_calls' floor and three pinned runs N times each (5 by default): the medians.
 
-    .venv/bin/python bench/median5.py [--runs 5] [--only http_hello,xmlrpc_echo,rpc_calls,rpc_floor,pg_transactions]
+    .venv/bin/python bench/median5.py [--runs 5] [--only http_hello,xmlrpc_echo,rpc_calls,rpc_floor,...]
                                       [--quick] [--out bench/median5.json] [--logs DIR] [--verbose]
 
 Issue 20's targets hold for the median of five runs on one machine. Each
@@ -25,6 +25,11 @@ line(s):
   Pyro5 msgpack TLS, sequentially and over 8 threads, and the multiplexed
   wire over 8 threads, in the same rounds - how far any call that carries a
   request and a deadline could go on each wire.
+- http_hello_pinned, xmlrpc_echo_pinned, rpc_calls_pinned: the same scripts
+  with --pin, each server kept on one CPU (pmnc by its config's cpu_affinity,
+  the peer by the script, alike; rpc_calls: the calling side on CPU 0, the
+  called on CPU 1), shown for scale: the targets are for the defaults, where
+  the system places every thread.
 - pg_transactions.py: "1 insert", pmnc.transaction against plain psycopg,
   transactions/s; target >= 0.8.
 
@@ -84,13 +89,18 @@ class Benchmark:
     quick: tuple[str, ...]
     summary: re.Pattern[str]  # the lines kept as the run's raw summary lines
     measures: tuple[Measure, ...]
+    script: str = ""  # bench/<script>.py, if not bench/<name>.py (the same script run another way)
+
+    @property
+    def path(self) -> str:
+        return f"{self.script or self.name}.py"
 
     def command(self, quick: bool) -> list[str]:
         python = VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable)
-        return [str(python), str(BENCH / f"{self.name}.py"), *(self.quick if quick else self.args)]
+        return [str(python), str(BENCH / self.path), *(self.quick if quick else self.args)]
 
     def shown(self, quick: bool) -> str:
-        return " ".join([".venv/bin/python", f"bench/{self.name}.py", *(self.quick if quick else self.args)])
+        return " ".join([".venv/bin/python", f"bench/{self.path}", *(self.quick if quick else self.args)])
 
 
 def _summary(*starts: str) -> re.Pattern[str]:
@@ -117,6 +127,25 @@ BENCHMARKS = {b.name: b for b in (
                Measure("floor threads", "rpc_floor: 8 threads, bare wire/Pyro5 msgpack TLS", 1.5, decides=False),
                Measure("floor multiplexed", "rpc_floor: 8 threads, multiplexed wire/Pyro5 msgpack TLS", 1.5,
                        decides=False))),
+    # The same three, each server kept on one CPU (pmnc by its cpu_affinity, the peer alike): not the
+    # targets' conditions, but equal ones for both sides; what pmnc's cpu_affinity gives.
+    Benchmark("http_hello_pinned", ("--no-reloads", "--pin", "0"), ("--no-reloads", "--duration", "2", "--warmup",
+                                                                      "1", "--pin", "0"),
+              _summary(r"http_hello: pmnc ", r"http_hello: NOT CLEAN"),
+              (Measure("requests", "http_hello --pin 0: requests/s, pmnc/uvicorn", 0.8, decides=False),),
+              script="http_hello"),
+    Benchmark("xmlrpc_echo_pinned", ("--pin", "0"), ("--duration", "2", "--warmup", "1", "--pin", "0"),
+              _summary(r"xmlrpc_echo: pmnc ", r"xmlrpc_echo: NOT CLEAN"),
+              (Measure("calls", "xmlrpc_echo --pin 0: calls/s, pmnc/stdlib threaded", 2.0, decides=False),),
+              script="xmlrpc_echo"),
+    Benchmark("rpc_calls_pinned", ("--pin", "0,1"), ("--calls", "500", "--warmup", "50", "--pin", "0,1"),
+              _summary(r"sequential \(target >= ", r"\d+ threads \(target >= ", r"rpc_calls: sequential ",
+                       r"rpc_calls: NOT CLEAN"),
+              (Measure("sequential msgpack TLS", "rpc_calls --pin 0,1: sequential, pmnc/Pyro5 msgpack TLS", 1.5,
+                       decides=False),
+               Measure("threads msgpack TLS", "rpc_calls --pin 0,1: 8 threads, pmnc/Pyro5 msgpack TLS", 1.5,
+                       decides=False)),
+              script="rpc_calls"),
     Benchmark("pg_transactions", (), ("--duration", "1", "--warmup", "0.5"),
               _summary(r"single insert: ", r"pg_transactions: pmnc ", r"pg_transactions: NOT CLEAN"),
               (Measure("1 insert", "pg_transactions: 1 insert, tx/s, pmnc/psycopg", 0.8),)),
@@ -130,9 +159,10 @@ def _ratio(text: str) -> float | None:
     return None if text == "nan" else float(text)  # nan: the peer's rate was 0
 
 
-def ratios(name: str, lines: list[str]) -> dict[str, float | None]:
+def ratios(bench: Benchmark, lines: list[str]) -> dict[str, float | None]:
     """The ratios of one run by measure key, from its summary lines (the last line of a kind wins)."""
     found: dict[str, float | None] = {}
+    name = bench.script or bench.name
     for line in lines:
         if name == "rpc_calls":
             phase = re.match(r"(sequential|\d+ threads) \(target >= [\d.]+\): ", line)
@@ -150,7 +180,7 @@ def ratios(name: str, lines: list[str]) -> dict[str, float | None]:
         else:
             match = re.match(rf"{name}: pmnc .*?, ratio {RATIO}\b", line)
             if match:
-                found[BENCHMARKS[name].measures[0].key] = _ratio(match.group(1))
+                found[bench.measures[0].key] = _ratio(match.group(1))
     return found
 
 
@@ -192,7 +222,7 @@ def judge(bench: Benchmark, round_: int, quick: bool, returncode: int | None, se
     (or printed as nan)."""
     text = [line.rstrip("\n") for line in lines]
     summary = [line for line in text if bench.summary.match(line)]
-    found = ratios(bench.name, summary)
+    found = ratios(bench, summary)
     missing = [m.key for m in bench.measures if found.get(m.key) is None]
     why = ""
     if returncode != 0:
