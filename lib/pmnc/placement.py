@@ -5,7 +5,7 @@ request crosses threads twice (event loop → worker → event loop). Wherever
 the scheduler spreads those threads over CPUs, each crossing is a wake-up of
 a thread on another CPU, which on a virtual machine costs an interrupt
 between virtual CPUs: measured in bench/README ("Issue 20, CPU placement"),
-keeping a cage on one CPU served 40 % more XML-RPC calls for 25 % less CPU a
+keeping a cage on one CPU served 40 % more XML-RPC calls for 27 % less CPU a
 call. It is not the default: a pinned cage cannot move off a CPU that
 something else keeps busy, and work that runs outside the GIL (TLS, drivers)
 loses the second CPU. Where cages call each other, placing them on different
