@@ -7,6 +7,7 @@ plain subprocesses with a timeout.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import re
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import pytest
 from conftest import config_source, http_config, http_request, make_tree, module_source, wait_until, write_file
+from pmnc.errors import ConfigError
+from pmnc.placement import Placement
+from pmnc.schema import INTERFACES_KEYS
 
 RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d\d (ERR|MSG|WRN|LOG|INF|DBG|NSE) \[[^\]]+\] ")
 
@@ -390,6 +394,31 @@ def test_cpu_affinity_naming_a_cpu_not_allowed_stops_the_boot(cage_process) -> N
                         ready=False)
     cage.wait_for_log(r"cpu_affinity \[4095\] names CPUs this process may not run on \(it may run on \[")
     assert "the cage is ready" not in cage.log_text()
+
+
+@pytest.mark.parametrize("value, cpus", [(0, {0}), ((0, 1), {0, 1}), ([1], {1}), (None, None)])
+def test_cpu_affinity_takes_a_cpu_or_a_collection_of_them(value: object, cpus: set[int] | None) -> None:
+    settings = INTERFACES_KEYS.read({"cpu_affinity": value}, "config_interfaces.py")
+    assert settings["cpu_affinity"] == (None if cpus is None else frozenset(cpus))
+
+
+@pytest.mark.parametrize("value", [(), "0", True, (0, "1"), (-1,), 1.0, [[0]]])
+def test_cpu_affinity_that_names_no_cpu_is_a_config_error(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"cpu_affinity must be a CPU number or a non-empty tuple of them"):
+        INTERFACES_KEYS.read({"cpu_affinity": value}, "config_interfaces.py")
+
+
+@needs_two_cpus
+def test_cpu_affinity_the_kernel_refuses_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cpuset shrunk under a running cage cannot be produced here: the kernel's refusal is."""
+    def refuse(tid: int, cpus: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    placement = Placement()
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    with pytest.raises(ConfigError, match=r"cpu_affinity \[0\] cannot be applied: Invalid argument"):
+        placement.apply(frozenset({0}))
+    assert placement.current is None  # nothing was moved: the next second tries again
 
 
 # --- self-test -----------------------------------------------------------------------------

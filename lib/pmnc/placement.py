@@ -60,7 +60,7 @@ class Placement:
     def apply(self, cpus: frozenset[int] | None) -> None:
         """Every thread on `cpus` (None: back where the process was allowed at start). Run again
         each second: it also catches a thread started meanwhile by one not yet moved. ConfigError
-        for CPUs not allowed."""
+        for CPUs not allowed, or that the kernel refuses."""
         if cpus is None and self.current is None:
             return
         if not self.supported:
@@ -76,6 +76,9 @@ class Placement:
                     os.sched_setaffinity(tid, wanted)
             except ProcessLookupError:  # the thread has ended meanwhile
                 pass
+            except OSError as e:  # the kernel refuses: the process's cpuset has shrunk since it started
+                raise ConfigError(f"config_interfaces.py: cpu_affinity {sorted(wanted)} cannot be applied: "
+                                  f"{e.strerror or e}") from None
         if cpus != self.current:
             self.current = cpus
             log.message(f"the cage's threads run on CPU(s) {', '.join(map(str, sorted(cpus)))}"
