@@ -15,7 +15,8 @@ of 50 (above 50 the cage's max_connections_per_ip is raised to its
 max_connections: wrk is one address); --no-reloads leaves phase 2 out
 (bench/scaling.py uses both); --pin CPU keeps each server on that one CPU
 (pmnc by `cpu_affinity` in its config_interfaces.py, uvicorn by this script;
-wrk goes where the system puts it).
+wrk goes where the system puts it); without it the sample cage places itself
+as shipped (`cpu_affinity="auto"`) and uvicorn goes where the system puts it.
 Both servers are stopped at the end whatever happens. See bench/README.md.
 """
 
@@ -487,7 +488,8 @@ def main(argv: list[str]) -> int:
                         help=f"wrk's connections, on min({WRK_THREADS}, N) threads ({WRK_CONNECTIONS})")
     parser.add_argument("--no-reloads", action="store_true", help="leave out phase 2, the run during reloads")
     parser.add_argument("--pin", type=int, metavar="CPU",
-                        help="keep each server on this CPU (pmnc by its cpu_affinity; default: neither kept)")
+                        help="keep each server on this CPU (pmnc by its cpu_affinity; default: pmnc as shipped, "
+                             "cpu_affinity \"auto\", uvicorn where the system puts it)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree and logs, print where")
     args = parser.parse_args(argv)
     if args.duration < 1 or args.warmup < 1:

@@ -29,7 +29,8 @@ line(s):
   with --pin, each server kept on one CPU (pmnc by its config's cpu_affinity,
   the peer by the script, alike; rpc_calls: the calling side on CPU 0, the
   called on CPU 1), shown for scale: the targets are for the defaults, where
-  the system places every thread.
+  a cage places itself (cpu_affinity "auto") and the peer is where the
+  system puts it.
 - pg_transactions.py: "1 insert", pmnc.transaction against plain psycopg,
   transactions/s; target >= 0.8.
 
@@ -114,7 +115,7 @@ BENCHMARKS = {b.name: b for b in (
     Benchmark("xmlrpc_echo", (), ("--duration", "2", "--warmup", "1"),
               _summary(r"xmlrpc_echo: pmnc ", r"xmlrpc_echo: NOT CLEAN"),
               (Measure("calls", "xmlrpc_echo: calls/s, pmnc/stdlib threaded", 2.0),)),
-    Benchmark("rpc_calls", (), ("--calls", "500", "--warmup", "50"),
+    Benchmark("rpc_calls", (), ("--calls", "500", "--warmup", "50", "--settle", "0.5"),
               _summary(r"sequential \(target >= ", r"\d+ threads \(target >= ", r"rpc_calls: sequential ",
                        r"rpc_calls: NOT CLEAN"),
               (Measure("sequential msgpack", "rpc_calls: sequential, pmnc/Pyro5 msgpack", 1.5, decides=False),
@@ -138,7 +139,8 @@ BENCHMARKS = {b.name: b for b in (
               _summary(r"xmlrpc_echo: pmnc ", r"xmlrpc_echo: NOT CLEAN"),
               (Measure("calls", "xmlrpc_echo --pin 0: calls/s, pmnc/stdlib threaded", 2.0, decides=False),),
               script="xmlrpc_echo"),
-    Benchmark("rpc_calls_pinned", ("--pin", "0,1"), ("--calls", "500", "--warmup", "50", "--pin", "0,1"),
+    Benchmark("rpc_calls_pinned", ("--pin", "0,1"), ("--calls", "500", "--warmup", "50", "--settle", "0.5", "--pin",
+                                                     "0,1"),
               _summary(r"sequential \(target >= ", r"\d+ threads \(target >= ", r"rpc_calls: sequential ",
                        r"rpc_calls: NOT CLEAN"),
               (Measure("sequential msgpack TLS", "rpc_calls --pin 0,1: sequential, pmnc/Pyro5 msgpack TLS", 1.5,

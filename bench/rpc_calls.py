@@ -1,6 +1,6 @@
 """Benchmark cage-to-cage calls, pmnc("echo").echo.echo(x), against Pyro5 calls, both between two processes.
 
-    .venv/bin/python bench/rpc_calls.py [--calls 5000] [--threads 8] [--warmup 200]
+    .venv/bin/python bench/rpc_calls.py [--calls 5000] [--threads 8] [--warmup 200] [--settle 3]
                                         [--serializers serpent,msgpack] [--transport direct|nats] [--keep]
 
 Every call sends a small dict, {"id": i, "text": "x" * 100}, and gets it back;
@@ -15,7 +15,10 @@ each answer must equal what was sent. Both sides run on loopback:
   server) and, per serializer, this script with --pyro-client: the same N
   calls on one proxy, then over T threads with a proxy each.
 
-Each side is warmed up first (connections open), then measured sequentially
+Each side is loaded first for --settle seconds over T threads (a cage with
+cpu_affinity "auto", the default, chooses its CPU once a second from the
+last second's load; Pyro5 gets the same), then warmed up (connections open),
+then measured sequentially
 and over T threads; calls/s, p50 and p99 latency and the CPU per call of
 both processes are printed, with the ratios pmnc/Pyro5 against the target
 (>= 1.5, sequential and concurrent). Every process is stopped at the end
@@ -255,9 +258,9 @@ PIN: tuple[int, int] | None = None  # --pin: the CPUs of the callers and of the 
 CALLER, CALLEE = 0, 1
 
 
-def kept_on(side: int) -> tuple[int] | None:
-    """A cage's cpu_affinity: its side's CPU under --pin."""
-    return None if PIN is None else (PIN[side],)
+def kept_on(side: int) -> tuple[int] | str:
+    """A cage's cpu_affinity: its side's CPU under --pin, else the default ("auto")."""
+    return "auto" if PIN is None else (PIN[side],)
 
 
 def pinned() -> str:
@@ -516,12 +519,20 @@ def concurrent_calls(connect: Callable[[], Any], calls: int, threads: int, warmu
     return measured(server_pid, body)
 
 
+def settle(load: Callable[[], object], seconds: float) -> None:
+    """`load()` again and again for `seconds`: the side under test as it runs once settled."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        load()
+
+
 def pyro_client(uri: str, serializer: str, calls: int, threads: int, warmup: int, server_pid: int,
-                tls: str | None) -> int:
+                tls: str | None, settle_seconds: float) -> int:
+    """Settled, then sequential, then over `threads`: one JSON line on stdout."""
     if tls:
         pyro_tls(tls, "client")
-    """Sequential, then over `threads`: one JSON line on stdout."""
     Pyro5.config.SERIALIZER = serializer
+    settle(lambda: pyro_concurrent(uri, warmup, threads, warmup, server_pid), settle_seconds)
     sequential = pyro_sequential(uri, calls, warmup, server_pid)
     concurrent = pyro_concurrent(uri, calls, threads, warmup, server_pid)
     print(json.dumps({"sequential": sequential.__dict__, "concurrent": concurrent.__dict__}), flush=True)
@@ -563,12 +574,13 @@ class PyroServer:
                                f"{read_text(self.output)[-2000:]}")
         return self.BANNER.search(read_text(self.output))
 
-    def run(self, serializer: str, calls: int, threads: int, warmup: int) -> tuple[Run, Run]:
+    def run(self, serializer: str, calls: int, threads: int, warmup: int, settle_seconds: float) -> tuple[Run, Run]:
         """A client process: its sequential and concurrent runs."""
         assert self.process is not None
         command = [sys.executable, str(Path(__file__).resolve()), "--pyro-client", self.uri,
                    "--serializer", serializer, "--calls", str(calls), "--threads", str(threads),
-                   "--warmup", str(warmup), "--server-pid", str(self.process.pid), *self._tls_args()]
+                   "--warmup", str(warmup), "--settle", str(settle_seconds), "--server-pid", str(self.process.pid),
+                   *self._tls_args()]
         keep = None if PIN is None else functools.partial(os.sched_setaffinity, 0, {PIN[CALLER]})
         done = subprocess.run(command, cwd=self.base, capture_output=True, text=True,
                               timeout=REQUEST_TIMEOUT * 2, check=False, preexec_fn=keep)
@@ -608,11 +620,12 @@ class PyroPeers:
     def description(self) -> str:
         return self.plain.description + (f"; and {self.secure.description}" if self.secure else "")
 
-    def run(self, serializer: str, calls: int, threads: int, warmup: int) -> dict[str, tuple[Run, Run]]:
+    def run(self, serializer: str, calls: int, threads: int, warmup: int,
+            settle_seconds: float) -> dict[str, tuple[Run, Run]]:
         """`serializer` over plain TCP and over TLS: {"msgpack": ..., "msgpack TLS": ...}."""
-        runs = {serializer: self.plain.run(serializer, calls, threads, warmup)}
+        runs = {serializer: self.plain.run(serializer, calls, threads, warmup, settle_seconds)}
         if self.secure is not None:
-            runs[f"{serializer} TLS"] = self.secure.run(serializer, calls, threads, warmup)
+            runs[f"{serializer} TLS"] = self.secure.run(serializer, calls, threads, warmup, settle_seconds)
         return runs
 
     def stop(self) -> str:
@@ -677,7 +690,7 @@ def measure_pyro(args: argparse.Namespace, peer: PyroPeers) -> dict[str, tuple[R
     pyro: dict[str, tuple[Run, Run]] = {}
     for serializer in args.serializers:
         print(f"Pyro5 {serializer}: warming up and measuring ...", flush=True)
-        pyro.update(peer.run(serializer, args.calls, args.threads, args.warmup))
+        pyro.update(peer.run(serializer, args.calls, args.threads, args.warmup, args.settle))
     return pyro
 
 
@@ -698,7 +711,8 @@ def bench(args: argparse.Namespace, pmnc: PmncCages, peer: PyroPeers) -> int:
     peer.start()
     print(f"{peer.description}; clients: msgpack {msgpack.version}, serpent {serpent.__version__}")
 
-    print("pmnc: warming up and measuring ...", flush=True)
+    print("pmnc: settling, warming up and measuring ...", flush=True)
+    settle(lambda: pmnc.run(args.warmup, args.threads), args.settle)
     pmnc.run(args.warmup, 1)
     pmnc_sequential = pmnc.run(args.calls, 1)
     pmnc.run(args.warmup, args.threads)
@@ -741,6 +755,8 @@ def bench_nats(args: argparse.Namespace, both: BothTransports, peer: PyroPeers) 
     print(f"{peer.description}; clients: msgpack {msgpack.version}, serpent {serpent.__version__}")
 
     runs: dict[tuple[str, int], Run] = {}
+    for cages in (both.direct, both.nats):
+        settle(lambda: cages.run(args.warmup, args.threads), args.settle)  # noqa: B023 - called at once
     for threads in (1, args.threads):  # direct and nats one after the other at each step: the same conditions
         for cages in (both.direct, both.nats):
             print(f"pmnc {cages.transport}, {threads} thread(s): warming up and measuring ...", flush=True)
@@ -775,6 +791,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calls", type=int, default=5000, help="calls per measured run (5000)")
     parser.add_argument("--threads", type=int, default=8, help="threads of the concurrent run (8)")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up calls before each run (200)")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds each side is loaded over --threads threads before it is measured: a cage "
+                             "chooses its CPU once a second (3)")
     parser.add_argument("--serializers", default=",".join(SERIALIZERS),
                         help=f"Pyro5 serializers to measure, comma-separated ({','.join(SERIALIZERS)})")
     parser.add_argument("--transport", choices=TRANSPORTS, default="direct",
@@ -782,7 +801,8 @@ def main(argv: list[str]) -> int:
                              "through a nats-server started for the run, in the same run")
     parser.add_argument("--pin", metavar="CALLER,CALLEE",
                         help="keep the calling side (the caller cage, the Pyro5 client) on CPU CALLER and the "
-                             "called (the echo cage, the Pyro5 server) on CPU CALLEE (default: neither kept)")
+                             "called (the echo cage, the Pyro5 server) on CPU CALLEE (default: the cages as shipped, "
+                             "cpu_affinity \"auto\", Pyro5 where the system puts it)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree and logs, print where")
     parser.add_argument("--serve-pyro", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pyro-client", metavar="URI", help=argparse.SUPPRESS)
@@ -796,7 +816,7 @@ def main(argv: list[str]) -> int:
         return serve_pyro(args.pyro_tls)
     if args.pyro_client:
         return pyro_client(args.pyro_client, args.serializer, args.calls, args.threads, args.warmup,
-                           args.server_pid, args.pyro_tls)
+                           args.server_pid, args.pyro_tls, args.settle)
     args.serializers = [s for s in args.serializers.split(",") if s]
     if args.calls < 2 or args.threads < 2 or args.warmup < 1:
         parser.error("--calls and --threads must be at least 2, --warmup at least 1")

@@ -379,7 +379,7 @@ def bench(args: argparse.Namespace, server: BareServer, pyro: PyroServer) -> int
             bare_concurrent(server, context, args.calls, args.threads, args.warmup),
             multiplexed_concurrent(server, context, args.calls, args.threads, args.warmup))
     print("Pyro5 msgpack TLS: warming up and measuring ...", flush=True)
-    peer = pyro.run("msgpack", args.calls, args.threads, args.warmup)
+    peer = pyro.run("msgpack", args.calls, args.threads, args.warmup, 0.0)  # nothing here places itself
 
     print()
     threads = f"{args.threads} threads"

@@ -15,7 +15,8 @@ for byte, so that the clients cost little CPU next to the servers; `proxy`
 uses `xmlrpc.client.ServerProxy` instead. `--pin CPU` keeps each server on
 that one CPU (pmnc by `cpu_affinity` in its config_interfaces.py, the
 standard library's server by this script; the clients go where the system
-puts them). Both servers are stopped at the end whatever happens. See
+puts them); without it pmnc places itself as shipped (`cpu_affinity="auto"`)
+and the peer goes where the system puts it. Both servers are stopped at the end whatever happens. See
 bench/README.md.
 """
 
@@ -219,7 +220,8 @@ class PmncCage(Server):
             raise RuntimeError("config_interface_xmlrpc_1.py: no listener_address to rewrite")
         (self.cage_dir / "config_interface_xmlrpc.py").write_text(text)
         (self.cage_dir / "interface_xmlrpc.py").write_text(HANDLER)
-        (self.cage_dir / "config_interfaces.py").write_text(CAGE_CONFIG.format(cpus=None if PIN is None else (PIN,)))
+        cpus = repr("auto") if PIN is None else (PIN,)  # "auto": the default, as shipped
+        (self.cage_dir / "config_interfaces.py").write_text(CAGE_CONFIG.format(cpus=cpus))
         settings = dict(re.findall(r"^\s*(keep_alive_max_requests|max_connections)=(\S+),", text, re.M))
         self.description = (f"{pmnc_version()}: cage {CAGE}, xmlrpc interface from the template "
                             f"(keep_alive_max_requests={settings.get('keep_alive_max_requests', '?')}), "
@@ -509,7 +511,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=4, help="threads per client process, a connection each (4)")
     parser.add_argument("--client", choices=("raw", "proxy"), default="raw", help="how clients call (raw)")
     parser.add_argument("--pin", type=int, metavar="CPU",
-                        help="keep each server on this CPU (pmnc by its cpu_affinity; default: neither kept)")
+                        help="keep each server on this CPU (pmnc by its cpu_affinity; default: pmnc as shipped, "
+                             "cpu_affinity \"auto\", the peer where the system puts it)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree and logs, print where")
     parser.add_argument("--serve-stdlib", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import config_source, http_config, http_request, make_tree, module_source, wait_until, write_file
 from pmnc.errors import ConfigError
-from pmnc.placement import Placement
+from pmnc.placement import AUTO, Placement, Reading, choose_cpu, read_cpus
 from pmnc.schema import INTERFACES_KEYS
 
 RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d\d (ERR|MSG|WRN|LOG|INF|DBG|NSE) \[[^\]]+\] ")
@@ -396,13 +396,36 @@ def test_cpu_affinity_naming_a_cpu_not_allowed_stops_the_boot(cage_process) -> N
     assert "the cage is ready" not in cage.log_text()
 
 
+@needs_two_cpus
+def test_cpu_affinity_auto_is_the_default_and_keeps_the_threads_on_one_cpu(cage_process) -> None:
+    cage = cage_process(interfaces={"http": http_config()})  # config_interfaces.py without cpu_affinity
+    pid = cage.child_pids()[-1]
+    port = cage.port()
+    assert hello(port)
+    cage.wait_for_log(r"the cage's threads run on CPU\(s\) \d+ "
+                      r"\(cpu_affinity \"auto\": the CPU other processes use least\)")
+    wait_until(lambda: len(cpus := thread_cpus(pid)) == 1 and len(next(iter(cpus))) == 1, 5.0,
+               message="every thread on one and the same CPU")
+    assert hello(port)
+
+    write_file(cage.cage_dir / "config_interfaces.py", placed_config(None))  # a cage that computes outside the GIL
+    wait_until(lambda: thread_cpus(pid) == {frozenset(os.sched_getaffinity(0))}, 5.0,
+               message="every thread back on every CPU")
+    cage.wait_for_log("the cage's threads run where the system puts them")
+
+
 @pytest.mark.parametrize("value, cpus", [(0, {0}), ((0, 1), {0, 1}), ([1], {1}), (None, None)])
 def test_cpu_affinity_takes_a_cpu_or_a_collection_of_them(value: object, cpus: set[int] | None) -> None:
     settings = INTERFACES_KEYS.read({"cpu_affinity": value}, "config_interfaces.py")
     assert settings["cpu_affinity"] == (None if cpus is None else frozenset(cpus))
 
 
-@pytest.mark.parametrize("value", [(), "0", True, (0, "1"), (-1,), 1.0, [[0]]])
+def test_cpu_affinity_is_auto_unless_said_otherwise() -> None:
+    assert INTERFACES_KEYS.read({}, "config_interfaces.py")["cpu_affinity"] == AUTO
+    assert INTERFACES_KEYS.read({"cpu_affinity": "auto"}, "config_interfaces.py")["cpu_affinity"] == AUTO
+
+
+@pytest.mark.parametrize("value", [(), "0", "AUTO", True, (0, "1"), (-1,), 1.0, [[0]]])
 def test_cpu_affinity_that_names_no_cpu_is_a_config_error(value: object) -> None:
     with pytest.raises(ConfigError, match=r"cpu_affinity must be a CPU number or a non-empty tuple of them"):
         INTERFACES_KEYS.read({"cpu_affinity": value}, "config_interfaces.py")
@@ -419,6 +442,67 @@ def test_cpu_affinity_the_kernel_refuses_is_a_config_error(monkeypatch: pytest.M
     with pytest.raises(ConfigError, match=r"cpu_affinity \[0\] cannot be applied: Invalid argument"):
         placement.apply(frozenset({0}))
     assert placement.current is None  # nothing was moved: the next second tries again
+
+
+@pytest.mark.parametrize("current, busy, mine, coin, chosen", [
+    (None, {0: 0.9, 1: 0.2}, 0.4, 0.9, 1),  # spread: what others leave decides (its own share discounted)
+    (None, {0: 0.3, 1: 0.3}, 0.2, 0.9, 0),  # a tie: the lowest
+    (0, {0: 0.9, 1: 0.5}, 0.8, 0.0, 0),  # kept on 0: most of CPU 0's load is its own, it stays
+    (0, {0: 1.0, 1: 0.1}, 0.5, 0.3, 1),  # others keep CPU 0 busier by more than a quarter: heads, it moves
+    (0, {0: 1.0, 1: 0.1}, 0.5, 0.7, 0),  # ... tails, it stays this second (another cage may move instead)
+    (0, {0: 0.6, 1: 0.3}, 0.1, 0.0, 0),  # idler by less than the margin: it stays
+    (3, {0: 0.6, 1: 0.3}, 0.1, 0.9, 1),  # its CPU is no longer among those it may use
+])
+def test_cpu_affinity_auto_chooses_the_cpu_others_use_least(current: int | None, busy: dict[int, float],
+                                                            mine: float, coin: float, chosen: int) -> None:
+    assert choose_cpu(current, busy, mine, coin) == chosen
+
+
+def readings(*loads: dict[int, float], mine: float = 0.0) -> list[Reading]:
+    """Readings a second apart in which each CPU was busy the given share of its 100 ticks."""
+    busy, total = dict.fromkeys(loads[0], 0), dict.fromkeys(loads[0], 0)
+    result = [Reading(dict(busy), dict(total), 0.0, 0.0)]
+    for n, load in enumerate(loads, 1):
+        for cpu, share in load.items():
+            busy[cpu] += int(share * 100)
+            total[cpu] += 100
+        result.append(Reading(dict(busy), dict(total), mine * n, float(n)))
+    return result
+
+
+@needs_two_cpus
+def test_cpu_affinity_auto_moves_the_threads_a_second_after_the_first_reading(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    queue = readings({first: 0.9, second: 0.1}, {first: 0.9, second: 0.1})
+    placement = Placement(owns_process=True, read=lambda: queue.pop(0))
+    moves: list[frozenset[int]] = []
+    monkeypatch.setattr(placement, "_move", moves.append)  # not this test process's own threads
+    placement.apply(AUTO)
+    assert moves == [] and placement.current is None  # one reading: nothing to compare yet
+    placement.apply(AUTO)
+    assert moves == [frozenset({second})] and placement.current == frozenset({second})
+    placement.apply(AUTO)  # CPU `first` still the busier, by others: it stays
+    assert placement.current == frozenset({second})
+    placement.apply(None)
+    assert moves[-1] == frozenset(os.sched_getaffinity(0)) and placement.current is None
+
+
+def test_cpu_affinity_auto_leaves_a_process_the_cage_does_not_own_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    placement = Placement(owns_process=False, read=lambda: pytest.fail("no reading is needed"))
+    monkeypatch.setattr(placement, "_move", lambda cpus: pytest.fail(f"moved to {cpus}"))
+    placement.apply(AUTO)
+    placement.apply(AUTO)
+    assert placement.current is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux only")
+def test_cpu_readings_cover_every_cpu_this_process_may_use() -> None:
+    before = read_cpus()
+    after = read_cpus()
+    for cpu in os.sched_getaffinity(0):
+        assert 0 <= before.busy[cpu] <= after.busy[cpu] and before.busy[cpu] <= before.total[cpu] <= after.total[cpu]
+    assert 0 < before.mine <= after.mine and before.at <= after.at
 
 
 # --- self-test -----------------------------------------------------------------------------

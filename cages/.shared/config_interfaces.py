@@ -7,7 +7,7 @@ config = dict(
     sweep_period=15.0,  # seconds between sweeps of resource pools
     log_level="LOG",  # ERROR MESSAGE WARNING LOG INFO DEBUG NOISE; read every second
     statistics=True,  # count requests and resource calls for the performance pages (False: nothing); read every second
-    cpu_affinity=None,  # CPUs the cage's threads run on, such as (0,) (None: wherever the system puts them); read every second
+    cpu_affinity="auto",  # CPUs the cage's threads run on: "auto" (together, on the CPU others use least), (0,), None (wherever the system puts them); read every second
 )
 
 self_test_config = dict(

@@ -6,7 +6,7 @@ Boot:      stdlib logging bridged → log level, CPUs (placement.py) → loader 
            finished (transaction.recover_in_doubt) → intake opens →
            interfaces start, in the configured order → in a cage named
            health_monitor, its probes of the other cages (monitor/health.py).
-Every 1 s: re-read the log level, whether statistics are taken, the CPUs;
+Every 1 s: re-read the log level, whether statistics are taken, the CPUs ("auto": chosen again);
            start, stop or restart interfaces whose configuration changed,
            retry those that failed to start (with a back-off), say if a
            handler module went missing; sweep resource
@@ -45,7 +45,9 @@ RECOVERY_PERIOD = 30.0  # seconds between attempts to finish two-phase branches 
 
 
 class Cage:
-    def __init__(self, cages_dir: str, name: str, node: str, *, self_test: str | None = None) -> None:
+    def __init__(self, cages_dir: str, name: str, node: str, *, self_test: str | None = None,
+                 owns_process: bool = False) -> None:
+        """`owns_process`: the cage is the process (startup.py's), so cpu_affinity "auto" may place it."""
         self.name, self.node = name, node
         self.loader = Loader(cages_dir, name, node, self_test=self_test)
         self.runtime = Runtime(self.loader)
@@ -54,7 +56,7 @@ class Cage:
         self.runtime.interface_names = self.interfaces.names
         self._recovery_due: float | None = None
         self._recovery: threading.Thread | None = None
-        self.placement = Placement()
+        self.placement = Placement(owns_process)
 
     def settings(self) -> dict[str, Any]:
         """config_interfaces.py, every key (schema.INTERFACES_KEYS); ConfigError for an unknown one."""

@@ -6,30 +6,49 @@ the scheduler spreads those threads over CPUs, each crossing is a wake-up of
 a thread on another CPU, which on a virtual machine costs an interrupt
 between virtual CPUs: measured in bench/README ("Issue 20, CPU placement"),
 keeping a cage on one CPU served 40 % more XML-RPC calls for 27 % less CPU a
-call. It is not the default: a pinned cage cannot move off a CPU that
-something else keeps busy, and work that runs outside the GIL (TLS, drivers)
-loses the second CPU. Where cages call each other, placing them on different
-CPUs keeps one from waiting for the other's CPU.
+call.
 
-Linux only (sched_setaffinity); elsewhere the key is logged and not honoured.
+So a cage process keeps its threads together by default (`"auto"`): on the
+one CPU that other processes used least in the last second, moving when
+another has become idler by a quarter of a CPU or more (on a coin's toss
+each second, so that two cages that find themselves together do not both
+move and meet again). A cage that runs on a thread of another program (the
+tests, `bench/inprocess.py`) does not own its process and leaves it where it
+is. Explicit CPUs, `(0,)` or `(0, 1)`, keep the threads there; None leaves
+them where the system puts them (for a cage that computes outside the GIL:
+compression, TLS in bulk).
+
+Linux only (sched_setaffinity, /proc/stat); elsewhere explicit CPUs are
+logged and not honoured, and "auto" does nothing.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal, NamedTuple
 
 from pmnc import log
 from pmnc.errors import ConfigError
 
-__all__ = ["Placement", "cpu_set"]
+__all__ = ["AUTO", "Placement", "Reading", "choose_cpu", "cpu_set", "read_cpus"]
 
 _TASKS = "/proc/self/task"
+_STAT = "/proc/stat"
+
+AUTO: Literal["auto"] = "auto"
+MARGIN = 0.25  # of a CPU: how much idler another CPU must be for an "auto" cage to move there
+
+Wanted = frozenset[int] | Literal["auto"] | None  # what config_interfaces.py asks for
 
 
-def cpu_set(value: object) -> frozenset[int]:
-    """The CPUs a config names: one number or a collection of them (schema conversion;
-    ValueError for anything else, which the schema turns into a ConfigError)."""
+def cpu_set(value: object) -> Wanted:
+    """The CPUs a config names: one number or a collection of them, "auto" or None (schema
+    conversion; ValueError for anything else, which the schema turns into a ConfigError)."""
+    if value is None or value == AUTO:
+        return value
     numbers: Iterable[object] = (value,) if isinstance(value, int) else value  # type: ignore[assignment]
     cpus = frozenset(cpu for cpu in numbers if type(cpu) is int and cpu >= 0)  # TypeError if not a collection
     if not cpus or len(cpus) != len(set(numbers)):  # empty, or something not a CPU number
@@ -37,30 +56,80 @@ def cpu_set(value: object) -> frozenset[int]:
     return cpus
 
 
-cpu_set.expected = "a CPU number or a non-empty tuple of them"  # type: ignore[attr-defined]
+cpu_set.expected = 'a CPU number or a non-empty tuple of them, "auto" or None'  # type: ignore[attr-defined]
+
+
+def choose_cpu(current: int | None, busy: Mapping[int, float], mine: float, coin: float) -> int:
+    """The CPU an "auto" cage keeps its threads on for the next second.
+
+    `busy` is each allowed CPU's busy share of the last interval (0 to 1, every process's),
+    `mine` the CPUs this process used meanwhile, `current` the CPU it is kept on (None: spread),
+    `coin` a random number in [0, 1). What others left on a CPU decides: a cage kept on a CPU
+    discounts its own use there; a spread one, its share of each.
+    """
+    own = {cpu: mine if cpu == current else (mine / len(busy) if current is None else 0.0) for cpu in busy}
+    others = {cpu: share - own[cpu] for cpu, share in busy.items()}
+    best = min(busy, key=lambda cpu: (others[cpu], cpu))
+    if current is None or current not in busy:
+        return best
+    if others[current] - others[best] > MARGIN and coin < 0.5:
+        return best
+    return current
+
+
+class Reading(NamedTuple):
+    """CPU time so far: each CPU's busy and total clock ticks (/proc/stat), this process's
+    seconds of CPU (os.times), and when."""
+
+    busy: dict[int, int]
+    total: dict[int, int]
+    mine: float
+    at: float
+
+
+def read_cpus() -> Reading:
+    busy, total = {}, {}
+    with open(_STAT) as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *fields = line.split()
+            ticks = [int(field) for field in fields[:8]]  # user nice system idle iowait irq softirq steal
+            total[int(name[3:])] = sum(ticks)
+            busy[int(name[3:])] = total[int(name[3:])] - ticks[3] - ticks[4]
+    times = os.times()
+    return Reading(busy, total, times.user + times.system, time.monotonic())
 
 
 class Placement:
     """Keeps every thread of this process on the CPUs asked for (None: those it started with).
     A thread started later inherits its starter's CPUs, so pinning the threads there are
-    now pins those to come."""
+    now pins those to come. `owns_process`: "auto" places the process only if the cage owns it."""
 
-    def __init__(self) -> None:
+    def __init__(self, owns_process: bool = False, read: Callable[[], Reading] = read_cpus) -> None:
         self.supported = hasattr(os, "sched_setaffinity") and os.path.isdir(_TASKS)
         self.allowed = frozenset(os.sched_getaffinity(0)) if self.supported else frozenset()
         self.current: frozenset[int] | None = None  # what was last applied (None: the system's choice)
+        self.auto = owns_process and self.supported and len(self.allowed) > 1 and os.path.exists(_STAT)
+        self._read = read
+        self._last: Reading | None = None  # "auto": the reading a second ago
         self._told_unsupported = False
 
-    def check(self, cpus: frozenset[int] | None) -> None:
-        """ConfigError if `cpus` are not all among those this process may run on."""
-        if cpus is not None and self.supported and not cpus <= self.allowed:
-            raise ConfigError(f"config_interfaces.py: cpu_affinity {sorted(cpus)} names CPUs this process "
+    def check(self, wanted: Wanted) -> None:
+        """ConfigError if CPUs asked for are not all among those this process may run on."""
+        if isinstance(wanted, frozenset) and self.supported and not wanted <= self.allowed:
+            raise ConfigError(f"config_interfaces.py: cpu_affinity {sorted(wanted)} names CPUs this process "
                               f"may not run on (it may run on {sorted(self.allowed)})")
 
-    def apply(self, cpus: frozenset[int] | None) -> None:
-        """Every thread on `cpus` (None: back where the process was allowed at start). Run again
-        each second: it also catches a thread started meanwhile by one not yet moved. ConfigError
-        for CPUs not allowed, or that the kernel refuses."""
+    def apply(self, wanted: Wanted) -> None:
+        """Every thread where `wanted` says (None: back where the process was allowed at start).
+        Run again each second: it also catches a thread started meanwhile by one not yet moved,
+        and "auto" chooses again. ConfigError for CPUs not allowed, or that the kernel refuses."""
+        if wanted == AUTO:
+            cpus, why = self._auto(), ' (cpu_affinity "auto": the CPU other processes use least)'
+        else:
+            cpus, why = wanted, ""
+            self._last = None
         if cpus is None and self.current is None:
             return
         if not self.supported:
@@ -69,7 +138,30 @@ class Placement:
                 self._told_unsupported = True
             return
         self.check(cpus)
-        wanted = cpus if cpus is not None else self.allowed
+        self._move(cpus if cpus is not None else self.allowed)
+        if cpus != self.current:
+            self.current = cpus
+            log.message(f"the cage's threads run on CPU(s) {', '.join(map(str, sorted(cpus)))}{why}"
+                        if cpus is not None else "the cage's threads run where the system puts them")
+
+    def _auto(self) -> frozenset[int] | None:
+        """The one CPU for the next second, from the last second's load (None: none yet, or
+        the cage does not own its process)."""
+        if not self.auto:
+            return None
+        reading, last = self._read(), self._last
+        self._last = reading
+        if last is None or reading.at <= last.at:
+            return self.current  # the first reading: the next one decides
+        cpus = [cpu for cpu in sorted(self.allowed) if reading.total.get(cpu, 0) > last.total.get(cpu, 0)]
+        if not cpus:
+            return self.current
+        busy = {cpu: (reading.busy[cpu] - last.busy[cpu]) / (reading.total[cpu] - last.total[cpu]) for cpu in cpus}
+        mine = (reading.mine - last.mine) / (reading.at - last.at)
+        current = next(iter(self.current)) if self.current is not None and len(self.current) == 1 else None
+        return frozenset({choose_cpu(current, busy, mine, random.random())})
+
+    def _move(self, wanted: frozenset[int]) -> None:
         for tid in map(int, os.listdir(_TASKS)):
             try:
                 if os.sched_getaffinity(tid) != wanted:
@@ -79,7 +171,3 @@ class Placement:
             except OSError as e:  # the kernel refuses: the process's cpuset has shrunk since it started
                 raise ConfigError(f"config_interfaces.py: cpu_affinity {sorted(wanted)} cannot be applied: "
                                   f"{e.strerror or e}") from None
-        if cpus != self.current:
-            self.current = cpus
-            log.message(f"the cage's threads run on CPU(s) {', '.join(map(str, sorted(cpus)))}"
-                        if cpus is not None else "the cage's threads run where the system puts them")

@@ -199,5 +199,5 @@ INTERFACES_KEYS = Schema(
     sweep_period=Key(15.0, float),  # seconds between sweeps of resource pools
     log_level=Key("LOG", str),  # ERROR MESSAGE WARNING LOG INFO DEBUG NOISE; read every second
     statistics=Key(True, bool),  # count requests and resource calls (monitor/stats.py); read every second
-    cpu_affinity=Key(None, cpu_set),  # CPUs the threads run on, (0,) (None: the system's choice); read every second
+    cpu_affinity=Key("auto", cpu_set),  # "auto" (one CPU, the idlest), (0,), None (the system's); read every second
 )

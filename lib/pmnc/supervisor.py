@@ -242,7 +242,7 @@ def run_cage(root: str, node: str, cage: str, mode: str, files: str = "") -> int
     log.message(f"the cage is {STARTING.get(mode, 'starting up')}, pid {os.getpid()}")
     raise_descriptor_limit()
     try:
-        running = Cage(os.path.join(root, "cages"), cage, node)
+        running = Cage(os.path.join(root, "cages"), cage, node, owns_process=True)
         running.run(stopping, ready=freeze_boot_objects)
     except StateCorruptError as e:
         log.error(f"the cage refuses to start: {e}")
