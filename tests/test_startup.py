@@ -496,6 +496,18 @@ def test_cpu_affinity_auto_leaves_a_process_the_cage_does_not_own_alone(monkeypa
     assert placement.current is None
 
 
+@needs_two_cpus
+def test_cpu_affinity_auto_that_cannot_read_the_load_leaves_the_threads_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable() -> Reading:
+        raise OSError(errno.ENOENT, "No such file or directory", "/proc/stat")
+
+    placement = Placement(owns_process=True, read=unreadable)
+    monkeypatch.setattr(placement, "_move", lambda cpus: pytest.fail(f"moved to {cpus}"))
+    placement.apply(AUTO)  # logged once; "auto" gives up for this process
+    placement.apply(AUTO)
+    assert placement.current is None and not placement.auto
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux only")
 def test_cpu_readings_cover_every_cpu_this_process_may_use() -> None:
     before = read_cpus()

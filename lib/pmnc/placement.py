@@ -88,15 +88,16 @@ class Reading(NamedTuple):
 
 
 def read_cpus() -> Reading:
+    """Now's reading; OSError or ValueError if /proc/stat cannot be read as Linux writes it."""
     busy, total = {}, {}
     with open(_STAT) as f:
         for line in f:
-            if not line.startswith("cpu") or line.startswith("cpu "):
+            if not line.startswith("cpu") or line.startswith("cpu "):  # "cpu " is all of them together
                 continue
             name, *fields = line.split()
-            ticks = [int(field) for field in fields[:8]]  # user nice system idle iowait irq softirq steal
-            total[int(name[3:])] = sum(ticks)
-            busy[int(name[3:])] = total[int(name[3:])] - ticks[3] - ticks[4]
+            cpu, ticks = int(name[3:]), [int(field) for field in fields[:8]]  # user nice system idle iowait ...
+            total[cpu] = sum(ticks)
+            busy[cpu] = total[cpu] - ticks[3] - ticks[4]  # all but idle and waiting for I/O
     times = os.times()
     return Reading(busy, total, times.user + times.system, time.monotonic())
 
@@ -149,8 +150,13 @@ class Placement:
         the cage does not own its process)."""
         if not self.auto:
             return None
-        reading, last = self._read(), self._last
-        self._last = reading
+        try:
+            reading = self._read()
+        except (OSError, ValueError) as e:  # not Linux's /proc after all: the threads stay where they are
+            log.warning(f'cpu_affinity "auto" cannot read the CPUs\' load, the threads stay where they are: {e}')
+            self.auto = False
+            return self.current
+        last, self._last = self._last, reading
         if last is None or reading.at <= last.at:
             return self.current  # the first reading: the next one decides
         cpus = [cpu for cpu in sorted(self.allowed) if reading.total.get(cpu, 0) > last.total.get(cpu, 0)]
