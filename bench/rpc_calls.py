@@ -1,6 +1,6 @@
 """Benchmark cage-to-cage calls, pmnc("echo").echo.echo(x), against Pyro5 calls, both between two processes.
 
-    .venv/bin/python bench/rpc_calls.py [--calls 5000] [--threads 8] [--warmup 200] [--settle 3]
+    .venv/bin/python bench/rpc_calls.py [--calls 5000] [--threads 8] [--warmup 200] [--settle 5]
                                         [--serializers serpent,msgpack] [--transport direct|nats] [--keep]
 
 Every call sends a small dict, {"id": i, "text": "x" * 100}, and gets it back;
@@ -791,9 +791,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calls", type=int, default=5000, help="calls per measured run (5000)")
     parser.add_argument("--threads", type=int, default=8, help="threads of the concurrent run (8)")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up calls before each run (200)")
-    parser.add_argument("--settle", type=float, default=3.0,
+    parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds each side is loaded over --threads threads before it is measured: a cage "
-                             "chooses its CPU once a second (3)")
+                             "chooses its CPU once a second (5)")
     parser.add_argument("--serializers", default=",".join(SERIALIZERS),
                         help=f"Pyro5 serializers to measure, comma-separated ({','.join(SERIALIZERS)})")
     parser.add_argument("--transport", choices=TRANSPORTS, default="direct",

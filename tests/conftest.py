@@ -263,13 +263,15 @@ class Cluster:
         self.processes: list[CageProcess] = []
 
     def cage(self, name: str, files: dict[str, str] | None = None, *, interfaces: tuple[str, ...] = ("rpc",),
-             request_timeout: float = 10.0, thread_count: int = 10, log_level: str = "LOG") -> Path:
+             request_timeout: float = 10.0, thread_count: int = 10, log_level: str = "LOG",
+             cpu_affinity: Any = "auto") -> Path:
         """Make (or update) cage folder `name` with `files` and its config_interfaces."""
         folder = self.root / "cages" / name
         folder.mkdir(exist_ok=True)
         (folder / "config_interfaces.py").write_text(config_source({
             "interfaces": interfaces, "request_timeout": request_timeout, "thread_count": thread_count,
-            "sweep_period": 15.0, "log_level": log_level}))
+            "sweep_period": 15.0, "log_level": log_level,
+            **({} if cpu_affinity == "auto" else {"cpu_affinity": cpu_affinity})}))
         for file, text in (files or {}).items():
             write_file(folder / file, text)
         return folder

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import (
     CageProcess,
     Cluster,
@@ -159,9 +160,9 @@ class Runner:
         return outcome.error
 
 
-def start_runner(cluster: Cluster, name: str = "runner") -> Runner:
+def start_runner(cluster: Cluster, name: str = "runner", **options: Any) -> Runner:
     cluster.cage(name, {"config_interface_http.py": config_source(http_config()),
-                        "interface_http.py": RUNNER_HANDLER}, interfaces=("rpc", "http"))
+                        "interface_http.py": RUNNER_HANDLER}, interfaces=("rpc", "http"), **options)
     return Runner(cluster.start(name))
 
 
@@ -402,7 +403,29 @@ def test_calls_made_at_the_same_time_share_a_connection_and_none_waits_for_anoth
     """While one call holds the worker for 3 s, others made meanwhile (they share its connection)
     are answered at once, one at its deadline, and the connection serves on after it."""
     start_worker(cluster)
-    runner = start_runner(cluster)
+    overlapping_calls(start_runner(cluster), tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="cpu_affinity is honoured on Linux only")
+@pytest.mark.parametrize("spread", [True, False])
+def test_calls_made_at_the_same_time_share_a_connection_while_the_threads_are_spread(cluster: Cluster, tmp_path: Path,
+                                                                                     spread: bool) -> None:
+    """Spread over CPUs (cpu_affinity None), calls that overlap share one connection, a reader
+    thread handing out the answers; kept on one CPU, each takes a connection of its own (cheaper
+    there: placement.on_one_cpu). Either way none waits for another."""
+    start_worker(cluster)
+    runner = start_runner(cluster, cpu_affinity=None if spread else (min(os.sched_getaffinity(0)),))
+    overlapping_calls(runner, tmp_path)
+    readers = runner.result("""
+        import threading
+        result = [t.name for t in threading.enumerate() if t.name.startswith("rpc:") and t.name.endswith(".worker")]
+    """)  # a shared connection's reader thread (the rpc interface's are named for their peers)
+    assert bool(readers) is spread
+
+
+def overlapping_calls(runner: Runner, tmp_path: Path) -> None:
+    """One call holds the worker for 3 s; twenty made meanwhile are answered at once, one gives up
+    at its deadline, and the next is answered."""
     markers = tmp_path / "markers"
     markers.mkdir()
     slow: list[Outcome] = []
