@@ -526,13 +526,30 @@ def settle(load: Callable[[], object], seconds: float) -> None:
         load()
 
 
+def pyro_settle(uri: str, threads: int, seconds: float) -> None:
+    """Pyro5 loaded as the cages are before they are measured: `threads` proxies calling for
+    `seconds` (one proxy a thread for the whole time, as in the measured run)."""
+    until = time.monotonic() + seconds
+
+    def load() -> None:
+        with Pyro5.api.Proxy(uri) as proxy:
+            while time.monotonic() < until:
+                pyro_calls(proxy, range(20), [], [])
+
+    workers = [threading.Thread(target=load, name=f"settle-{n}", daemon=True) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
 def pyro_client(uri: str, serializer: str, calls: int, threads: int, warmup: int, server_pid: int,
                 tls: str | None, settle_seconds: float) -> int:
     """Settled, then sequential, then over `threads`: one JSON line on stdout."""
     if tls:
         pyro_tls(tls, "client")
     Pyro5.config.SERIALIZER = serializer
-    settle(lambda: pyro_concurrent(uri, warmup, threads, warmup, server_pid), settle_seconds)
+    pyro_settle(uri, threads, settle_seconds)
     sequential = pyro_sequential(uri, calls, warmup, server_pid)
     concurrent = pyro_concurrent(uri, calls, threads, warmup, server_pid)
     print(json.dumps({"sequential": sequential.__dict__, "concurrent": concurrent.__dict__}), flush=True)

@@ -166,8 +166,9 @@ def start_runner(cluster: Cluster, name: str = "runner", **options: Any) -> Runn
     return Runner(cluster.start(name))
 
 
-def start_worker(cluster: Cluster, name: str = "worker", node: str | None = None, **options: Any) -> CageProcess:
-    cluster.cage(name, {"work.py": WORK, "interface_http.py": WORKER_INTERFACE}, **options)
+def start_worker(cluster: Cluster, name: str = "worker", node: str | None = None,
+                 files_extra: dict[str, str] | None = None, **options: Any) -> CageProcess:
+    cluster.cage(name, {"work.py": WORK, "interface_http.py": WORKER_INTERFACE, **(files_extra or {})}, **options)
     return cluster.start(name, node=node)
 
 
@@ -421,6 +422,36 @@ def test_calls_made_at_the_same_time_share_a_connection_while_the_threads_are_sp
         result = [t.name for t in threading.enumerate() if t.name.startswith("rpc:") and t.name.endswith(".worker")]
     """)  # a shared connection's reader thread (the rpc interface's are named for their peers)
     assert bool(readers) is spread
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="cpu_affinity is honoured on Linux only")
+def test_a_burst_of_calls_kept_on_one_cpu_does_not_become_a_burst_of_handshakes(cluster: Cluster) -> None:
+    """Forty calls at once from a cage kept on one CPU, each opening a connection of its own, to a
+    callee that lets five TLS handshakes wait at a time (it drops the oldest for a sixth): four are
+    opened at a time (MAX_CONNECTING), the others wait their turn, and every call is answered."""
+    worker = start_worker(cluster, files_extra={"config_interface_rpc.py": config_source({
+        "protocol": "rpc", "listener_address": ("127.0.0.1", 0), "max_handshakes": 5})})
+    runner = start_runner(cluster, cpu_affinity=(min(os.sched_getaffinity(0)),))
+    answers = runner.result("""
+        import threading
+        start, answers = threading.Barrier(40), [None] * 40
+
+        def call(i):
+            start.wait()
+            try:
+                answers[i] = pmnc("worker").work.handle(i)
+            except Exception as e:
+                answers[i] = f"{type(e).__name__}: {e}"
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        result = answers
+    """)
+    assert answers == [2 * i for i in range(40)]
+    assert "TLS handshake failed" not in worker.log_text()
 
 
 def overlapping_calls(runner: Runner, tmp_path: Path) -> None:

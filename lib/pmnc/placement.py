@@ -52,7 +52,7 @@ def on_one_cpu() -> bool:
     Then a thread waking another wakes it on the same CPU, cheaply, and the trade-offs that
     assume a wake-up across CPUs no longer hold: a cage-to-cage call made while others are under
     way takes a connection of its own rather than sharing theirs (protocols/rpc.py; over 8
-    threads, kept on one CPU each, the two cages served ~1.7 times the calls that way, bench/README).
+    threads, kept on one CPU each, two cages served 10-20 % more calls that way, bench/README).
     """
     return _kept_on_one_cpu
 

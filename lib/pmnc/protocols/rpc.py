@@ -827,7 +827,7 @@ class Resource(resource.Resource):
             shared = calls if tag is not None else None
             stopping: set[str] = set()  # instances that refused the call: it did not run there
             while True:
-                channel = self._channel(cluster, request, stopping, shared)
+                channel = self._channel(cluster, request, stopping, calls, shared)
                 reply = channel.exchange(frame, request, cluster, tag)
                 if channel.gone:  # it said goodbye, after its answer or instead of one
                     self._forget(channel, cluster, shared)
@@ -856,12 +856,17 @@ class Resource(resource.Resource):
             del self._channels[channel.location.instance]
         cluster.locator.failed(channel.location)
 
-    def _channel(self, cluster: Cluster, request: _request.Request, stopping: set[str],
+    def _channel(self, cluster: Cluster, request: _request.Request, stopping: set[str], calls: _Calls,
                  shared: _Calls | None) -> _Channel | _SharedChannel:
         """A connection to one live instance, picked at random: an open one if there is one
         (this pool connection's own, or, for a `shared` call, the one the target's calls
         share), else a new one; failing ones, and those `stopping` (more are found on the
-        way: then the instances are looked up again), are skipped within the budget."""
+        way: then the instances are looked up again), are skipped within the budget.
+
+        At most MAX_CONNECTING connections to the target are opened at once (`calls.connects`):
+        a burst of calls must not become a burst of TLS handshakes, of which the callee keeps
+        `max_handshakes` waiting and drops the oldest. A shared call that waited its turn takes
+        the shared connection another opened meanwhile."""
         channels: dict[str, Any] = self._channels if shared is None else shared.channels
         while True:
             failures = []
@@ -875,7 +880,14 @@ class Resource(resource.Resource):
                         stopping.add(location.instance)
                         break  # look the instances up again: a new one may have come meanwhile
                     channel.retire()
+                budget = self._budget(cluster, request)
+                if not calls.connects.acquire(timeout=budget):
+                    failures.append(f"no turn to open a connection in {budget:.1f}s ({MAX_CONNECTING} at a time)")
+                    break
                 try:
+                    channel = channels.get(location.instance)
+                    if shared is not None and channel is not None and channel.usable():
+                        return channel  # type: ignore[no-any-return]
                     new = _Channel.connect(location, cluster, self._budget(cluster, request))
                 except ResourceError as e:
                     cluster.locator.failed(location)
@@ -883,6 +895,8 @@ class Resource(resource.Resource):
                     if request.expired:
                         break
                     continue
+                finally:
+                    calls.connects.release()
                 if shared is not None:
                     return shared.share(new, cluster)
                 self._channels[location.instance] = new
@@ -1061,6 +1075,7 @@ class _Channel:
 # --- calls made at the same time share a connection -------------------------------------------------
 
 SHARED_FRAME_MAX = 65536  # bytes: a larger call goes on a connection of its own (its write is long)
+MAX_CONNECTING = 4  # connections to one target cage being opened at once (TLS handshakes: _channel)
 SHARED_IDLE = 60.0  # seconds a shared connection with no call is kept
 _TAGS = itertools.count(1)  # tags of this cage's shared calls: next() is atomic
 _UNSENT = object()  # what a shared connection that could not take the call answers: not sent, try another
@@ -1070,10 +1085,11 @@ class _Calls:
     """This cage's calls to one target cage: how many are under way, and the connections
     those made at the same time share, by instance. In `Cluster.links`, closed with it."""
 
-    __slots__ = ("channels", "in_flight", "lock")
+    __slots__ = ("channels", "connects", "in_flight", "lock")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.connects = threading.BoundedSemaphore(MAX_CONNECTING)  # turns to open a connection
         self.in_flight = 0
         self.channels: dict[str, _SharedChannel] = {}
 
