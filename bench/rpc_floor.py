@@ -11,12 +11,14 @@ target can be judged against what the wire and TLS alone allow:
   `ssl` socket per connection, each served by a thread of its own, with pmnc's
   own mutual TLS (pmnc.rpc.identity.ClusterKeys: certificates made by
   pmnc.keys, TLS >= 1.2, a certificate required of both ends, the identity URI
-  checked once per connection). It reads frames as pmnc does (`recv` of
-  pmnc's RECV_SIZE into codec.FrameDecoder; wire.py itself has nothing for
-  sockets) and answers each value back in a frame of codec.encode. The client,
+  checked once per connection). It waits for a frame as pmnc does (a poll
+  for up to busywait's default before it sleeps, busywait.py), reads it as
+  pmnc does (`recv` of pmnc's RECV_SIZE into codec.FrameDecoder; wire.py
+  itself has nothing for sockets) and answers each value back in a frame of
+  codec.encode. The client,
   in this process, sends {"id": i, "text": "x" * 100} in a frame of
-  codec.encode on one blocking mutual-TLS connection per thread and reads the
-  answer the same way. No request, lifecycle, pools, deadlines or call
+  codec.encode on one blocking mutual-TLS connection per thread and waits for
+  and reads the answer the same way. No request, lifecycle, pools, deadlines or call
   envelope: the wire and TLS only.
 - multiplexed pmnc wire: the same server process, TLS and codec on a second
   port, where one connection carries many calls at once: each frame is
@@ -63,8 +65,10 @@ from typing import Any
 import msgpack
 from http_hello import HOST, end_process, read_text, run_pair, wait_until
 from pmnc import keys
+from pmnc.busywait import BusyWait
 from pmnc.protocols.rpc import RECV_SIZE
 from pmnc.rpc import codec
+from pmnc.rpc.cluster import BUSY_WAIT
 from pmnc.rpc.identity import ClusterKeys, Identity, peer_identity
 from rpc_calls import (
     START_TIMEOUT,
@@ -80,6 +84,7 @@ from rpc_calls import (
 FLOCK = "RPC_FLOOR"
 SERVER_CAGE, CLIENT_CAGE = "echo", "caller"  # the identities both ends show, as two cages would
 BANNER = re.compile(r"rpc_floor: bare pmnc wire at ([\d.]+):(\d+), multiplexed at port (\d+)")
+FOREVER = 3600.0  # seconds: the bare wire has no deadlines
 WORKERS = 10  # the multiplexed server's threads that run calls: a cage's default thread_count
 
 
@@ -93,8 +98,8 @@ def serve_connection(raw: socket.socket, context: ssl.SSLContext) -> None:
             identity = peer_identity(sock.getpeercert())
             if identity is None or identity.flock != FLOCK:
                 return
-            decoder = codec.FrameDecoder()
-            while data := sock.recv(RECV_SIZE):
+            decoder, waiter, fds = codec.FrameDecoder(), BusyWait(BUSY_WAIT), [sock.fileno()]
+            while waiter.ready(fds, FOREVER) and (data := sock.recv(RECV_SIZE)):
                 for value in decoder.feed(data):
                     sock.sendall(codec.encode(value))
     except (OSError, codec.DecodeError, codec.EncodeError) as e:
@@ -254,11 +259,12 @@ class BareProxy:
         if peer_identity(self.sock.getpeercert()) != Identity(FLOCK, SERVER_CAGE):  # as pmnc's _Channel checks
             self.sock.close()
             raise RuntimeError("the bare server is not the expected cage")
-        self.decoder = codec.FrameDecoder()
+        self.decoder, self.waiter, self.fds = codec.FrameDecoder(), BusyWait(BUSY_WAIT), [self.sock.fileno()]
 
     def echo(self, value: Any) -> Any:
         self.sock.sendall(codec.encode(value))
         while True:
+            self.waiter.ready(self.fds, FOREVER)
             data = self.sock.recv(RECV_SIZE)
             if not data:
                 raise EOFError("closed by the server")

@@ -20,7 +20,7 @@ RANKS = {
     # 0 base: what everything may use
     "__init__": 0, "errors": 0, "request": 0, "log": 0, "rwlock": 0, "typecheck": 0,
     "loop": 0, "keys": 0, "tls": 0, "resource": 0, "venv": 0, "timeout": 0, "threads": 0, "interlocked": 0,
-    "placement": 0,
+    "placement": 0, "busywait": 0,
     # 1 core
     "workers": 1, "loader": 1, "config": 1, "schema": 1, "state": 1, "decisions": 1, "lifecycle": 1,
     "received": 1,

@@ -74,6 +74,8 @@ from typing import TYPE_CHECKING, Any
 
 from pmnc import interfaces, log, resource, retry
 from pmnc import request as _request
+from pmnc.busywait import BusyWait
+from pmnc.busywait import ready as _ready
 from pmnc.errors import (
     ConfigError,
     DeadlineError,
@@ -428,6 +430,7 @@ class Connection:
         self.tagged = 0  # tagged calls handed to the workers and not yet answered
         self.answered = threading.Condition()  # a tagged call has been answered
         self.closing = False  # the goodbye waits for the tagged calls' answers: tell it of each
+        self.next_frame = BusyWait(iface.cluster.busy_wait)  # a caller calling again at once is not slept on
 
     def serve(self) -> None:
         try:
@@ -547,7 +550,7 @@ class Connection:
             # No look at what TLS holds decrypted (`pending`, one more let-go of the GIL a
             # call): a read asks for more than a TLS record holds, so it takes every record whole.
             fd = self.sock.fileno()
-            ready = _ready([fd, iface.wake_r] if wake else [fd], timeout)
+            ready = self.next_frame.ready([fd, iface.wake_r] if wake else [fd], timeout)
             if not ready:
                 return None
             if fd not in ready:
@@ -720,15 +723,6 @@ def _shut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
-
-
-def _ready(fds: list[int], timeout: float, events: int = select.POLLIN) -> list[int]:
-    """Those of `fds` ready (or closed, or failed) within `timeout` seconds. poll, not
-    select: descriptor numbers may be above select's 1024."""
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, events)
-    return [fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
 
 
 def _late(envelope: dict[str, Any]) -> bool:
@@ -967,6 +961,7 @@ class _Channel:
         self.sock, self.location = sock, location
         self.decoder = codec.FrameDecoder(cluster.max_frame_size, cluster.use_pickle)
         self.gone = False  # the instance has said it is stopping
+        self.answer = BusyWait(cluster.busy_wait)  # a quick callee's answer is not slept on
 
     @classmethod
     def connect(cls, location: Location, cluster: Cluster, timeout: float) -> _Channel:
@@ -1024,7 +1019,7 @@ class _Channel:
         try:
             self._send(frame, request)
             while True:
-                if not _ready([self.sock.fileno()], request.remain):
+                if not self.answer.ready([self.sock.fileno()], request.remain):
                     raise TimeoutError
                 try:
                     data = self.sock.recv(RECV_SIZE)

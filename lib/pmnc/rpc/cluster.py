@@ -12,7 +12,7 @@ import ssl
 import threading
 from typing import TYPE_CHECKING, Any
 
-from pmnc import log
+from pmnc import busywait, log
 from pmnc.config import read_settings
 from pmnc.errors import ConfigError, ResourceError
 from pmnc.rpc.bus import Bus
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pmnc.loader import Loader
 
 TRANSPORTS = ("direct", "nats")
+BUSY_WAIT = 0.0002  # seconds: a quick call's answer (and the next call of a caller in a loop) comes within it
 RETRY_STORES = ("local", "jetstream")
 
 
@@ -51,6 +52,7 @@ KEYS = Schema(  # of config_cluster.py
     exact_locations=Key(None),  # static locations, for networks without broadcast: {"cage": ("host:port", ...)}
     use_pickle=Key(False, bool),  # pickle instead of msgpack: only where every cage is trusted with code
     max_frame_size=Key(DEFAULT_LIMIT, int),  # bytes: the largest call or answer accepted
+    busy_wait=Key(BUSY_WAIT, busywait.limit),  # seconds a connection polls for what comes next before it sleeps
     # across networks: NATS (rpc/bus.py, docs/nats/)
     transport=Key("direct", str),  # "nats": calls between cages are NATS requests
     nats_servers=Key(("nats://127.0.0.1:4222",), names),  # URLs of the NATS cluster's servers
@@ -76,6 +78,7 @@ class Cluster:
         self.discovery_timeout: float = config["discovery_timeout"]
         self.use_pickle: bool = config["use_pickle"]
         self.max_frame_size: int = config["max_frame_size"]
+        self.busy_wait: float = config["busy_wait"]
         cages_dir = os.path.dirname(loader.shared_dir)
         self.keys = ClusterKeys.ensure(keys_folder(cages_dir, config["ssl_keys_dir"]), self.flock, self.cage)
         self.client_context: ssl.SSLContext = self.keys.client_context()
