@@ -11,8 +11,10 @@ target can be judged against what the wire and TLS alone allow:
   `ssl` socket per connection, each served by a thread of its own, with pmnc's
   own mutual TLS (pmnc.rpc.identity.ClusterKeys: certificates made by
   pmnc.keys, TLS >= 1.2, a certificate required of both ends, the identity URI
-  checked once per connection). It waits for a frame as pmnc does (a poll
-  for up to busywait's default before it sleeps, busywait.py), reads it as
+  checked once per connection). Each end places itself as a cage does
+  (cpu_affinity "auto", once a second; the sequential run comes after SETTLE
+  seconds of calls) and waits for a frame as pmnc does (a poll for up to
+  busywait's default before it sleeps, busywait.py), reads it as
   pmnc does (`recv` of pmnc's RECV_SIZE into codec.FrameDecoder; wire.py
   itself has nothing for sockets) and answers each value back in a frame of
   codec.encode. The client,
@@ -58,6 +60,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,7 @@ import msgpack
 from http_hello import HOST, end_process, read_text, run_pair, wait_until
 from pmnc import keys
 from pmnc.busywait import BusyWait
+from pmnc.placement import AUTO, Placement
 from pmnc.protocols.rpc import RECV_SIZE
 from pmnc.rpc import codec
 from pmnc.rpc.cluster import BUSY_WAIT
@@ -85,6 +89,7 @@ FLOCK = "RPC_FLOOR"
 SERVER_CAGE, CLIENT_CAGE = "echo", "caller"  # the identities both ends show, as two cages would
 BANNER = re.compile(r"rpc_floor: bare pmnc wire at ([\d.]+):(\d+), multiplexed at port (\d+)")
 FOREVER = 3600.0  # seconds: the bare wire has no deadlines
+SETTLE = 3.0  # seconds of calls before the sequential run: both ends placed as a cage places itself
 WORKERS = 10  # the multiplexed server's threads that run calls: a cage's default thread_count
 
 
@@ -182,9 +187,33 @@ def serve_multiplexed(raw: socket.socket, context: ssl.SSLContext) -> None:
             calls.put(None)
 
 
+class CageLikePlacement:
+    """This process placed as a cage's maintenance places it, once a second: cpu_affinity
+    "auto" - its threads kept on the CPU others use least, and busy waits on only while they
+    have it to themselves (placement.alone_on_its_cpu). stop() leaves them where the system
+    puts them again (the processes started after, Pyro5's client, inherit that)."""
+
+    def __init__(self) -> None:
+        self.placement, self.stopping = Placement(owns_process=True), threading.Event()
+        self.thread = threading.Thread(target=self._run, name="placement", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.placement.apply(AUTO)
+            if self.stopping.wait(1.0):
+                self.placement.apply(None)
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+
 def serve_bare(folder: str) -> int:
     """Accept on two free loopback ports until SIGTERM, a thread per connection: the bare wire
-    on one, the multiplexed wire on the other."""
+    on one, the multiplexed wire on the other; placed as a cage."""
+    CageLikePlacement()
     context = ClusterKeys.ensure(Path(folder), FLOCK, SERVER_CAGE).server_context()
     listeners = [(socket.create_server((HOST, 0)), serve) for serve in (serve_connection, serve_multiplexed)]
     host, port = listeners[0][0].getsockname()[:2]
@@ -329,8 +358,12 @@ class MuxConnection:
 
 
 def bare_sequential(server: BareServer, context: ssl.SSLContext, calls: int, warmup: int) -> Run:
+    """After SETTLE seconds of calls: each end places itself once a second, as a cage does."""
     assert server.process is not None
     with BareProxy(server.address, context) as proxy:
+        settled = time.monotonic() + SETTLE
+        while time.monotonic() < settled:
+            proxy.echo({"id": 0, "text": "settling"})
         return sequential_calls(proxy, calls, warmup, server.process.pid)
 
 
@@ -381,9 +414,13 @@ def bench(args: argparse.Namespace, server: BareServer, pyro: PyroServer) -> int
 
     print("bare pmnc wire: warming up and measuring ...", flush=True)
     context = ClusterKeys.ensure(server.keys, FLOCK, CLIENT_CAGE).client_context()
-    bare = (bare_sequential(server, context, args.calls, args.warmup),
-            bare_concurrent(server, context, args.calls, args.threads, args.warmup),
-            multiplexed_concurrent(server, context, args.calls, args.threads, args.warmup))
+    placed = CageLikePlacement()
+    try:
+        bare = (bare_sequential(server, context, args.calls, args.warmup),
+                bare_concurrent(server, context, args.calls, args.threads, args.warmup),
+                multiplexed_concurrent(server, context, args.calls, args.threads, args.warmup))
+    finally:
+        placed.stop()
     print("Pyro5 msgpack TLS: warming up and measuring ...", flush=True)
     peer = pyro.run("msgpack", args.calls, args.threads, args.warmup, 0.0)  # nothing here places itself
 

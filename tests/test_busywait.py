@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pmnc import busywait
+from pmnc import busywait, placement
 from pmnc.busywait import BusyWait
 from pmnc.errors import ConfigError
 from pmnc.rpc.cluster import BUSY_WAIT, KEYS
@@ -31,9 +31,11 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 @pytest.fixture(autouse=True)
-def several_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As on the machines this runs on: a test of one CPU says so."""
+def alone_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a cage process kept on a CPU nobody else uses, on a machine of several: a test of
+    anything else says so. (This process is not one: placement reads its load only in a cage's.)"""
     monkeypatch.setattr(busywait, "SEVERAL_CPUS", True)
+    monkeypatch.setattr(placement, "_alone", True)
 
 
 def timed_wait(waiter: BusyWait, fd: int, timeout: float) -> tuple[list[int], float]:
@@ -122,6 +124,16 @@ def test_with_a_limit_of_zero_or_on_one_cpu_a_wait_sleeps(pair: tuple[socket.soc
         waiter.quick = True
         found, cpu = timed_wait(waiter, reader.fileno(), 0.4)
         assert found == [] and cpu < SLEPT
+
+
+def test_a_cage_that_is_not_alone_on_its_cpu_sleeps(pair: tuple[socket.socket, socket.socket],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "_alone", False)  # its CPU shared, or its threads spread
+    reader, _ = pair
+    waiter = BusyWait(LIMIT)
+    waiter.quick = True
+    found, cpu = timed_wait(waiter, reader.fileno(), 0.4)
+    assert found == [] and cpu < SLEPT
 
 
 def test_busy_wait_of_config_cluster_takes_seconds_from_zero_to_a_hundredth() -> None:

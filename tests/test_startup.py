@@ -23,7 +23,7 @@ import pytest
 from conftest import config_source, http_config, http_request, make_tree, module_source, wait_until, write_file
 from pmnc import placement as placement_module
 from pmnc.errors import ConfigError
-from pmnc.placement import AUTO, Placement, Reading, choose_cpu, on_one_cpu, read_cpus
+from pmnc.placement import AUTO, Placement, Reading, alone_on_its_cpu, choose_cpu, on_one_cpu, read_cpus
 from pmnc.schema import INTERFACES_KEYS
 
 RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d\d (ERR|MSG|WRN|LOG|INF|DBG|NSE) \[[^\]]+\] ")
@@ -488,6 +488,27 @@ def test_cpu_affinity_auto_moves_the_threads_a_second_after_the_first_reading(
     assert placement.current == frozenset({second})
     placement.apply(None)
     assert moves[-1] == frozenset(os.sched_getaffinity(0)) and placement.current is None and not on_one_cpu()
+
+
+@needs_two_cpus
+def test_a_cage_is_alone_on_its_cpu_while_other_processes_leave_it_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What busywait.py asks before it polls: kept on one CPU that others used less than a quarter of."""
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    queue = readings({first: 0.9, second: 0.1}, {first: 0.9, second: 0.9}, {first: 0.2, second: 0.9}, mine=0.4)
+    placement = Placement(owns_process=True, read=lambda: queue.pop(0))
+    monkeypatch.setattr(placement, "_move", lambda cpus: None)  # not this test process's own threads
+    monkeypatch.setattr(placement_module, "_alone", False)
+    monkeypatch.setattr(placement_module, "_kept_on_one_cpu", False)
+    placement.apply(AUTO)
+    assert not alone_on_its_cpu()  # one reading: nothing known yet
+    placement.apply(AUTO)
+    assert placement.current == frozenset({second}) and alone_on_its_cpu()  # others used 0.1 of it
+    placement.apply(AUTO)
+    assert placement.current == frozenset({second}) and not alone_on_its_cpu()  # 0.9 less its own 0.4
+    placement.apply(frozenset({first}))
+    assert alone_on_its_cpu()  # named: what others used of CPU `first` (0.2) decides the same way
+    placement.apply(None)
+    assert not queue and not alone_on_its_cpu()  # spread: never alone, and no reading is needed
 
 
 def test_cpu_affinity_auto_leaves_a_process_the_cage_does_not_own_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,12 @@ It costs CPU, so it is kept small and only where it pays:
 - a connection busy-waits only while its waits are short: one that waited longer than the
   limit last time (an idle caller, a slow callee) sleeps at once, till a wait is short again;
 - at most one thread of a process busy-waits at a time; the others sleep;
-- it yields the CPU between its polls, so a peer kept on the same CPU runs meanwhile;
-- on a machine of one CPU it never does (the answer cannot come while it polls).
+- it yields the CPU between its polls, so the cage's own other threads run meanwhile;
+- only a cage kept on a CPU of its own busy-waits (placement.alone_on_its_cpu: "auto" or one
+  CPU named, that other processes left idle in the last second), so the CPU it takes is one
+  nobody else needs: not a cage whose threads are spread (cpu_affinity None), nor one that
+  runs in another program's process (the tests' in-process cages); on a machine of one CPU
+  it never does.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import os
 import select
 import threading
 import time
+
+from pmnc import placement
 
 # The config key (config_cluster.py busy_wait) is checked against this: more would be a
 # spin, not a wait for an answer on its way.
@@ -62,7 +68,8 @@ class BusyWait:
         """Those of `fds` readable (or closed, or failed) within `timeout` seconds: polled
         for up to `limit` first if the last wait was quick, then asleep."""
         began = time.monotonic()
-        found = self._poll_awake(fds, began + min(self.limit, timeout)) if self.quick else None
+        awake = self.quick and placement.alone_on_its_cpu()
+        found = self._poll_awake(fds, began + min(self.limit, timeout)) if awake else None
         if found is None:
             found = ready(fds, began + timeout - time.monotonic())
         self.quick = time.monotonic() - began < self.limit

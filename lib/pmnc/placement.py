@@ -33,17 +33,19 @@ from typing import Literal, NamedTuple
 from pmnc import log
 from pmnc.errors import ConfigError
 
-__all__ = ["AUTO", "Placement", "Reading", "choose_cpu", "cpu_set", "on_one_cpu", "read_cpus"]
+__all__ = ["AUTO", "Placement", "Reading", "alone_on_its_cpu", "choose_cpu", "cpu_set", "on_one_cpu", "read_cpus"]
 
 _TASKS = "/proc/self/task"
 _STAT = "/proc/stat"
 
 AUTO: Literal["auto"] = "auto"
 MARGIN = 0.25  # of a CPU: how much idler another CPU must be for an "auto" cage to move there
+ALONE = 0.25  # of a CPU: the most other processes may have used of a cage's one CPU for it to be alone there
 
 Wanted = frozenset[int] | Literal["auto"] | None  # what config_interfaces.py asks for
 
 _kept_on_one_cpu = False  # every thread of this process, now (Placement.apply: a process has one placement)
+_alone = False  # ... on a CPU other processes left idle in the last second
 
 
 def on_one_cpu() -> bool:
@@ -55,6 +57,15 @@ def on_one_cpu() -> bool:
     threads, kept on one CPU each, two cages served 10-20 % more calls that way, bench/README).
     """
     return _kept_on_one_cpu
+
+
+def alone_on_its_cpu() -> bool:
+    """Whether every thread of this process is kept on one CPU ("auto", or one CPU named) that
+    other processes left idle, all but ALONE of it, in the last second. Only then does a thread
+    of it poll for what it waits for rather than sleep (busywait.py): the CPU it takes is one
+    nobody else needs. Where the cage shares its CPU, or its threads are spread, every poll
+    would be a turn taken from another process or thread that needs it."""
+    return _alone
 
 
 def cpu_set(value: object) -> Wanted:
@@ -124,7 +135,8 @@ class Placement:
         self.supported = hasattr(os, "sched_setaffinity") and os.path.isdir(_TASKS)
         self.allowed = frozenset(os.sched_getaffinity(0)) if self.supported else frozenset()
         self.current: frozenset[int] | None = None  # what was last applied (None: the system's choice)
-        self.auto = owns_process and self.supported and len(self.allowed) > 1 and os.path.exists(_STAT)
+        self.reads = owns_process and self.supported and os.path.exists(_STAT)  # the CPUs' load, each second
+        self.auto = self.reads and len(self.allowed) > 1
         self._read = read
         self._last: Reading | None = None  # "auto": the reading a second ago
         self._told_unsupported = False
@@ -139,12 +151,14 @@ class Placement:
         """Every thread where `wanted` says (None: back where the process was allowed at start).
         Run again each second: it also catches a thread started meanwhile by one not yet moved,
         and "auto" chooses again. ConfigError for CPUs not allowed, or that the kernel refuses."""
+        one_cpu = isinstance(wanted, frozenset) and len(wanted) == 1
+        load = self._load(wanted) if (wanted == AUTO and self.auto) or (one_cpu and self.reads) else None
         if wanted == AUTO:
-            cpus, why = self._auto(), ' (cpu_affinity "auto": the CPU other processes use least)'
+            cpus, why = self._auto(load), ' (cpu_affinity "auto": the CPU other processes use least)'
         else:
             cpus, why = wanted, ""
-            self._last = None
-        if cpus is None and self.current is None:
+        was = self.current
+        if cpus is None and was is None:
             return
         if not self.supported:
             if not self._told_unsupported:
@@ -153,34 +167,55 @@ class Placement:
             return
         self.check(cpus)
         self._move(cpus if cpus is not None else self.allowed)
+        global _alone, _kept_on_one_cpu
+        _alone = self._alone(load, was, cpus)
         if cpus != self.current:
-            global _kept_on_one_cpu
             self.current = cpus
             _kept_on_one_cpu = cpus is not None and len(cpus) == 1
             log.message(f"the cage's threads run on CPU(s) {', '.join(map(str, sorted(cpus)))}{why}"
                         if cpus is not None else "the cage's threads run where the system puts them")
 
-    def _auto(self) -> frozenset[int] | None:
-        """The one CPU for the next second, from the last second's load (None: none yet, or
-        the cage does not own its process)."""
-        if not self.auto:
-            return None
+    def _load(self, wanted: Wanted) -> tuple[dict[int, float], float] | None:
+        """Each allowed CPU's busy share since the last reading, and the CPUs this process used
+        meanwhile; None on the first reading (nothing to compare yet) or if none can be made."""
         try:
             reading = self._read()
         except (OSError, ValueError) as e:  # not Linux's /proc after all: the threads stay where they are
-            log.warning(f'cpu_affinity "auto" cannot read the CPUs\' load, the threads stay where they are: {e}')
-            self.auto = False
-            return self.current
+            if wanted == AUTO:
+                log.warning(f'cpu_affinity "auto" cannot read the CPUs\' load, the threads stay where they are: {e}')
+            self.reads = self.auto = False
+            return None
         last, self._last = self._last, reading
         if last is None or reading.at <= last.at:
-            return self.current  # the first reading: the next one decides
+            return None
         cpus = [cpu for cpu in sorted(self.allowed) if reading.total.get(cpu, 0) > last.total.get(cpu, 0)]
         if not cpus:
-            return self.current
+            return None
         busy = {cpu: (reading.busy[cpu] - last.busy[cpu]) / (reading.total[cpu] - last.total[cpu]) for cpu in cpus}
-        mine = (reading.mine - last.mine) / (reading.at - last.at)
+        return busy, (reading.mine - last.mine) / (reading.at - last.at)
+
+    def _auto(self, load: tuple[dict[int, float], float] | None) -> frozenset[int] | None:
+        """The one CPU for the next second, from the last second's `load` (None: the cage does
+        not own its process)."""
+        if not self.auto:
+            return None
+        if load is None:
+            return self.current
+        busy, mine = load
         current = next(iter(self.current)) if self.current is not None and len(self.current) == 1 else None
         return frozenset({choose_cpu(current, busy, mine, random.random())})
+
+    @staticmethod
+    def _alone(load: tuple[dict[int, float], float] | None, was: frozenset[int] | None,
+               cpus: frozenset[int] | None) -> bool:
+        """Whether the one CPU of `cpus` was left idle by other processes in the last second
+        (`load`; this process's own use discounted if it `was` there)."""
+        if load is None or cpus is None or len(cpus) != 1:
+            return False
+        (cpu,), (busy, mine) = cpus, load
+        if cpu not in busy:
+            return False
+        return busy[cpu] - (mine if was == cpus else 0.0) < ALONE
 
     def _move(self, wanted: frozenset[int]) -> None:
         for tid in map(int, os.listdir(_TASKS)):
