@@ -91,6 +91,6 @@ class BusyWait:
                     return [fd for fd, _ in found]
                 if time.monotonic() >= until:
                     return None
-                os.sched_yield()  # a peer on this CPU answers meanwhile
+                os.sched_yield()  # the cage's other threads on this CPU run meanwhile
         finally:
             _one_at_a_time.release()
