@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pymongo
 import pytest
+from peers import free_port
 from pymongo.errors import PyMongoError
 
 HOST = "127.0.0.1"
@@ -38,13 +39,6 @@ def _executable() -> list[str]:
     if found is None:
         pytest.skip("nx-27017 is not installed (pip install nx-27017)")
     return [found]
-
-
-def free_port() -> int:
-    """A port nobody listens on now (the kernel's pick; closed again at once)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class MongoPeer:

@@ -4,6 +4,7 @@ ports, the servers a killed test run left behind, and a TCP relay to cut connect
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -13,9 +14,32 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+LOW_PORT = 10000  # free ports are picked from here up to the system's ephemeral range
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the system gives outgoing connections as their own (32768 if unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port nothing listens on now, below the range the system takes outgoing
+    connections' own ports from: a server started seconds later (a JVM) still finds it free,
+    where a port of that range may meanwhile be taken by any connection made - the harness's
+    own, polling whether the server is up yet."""
+    high = _ephemeral_low()
+    for _ in range(200) if high > LOW_PORT else ():
+        port = random.randrange(LOW_PORT, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no room below the range: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from conftest import (
     wait_until,
     write_file,
 )
+from peers import free_port
 from pmnc.monitor.health import _checked_headline, cluster_page, start_health_monitor
 from pmnc.request import Request, attached
 from pmnc.rpc.locator import Locator
@@ -176,12 +176,6 @@ def test_a_real_monitor_reports_up_down_and_restarted_with_hysteresis(cluster: C
         assert {("alpha", "restarted"), ("beta", "up"), ("gamma", "down")} <= states
         status, _, body = http_request(port, "/cluster")
         assert status == 200 and b"gamma" in body and b"restarted" in body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_status_page_and_headlines_of_an_in_process_monitor(cluster: Cluster, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CageProcess, config_source, module_source
+from peers import free_port
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocols.md"
 
@@ -34,12 +35,6 @@ def example() -> str:
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match is not None, "docs/protocols.md has no example"
     return match.group(1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LineClient:

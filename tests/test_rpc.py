@@ -32,6 +32,7 @@ from conftest import (
     wait_until,
     write_file,
 )
+from pmnc.protocols.rpc import MAX_CONNECTING
 
 RUNNER_HANDLER = module_source("""
     import pickle
@@ -426,14 +427,33 @@ def test_calls_made_at_the_same_time_share_a_connection_while_the_threads_are_sp
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="cpu_affinity is honoured on Linux only")
 def test_a_burst_of_calls_kept_on_one_cpu_does_not_become_a_burst_of_handshakes(cluster: Cluster) -> None:
-    """Forty calls at once from a cage kept on one CPU, each opening a connection of its own, to a
-    callee that lets five TLS handshakes wait at a time (it drops the oldest for a sixth): four are
-    opened at a time (MAX_CONNECTING), the others wait their turn, and every call is answered."""
-    worker = start_worker(cluster, files_extra={"config_interface_rpc.py": config_source({
-        "protocol": "rpc", "listener_address": ("127.0.0.1", 0), "max_handshakes": 5})})
+    """Forty calls at once from a cage kept on one CPU, each opening a connection of its own: four
+    connections are opened at a time (MAX_CONNECTING), the others wait their turn, and every call
+    is answered. The caller's connect is slowed by 50 ms (in the runner's process), as a callee busy
+    with handshakes would slow it, so that without the gate all forty would be opening at once; how
+    many were at once is counted there. (The callee's own count of connections in their handshake
+    runs a little behind the caller's - its side ends after the caller's - so it is not what is
+    asserted.)"""
+    worker = start_worker(cluster)
     runner = start_runner(cluster, cpu_affinity=(min(os.sched_getaffinity(0)),))
-    answers = runner.result("""
-        import threading
+    answers, most = runner.result("""
+        import threading, time
+        from pmnc.protocols import rpc as rpc_protocol
+
+        connect = rpc_protocol._Channel.connect.__func__
+        count, now, most = threading.Lock(), [0], [0]
+
+        def slow_connect(cls, *args, **kwargs):
+            with count:
+                now[0] += 1
+                most[0] = max(most[0], now[0])
+            try:
+                time.sleep(0.05)
+                return connect(cls, *args, **kwargs)
+            finally:
+                with count:
+                    now[0] -= 1
+
         start, answers = threading.Barrier(40), [None] * 40
 
         def call(i):
@@ -443,14 +463,19 @@ def test_a_burst_of_calls_kept_on_one_cpu_does_not_become_a_burst_of_handshakes(
             except Exception as e:
                 answers[i] = f"{type(e).__name__}: {e}"
 
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(40)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        result = answers
+        rpc_protocol._Channel.connect = classmethod(slow_connect)
+        try:
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(40)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            rpc_protocol._Channel.connect = classmethod(connect)
+        result = [answers, most[0]]
     """)
     assert answers == [2 * i for i in range(40)]
+    assert most == MAX_CONNECTING
     assert "TLS handshake failed" not in worker.log_text()
 
 
