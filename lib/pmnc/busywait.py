@@ -49,9 +49,17 @@ limit.expected = f"seconds from 0 to {MAX_LIMIT:g}"  # type: ignore[attr-defined
 def ready(fds: list[int], timeout: float, events: int = select.POLLIN) -> list[int]:
     """Those of `fds` ready (or closed, or failed) within `timeout` seconds, asleep. poll,
     not select: descriptor numbers may be above select's 1024."""
+    return _found(_poller(fds, events), timeout)
+
+
+def _poller(fds: list[int], events: int) -> select.poll:
     poller = select.poll()
     for fd in fds:
         poller.register(fd, events)
+    return poller
+
+
+def _found(poller: select.poll, timeout: float) -> list[int]:
     return [fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
 
 
@@ -68,23 +76,21 @@ class BusyWait:
         """Those of `fds` readable (or closed, or failed) within `timeout` seconds: polled
         for up to `limit` first if the last wait was quick, then asleep."""
         began = time.monotonic()
+        poller = _poller(fds, select.POLLIN)
         awake = self.quick and placement.alone_on_its_cpu()
-        found = self._poll_awake(fds, began + min(self.limit, timeout)) if awake else None
+        found = self._poll_awake(poller, began + min(self.limit, timeout)) if awake else None
         if found is None:
-            found = ready(fds, began + timeout - time.monotonic())
+            found = _found(poller, began + timeout - time.monotonic())
         self.quick = time.monotonic() - began < self.limit
         return found
 
     @staticmethod
-    def _poll_awake(fds: list[int], until: float) -> list[int] | None:
+    def _poll_awake(poller: select.poll, until: float) -> list[int] | None:
         """What is ready by `until`, polled for without sleeping; None if nothing was (or
         another thread is busy-waiting)."""
         if not _one_at_a_time.acquire(blocking=False):
             return None
         try:
-            poller = select.poll()
-            for fd in fds:
-                poller.register(fd, select.POLLIN)
             while True:
                 found = poller.poll(0)
                 if found:
